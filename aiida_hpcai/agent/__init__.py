@@ -1,0 +1,1 @@
+"""agent layer of aiida-hpcai (see DESIGN.md)."""

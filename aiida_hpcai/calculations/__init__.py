@@ -1,0 +1,1 @@
+"""calculations layer of aiida-hpcai (see DESIGN.md)."""

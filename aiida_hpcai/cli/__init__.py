@@ -1,0 +1,18 @@
+"""The ``aiida-hpcai`` console script (plugins cannot add top-level ``verdi`` commands)."""
+import click
+from aiida.cmdline.groups import VerdiCommandGroup
+from aiida.cmdline.params import options, types
+
+
+@click.group('aiida-hpcai', cls=VerdiCommandGroup, context_settings={'help_option_names': ['-h', '--help']})
+@options.PROFILE(type=types.ProfileParamType(load_profile=False), expose_value=False, required=False)
+def cli():
+    """aiida-hpcai: couple AI models and DFT for materials discovery, with AiiDA provenance.
+
+    Run `aiida-hpcai setup` once: it creates (or reuses) a profile, the localhost computer,
+    the codes and the pseudopotential family every other command uses.
+    """
+
+
+# Sub-commands register themselves on `cli` when imported.
+from . import data, setup  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""engines layer of aiida-hpcai (see DESIGN.md)."""

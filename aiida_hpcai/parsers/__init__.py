@@ -1,0 +1,1 @@
+"""parsers layer of aiida-hpcai (see DESIGN.md)."""

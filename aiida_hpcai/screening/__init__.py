@@ -1,0 +1,1 @@
+"""screening layer of aiida-hpcai (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""workchains layer of aiida-hpcai (see DESIGN.md)."""
