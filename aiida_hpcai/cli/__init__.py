@@ -5,7 +5,7 @@ from aiida.cmdline.params import options, types
 
 
 @click.group('aiida-hpcai', cls=VerdiCommandGroup, context_settings={'help_option_names': ['-h', '--help']})
-@options.PROFILE(type=types.ProfileParamType(load_profile=False), expose_value=False, required=False)
+@options.PROFILE(type=types.ProfileParamType(load_profile=True), expose_value=False)
 def cli():
     """aiida-hpcai: couple AI models and DFT for materials discovery, with AiiDA provenance.
 
@@ -15,4 +15,4 @@ def cli():
 
 
 # Sub-commands register themselves on `cli` when imported.
-from . import data, setup  # noqa: E402,F401
+from . import data, setup, surrogate  # noqa: E402,F401

@@ -79,6 +79,8 @@ class StructureSet(orm.Data):
             'elements': arrays.elements(),
             'formulae_digest': arrays.formulae_digest(),
             'label_names': sorted(arrays.labels),
+            'skipped_count': 0,
+            'skipped_reasons': {},
         })
         self._cached_arrays = arrays
 

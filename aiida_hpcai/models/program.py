@@ -25,6 +25,8 @@ import traceback
 # task name -> "module:function"; a task function takes (config: dict, input_dir, output_dir).
 TASKS: dict[str, str] = {
     'info': 'aiida_hpcai.models.program:run_info',
+    'train': 'aiida_hpcai.models.training:run_train',
+    'predict': 'aiida_hpcai.models.inference:run_predict',
 }
 
 ERROR_FILENAME = 'error.json'
@@ -77,6 +79,8 @@ def _task_doc(name: str) -> str:
     # Resolved lazily: importing every task module just to print --help would load torch.
     return {
         'info': 'print versions and visible devices',
+        'train': 'train or fine-tune a Crysformer ensemble (writes model.pt, metrics.json, figures)',
+        'predict': 'predict mean and sigma for structures.npz with one or more Crysformer checkpoints',
     }.get(name, f'run the {name} task')
 
 

@@ -1,0 +1,191 @@
+"""``aiida-hpcai setup``: profile, computer, codes and pseudopotentials, idempotently."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import click
+
+from . import cli
+
+DEFAULT_PROFILE_NAME = 'hpcai'
+DEFAULT_PSEUDO_FAMILY = 'SSSP/1.3/PBE/efficiency/subset'
+PSEUDO_SUBSET_DIRNAME = 'sssp_pbe_efficiency_1.3.0_subset'
+CUTOFFS_FILENAME = 'sssp_efficiency_subset.json'
+MODEL_CODE_LABEL = 'hpcai-model'
+PW_CODE_LABEL = 'pw'
+
+
+def default_pseudo_dir() -> pathlib.Path | None:
+    """``$HPCAI_PSEUDO_DIR``/<subset>, else ``../shared/pseudos/<subset>`` beside cwd or the checkout."""
+    roots = [pathlib.Path(os.environ['HPCAI_PSEUDO_DIR'])] if 'HPCAI_PSEUDO_DIR' in os.environ else []
+    roots += [pathlib.Path.cwd().parent / 'shared' / 'pseudos',
+              pathlib.Path(__file__).resolve().parents[3] / 'shared' / 'pseudos']
+    return next((root / PSEUDO_SUBSET_DIRNAME for root in roots if (root / PSEUDO_SUBSET_DIRNAME).is_dir()), None)
+
+
+class SetupReport:
+    """Collects one line per item: what was created, what was found already there."""
+
+    def __init__(self):
+        self.rows: list[tuple[str, str, str]] = []
+
+    def add(self, item: str, status: str, detail: str) -> None:
+        self.rows.append((item, status, detail))
+
+    def print(self) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title='aiida-hpcai setup')
+        for column in ('item', 'status', 'detail'):
+            table.add_column(column)
+        styles = {'created': 'green', 'found': 'cyan', 'updated': 'yellow', 'skipped': 'magenta'}
+        for item, status, detail in self.rows:
+            table.add_row(item, f'[{styles.get(status, "white")}]{status}[/]', detail)
+        Console(width=max(shutil.get_terminal_size().columns, 120)).print(table)
+
+
+def ensure_profile(profile_name: str, report: SetupReport):
+    """Load the default profile; if there is none, create one with ``verdi presto``."""
+    from aiida.manage import get_manager
+    from aiida.manage.configuration import get_config, load_profile, reset_config
+
+    manager = get_manager()
+    if manager.get_profile() is not None:
+        profile = manager.get_profile()
+        report.add('profile', 'found', f'{profile.name} ({profile.storage_backend}, broker {profile.process_control_backend})')
+        return profile
+    config = get_config(create=True)
+    if config.default_profile_name is not None:
+        profile = load_profile(config.default_profile_name)
+        report.add('profile', 'found', f'{profile.name} ({profile.storage_backend}, broker {profile.process_control_backend})')
+        return profile
+    # `verdi presto` is the reference for an embedded profile: SQLite storage and, without a RabbitMQ
+    # server, the built-in ZeroMQ broker. Running it keeps our profile identical to the documented one.
+    verdi = shutil.which('verdi') or str(pathlib.Path(sys.executable).parent / 'verdi')
+    result = subprocess.run([verdi, 'presto', '--profile-name', profile_name], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise click.ClickException(f'`verdi presto` failed:\n{result.stdout}\n{result.stderr}')
+    reset_config()  # the subprocess wrote a new config file; read it again
+    profile = load_profile(profile_name, allow_switch=True)
+    report.add('profile', 'created', f'{profile.name} ({profile.storage_backend}, broker {profile.process_control_backend}) '
+                                     'with `verdi presto`')
+    return profile
+
+
+def ensure_localhost(report: SetupReport):
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    try:
+        computer = orm.load_computer('localhost')
+        report.add('computer localhost', 'found', computer.get_workdir())
+    except NotExistent:
+        from aiida.manage.configuration import get_config
+
+        workdir = pathlib.Path(get_config().dirpath) / 'scratch' / orm.User.collection.get_default().email
+        computer = orm.Computer(label='localhost', hostname='localhost', description='this machine',
+                                transport_type='core.local', scheduler_type='core.direct',
+                                workdir=str(workdir)).store()
+        computer.configure(safe_interval=0)
+        computer.set_minimum_job_poll_interval(1)
+        computer.set_default_mpiprocs_per_machine(1)
+        report.add('computer localhost', 'created', str(workdir))
+    if not computer.is_configured:
+        computer.configure(safe_interval=0)
+    # Open MPI refuses to run as root unless told; the containers and CI machines we run on are root.
+    if os.geteuid() == 0 and '--allow-run-as-root' not in computer.get_mpirun_command():
+        computer.set_mpirun_command(['mpirun', '--allow-run-as-root', '-np', '{tot_num_mpiprocs}'])
+        report.add('computer localhost', 'updated', 'mpirun command gets --allow-run-as-root (running as root)')
+    return computer
+
+
+def ensure_code(label: str, executable: str, computer, report: SetupReport, plugin: str | None = None):
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    full_label = f'{label}@{computer.label}'
+    try:
+        code = orm.load_code(full_label)
+    except NotExistent:
+        code = orm.InstalledCode(label=label, computer=computer, filepath_executable=executable,
+                                 default_calc_job_plugin=plugin, description=f'{label} registered by aiida-hpcai setup')
+        code.store()
+        report.add(f'code {full_label}', 'created', executable)
+        return code
+    if str(code.filepath_executable) != executable:
+        report.add(f'code {full_label}', 'found', f'{code.filepath_executable} (this environment has {executable}; '
+                                                    'kept the registered one)')
+    else:
+        report.add(f'code {full_label}', 'found', executable)
+    return code
+
+
+def install_pseudo_family(folder: str | os.PathLike, label: str = DEFAULT_PSEUDO_FAMILY):
+    """Install the UPF files of ``folder`` as an aiida-pseudo cutoffs family; return ``(family, created)``.
+
+    Cutoffs (Ry) come from ``sssp_efficiency_subset.json`` beside the files (stringency 'normal').
+    """
+    from aiida import orm
+    from aiida_pseudo.data.pseudo import UpfData
+    from aiida_pseudo.groups.family import CutoffsPseudoPotentialFamily
+
+    existing = orm.QueryBuilder().append(CutoffsPseudoPotentialFamily, filters={'label': label}).first()
+    if existing:
+        return existing[0], False
+    folder = pathlib.Path(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        # The folder also holds toml/json metadata; aiida-pseudo wants pseudopotential files only.
+        for upf in folder.glob('*.upf'):
+            shutil.copy(upf, tmp)
+        family = CutoffsPseudoPotentialFamily.create_from_folder(pathlib.Path(tmp), label, pseudo_type=UpfData)
+    cutoffs = json.loads((folder / CUTOFFS_FILENAME).read_text())
+    family.set_cutoffs({element: {'cutoff_wfc': float(values['cutoff_wfc_Ry']), 'cutoff_rho': float(values['cutoff_rho_Ry'])}
+                        for element, values in cutoffs.items() if element in family.elements},
+                       stringency='normal', unit='Ry')
+    family.description = f'SSSP PBE efficiency 1.3.0 subset from {folder}'
+    return family, True
+
+
+@cli.command('setup')
+@click.option('--profile-name', default=DEFAULT_PROFILE_NAME, show_default=True,
+              help='Name of the profile created when none exists yet.')
+@click.option('--pseudo-dir', type=click.Path(exists=True, file_okay=False, path_type=pathlib.Path), default=None,
+              help='Folder of UPF files (+ sssp_efficiency_subset.json) to install as the pseudopotential family. '
+                   f'Default: $HPCAI_PSEUDO_DIR/{PSEUDO_SUBSET_DIRNAME} or ../shared/pseudos/{PSEUDO_SUBSET_DIRNAME}.')
+@click.option('--pseudo-family', default=DEFAULT_PSEUDO_FAMILY, show_default=True, help='Label of that family.')
+def setup(profile_name, pseudo_dir, pseudo_family):
+    """Create or reuse everything aiida-hpcai needs; safe to run any number of times.
+
+    Uses the current profile (any storage and broker, e.g. PostgreSQL + RabbitMQ) or, when there
+    is none, creates an embedded one like `verdi presto` (SQLite + built-in ZeroMQ broker). Then
+    makes sure of the `localhost` computer, the `hpcai-model@localhost` code (this environment's
+    model program), `pw@localhost` when `pw.x` is on PATH, and the pseudopotential family.
+    """
+    report = SetupReport()
+    ensure_profile(profile_name, report)
+    computer = ensure_localhost(report)
+
+    model_program = shutil.which('hpcai-model') or str(pathlib.Path(sys.executable).parent / 'hpcai-model')
+    ensure_code(MODEL_CODE_LABEL, model_program, computer, report)
+
+    pw = shutil.which('pw.x')
+    if pw:
+        ensure_code(PW_CODE_LABEL, pw, computer, report, plugin='quantumespresso.pw')
+    else:
+        report.add(f'code {PW_CODE_LABEL}@localhost', 'skipped', 'pw.x not on PATH (apt-get install quantum-espresso)')
+
+    folder = pseudo_dir or default_pseudo_dir()
+    if folder is None:
+        report.add(f'pseudo family {pseudo_family}', 'skipped', 'no pseudopotential folder found (--pseudo-dir)')
+    else:
+        family, created = install_pseudo_family(folder, pseudo_family)
+        report.add(f'pseudo family {pseudo_family}', 'created' if created else 'found',
+                   f'{len(family.nodes)} elements: {" ".join(sorted(family.elements))}')
+    report.print()

@@ -1,0 +1,288 @@
+"""``aiida-hpcai train`` and ``aiida-hpcai predict``: the surrogate pattern from the command line.
+
+Both run the real processes (``hpcai.train`` CalcJob, ``hpcai.surrogate`` WorkChain) in this
+shell with ``run_get_node``, so every result is in the profile's provenance graph.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pathlib
+import sys
+
+import click
+from aiida.cmdline.utils import decorators, echo
+
+from . import cli
+
+DEFAULT_CODE = 'hpcai-model@localhost'
+DEFAULT_TARGET = 'formation_energy_per_atom'
+EXTXYZ_SUFFIXES = ('.extxyz', '.xyz')
+
+
+def read_structure_files(paths):
+    """Read CIF, POSCAR/CONTCAR (anything pymatgen reads) and extxyz files into one StructureSet.
+
+    Ids are the file names; a file holding several structures gives ``name#0``, ``name#1``, ...
+    """
+    from aiida_hpcai.data.structure_set import StructureSet
+
+    structures, ids = [], []
+    for path in paths:
+        path = pathlib.Path(path)
+        try:
+            found = _read_one_file(path)
+        except Exception as exc:  # noqa: BLE001 - parsers raise many types; name the file and stop
+            raise click.BadParameter(f'{path}: cannot read a structure ({exc})', param_hint='FILES') from exc
+        if not found:
+            raise click.BadParameter(f'{path}: holds no structure', param_hint='FILES')
+        structures += found
+        ids += [path.name] if len(found) == 1 else [f'{path.name}#{i}' for i in range(len(found))]
+    if len(set(ids)) != len(ids):
+        raise click.BadParameter('two files have the same name; ids must be unique', param_hint='FILES')
+    return StructureSet.from_pymatgen(structures, ids=ids)
+
+
+def _read_one_file(path: pathlib.Path) -> list:
+    if path.suffix.lower() in EXTXYZ_SUFFIXES:
+        import ase.io
+
+        return list(ase.io.read(path, index=':', format='extxyz'))
+    if path.suffix.lower() == '.cif':
+        from pymatgen.io.cif import CifParser
+
+        return CifParser(path).parse_structures(primitive=False)
+    from pymatgen.core import Structure
+
+    return [Structure.from_file(path)]
+
+
+def pretrained_model(target: str):
+    """The shipped pretrained ensemble for ``target`` as ONE ModelData node (re-used on every call)."""
+    from aiida_hpcai.data.model import ModelData
+    from aiida_hpcai.models import checkpoint
+
+    path = checkpoint.pretrained_path(target)
+    existing = ModelData.find_by_sha256(checkpoint.sha256_file(path))
+    if existing is not None:
+        return existing
+    content = checkpoint.load_checkpoint(path)
+    node, _ = ModelData.get_or_create(
+        path, architecture=content['architecture'], hyperparameters=content['hyperparameters'],
+        target=content['target'], units=content['units'], metrics=content.get('metrics', {}),
+    )
+    return node
+
+
+def load_models(identifiers, target: str) -> dict:
+    from aiida.orm import load_node
+
+    from aiida_hpcai.data.model import ModelData
+
+    if not identifiers:
+        try:
+            return {'pretrained': pretrained_model(target)}
+        except (KeyError, FileNotFoundError) as exc:
+            raise click.UsageError(f'{exc}; pass --model with a ModelData pk or uuid') from exc
+    models = {}
+    for identifier in identifiers:
+        node = load_node(identifier)
+        if not isinstance(node, ModelData):
+            raise click.BadParameter(f'node {identifier} is a {type(node).__name__}, not a ModelData',
+                                     param_hint='--model')
+        models[f'model_{node.pk}'] = node
+    return models
+
+
+def prediction_rows(structures, predictions) -> list[dict]:
+    """One dict per structure: id, formula, mean, sigma, confident, status, reason (None for missing numbers)."""
+    from pymatgen.core import Composition
+
+    def number(value):
+        return float(value) if math.isfinite(value) else None
+
+    arrays = {name: predictions.get_array(name) for name in ('mean', 'sigma', 'confident', 'status', 'reason')}
+    rows = []
+    for index, (identifier, formula) in enumerate(zip(structures.ids, structures.arrays.formulae())):
+        rows.append({
+            'id': identifier,
+            'formula': Composition(formula).reduced_formula,
+            'mean': number(arrays['mean'][index]),
+            'sigma': number(arrays['sigma'][index]),
+            'confident': bool(arrays['confident'][index]),
+            'status': str(arrays['status'][index]),
+            'reason': str(arrays['reason'][index]),
+        })
+    return rows
+
+
+@cli.command('predict')
+@click.argument('files', nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path))
+@click.option('--model', 'models', multiple=True, metavar='PK_OR_UUID',
+              help='ModelData node to predict with (repeatable: several form an ensemble). '
+                   'Default: the pretrained ensemble shipped for --target.')
+@click.option('--target', default=DEFAULT_TARGET, show_default=True,
+              help='Property, used to pick the pretrained model when no --model is given.')
+@click.option('--threshold', type=float, default=None,
+              help='Confident when sigma <= this (model units). Default: per target (0.12 eV/atom for formation '
+                   'energy).')
+@click.option('--code', 'code_label', default=DEFAULT_CODE, show_default=True,
+              help='Code running the hpcai-model program.')
+@click.option('--device', default='cpu', show_default=True, help='cpu, cuda or cuda:<index>.')
+@click.option('--batch-size', type=int, default=None, help='Structures per batch (default of the program: 64).')
+@click.option('--json', 'as_json', is_flag=True, help='Print machine-readable JSON instead of a table.')
+@click.option('--output', type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
+              help='Also write the rows to this CSV file.')
+@decorators.with_dbenv()
+def predict(files, models, target, threshold, code_label, device, batch_size, as_json, output):
+    """Predict a property with an uncertainty for the structures in FILES (CIF, POSCAR, extxyz).
+
+    Runs the hpcai.surrogate WorkChain: structures whose sigma exceeds the threshold, or that the
+    model cannot handle, are reported as not confident (they would need DFT).
+    """
+    from aiida import orm
+    from aiida.engine import run_get_node
+
+    from aiida_hpcai.workchains.surrogate import SurrogateWorkChain
+
+    structures = read_structure_files(files)
+    model_nodes = load_models(models, target)
+    code = _load_code(code_label)
+    predict_inputs = {'code': code, 'device': orm.Str(device)}
+    if batch_size is not None:
+        predict_inputs['parameters'] = orm.Dict({'batch_size': batch_size})
+    inputs = {'structures': structures, 'models': model_nodes, 'predict': predict_inputs}
+    if threshold is not None:
+        inputs['sigma_threshold'] = orm.Float(threshold)
+
+    _, node = run_get_node(SurrogateWorkChain, **inputs)
+    if not node.is_finished_ok:
+        echo.echo_critical(f'SurrogateWorkChain<{node.pk}> failed with exit status {node.exit_status}: '
+                           f'{node.exit_message}')
+
+    summary = node.outputs.summary.get_dict()
+    rows = prediction_rows(structures, node.outputs.predictions)
+    if output is not None:
+        with output.open('w', newline='') as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    if as_json:
+        payload = {'process_pk': node.pk, 'target': summary['target'], 'units': summary['units'],
+                   'sigma_threshold': summary['sigma_threshold'], 'rows': rows}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    _print_prediction_table(rows, summary, node)
+
+
+def _print_prediction_table(rows, summary, node) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    units = summary.get('units') or ''
+    table = Table(title=f"{summary.get('target')} ({units}), confident when sigma <= {summary['sigma_threshold']}")
+    for column in ('id', 'formula', 'mean ± sigma', 'confident', 'status'):
+        table.add_column(column)
+    for row in rows:
+        value = '-' if row['mean'] is None else f"{row['mean']:.4f} ± {row['sigma']:.4f}"
+        status = row['status'] if not row['reason'] else f"{row['status']}: {row['reason']}"
+        table.add_row(row['id'], row['formula'], value, 'yes' if row['confident'] else 'no', status)
+    console = Console()
+    console.print(table)
+    console.print(f"{summary['n_confident']} of {summary['n_structures']} confident, {summary['n_needs_dft']} need "
+                  f'DFT. SurrogateWorkChain<{node.pk}> (needs_dft: StructureSet<{node.outputs.needs_dft.pk}>)')
+
+
+@cli.command('train')
+@click.argument('source')
+@click.option('--target', required=True, help='Label to train on (a label of the set, or a column of the file).')
+@click.option('--units', default=None, help='Units of the target, recorded in the model (e.g. eV/atom).')
+@click.option('--config', 'model_config', type=click.Choice(['tiny', 'cpu', 'paper']), default='cpu',
+              show_default=True, help='Model size: tiny (tests), cpu (a laptop), paper (the published model, GPU).')
+@click.option('--epochs', type=int, default=None, help='Training epochs (program default if omitted).')
+@click.option('--ensemble-size', type=int, default=None, help='Ensemble members trained (they give the sigma).')
+@click.option('--batch-size', type=int, default=None)
+@click.option('--learning-rate', type=float, default=None)
+@click.option('--seed', type=int, default=None)
+@click.option('--max-minutes', type=float, default=None, help='Stop training after this many minutes.')
+@click.option('--patience', type=int, default=None, help='Early stopping after this many epochs without gain.')
+@click.option('--parent', default=None, metavar='PK_OR_UUID', help='ModelData to fine-tune instead of starting fresh.')
+@click.option('--limit', type=int, default=None, help='When SOURCE is a file: read at most this many rows.')
+@click.option('--code', 'code_label', default=DEFAULT_CODE, show_default=True,
+              help='Code running the hpcai-model program.')
+@click.option('--device', default='cpu', show_default=True, help='cpu, cuda or cuda:<index>.')
+@decorators.with_dbenv()
+def train(source, target, units, model_config, epochs, ensemble_size, batch_size, learning_rate, seed, max_minutes,
+          patience, parent, limit, code_label, device):
+    """Train a model on SOURCE: a StructureSet (pk or uuid) or a dataset file the loaders read.
+
+    Runs the hpcai.train CalcJob and prints the metrics and the pk of the new ModelData.
+    """
+    from aiida import orm
+    from aiida.engine import run_get_node
+
+    from aiida_hpcai.calculations.train import TrainCalculation
+
+    structures = _load_structure_source(source, target, limit)
+    parameters = {'target': target, 'model_config': model_config}
+    optional = {'units': units, 'epochs': epochs, 'ensemble_size': ensemble_size, 'batch_size': batch_size,
+                'learning_rate': learning_rate, 'seed': seed, 'max_minutes': max_minutes, 'patience': patience}
+    parameters.update({key: value for key, value in optional.items() if value is not None})
+    inputs = {'code': _load_code(code_label), 'structures': structures, 'parameters': orm.Dict(parameters),
+              'device': orm.Str(device)}
+    if parent is not None:
+        inputs['parent_model'] = orm.load_node(parent)
+
+    echo.echo_report(f'training on StructureSet<{structures.pk}> ({structures.count} structures), target {target}')
+    _, node = run_get_node(TrainCalculation, **inputs)
+    if not node.is_finished_ok:
+        echo.echo_critical(f'TrainCalculation<{node.pk}> failed with exit status {node.exit_status}: '
+                           f'{node.exit_message}')
+    _print_metrics(node.outputs.metrics.get_dict())
+    model = node.outputs.model
+    echo.echo_success(f'ModelData<{model.pk}> ({model.uuid}) from TrainCalculation<{node.pk}>')
+
+
+def _load_structure_source(source: str, target: str, limit: int | None):
+    from aiida import orm
+
+    from aiida_hpcai.data.structure_set import StructureSet
+
+    if pathlib.Path(source).exists():
+        structures = StructureSet.from_file(source, limit=limit, targets=[target])
+        structures.label = pathlib.Path(source).name
+        return structures.store()
+    node = orm.load_node(source)
+    if not isinstance(node, StructureSet):
+        raise click.BadParameter(f'node {source} is a {type(node).__name__}, not a StructureSet', param_hint='SOURCE')
+    return node
+
+
+def _load_code(label: str):
+    from aiida import orm
+    from aiida.common import exceptions
+
+    try:
+        return orm.load_code(label)
+    except (exceptions.NotExistent, exceptions.MultipleObjectsError) as exc:
+        raise click.UsageError(f'code {label!r}: {exc}. Run `aiida-hpcai setup` or pass --code.') from exc
+
+
+def _print_metrics(metrics: dict) -> None:
+    """Numbers of the metrics, nested dicts flattened to ``split.name`` (histories are left out)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title='metrics', show_header=False)
+    for key, value in _flatten(metrics):
+        table.add_row(key, f'{value:.6g}' if isinstance(value, float) else str(value))
+    Console(file=sys.stdout).print(table)
+
+
+def _flatten(values: dict, prefix: str = ''):
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f'{prefix}{key}.')
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f'{prefix}{key}', value

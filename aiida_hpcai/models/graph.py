@@ -1,0 +1,198 @@
+"""Periodic crystal graphs: k nearest neighbours over periodic images, and batching.
+
+Neighbour rule (chosen so that the graph depends on the crystal, not on how it is written down):
+every atom ``i`` is joined to its ``k`` nearest neighbours ``j`` among all periodic images, and
+also to **every further neighbour tied with the k-th within** ``tie_tolerance`` (default 1e-4 A).
+A plain "first k after a stable sort" would pick among tied neighbours by their order in the
+file, so permuting the atoms or building a supercell could change the graph (and the
+prediction); including the whole tied shell cannot. The tolerance is looser than float noise
+on purpose: CIF files round fractional coordinates to ~1e-5 A, which splits symmetric shells.
+As a result an atom can have more than ``k`` neighbours (bcc: 8 + 6 = 14 for k = 12).
+
+The search radius starts from the volume per atom and grows by 1.5x until every atom has ``k``
+neighbours strictly inside it (with room for the tied shell), so the result does not depend on a
+cutoff. Everything is vectorized numpy per structure (no torch-cluster): for the <= 20-atom cells
+of Materials Project this costs well under a millisecond per structure.
+
+Edges point from a neighbour (``source``, ``j``) to the centre atom (``target``, ``i``); the
+edge vector is ``r_ij = r_j + T - r_i`` with ``T`` a lattice translation.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+DEFAULT_NUM_NEIGHBOURS = 12
+DEFAULT_TIE_TOLERANCE = 1e-4
+
+
+class GraphError(ValueError):
+    """A structure for which no neighbour graph can be built (NaN coordinates, lone atom, ...)."""
+
+
+@dataclasses.dataclass
+class CrystalGraph:
+    """The neighbour graph of one structure (numpy arrays)."""
+
+    numbers: np.ndarray  # (n_atoms,) int64
+    source: np.ndarray  # (n_edges,) int64, neighbour j
+    target: np.ndarray  # (n_edges,) int64, centre i
+    vectors: np.ndarray  # (n_edges, 3) float64, r_j + T - r_i
+    distances: np.ndarray  # (n_edges,) float64
+
+    @property
+    def num_atoms(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def num_edges(self) -> int:
+        return len(self.source)
+
+
+def _translations(n_images: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    ranges = [np.arange(-n, n + 1) for n in n_images]
+    grid = np.stack(np.meshgrid(*ranges, indexing='ij'), axis=-1).reshape(-1, 3)
+    # zero translation first, so the self term is easy to find
+    order = np.argsort(np.abs(grid).sum(axis=1), kind='stable')
+    return grid[order].astype(np.float64) @ cell
+
+
+def neighbour_graph(numbers, positions, cell, pbc=(True, True, True), num_neighbours: int = DEFAULT_NUM_NEIGHBOURS,
+                    tie_tolerance: float = DEFAULT_TIE_TOLERANCE, max_atoms_block: int = 64) -> CrystalGraph:
+    """Build the k-nearest-neighbour graph of one structure (see the module docstring)."""
+    numbers = np.asarray(numbers, dtype=np.int64)
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    n_atoms = len(numbers)
+    if n_atoms == 0:
+        raise GraphError('structure has no atoms')
+    if not (np.isfinite(positions).all() and np.isfinite(cell).all()):
+        raise GraphError('non-finite positions or cell')
+
+    k = num_neighbours
+    if not pbc.any():
+        k = min(k, n_atoms - 1)
+        if k < 1:
+            raise GraphError('a single atom without periodic images has no neighbours')
+
+    volume = abs(np.linalg.det(cell))
+    if pbc.any() and volume < 1e-6:
+        raise GraphError('degenerate (zero-volume) cell')
+
+    # Wrap into the cell along periodic directions: the set of vectors r_j + T - r_i over all T
+    # does not change, and wrapped coordinates bound the number of images needed.
+    if pbc.any():
+        fractional = np.linalg.solve(cell.T, positions.T).T
+        fractional[:, pbc] -= np.floor(fractional[:, pbc])
+        positions = fractional @ cell
+        # interplanar spacings d_a = V / |b x c|, ...
+        spacings = volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+        radius = 1.5 * (3.0 * k * volume / n_atoms / (4.0 * np.pi)) ** (1.0 / 3.0)
+    else:
+        spacings = np.ones(3)
+        radius = np.inf
+
+    while True:
+        n_images = np.where(pbc, np.ceil(radius / spacings).astype(np.int64) + 1, 0) if pbc.any() else np.zeros(3, int)
+        translations = _translations(n_images, cell)
+        blocks = [_block_neighbours(positions, translations, start, min(start + max_atoms_block, n_atoms), k,
+                                    tie_tolerance, radius) for start in range(0, n_atoms, max_atoms_block)]
+        if all(block is not None for block in blocks):
+            break
+        radius *= 1.5
+        if radius > 1e3:
+            raise GraphError('could not find enough neighbours within 1000 A')
+
+    source = np.concatenate([b[0] for b in blocks])
+    target = np.concatenate([b[1] for b in blocks])
+    vectors = np.concatenate([b[2] for b in blocks])
+    distances = np.concatenate([b[3] for b in blocks])
+    return CrystalGraph(numbers=numbers, source=source, target=target, vectors=vectors, distances=distances)
+
+
+def _block_neighbours(positions, translations, start, stop, k, tie_tolerance, radius):
+    """Neighbours of atoms start..stop-1, or None if the radius was too small for one of them."""
+    centres = positions[start:stop]
+    # (n_centres, n_atoms, n_translations, 3)
+    vectors = positions[None, :, None, :] + translations[None, None, :, :] - centres[:, None, None, :]
+    distances = np.sqrt(np.einsum('ijtx,ijtx->ijt', vectors, vectors))
+    n_centres = stop - start
+    # the self term: atom i, zero translation (translations[0] is zero)
+    distances[np.arange(n_centres), np.arange(start, stop), 0] = np.inf
+    flat = distances.reshape(n_centres, -1)
+    if flat.shape[1] < k:
+        return None
+    kth = np.partition(flat, k - 1, axis=1)[:, k - 1]
+    if np.isfinite(radius) and not np.all(kth + 2 * tie_tolerance < radius):
+        return None
+    cutoff = kth + tie_tolerance
+    centre_index, flat_index = np.nonzero(flat <= cutoff[:, None])
+    n_translations = len(translations)
+    neighbour = flat_index // n_translations
+    translation = flat_index % n_translations
+    edge_vectors = vectors[centre_index, neighbour, translation]
+    edge_distances = flat[centre_index, flat_index]
+    # order by centre, then distance (deterministic; the model does not depend on it)
+    order = np.lexsort((edge_distances, centre_index))
+    return (neighbour[order], centre_index[order] + start, edge_vectors[order], edge_distances[order])
+
+
+def graphs_from_arrays(arrays, indices: Sequence[int] | None = None, num_neighbours: int = DEFAULT_NUM_NEIGHBOURS,
+                       tie_tolerance: float = DEFAULT_TIE_TOLERANCE, errors: str = 'raise'):
+    """Graphs of the structures of a :class:`~aiida_hpcai.models.structure_io.StructureArrays`.
+
+    With ``errors='collect'`` a structure that fails gives ``None`` in the list and its reason
+    in the second return value (a dict index -> message); with ``'raise'`` the GraphError
+    propagates.
+    """
+    indices = range(len(arrays)) if indices is None else indices
+    graphs, failures = [], {}
+    for index in indices:
+        numbers, positions, cell, pbc = arrays.atoms_of(int(index))
+        try:
+            graphs.append(neighbour_graph(numbers, positions, cell, pbc, num_neighbours, tie_tolerance))
+        except GraphError as exc:
+            if errors == 'raise':
+                raise
+            graphs.append(None)
+            failures[int(index)] = str(exc)
+    return graphs, failures
+
+
+@dataclasses.dataclass
+class GraphBatch:
+    """Several graphs concatenated into one (torch tensors); ``batch`` maps atoms to graphs."""
+
+    numbers: torch.Tensor  # (n_atoms,) long
+    source: torch.Tensor  # (n_edges,) long, global atom index
+    target: torch.Tensor  # (n_edges,) long
+    vectors: torch.Tensor  # (n_edges, 3)
+    batch: torch.Tensor  # (n_atoms,) long
+    num_graphs: int
+
+    def to(self, device=None, dtype=None) -> 'GraphBatch':
+        return GraphBatch(
+            numbers=self.numbers.to(device), source=self.source.to(device), target=self.target.to(device),
+            vectors=self.vectors.to(device=device, dtype=dtype), batch=self.batch.to(device),
+            num_graphs=self.num_graphs,
+        )
+
+
+def collate(graphs: Sequence[CrystalGraph], dtype=torch.float32) -> GraphBatch:
+    """Concatenate graphs, shifting atom indices; the order of graphs is kept."""
+    sizes = np.array([g.num_atoms for g in graphs], dtype=np.int64)
+    shifts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    edge_counts = np.array([g.num_edges for g in graphs], dtype=np.int64)
+    edge_shift = np.repeat(shifts, edge_counts)
+    return GraphBatch(
+        numbers=torch.from_numpy(np.concatenate([g.numbers for g in graphs])),
+        source=torch.from_numpy(np.concatenate([g.source for g in graphs]) + edge_shift),
+        target=torch.from_numpy(np.concatenate([g.target for g in graphs]) + edge_shift),
+        vectors=torch.from_numpy(np.concatenate([g.vectors for g in graphs])).to(dtype),
+        batch=torch.from_numpy(np.repeat(np.arange(len(graphs), dtype=np.int64), sizes)),
+        num_graphs=len(graphs),
+    )

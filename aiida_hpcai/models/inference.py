@@ -1,0 +1,200 @@
+"""Prediction with Crysformer ensembles, and the ``hpcai-model predict`` task.
+
+Several checkpoint files can be pooled into one ensemble: each file keeps its own target
+normalisation and element reference, so members are de-standardised per file and then pooled.
+All files must predict the same target in the same units.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError, build_members, load_checkpoint, sha256_file
+from .graph import GraphError, collate, neighbour_graph
+from .structure_io import StructureArrays, read_npz
+from .uncertainty import spread
+
+UNCERTAINTY_METHODS = ('ensemble', 'mc_dropout')
+
+
+class IncompatibleModels(ValueError):
+    """Checkpoints that cannot be pooled (different targets or units)."""
+
+
+def element_reference_offsets(numbers_per_structure, reference: dict | None) -> np.ndarray:
+    """``sum_Z fraction_Z * coefficient_Z`` per structure (0 without a reference)."""
+    if not reference:
+        return np.zeros(len(numbers_per_structure))
+    coefficients = np.asarray(reference['coefficients'], dtype=np.float64)
+    out = np.empty(len(numbers_per_structure))
+    for index, numbers in enumerate(numbers_per_structure):
+        numbers = np.asarray(numbers, dtype=np.int64)
+        valid = numbers < len(coefficients)
+        out[index] = coefficients[numbers[valid]].sum() / max(len(numbers), 1)
+    return out
+
+
+@dataclasses.dataclass
+class _MemberGroup:
+    models: list
+    normalization: dict
+    element_reference: dict | None
+    sigma_scale: dict
+
+
+class EnsemblePredictor:
+    """Mean and sigma from the pooled members of one or more checkpoints."""
+
+    def __init__(self, checkpoints: list[dict], device: str = 'cpu'):
+        if not checkpoints:
+            raise ValueError('no checkpoint given')
+        targets = {(c['target'], c['units']) for c in checkpoints}
+        if len(targets) > 1:
+            raise IncompatibleModels(f'checkpoints predict different targets/units: {sorted(targets)}')
+        self.target, self.units = targets.pop()
+        self.device = torch.device(device)
+        self.groups = [_MemberGroup(build_members(c, self.device), c['normalization'], c.get('element_reference'),
+                                    dict(c.get('sigma_scale') or {})) for c in checkpoints]
+        self.max_atomic_number = min(m.max_atomic_number for g in self.groups for m in g.models)
+        self.num_neighbours = {m.config.num_neighbours for g in self.groups for m in g.models}
+
+    @classmethod
+    def from_files(cls, paths, device: str = 'cpu') -> 'EnsemblePredictor':
+        return cls([load_checkpoint(p) for p in paths], device)
+
+    @property
+    def num_members(self) -> int:
+        return sum(len(g.models) for g in self.groups)
+
+    def sigma_scale(self, method: str) -> float:
+        weights = [len(g.models) for g in self.groups]
+        scales = [float(g.sigma_scale.get(method, 1.0)) for g in self.groups]
+        return float(np.average(scales, weights=weights))
+
+    def resolve_method(self, method: str) -> str:
+        """An ensemble of one member has no spread: it falls back to MC dropout."""
+        if method not in UNCERTAINTY_METHODS:
+            raise ValueError(f'unknown uncertainty method {method!r}; use one of {UNCERTAINTY_METHODS}')
+        return 'mc_dropout' if method == 'ensemble' and self.num_members < 2 else method
+
+    @torch.no_grad()
+    def sample(self, graphs, batch_size: int = 64, method: str = 'ensemble', mc_samples: int = 10) -> np.ndarray:
+        """Predictions in physical units, shape (n_samples, n_graphs): one row per member (and
+        per dropout sample with ``method='mc_dropout'``)."""
+        from .crysformer import enable_mc_dropout
+
+        rows = []
+        numbers = [g.numbers for g in graphs]
+        for group in self.groups:
+            offset = element_reference_offsets(numbers, group.element_reference)
+            mean, std = group.normalization['mean'], group.normalization['std']
+            for model in group.models:
+                repeats = mc_samples if method == 'mc_dropout' else 1
+                enable_mc_dropout(model, method == 'mc_dropout')
+                outputs = [np.empty(len(graphs)) for _ in range(repeats)]
+                for start in range(0, len(graphs), batch_size):
+                    batch = collate(graphs[start:start + batch_size]).to(self.device)
+                    for repeat in range(repeats):
+                        outputs[repeat][start:start + batch_size] = model(batch).double().cpu().numpy()
+                model.eval()
+                rows.extend(output * std + mean + offset for output in outputs)
+        return np.stack(rows)
+
+    def predict_graphs(self, graphs, batch_size: int = 64, method: str = 'ensemble',
+                       mc_samples: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        method = self.resolve_method(method)
+        if not graphs:
+            return np.zeros(0), np.zeros(0)
+        mean, sigma = spread(self.sample(graphs, batch_size, method, mc_samples))
+        return mean, sigma * self.sigma_scale(method)
+
+    def predict(self, arrays: StructureArrays, batch_size: int = 64, method: str = 'ensemble',
+                mc_samples: int = 10) -> dict[str, np.ndarray]:
+        """Predict every structure; those the model cannot handle are marked failed, with a reason."""
+        n = len(arrays)
+        status = np.full(n, 'ok', dtype=object)
+        reason = np.full(n, '', dtype=object)
+        graphs, good = [], []
+        k = max(self.num_neighbours)
+        for index in range(n):
+            numbers, positions, cell, pbc = arrays.atoms_of(index)
+            if len(numbers) and (numbers.min() < 1 or numbers.max() > self.max_atomic_number):
+                status[index], reason[index] = 'failed', f'unknown element (Z outside 1..{self.max_atomic_number})'
+                continue
+            try:
+                graphs.append(neighbour_graph(numbers, positions, cell, pbc, num_neighbours=k))
+            except GraphError as exc:
+                status[index], reason[index] = 'failed', f'no neighbour graph: {exc}'
+                continue
+            good.append(index)
+        mean = np.full(n, np.nan)
+        sigma = np.full(n, np.nan)
+        if good:
+            mean[good], sigma[good] = self.predict_graphs(graphs, batch_size, method, mc_samples)
+        for index in good:
+            if not np.isfinite(mean[index]):
+                status[index], reason[index] = 'failed', 'prediction is not finite'
+        return {'mean': mean, 'sigma': sigma, 'status': status.astype(str), 'reason': reason.astype(str)}
+
+
+def _resolve_device(requested: str) -> str:
+    if requested.startswith('cuda') and not torch.cuda.is_available():
+        print('hpcai-model: CUDA requested but not available; running on CPU')
+        return 'cpu'
+    return requested
+
+
+def load_verified(entry: dict, input_dir: pathlib.Path) -> dict:
+    """Load a checkpoint named in a task config ``{"file": ..., "sha256": ...}``, checking its digest."""
+    from .program import TaskError
+
+    path = input_dir / entry['file']
+    if not path.is_file():
+        raise TaskError('checkpoint_mismatch', f'checkpoint file {entry["file"]} not found in the input folder')
+    expected = entry.get('sha256')
+    if expected:
+        actual = sha256_file(path)
+        if actual != expected:
+            raise TaskError('checkpoint_mismatch', f'{entry["file"]}: sha256 {actual} differs from {expected}')
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as exc:
+        raise TaskError('checkpoint_mismatch', str(exc)) from exc
+
+
+def run_predict(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path) -> None:
+    """``hpcai-model predict``: ensemble mean and sigma for every structure in structures.npz."""
+    from .program import TaskError
+
+    input_dir, output_dir = pathlib.Path(input_dir), pathlib.Path(output_dir)
+    entries = config.get('models') or []
+    if not entries:
+        raise TaskError('invalid_config', 'config.json names no models')
+    checkpoints = [load_verified(entry, input_dir) for entry in entries]
+    device = _resolve_device(config.get('device', 'cpu'))
+    start = time.perf_counter()
+    try:
+        predictor = EnsemblePredictor(checkpoints, device)
+    except IncompatibleModels as exc:
+        raise TaskError('incompatible_models', str(exc)) from exc
+    arrays = read_npz(input_dir / 'structures.npz')
+    method = predictor.resolve_method(config.get('uncertainty', 'ensemble'))
+    result = predictor.predict(arrays, int(config.get('batch_size', 64)), method, int(config.get('mc_samples', 10)))
+    seconds = time.perf_counter() - start
+    np.savez(output_dir / 'predictions.npz', mean=result['mean'].astype(np.float64),
+             sigma=result['sigma'].astype(np.float64), status=result['status'], reason=result['reason'])
+    n_ok = int((result['status'] == 'ok').sum())
+    summary = {
+        'target': predictor.target, 'units': predictor.units, 'n_structures': len(arrays), 'n_ok': n_ok,
+        'n_failed': len(arrays) - n_ok, 'seconds': seconds,
+        'structures_per_second': len(arrays) / seconds if seconds > 0 else None, 'device': device,
+        'uncertainty': method, 'n_members': predictor.num_members,
+    }
+    (output_dir / 'summary.json').write_text(json.dumps(summary, indent=2))
+    if len(arrays) and n_ok == 0 and np.all(~np.isfinite(result['mean'])):
+        raise TaskError('nan_output', 'no structure got a finite prediction')

@@ -1,0 +1,56 @@
+"""Learning-curve and parity figures written beside a trained checkpoint (matplotlib, Agg)."""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curve(histories: list[list[dict]], path: str | pathlib.Path, units: str = '') -> None:
+    """Train loss and validation MAE per epoch, one line per ensemble member."""
+    plt = _pyplot()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for member, history in enumerate(histories):
+        epochs = [row['epoch'] for row in history]
+        left.plot(epochs, [row['train_loss'] for row in history], label=f'member {member}')
+        right.plot(epochs, [row['val_mae'] for row in history], label=f'member {member}')
+    left.set(xlabel='epoch', ylabel='train L1 loss (standardised)', yscale='log')
+    right.set(xlabel='epoch', ylabel=f'validation MAE ({units})', yscale='log')
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def parity(true: np.ndarray, predicted: np.ndarray, sigma: np.ndarray | None, path: str | pathlib.Path,
+           label: str = '', units: str = '', title: str = '') -> None:
+    """Predicted vs true on the test split; points coloured by sigma when there is one."""
+    plt = _pyplot()
+    true, predicted = np.asarray(true, float), np.asarray(predicted, float)
+    figure, axis = plt.subplots(figsize=(4.6, 4.2))
+    colour = sigma if sigma is not None and np.all(np.isfinite(sigma)) else None
+    points = axis.scatter(true, predicted, c=colour, s=4, cmap='viridis', alpha=0.7)
+    if colour is not None:
+        figure.colorbar(points, ax=axis, label=f'sigma ({units})')
+    finite = np.isfinite(true) & np.isfinite(predicted)
+    if finite.any():
+        low = min(true[finite].min(), predicted[finite].min())
+        high = max(true[finite].max(), predicted[finite].max())
+        axis.plot([low, high], [low, high], 'k--', lw=0.8)
+        mae = np.mean(np.abs(true[finite] - predicted[finite]))
+        axis.text(0.04, 0.94, f'MAE {mae:.4g} {units}\nn = {finite.sum()}', transform=axis.transAxes, va='top')
+    axis.set(xlabel=f'true {label} ({units})', ylabel=f'predicted {label} ({units})', title=title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

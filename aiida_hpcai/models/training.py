@@ -1,0 +1,413 @@
+"""Training, fine-tuning and evaluation of Crysformer ensembles, and the ``hpcai-model train`` task.
+
+Recipe: L1 loss on the standardised target (optionally the residual after a per-element ridge
+fit on composition fractions, which takes the large, easy, composition-only part out of
+formation energies), AdamW, linear warm-up then cosine decay, early stopping on validation MAE
+(the best epoch is kept), seeded, with an optional wall-clock budget (``max_minutes``) so that
+models can be compared at equal cost. Each ensemble member uses ``seed + member``.
+
+Fine-tuning starts from a parent checkpoint: its architecture, normalisation and element
+reference are kept (the network's output space must not move), the learning rate is lower, and
+the embedding plus the first ``freeze_blocks`` blocks can be frozen.
+
+Resuming: after every epoch the state (current member, epoch, optimiser, scheduler, finished
+members, histories) is written to ``training_state.pt`` in the output folder; running again with
+the same folder continues from there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import random
+import time
+
+import numpy as np
+import torch
+
+from . import plots
+from .checkpoint import id_digest, make_checkpoint, save_checkpoint
+from .crysformer import Crysformer, CrysformerConfig, count_parameters, resolve_config
+from .graph import collate, graphs_from_arrays
+from .inference import EnsemblePredictor, element_reference_offsets
+from .structure_io import StructureArrays
+from .uncertainty import fit_sigma_scale, spread, uncertainty_metrics
+
+STATE_FILE = 'training_state.pt'
+DEFAULT_UNITS = {'formation_energy_per_atom': 'eV/atom', 'band_gap': 'eV', 'energy_per_atom': 'eV/atom'}
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    epochs: int = 100
+    batch_size: int = 64
+    learning_rate: float | None = None  # None: 1e-3, or 1e-4 when fine-tuning
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.01
+    patience: int = 20
+    seed: int = 0
+    device: str = 'cpu'
+    max_minutes: float | None = None  # wall-clock budget for the whole ensemble
+    ensemble_size: int = 1
+    element_reference: bool = True
+    ridge_alpha: float = 1e-4
+    freeze_blocks: int = 0
+    gradient_clip: float = 10.0
+    mc_samples: int = 10
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> 'TrainingConfig':
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f'unknown training options: {sorted(unknown)}')
+        return cls(**values)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def composition_fractions(numbers_list, size: int = 101) -> np.ndarray:
+    out = np.zeros((len(numbers_list), size))
+    for row, numbers in enumerate(numbers_list):
+        out[row] = np.bincount(np.asarray(numbers, dtype=np.int64), minlength=size)[:size] / max(len(numbers), 1)
+    return out
+
+
+def fit_element_reference(numbers_list, values: np.ndarray, alpha: float = 1e-4) -> dict:
+    """Ridge regression of ``values`` on element fractions (no intercept: fractions sum to 1)."""
+    fractions = composition_fractions(numbers_list)
+    gram = fractions.T @ fractions + alpha * len(values) * np.eye(fractions.shape[1])
+    coefficients = np.linalg.solve(gram, fractions.T @ np.asarray(values, dtype=np.float64))
+    return {'coefficients': [float(c) for c in coefficients], 'ridge_alpha': alpha}
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclasses.dataclass
+class PreparedData:
+    graphs: list  # CrystalGraph per kept structure
+    targets: np.ndarray  # standardised residual targets
+    raw: np.ndarray  # targets in physical units
+    ids: list[str]
+
+
+def _prepare(arrays: StructureArrays, indices, target: str, reference: dict | None, num_neighbours: int):
+    graphs, failures = graphs_from_arrays(arrays, indices, num_neighbours=num_neighbours, errors='collect')
+    keep = [n for n, g in enumerate(graphs) if g is not None]
+    graphs = [graphs[n] for n in keep]
+    index_kept = np.asarray(indices, dtype=np.int64)[keep]
+    raw = arrays.labels[target][index_kept]
+    residual = raw - element_reference_offsets([g.numbers for g in graphs], reference)
+    return graphs, raw, residual, [str(arrays.ids[i]) for i in index_kept], failures
+
+
+class _Budget:
+    def __init__(self, minutes: float | None):
+        self.deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
+
+    def exhausted(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+
+def _evaluate_mae(model, data: PreparedData, normalization: dict, batch_size: int, device) -> float:
+    model.eval()
+    predictions = []
+    with torch.no_grad():
+        for start in range(0, len(data.graphs), batch_size):
+            predictions.append(model(collate(data.graphs[start:start + batch_size]).to(device)).double().cpu().numpy())
+    predicted = np.concatenate(predictions) * normalization['std']
+    return float(np.mean(np.abs(predicted - data.targets * normalization['std'])))
+
+
+def train_member(model: Crysformer, train: PreparedData, val: PreparedData, normalization: dict,
+                 config: TrainingConfig, seed: int, budget: _Budget, state_path: pathlib.Path | None = None,
+                 resume_state: dict | None = None, save_extra: dict | None = None, label: str = '') -> tuple[dict, list]:
+    """Train one member; returns (best state_dict, per-epoch history)."""
+    device = torch.device(config.device)
+    model.to(device)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    learning_rate = config.learning_rate or 1e-3
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train.graphs) / config.batch_size))
+    total_steps = steps_per_epoch * config.epochs
+    warmup = max(1, int(config.warmup_fraction * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup, config.min_lr_ratio))
+    history: list[dict] = []
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_val, best_epoch, first_epoch = math.inf, -1, 0
+    if resume_state is not None:
+        model.load_state_dict(resume_state['model'])
+        optimizer.load_state_dict(resume_state['optimizer'])
+        scheduler.load_state_dict(resume_state['scheduler'])
+        best_state, best_val, best_epoch = resume_state['best_state'], resume_state['best_val'], resume_state['best_epoch']
+        history, first_epoch = resume_state['history'], resume_state['epoch'] + 1
+    generator = np.random.default_rng(seed)
+    for _ in range(first_epoch):  # the same shuffles as an uninterrupted run
+        generator.permutation(len(train.graphs))
+    targets = torch.as_tensor(train.targets, dtype=torch.float32)
+    epochs = range(first_epoch, config.epochs)
+    bar = None
+    if config.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(epochs, desc=f'training {label}'.strip(), unit='epoch', mininterval=2.0)
+        epochs = bar
+    for epoch in epochs:
+        model.train()
+        started = time.monotonic()
+        order = generator.permutation(len(train.graphs))
+        losses = []
+        for start in range(0, len(order), config.batch_size):
+            chosen = order[start:start + config.batch_size]
+            batch = collate([train.graphs[i] for i in chosen]).to(device)
+            loss = torch.nn.functional.l1_loss(model(batch), targets[chosen].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.gradient_clip:
+                torch.nn.utils.clip_grad_norm_(parameters, config.gradient_clip)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            if budget.exhausted():
+                break
+        val_mae = _evaluate_mae(model, val, normalization, config.batch_size, device)
+        history.append({'epoch': epoch, 'train_loss': float(np.mean(losses)), 'val_mae': val_mae,
+                        'lr': scheduler.get_last_lr()[0], 'seconds': time.monotonic() - started})
+        if val_mae < best_val:
+            best_val, best_epoch = val_mae, epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if bar is not None:
+            bar.set_postfix(loss=f'{history[-1]["train_loss"]:.4f}', val_mae=f'{val_mae:.4g}', best=f'{best_val:.4g}')
+        stop = budget.exhausted() or epoch - best_epoch >= config.patience
+        if state_path is not None:
+            torch.save({**(save_extra or {}), 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                        'scheduler': scheduler.state_dict(), 'best_state': best_state, 'best_val': best_val,
+                        'best_epoch': best_epoch, 'history': history,
+                        'epoch': config.epochs - 1 if stop else epoch}, state_path)
+        if stop:
+            break
+    if bar is not None:
+        bar.close()
+    return best_state, history
+
+
+def _freeze(model: Crysformer, count: int) -> None:
+    for module in model.blocks_to_freeze(count):
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+
+
+def train_ensemble(arrays: StructureArrays, target: str, split: dict[str, np.ndarray], output_dir,
+                   model_config: str | dict | CrysformerConfig = 'cpu', training: TrainingConfig | dict | None = None,
+                   units: str | None = None, parent: dict | None = None, dataset: dict | None = None,
+                   resume: bool = True) -> tuple[dict, dict]:
+    """Train (or fine-tune from ``parent``) an ensemble; write model.pt, metadata.json,
+    metrics.json and the figures into ``output_dir``; return (checkpoint, metrics)."""
+    output_dir = pathlib.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config = training if isinstance(training, TrainingConfig) else TrainingConfig.from_dict(dict(training or {}))
+    if parent is not None:
+        model_config = CrysformerConfig.from_dict(parent['hyperparameters']['model'])
+        if config.learning_rate is None:
+            config.learning_rate = 1e-4
+        units = units or parent['units']
+        if parent['target'] != target:
+            raise ValueError(f"parent predicts {parent['target']!r}, not {target!r}")
+    model_config = resolve_config(model_config)
+    units = units or DEFAULT_UNITS.get(target, '')
+    device = torch.device(config.device)
+    started = time.monotonic()
+
+    if parent is not None:
+        reference = parent.get('element_reference')
+        normalization = dict(parent['normalization'])
+    else:
+        train_numbers = [arrays.atoms_of(int(i))[0] for i in split['train']]
+        reference = (fit_element_reference(train_numbers, arrays.labels[target][split['train']], config.ridge_alpha)
+                     if config.element_reference else None)
+        normalization = None
+
+    data, normalization, failures = prepare_splits(arrays, target, split, reference, normalization,
+                                                   model_config.num_neighbours)
+
+    budget = _Budget(config.max_minutes)
+    state_path = output_dir / STATE_FILE
+    saved = torch.load(state_path, map_location='cpu', weights_only=True) if resume and state_path.exists() else None
+    if saved is not None and saved.get('signature') != _signature(config, model_config, target, data):
+        saved = None  # a different run used this folder: start afresh
+    members: list[dict] = list(saved['finished_members']) if saved else []
+    histories: list[list] = list(saved['finished_histories']) if saved else []
+    for member in range(len(members), config.ensemble_size):
+        seed = config.seed + member
+        seed_everything(seed)
+        model = Crysformer(model_config)
+        if parent is not None:
+            model.load_state_dict(parent['members'][member % len(parent['members'])])
+            _freeze(model, config.freeze_blocks)
+        resume_state = saved if saved is not None and saved.get('member') == member and 'model' in saved else None
+        member_budget = _Budget(None if config.max_minutes is None else
+                                max(0.0, (budget.deadline - time.monotonic()) / 60.0) / (config.ensemble_size - member))
+        extra = {'signature': _signature(config, model_config, target, data), 'member': member,
+                 'finished_members': members, 'finished_histories': histories}
+        best_state, history = train_member(model, data['train'], data['val'], normalization, config, seed,
+                                           member_budget, state_path, resume_state, extra,
+                                           label=f'member {member + 1}/{config.ensemble_size}')
+        members.append(best_state)
+        histories.append(history)
+    training_seconds = time.monotonic() - started
+
+    return finalize_ensemble(members, histories, model_config, config, target, units, normalization, reference,
+                             data, failures, output_dir, dataset, training_seconds)
+
+
+def finalize_ensemble(members: list[dict], histories: list[list], model_config: CrysformerConfig,
+                      config: TrainingConfig, target: str, units: str, normalization: dict, reference: dict | None,
+                      data: dict, failures: dict, output_dir, dataset: dict | None = None,
+                      training_seconds: float | None = None) -> tuple[dict, dict]:
+    """Evaluate the members as one ensemble (sigma scales fitted on val), then write model.pt,
+    metadata.json, metrics.json, learning_curve.png and parity.png into ``output_dir``."""
+    output_dir = pathlib.Path(output_dir)
+    state_path = output_dir / STATE_FILE
+    checkpoint = make_checkpoint(members, model_config, target, units, normalization, training=config.to_dict(),
+                                 element_reference=reference)
+    predictor = EnsemblePredictor([checkpoint], config.device)
+    metrics, test_predictions = evaluate(predictor, data, config)
+    checkpoint['sigma_scale'] = metrics.pop('sigma_scale')
+    metrics.update({
+        'history': histories, 'training_seconds': training_seconds,
+        'n_parameters': count_parameters(Crysformer(model_config)),
+        'n_structures': {name: len(d.graphs) for name, d in data.items()}, 'graph_failures': failures,
+        'sigma_scale': checkpoint['sigma_scale'], 'normalization': normalization,
+    })
+    checkpoint['metrics'] = {split_name: metrics[split_name] for split_name in ('val', 'test')}
+    checkpoint['split'] = {name: id_digest(d.ids) for name, d in data.items()}
+    checkpoint['dataset'] = dict(dataset or {})
+    sha = save_checkpoint(checkpoint, output_dir / 'model.pt')
+    metadata = {'architecture': checkpoint['architecture'], 'hyperparameters': checkpoint['hyperparameters'],
+                'target': target, 'units': units, 'metrics': checkpoint['metrics'], 'sha256': sha,
+                'n_members': len(members), 'dataset': checkpoint['dataset'], 'split': checkpoint['split']}
+    (output_dir / 'metadata.json').write_text(json.dumps(metadata, indent=2))
+    (output_dir / 'metrics.json').write_text(json.dumps(metrics, indent=2))
+    plots.learning_curve(histories, output_dir / 'learning_curve.png', units)
+    test = data['test'] if data['test'].graphs else data['val']
+    mean, sigma = test_predictions
+    plots.parity(test.raw, mean, sigma, output_dir / 'parity.png', target, units,
+                 title='test split' if data['test'].graphs else 'validation split')
+    if state_path.exists():
+        state_path.unlink()  # finished: nothing left to resume
+    return checkpoint, metrics
+
+
+def prepare_splits(arrays: StructureArrays, target: str, split: dict[str, np.ndarray], reference: dict | None,
+                   normalization: dict | None, num_neighbours: int) -> tuple[dict, dict, dict]:
+    """Graphs and standardised targets of each split; returns (data, normalization, graph failures)."""
+    prepared, failures = {}, {}
+    for name in ('train', 'val', 'test'):
+        graphs, raw, residual, ids, failed = _prepare(arrays, split[name], target, reference, num_neighbours)
+        prepared[name] = (graphs, raw, residual, ids)
+        failures[name] = len(failed)
+    if not prepared['train'][0] or not prepared['val'][0]:
+        raise ValueError('the train and val splits must each hold at least one structure')
+    if normalization is None:
+        residual = prepared['train'][2]
+        normalization = {'mean': float(residual.mean()), 'std': float(max(residual.std(), 1e-6))}
+    data = {name: PreparedData(graphs, (residual - normalization['mean']) / normalization['std'], raw, ids)
+            for name, (graphs, raw, residual, ids) in prepared.items()}
+    return data, normalization, failures
+
+
+def _signature(config: TrainingConfig, model_config: CrysformerConfig, target: str, data: dict) -> str:
+    ids = {name: id_digest(d.ids)['sha256'] for name, d in data.items()}
+    relevant = {k: v for k, v in config.to_dict().items() if k not in ('progress', 'device', 'max_minutes')}
+    return json.dumps([relevant, model_config.to_dict(), target, ids], sort_keys=True)
+
+
+def evaluate(predictor: EnsemblePredictor, data: dict, config: TrainingConfig):
+    """Val/test metrics for the ensemble and MC-dropout estimators, with sigma scales fitted on val."""
+    metrics: dict = {'val': {}, 'test': {}, 'sigma_scale': {}}
+    test_predictions = None
+    methods = ['ensemble', 'mc_dropout'] if predictor.num_members > 1 else ['mc_dropout']
+    for method in methods:
+        samples = {name: predictor.sample(data[name].graphs, config.batch_size, method, config.mc_samples)
+                   for name in ('val', 'test') if data[name].graphs}
+        stats = {name: spread(value) for name, value in samples.items()}
+        mean_val, sigma_val = stats['val']
+        scale = fit_sigma_scale(mean_val - data['val'].raw, sigma_val)
+        metrics['sigma_scale'][method] = scale
+        for name, (mean, sigma) in stats.items():
+            metrics[name][method] = uncertainty_metrics(mean, sigma * scale, data[name].raw)
+        if method == methods[0]:
+            for name, (mean, _) in stats.items():
+                metrics[name]['mae'] = float(np.mean(np.abs(mean - data[name].raw)))
+            key = 'test' if 'test' in stats else 'val'
+            test_predictions = (stats[key][0], stats[key][1] * scale)
+    if 'ensemble' not in metrics['sigma_scale']:
+        metrics['sigma_scale']['ensemble'] = metrics['sigma_scale']['mc_dropout']
+    # the per-member errors show how much the ensemble gains over one model
+    for name in ('val', 'test'):
+        if data[name].graphs and predictor.num_members > 1:
+            members = predictor.sample(data[name].graphs, config.batch_size, 'ensemble')
+            metrics[name]['member_mae'] = [float(np.mean(np.abs(row - data[name].raw))) for row in members]
+    return metrics, test_predictions
+
+
+# -- the hpcai-model task ------------------------------------------------------------------------
+_TRAINING_KEYS = {f.name for f in dataclasses.fields(TrainingConfig)}
+
+
+def run_train(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path) -> None:
+    """``hpcai-model train``: train or fine-tune an ensemble on structures.npz."""
+    from .datasets import split_by_id, split_indices
+    from .inference import load_verified
+    from .program import TaskError
+    from .structure_io import read_npz
+
+    input_dir, output_dir = pathlib.Path(input_dir), pathlib.Path(output_dir)
+    target = config.get('target')
+    if not target:
+        raise TaskError('invalid_config', 'config.json must name a "target"')
+    arrays = read_npz(input_dir / 'structures.npz')
+    if target not in arrays.labels:
+        raise TaskError('missing_label', f'structures.npz has no label {target!r} (labels: {sorted(arrays.labels)})')
+    labelled = np.nonzero(np.isfinite(arrays.labels[target]))[0]
+    if len(labelled) == 0:
+        raise TaskError('missing_label', f'no structure has a finite {target!r} label')
+    arrays = arrays.subset(labelled)
+    ids = [str(i) for i in arrays.ids]
+    split_config = config.get('split') or {'fractions': [0.8, 0.1, 0.1], 'seed': 0}
+    if 'train' in split_config:
+        split = {name: list(split_config.get(name, [])) for name in ('train', 'val', 'test')}
+    else:
+        split = split_by_id(ids, tuple(split_config.get('fractions', (0.8, 0.1, 0.1))), int(split_config.get('seed', 0)))
+    indices = split_indices(ids, split)
+    if len(indices['train']) == 0 or len(indices['val']) == 0:
+        raise TaskError('invalid_split', 'the train and val splits must each hold at least one labelled structure')
+
+    parent = load_verified(config['parent'], input_dir) if config.get('parent') else None
+    training = {key: config[key] for key in _TRAINING_KEYS if key in config}
+    training.setdefault('progress', False)
+    try:
+        train_ensemble(arrays, target, indices, output_dir, model_config=config.get('model_config', 'cpu'),
+                       training=training, units=config.get('units'), parent=parent,
+                       dataset={'name': config.get('dataset_name', 'structures.npz'), 'n_structures': len(arrays),
+                                'formulae_sha256': arrays.formulae_digest()})
+    except ValueError as exc:
+        if 'parent predicts' in str(exc):
+            raise TaskError('incompatible_models', str(exc)) from exc
+        raise

@@ -1,0 +1,69 @@
+"""What the parsers of ``hpcai-model`` jobs share: finding output files and reading ``error.json`` first."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+from aiida.engine import ExitCode
+from aiida.parsers import Parser
+
+from aiida_hpcai.calculations.base import ERROR_FILENAME, PROGRAM_ERROR_EXIT_CODES
+
+
+class OutputFileMissing(Exception):
+    """Raised by :meth:`ModelProgramParser.open_output` for a file the job did not produce."""
+
+    def __init__(self, filename: str):
+        super().__init__(filename)
+        self.filename = filename
+
+
+class ModelProgramParser(Parser):
+    """Base parser: subclasses implement :meth:`parse_outputs`, called when the program reported no error."""
+
+    def parse(self, retrieved_temporary_folder: str | None = None, **kwargs):
+        self._temporary = pathlib.Path(retrieved_temporary_folder) if retrieved_temporary_folder else None
+
+        exit_code = self.exit_code_from_error_file()
+        if exit_code is not None:
+            return exit_code
+        try:
+            return self.parse_outputs()
+        except OutputFileMissing as exc:
+            return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(filename=exc.filename)
+
+    def parse_outputs(self) -> ExitCode | None:
+        raise NotImplementedError
+
+    # -- files ------------------------------------------------------------------------------
+    def has_output(self, filename: str) -> bool:
+        if self._temporary is not None and (self._temporary / filename).is_file():
+            return True
+        return filename in self.retrieved.base.repository.list_object_names()
+
+    def read_bytes(self, filename: str) -> bytes:
+        """Content of an output file, from the temporary retrieved folder or the ``retrieved`` node."""
+        if self._temporary is not None and (self._temporary / filename).is_file():
+            return (self._temporary / filename).read_bytes()
+        if filename in self.retrieved.base.repository.list_object_names():
+            return self.retrieved.base.repository.get_object_content(filename, mode='rb')
+        raise OutputFileMissing(filename)
+
+    def read_json(self, filename: str):
+        return json.loads(self.read_bytes(filename))
+
+    # -- errors -----------------------------------------------------------------------------
+    def exit_code_from_error_file(self) -> ExitCode | None:
+        """Map the program's ``error.json`` (if any) to this CalcJob's exit code."""
+        if not self.has_output(ERROR_FILENAME):
+            return None
+        try:
+            error = self.read_json(ERROR_FILENAME)
+            code, message = error['error'], error.get('message', '')
+        except (ValueError, KeyError, TypeError) as exc:
+            return self.exit_codes.ERROR_OUTPUT_FILES_UNREADABLE.format(filename=ERROR_FILENAME, exception=exc)
+        self.logger.error(f'hpcai-model reported `{code}`: {message}')
+        label = PROGRAM_ERROR_EXIT_CODES.get(code)
+        if label is None or label not in self.exit_codes:
+            return self.exit_codes.ERROR_PROGRAM_UNKNOWN_ERROR.format(code=code, message=message)
+        return self.exit_codes[label].format(message=message)

@@ -1,0 +1,63 @@
+"""``hpcai.predict`` parser: ``predictions.npz`` -> ArrayData, ``summary.json`` -> Dict."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from aiida import orm
+
+from .base import ModelProgramParser
+
+__all__ = ('PredictParser',)
+
+PREDICTION_ARRAYS = ('mean', 'sigma', 'status', 'reason')
+STATUS_OK, STATUS_FAILED = 'ok', 'failed'
+
+
+class PredictParser(ModelProgramParser):
+    """Attach ``predictions`` (mean, sigma, status, reason; aligned with the input set) and ``summary``.
+
+    Per-structure failures are data, not a job failure: they are recorded in ``status``/``reason``.
+    Only when no structure at all was predicted does the job exit non-zero.
+    """
+
+    def parse_outputs(self):
+        content = self.read_bytes('predictions.npz')
+        summary = self.read_json('summary.json')
+        try:
+            with np.load(io.BytesIO(content), allow_pickle=False) as data:
+                arrays = {name: data[name] for name in PREDICTION_ARRAYS}
+        except (ValueError, KeyError, OSError) as exc:
+            return self.exit_codes.ERROR_OUTPUT_FILES_UNREADABLE.format(filename='predictions.npz', exception=exc)
+
+        expected = self.node.inputs.structures.count
+        lengths = {name: len(values) for name, values in arrays.items()}
+        if set(lengths.values()) != {expected}:
+            return self.exit_codes.ERROR_OUTPUT_INCONSISTENT.format(
+                message=f'prediction arrays have lengths {lengths}, the structure set has {expected} structures')
+        status = arrays['status'].astype(str)
+        unknown = sorted(set(status.tolist()) - {STATUS_OK, STATUS_FAILED})
+        if unknown:
+            return self.exit_codes.ERROR_OUTPUT_INCONSISTENT.format(message=f'unknown status values {unknown}')
+
+        predictions = orm.ArrayData()
+        predictions.set_array('mean', arrays['mean'].astype(np.float64))
+        predictions.set_array('sigma', arrays['sigma'].astype(np.float64))
+        predictions.set_array('status', status)
+        predictions.set_array('reason', arrays['reason'].astype(str))
+        # Queryable without opening the arrays.
+        n_ok = int((status == STATUS_OK).sum())
+        predictions.base.attributes.set_many({
+            'target': summary.get('target'), 'units': summary.get('units'),
+            'n_structures': expected, 'n_ok': n_ok, 'n_failed': expected - n_ok,
+        })
+        self.out('predictions', predictions)
+        self.out('summary', orm.Dict(summary))
+
+        if expected and n_ok == 0:
+            reasons = sorted(set(arrays['reason'].astype(str).tolist()))[:3]
+            return self.exit_codes.ERROR_NO_STRUCTURE_PREDICTED.format(n_structures=expected, reasons=reasons)
+        if n_ok < expected:
+            self.logger.warning(f'{expected - n_ok} of {expected} structures could not be predicted; '
+                                'see the `status` and `reason` arrays of the `predictions` output')
+        return None

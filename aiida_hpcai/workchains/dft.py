@@ -1,0 +1,337 @@
+"""``hpcai.dft``: relax, static SCF and formation energy of one structure, with any DFT engine.
+
+The engine (``quantumespresso`` or ``vasp``) is an input; everything engine-specific lives in its adapter
+(``aiida_hpcai/engines``). Steps:
+
+1. checks, before any calculation: engine, protocol and override keys (input validation); elements
+   without pseudopotential / POTCAR; elements without a reference structure (when formation energy is on);
+2. optional standardization of the cell (spglib standard primitive, so the codes find the full symmetry);
+3. variable-cell relaxation (the engine's own WorkChain, with its restart handlers);
+4. static SCF on the relaxed structure: total energy, band gap, magnetization;
+5. formation energy per atom from elemental references computed with the same engine, protocol and
+   pseudopotentials: each found by query if some earlier WorkChain computed it, else computed here once
+   as a child ``hpcai.dft`` with formation energy off, and tagged for every later WorkChain.
+"""
+from __future__ import annotations
+
+import collections
+
+from aiida import orm
+from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
+
+from ..engines import get_engine
+from ..engines import references as refs
+
+
+def validate_inputs(inputs, _):
+    """Reject an unknown engine, protocol or protocol override key before anything runs."""
+    try:
+        engine = get_engine(inputs['engine'].value)
+        overrides = inputs['overrides'].get_dict() if 'overrides' in inputs else None
+        engine.load_protocol(inputs['protocol'].value, overrides)
+    except (ValueError, ImportError) as exception:
+        return str(exception)
+
+
+@calcfunction
+def standardize_structure(structure: orm.StructureData) -> orm.StructureData:
+    """Return the spglib standard primitive cell of ``structure`` (axes aligned with its symmetry)."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    analyzer = SpacegroupAnalyzer(structure.get_pymatgen_structure(), symprec=1e-3)
+    return orm.StructureData(pymatgen=analyzer.get_primitive_standard_structure())
+
+
+@calcfunction
+def collect_scf_result(engine: orm.Str, identity: orm.Dict, **nodes) -> dict:
+    """Turn the engine's SCF output nodes into the common outputs (eV, μB)."""
+    result = get_engine(engine.value).scf_result_from_nodes(nodes)
+    outputs = {
+        'total_energy': orm.Float(result.total_energy),
+        'energy_per_atom': orm.Float(result.energy_per_atom),
+        'total_magnetization': orm.Float(result.total_magnetization),
+        'identity': orm.Dict(identity.get_dict()),
+    }
+    if result.band_gap is not None:
+        outputs['band_gap'] = orm.Float(result.band_gap)
+    return outputs
+
+
+@calcfunction
+def compute_formation_energy(structure: orm.StructureData, energy_per_atom: orm.Float, **reference_energies):
+    """Formation energy per atom (eV): ``(E - sum_i n_i mu_i) / N`` with ``mu_i`` the references per atom."""
+    composition = collections.Counter(structure.get_kind(site.kind_name).symbol for site in structure.sites)
+    natoms = sum(composition.values())
+    reference_sum = sum(count * reference_energies[element].value for element, count in composition.items())
+    return orm.Float(energy_per_atom.value - reference_sum / natoms)
+
+
+class DftWorkChain(WorkChain):
+    """Relax a structure, run a static SCF and compute its formation energy, with the engine given as input."""
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input('structure', valid_type=orm.StructureData, help='The structure to relax and compute.')
+        spec.input(
+            'engine', valid_type=orm.Str, help="The DFT engine: 'quantumespresso' or 'vasp' (see aiida_hpcai.engines)."
+        )
+        spec.input('code', valid_type=orm.AbstractCode, help="The engine's code (pw.x or VASP).")
+        spec.input(
+            'protocol',
+            valid_type=orm.Str,
+            default=lambda: orm.Str('balanced'),
+            help="Protocol name: 'fast', 'balanced' or 'precise' (the engine's YAML file).",
+        )
+        spec.input(
+            'overrides',
+            valid_type=orm.Dict,
+            required=False,
+            help='Nested overrides of the protocol; a key the protocol does not have is an error.',
+        )
+        spec.input(
+            'options',
+            valid_type=orm.Dict,
+            required=False,
+            help='metadata.options of every calculation (resources, max_wallclock_seconds, queue_name, ...).',
+        )
+        spec.input(
+            'magnetic_moments',
+            valid_type=orm.Dict,
+            required=False,
+            help="Initial moments per element (μB per atom); default: the engine's ferromagnetic guess for "
+            'V, Cr, Mn, Fe, Co, Ni; {} for no spin polarization.',
+        )
+        spec.input(
+            'relax_cell',
+            valid_type=orm.Bool,
+            default=lambda: orm.Bool(True),
+            help='Relax the cell as well as the positions (False for molecular-crystal references).',
+        )
+        spec.input(
+            'standardize',
+            valid_type=orm.Bool,
+            default=lambda: orm.Bool(True),
+            help='Replace the cell by its standard primitive cell first, so the code finds all symmetries.',
+        )
+        spec.input(
+            'compute_formation_energy',
+            valid_type=orm.Bool,
+            default=lambda: orm.Bool(True),
+            help='Compute the formation energy from elemental references (computed once per identity).',
+        )
+        spec.inputs.validator = validate_inputs
+
+        spec.outline(
+            cls.setup,
+            cls.check_structure,
+            if_(cls.should_standardize)(cls.standardize),
+            cls.run_relax,
+            cls.inspect_relax,
+            cls.run_scf,
+            cls.inspect_scf,
+            if_(cls.should_compute_formation_energy)(
+                while_(cls.has_references_to_compute)(
+                    cls.run_reference,
+                    cls.inspect_reference,
+                ),
+                cls.compute_formation_energy,
+            ),
+        )
+
+        spec.output('relaxed_structure', valid_type=orm.StructureData, help='The relaxed structure.')
+        spec.output('total_energy', valid_type=orm.Float, help='Total energy of the relaxed cell (eV), static run.')
+        spec.output('energy_per_atom', valid_type=orm.Float, help='Total energy per atom (eV/atom).')
+        spec.output(
+            'formation_energy_per_atom',
+            valid_type=orm.Float,
+            required=False,
+            help='Formation energy per atom (eV/atom) from elemental references of the same identity.',
+        )
+        spec.output(
+            'band_gap',
+            valid_type=orm.Float,
+            required=False,
+            help="Band gap (eV) from the static run's eigenvalues and occupations on its k-point mesh.",
+        )
+        spec.output('total_magnetization', valid_type=orm.Float, help='Total magnetization of the cell (μB).')
+        spec.output(
+            'identity', valid_type=orm.Dict, help='engine, protocol, protocol_digest and pseudopotential family.'
+        )
+
+        spec.exit_code(
+            301,
+            'ERROR_MISSING_PSEUDOPOTENTIAL',
+            message='element(s) {elements} have no pseudopotential/POTCAR in the family {family}',
+        )
+        spec.exit_code(
+            302,
+            'ERROR_REFERENCE_MISSING',
+            message='element(s) {elements} have no elemental reference structure, so no formation energy '
+            '(run with compute_formation_energy=False, or add them to engines/reference_structures.json)',
+        )
+        spec.exit_code(401, 'ERROR_RELAX_FAILED', message='the relaxation {process} failed with exit status {status}')
+        spec.exit_code(
+            402,
+            'ERROR_SCF_NOT_CONVERGED',
+            message='the static SCF {process} did not converge, after its own restarts (exit status {status})',
+        )
+        spec.exit_code(403, 'ERROR_SCF_FAILED', message='the static SCF {process} failed with exit status {status}')
+        spec.exit_code(
+            404,
+            'ERROR_REFERENCE_FAILED',
+            message='the elemental reference calculation of {element} ({process}) failed with exit status {status}',
+        )
+
+    # -- steps ------------------------------------------------------------------------------------------
+    @property
+    def engine(self):
+        return get_engine(self.inputs.engine.value)
+
+    def setup(self):
+        overrides = self.inputs.overrides.get_dict() if 'overrides' in self.inputs else None
+        self.ctx.protocol = self.engine.load_protocol(self.inputs.protocol.value, overrides)
+        self.ctx.identity = self.engine.identity(self.inputs.code, self.inputs.protocol.value, self.ctx.protocol)
+        self.ctx.options = self.inputs.options.get_dict() if 'options' in self.inputs else None
+        self.ctx.magnetic_moments = self.inputs.magnetic_moments.get_dict() if 'magnetic_moments' in self.inputs else None
+        self.ctx.structure = self.inputs.structure
+        self.ctx.reference_energies = {}
+        self.ctx.references_to_compute = []
+
+    def check_structure(self):
+        """Fail before any calculation for elements without pseudopotential or reference structure."""
+        structure = self.inputs.structure
+        missing = self.engine.check_structure(structure, self.inputs.code, self.ctx.protocol)
+        if missing:
+            return self.exit_codes.ERROR_MISSING_PSEUDOPOTENTIAL.format(
+                elements=', '.join(missing), family=self.ctx.identity.get('pseudo_family')
+            )
+        if not self.inputs.compute_formation_energy.value:
+            return None
+        elements = sorted(structure.get_symbols_set())
+        missing = refs.missing_references(elements)
+        if missing:
+            return self.exit_codes.ERROR_REFERENCE_MISSING.format(elements=', '.join(missing))
+        # References made earlier are looked up now, so only the absent ones are computed later.
+        for element in elements:
+            node = refs.find_reference(element, self.ctx.identity)
+            if node is None:
+                self.ctx.references_to_compute.append(element)
+            else:
+                self.ctx.reference_energies[element] = node.outputs.energy_per_atom
+                self.report(f'reusing the {element} reference {node.process_label}<{node.pk}>')
+        return None
+
+    def should_standardize(self):
+        structure = self.inputs.structure
+        # Kinds carrying more than the element (e.g. antiferromagnetic sublattices) would be lost.
+        same_kinds = all(kind.name == kind.symbol for kind in structure.kinds)
+        return self.inputs.standardize.value and same_kinds and all(structure.pbc)
+
+    def standardize(self):
+        self.ctx.structure = standardize_structure(self.inputs.structure)
+
+    def run_relax(self):
+        builder = self.engine.get_relax_builder(
+            self.ctx.structure,
+            self.inputs.code,
+            self.ctx.protocol,
+            options=self.ctx.options,
+            magnetic_moments=self.ctx.magnetic_moments,
+            relax_cell=self.inputs.relax_cell.value,
+        )
+        builder.metadata.call_link_label = 'relax'
+        node = self.submit(builder)
+        self.report(f'launched relaxation {node.process_label}<{node.pk}>')
+        return ToContext(relax=node)
+
+    def inspect_relax(self):
+        node = self.ctx.relax
+        if not node.is_finished_ok:
+            return self.exit_codes.ERROR_RELAX_FAILED.format(
+                process=f'{node.process_label}<{node.pk}>', status=node.exit_status
+            )
+        self.ctx.relaxed_structure = self.engine.get_relaxed_structure(node)
+        self.out('relaxed_structure', self.ctx.relaxed_structure)
+        return None
+
+    def run_scf(self):
+        builder = self.engine.get_scf_builder(
+            self.ctx.relaxed_structure,
+            self.inputs.code,
+            self.ctx.protocol,
+            options=self.ctx.options,
+            magnetic_moments=self.ctx.magnetic_moments,
+        )
+        builder.metadata.call_link_label = 'scf'
+        node = self.submit(builder)
+        self.report(f'launched static SCF {node.process_label}<{node.pk}>')
+        return ToContext(scf=node)
+
+    def inspect_scf(self):
+        node = self.ctx.scf
+        process = f'{node.process_label}<{node.pk}>'
+        if not node.is_finished_ok:
+            if self.engine.is_scf_unconverged(node):
+                return self.exit_codes.ERROR_SCF_NOT_CONVERGED.format(process=process, status=node.exit_status)
+            return self.exit_codes.ERROR_SCF_FAILED.format(process=process, status=node.exit_status)
+        outputs = collect_scf_result(
+            engine=self.inputs.engine,
+            identity=orm.Dict(self.ctx.identity),
+            metadata={'call_link_label': 'collect_scf_result'},
+            **self.engine.get_scf_result_nodes(node),
+        )
+        self.out_many(outputs)
+        self.ctx.energy_per_atom = outputs['energy_per_atom']
+        return None
+
+    def should_compute_formation_energy(self):
+        return self.inputs.compute_formation_energy.value
+
+    def has_references_to_compute(self):
+        return bool(self.ctx.references_to_compute)
+
+    def run_reference(self):
+        """Compute one missing elemental reference (one at a time: each uses all the cores it is given)."""
+        element = self.ctx.references_to_compute[0]
+        entry = refs.get_reference_entry(element)
+        inputs = {
+            'structure': refs.get_reference_structure(element),
+            'engine': self.inputs.engine,
+            'code': self.inputs.code,
+            'protocol': self.inputs.protocol,
+            'magnetic_moments': orm.Dict(refs.get_reference_magnetic_moments(element)),
+            'relax_cell': orm.Bool(entry['relax_cell']),
+            'compute_formation_energy': orm.Bool(False),
+            'metadata': {
+                'call_link_label': f'reference_{element}',
+                'label': f'reference {element} {entry["material_id"]}',
+            },
+        }
+        for name in ('overrides', 'options'):
+            if name in self.inputs:
+                inputs[name] = self.inputs[name]
+        node = self.submit(DftWorkChain, **inputs)
+        self.report(f'launched the {element} reference ({entry["material_id"]}) DftWorkChain<{node.pk}>')
+        return ToContext(reference=node)
+
+    def inspect_reference(self):
+        element = self.ctx.references_to_compute.pop(0)
+        node = self.ctx.reference
+        if not node.is_finished_ok:
+            return self.exit_codes.ERROR_REFERENCE_FAILED.format(
+                element=element, process=f'{node.process_label}<{node.pk}>', status=node.exit_status
+            )
+        refs.tag_reference(node, element, self.ctx.identity)
+        self.ctx.reference_energies[element] = node.outputs.energy_per_atom
+        return None
+
+    def compute_formation_energy(self):
+        formation_energy = compute_formation_energy(
+            structure=self.ctx.relaxed_structure,
+            energy_per_atom=self.ctx.energy_per_atom,
+            metadata={'call_link_label': 'compute_formation_energy'},
+            **self.ctx.reference_energies,
+        )
+        self.out('formation_energy_per_atom', formation_energy)
+        self.report(f'formation energy {formation_energy.value:.4f} eV/atom')

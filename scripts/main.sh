@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The README's main command: install everything, set up the embedded AiiDA profile, run the main job.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+aiida-hpcai setup
+DATA_DIR=${HPCAI_DATA_DIR:-../shared/data}
+aiida-hpcai data import "$DATA_DIR/perov_5/val.csv" --label perov_5-val
+aiida-hpcai data import "$DATA_DIR/mp_cgcnn/mp_cgcnn.csv.gz" --limit 2000 --target formation_energy_per_atom --target band_gap --label mp_cgcnn-first-2000

@@ -1,0 +1,59 @@
+"""`aiida-hpcai setup`: fresh machine (creates an embedded profile) and an existing profile, each twice."""
+import os
+import shutil
+import subprocess
+
+import pytest
+from aiida import orm
+from click.testing import CliRunner
+
+from aiida_hpcai.cli import cli
+from aiida_hpcai.cli.setup import DEFAULT_PSEUDO_FAMILY
+
+
+def run_setup(env):
+    return subprocess.run(['aiida-hpcai', 'setup', '--profile-name', 'hpcai-test'], env=env,
+                          capture_output=True, text=True, check=False)
+
+
+def test_setup_on_a_fresh_machine_twice(tmp_path, shared_pseudos_dir):
+    env = {**os.environ, 'AIIDA_PATH': str(tmp_path), 'COLUMNS': '200',
+           'HPCAI_PSEUDO_DIR': str(shared_pseudos_dir)}
+    first = run_setup(env)
+    assert first.returncode == 0, first.stderr
+    assert 'created' in first.stdout and 'core.sqlite_dos' in first.stdout and 'core.zeromq' in first.stdout
+    second = run_setup(env)
+    assert second.returncode == 0, second.stderr
+    assert 'created' not in second.stdout
+    for item in ('profile', 'code hpcai-model@localhost', f'pseudo family {DEFAULT_PSEUDO_FAMILY}'):
+        assert item in second.stdout
+    codes = subprocess.run(['verdi', 'code', 'list', '-a'], env=env, capture_output=True, text=True, check=True)
+    assert 'hpcai-model@localhost' in codes.stdout
+    if shutil.which('pw.x'):
+        assert 'pw@localhost' in codes.stdout
+
+
+def test_setup_uses_the_current_profile(aiida_profile, shared_pseudos_dir, monkeypatch):
+    monkeypatch.setenv('HPCAI_PSEUDO_DIR', str(shared_pseudos_dir))
+    runner = CliRunner()
+    first = runner.invoke(cli, ['setup'], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    count = orm.QueryBuilder().append(orm.Node).count()
+    second = runner.invoke(cli, ['setup'], catch_exceptions=False)
+    assert second.exit_code == 0, second.output
+    assert orm.QueryBuilder().append(orm.Node).count() == count  # nothing new the second time
+    assert aiida_profile.name in second.output
+    code = orm.load_code('hpcai-model@localhost')
+    assert code.filepath_executable.name == 'hpcai-model'
+    family = orm.load_group(DEFAULT_PSEUDO_FAMILY)
+    assert {'Si', 'Mg', 'O'} <= set(family.elements)
+    cutoffs = family.get_recommended_cutoffs(elements=('Si',), unit='Ry')
+    assert cutoffs == (30.0, 240.0)
+    if os.geteuid() == 0:
+        assert '--allow-run-as-root' in orm.load_computer('localhost').get_mpirun_command()
+
+
+@pytest.mark.parametrize('args', [['data', 'import', '--help'], ['setup', '--help']])
+def test_help(args):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0 and 'Usage' in result.output

@@ -1,0 +1,190 @@
+"""The engine interface (protocols, band gap rule) and the Quantum ESPRESSO adapter's builders.
+
+Also defines the fixtures of the real-pw.x tests (``pw_code``, ``sssp_family``); ``tests/workchains/test_dft.py``
+imports them.
+"""
+import os
+import shutil
+
+import numpy as np
+import pytest
+from aiida import orm
+
+from aiida_hpcai.engines import get_engine
+from aiida_hpcai.engines.base import band_gap_from_eigenvalues, merge_overrides, protocol_digest
+from aiida_hpcai.engines.quantumespresso import QuantumEspressoEngine
+
+PSEUDO_FAMILY = 'SSSP/1.3/PBE/efficiency/subset'
+PSEUDO_SUBSET = 'sssp_pbe_efficiency_1.3.0_subset'
+
+
+@pytest.fixture(scope='session')
+def sssp_family(aiida_profile, shared_pseudos_dir):
+    """The SSSP subset installed as ``aiida-hpcai setup`` installs it."""
+    from aiida_hpcai.cli.setup import install_pseudo_family
+
+    family, _ = install_pseudo_family(shared_pseudos_dir / PSEUDO_SUBSET, PSEUDO_FAMILY)
+    return family
+
+
+@pytest.fixture(scope='session')
+def pw_code(aiida_profile, tmp_path_factory):
+    """``pw.x`` on a local computer running 2 MPI ranks (``--allow-run-as-root`` when we are root)."""
+    executable = shutil.which('pw.x')
+    if executable is None or shutil.which('mpirun') is None:
+        pytest.skip('pw.x or mpirun not found')
+    label = 'hpcai-dft-localhost'
+    try:
+        computer = orm.load_computer(label)
+    except Exception:  # noqa: BLE001 -- NotExistent; first use in this profile
+        computer = orm.Computer(
+            label=label,
+            hostname='localhost',
+            transport_type='core.local',
+            scheduler_type='core.direct',
+            workdir=str(tmp_path_factory.mktemp('aiida_work')),
+        ).store()
+        mpirun = ['mpirun'] + (['--allow-run-as-root'] if os.geteuid() == 0 else []) + ['-np', '{tot_num_mpiprocs}']
+        computer.set_mpirun_command(mpirun)
+        computer.set_default_mpiprocs_per_machine(2)
+        computer.set_prepend_text('export OMP_NUM_THREADS=1')
+        computer.configure()
+    try:
+        return orm.load_code(f'pw@{label}')
+    except Exception:  # noqa: BLE001
+        return orm.InstalledCode(
+            label='pw', computer=computer, filepath_executable=executable, default_calc_job_plugin='quantumespresso.pw'
+        ).store()
+
+
+def _structure(formula: str) -> orm.StructureData:
+    """Primitive cells (1-2 atoms) near their PBE lattice constants."""
+    from pymatgen.core import Lattice, Structure
+
+    if formula == 'Si':
+        structure = Structure.from_spacegroup('Fd-3m', Lattice.cubic(5.47), ['Si'], [[0, 0, 0]])
+    elif formula == 'MgO':
+        structure = Structure.from_spacegroup('Fm-3m', Lattice.cubic(4.25), ['Mg', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    elif formula == 'Fe':
+        structure = Structure.from_spacegroup('Im-3m', Lattice.cubic(2.83), ['Fe'], [[0, 0, 0]])
+    else:
+        raise ValueError(formula)
+    return orm.StructureData(pymatgen=structure.get_primitive_structure())
+
+
+# -- engine-agnostic pieces ---------------------------------------------------------------------------------
+def test_get_engine_unknown_name():
+    with pytest.raises(ValueError, match='unknown DFT engine'):
+        get_engine('castep')
+    assert isinstance(get_engine('quantumespresso'), QuantumEspressoEngine)
+
+
+def test_protocols_and_overrides():
+    engine = QuantumEspressoEngine()
+    assert set(engine.protocol_names()) == {'fast', 'balanced', 'precise'}
+    fast, balanced = engine.load_protocol('fast'), engine.load_protocol('balanced')
+    assert fast['kpoints_distance'] > balanced['kpoints_distance']
+    assert fast['cutoff_scale'] < balanced['cutoff_scale']
+    overridden = engine.load_protocol('fast', {'kpoints_distance': 0.5, 'relax': {'press_conv_thr': 2.0}})
+    assert overridden['kpoints_distance'] == 0.5
+    assert overridden['relax']['press_conv_thr'] == 2.0
+    assert overridden['relax']['forc_conv_thr'] == fast['relax']['forc_conv_thr']
+    # Raw pw.x namelists accept any key; everything else is checked.
+    assert engine.load_protocol('fast', {'parameters': {'SYSTEM': {'nosym': True}}})['parameters']['SYSTEM']['nosym']
+    with pytest.raises(ValueError, match='kpoint_distance'):
+        engine.load_protocol('fast', {'kpoint_distance': 0.5})
+    with pytest.raises(ValueError, match='relax.fmax'):
+        engine.load_protocol('fast', {'relax': {'fmax': 0.5}})
+    with pytest.raises(ValueError, match='unknown quantumespresso protocol'):
+        engine.load_protocol('sloppy')
+    # Overrides change the identity under which references are stored.
+    assert protocol_digest(overridden) != protocol_digest(fast)
+    assert protocol_digest(fast) == protocol_digest(engine.load_protocol('fast'))
+
+
+def test_merge_overrides_replaces_leaves_and_keeps_input():
+    base = {'a': {'b': 1, 'c': [1, 2]}}
+    merged = merge_overrides(base, {'a': {'c': [3]}})
+    assert merged == {'a': {'b': 1, 'c': [3]}}
+    assert base == {'a': {'b': 1, 'c': [1, 2]}}
+
+
+def test_band_gap_from_eigenvalues():
+    eigenvalues = np.array([[-1.0, 0.0, 1.5, 2.0], [-0.5, 0.2, 1.2, 3.0]])
+    occupations = np.array([[2.0, 2.0, 0.0, 0.0], [2.0, 1.9, 0.01, 0.0]])
+    assert band_gap_from_eigenvalues(eigenvalues, occupations) == pytest.approx(1.0)
+    assert band_gap_from_eigenvalues(eigenvalues, fermi_energy=0.6) == pytest.approx(1.0)
+    # Spin-polarized, occupations up to 1: the gap is taken over both channels.
+    spin = np.stack([eigenvalues, eigenvalues + 0.1])
+    assert band_gap_from_eigenvalues(spin, np.stack([occupations, occupations]) / 2) == pytest.approx(0.9)
+    # A metal: a partly occupied band crosses the Fermi level.
+    assert band_gap_from_eigenvalues([[0.0, 1.0], [1.0, 2.0]], [[2.0, 2.0], [0.0, 0.0]]) == 0.0
+    with pytest.raises(ValueError, match='too few bands'):
+        band_gap_from_eigenvalues([[0.0, 1.0]], [[2.0, 2.0]])
+
+
+# -- the Quantum ESPRESSO adapter ---------------------------------------------------------------------------
+def test_check_structure_and_identity(sssp_family, pw_code):
+    engine = QuantumEspressoEngine()
+    protocol = engine.load_protocol('fast')
+    assert engine.check_structure(_structure('MgO'), pw_code, protocol) == []
+    from pymatgen.core import Lattice, Structure
+
+    gold = orm.StructureData(pymatgen=Structure(Lattice.cubic(4.08), ['Au', 'Mg'], [[0, 0, 0], [0.5, 0.5, 0.5]]))
+    assert engine.check_structure(gold, pw_code, protocol) == ['Au']
+    absent = engine.load_protocol('fast', {'pseudo_family': 'no/such/family'})
+    assert engine.check_structure(gold, pw_code, absent) == ['Au', 'Mg']
+    identity = engine.identity(pw_code, 'fast', protocol)
+    assert identity['engine'] == 'quantumespresso'
+    assert identity['pseudo_family'] == PSEUDO_FAMILY
+    assert identity['protocol'] == 'fast'
+
+
+def test_relax_and_scf_builders(sssp_family, pw_code):
+    engine = QuantumEspressoEngine()
+    protocol = engine.load_protocol('fast')
+    structure = _structure('MgO')
+    options = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 2}}
+
+    relax = engine.get_relax_builder(structure, pw_code, protocol, options=options)
+    parameters = relax.base_relax.pw.parameters.get_dict()
+    assert parameters['CONTROL']['calculation'] == 'vc-relax'
+    assert parameters['CELL']['cell_dofree'] == 'all'
+    # The O pseudopotential sets the cutoffs (SSSP normal 50/400 Ry), scaled down in `fast`.
+    wfc, rho = sssp_family.get_recommended_cutoffs(structure=structure, stringency='normal', unit='Ry')
+    assert parameters['SYSTEM']['ecutwfc'] == pytest.approx(wfc * protocol['cutoff_scale'])
+    assert parameters['SYSTEM']['ecutrho'] == pytest.approx(rho * protocol['cutoff_scale'])
+    assert parameters['SYSTEM']['occupations'] == 'smearing'
+    assert 'nspin' not in parameters['SYSTEM']
+    assert parameters['ELECTRONS']['conv_thr'] == pytest.approx(2 * protocol['conv_thr_per_atom'])
+    assert set(relax.base_relax.pw.pseudos) == {'Mg', 'O'}
+    assert relax.base_relax.kpoints_distance.value == protocol['kpoints_distance']
+    assert relax.base_relax.pw.metadata.options['resources']['num_mpiprocs_per_machine'] == 2
+    assert relax.base_relax.pw.metadata.options['withmpi'] is True
+
+    fixed_cell = engine.get_relax_builder(structure, pw_code, protocol, relax_cell=False)
+    assert fixed_cell.base_relax.pw.parameters['CONTROL']['calculation'] == 'relax'
+    assert 'CELL' not in fixed_cell.base_relax.pw.parameters.get_dict()
+    assert fixed_cell.meta_convergence.value is False
+
+    scf = engine.get_scf_builder(structure, pw_code, protocol, magnetic_moments={'O': 1.0})
+    parameters = scf.pw.parameters.get_dict()
+    assert parameters['CONTROL']['calculation'] == 'scf'
+    assert parameters['SYSTEM']['nspin'] == 2
+    o_valence = sssp_family.get_pseudo('O').z_valence
+    assert parameters['SYSTEM']['starting_magnetization'] == {'O': pytest.approx(1.0 / o_valence)}
+
+    # Raw namelist overrides are merged last.
+    overridden = engine.load_protocol('fast', {'parameters': {'SYSTEM': {'ecutwfc': 20.0}}})
+    assert engine.get_scf_builder(structure, pw_code, overridden).pw.parameters['SYSTEM']['ecutwfc'] == 20.0
+
+
+def test_magnetic_elements_start_spin_polarized(sssp_family, pw_code):
+    engine = QuantumEspressoEngine()
+    protocol = engine.load_protocol('fast')
+    parameters = engine.get_scf_builder(_structure('Fe'), pw_code, protocol).pw.parameters.get_dict()
+    assert parameters['SYSTEM']['nspin'] == 2
+    assert 0 < parameters['SYSTEM']['starting_magnetization']['Fe'] <= 1
+    # An explicit empty mapping turns spin polarization off.
+    parameters = engine.get_scf_builder(_structure('Fe'), pw_code, protocol, magnetic_moments={}).pw.parameters
+    assert 'nspin' not in parameters.get_dict()['SYSTEM']

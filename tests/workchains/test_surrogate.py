@@ -1,0 +1,160 @@
+"""``hpcai.surrogate``: the split at sigma_threshold, input validation, and a real run end to end.
+
+The end-to-end tests train a tiny model with the real ``hpcai.train`` CalcJob on 40 perov_5
+structures and run the real ``hpcai-model`` program through the WorkChain on localhost.
+"""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.engine import run_get_node
+from aiida.plugins import CalculationFactory, WorkflowFactory
+from pymatgen.core import Lattice, Structure
+
+from aiida_hpcai.data.model import ModelData
+from aiida_hpcai.data.structure_set import StructureSet
+from aiida_hpcai.models import program, structure_io
+from aiida_hpcai.workchains.surrogate import classify_predictions
+
+SurrogateWorkChain = WorkflowFactory('hpcai.surrogate')
+TrainCalculation = CalculationFactory('hpcai.train')
+PredictCalculation = CalculationFactory('hpcai.predict')
+
+needs_model_program = pytest.mark.skipif(
+    not {'train', 'predict'} <= set(program.TASKS) or shutil.which('hpcai-model') is None,
+    reason='the hpcai-model program has no train/predict task in this checkout',
+)
+
+
+def _rock_salt(a, species=('Na', 'Cl')):
+    return Structure(Lattice.cubic(a), list(species), [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def test_classify_predictions_splits_at_the_threshold():
+    structures = StructureSet.from_pymatgen([_rock_salt(a) for a in (5.5, 5.6, 5.7, 5.8)], ids=['a', 'b', 'c', 'd'])
+    raw = orm.ArrayData()
+    raw.set_array('mean', np.array([-2.0, -2.1, np.nan, -1.9]))
+    raw.set_array('sigma', np.array([0.05, 0.2, np.nan, 0.1]))
+    raw.set_array('status', np.array(['ok', 'ok', 'failed', 'ok']))
+    raw.set_array('reason', np.array(['', '', 'unknown element', '']))
+    raw.base.attributes.set_many({'target': 'formation_energy_per_atom', 'units': 'eV/atom'})
+
+    results = classify_predictions(structures, raw, orm.Float(0.1))
+
+    assert results['predictions'].get_array('confident').tolist() == [True, False, False, True]
+    assert results['predictions'].get_array('reason').tolist() == ['', '', 'unknown element', '']
+    assert results['needs_dft'].ids == ['b', 'c']
+    summary = results['summary'].get_dict()
+    assert (summary['n_confident'], summary['n_needs_dft'], summary['n_failed']) == (2, 2, 1)
+    assert summary['needs_dft_ids'] == ['b', 'c'] and summary['units'] == 'eV/atom'
+    # Provenance: the split is a calcfunction with the structures and raw predictions as inputs.
+    creator = results['needs_dft'].creator
+    assert {link.link_label for link in creator.base.links.get_incoming().all()} == {
+        'structures', 'raw_predictions', 'sigma_threshold'}
+
+
+def test_classify_predictions_all_confident_gives_empty_needs_dft():
+    structures = StructureSet.from_pymatgen([_rock_salt(5.5)], ids=['a'])
+    raw = orm.ArrayData()
+    for name, value in {'mean': [-2.0], 'sigma': [0.0]}.items():
+        raw.set_array(name, np.array(value))
+    raw.set_array('status', np.array(['ok']))
+    raw.set_array('reason', np.array(['']))
+    results = classify_predictions(structures, raw, orm.Float(0.1))
+    assert results['needs_dft'].count == 0 and results['needs_dft'].ids == []
+
+
+@pytest.fixture
+def any_model():
+    return ModelData(b'weights', filename='model.pt', target='heat_ref', units='eV/atom').store()
+
+
+def test_inputs_need_exactly_one_kind_of_structures(aiida_code_installed, any_model):
+    code = aiida_code_installed(label='hpcai-model-validation')
+    structure_set = StructureSet.from_pymatgen([_rock_salt(5.6)])
+    node = orm.StructureData(pymatgen=_rock_salt(5.6))
+    common = {'models': {'m': any_model}, 'sigma_threshold': orm.Float(0.1), 'predict': {'code': code}}
+    with pytest.raises(ValueError, match='exactly one of'):
+        run_get_node(SurrogateWorkChain, structures=structure_set, structure_nodes={'x': node}, **common)
+    with pytest.raises(ValueError, match='exactly one of'):
+        run_get_node(SurrogateWorkChain, **common)
+
+
+def test_threshold_required_for_targets_without_default(aiida_code_installed, any_model):
+    code = aiida_code_installed(label='hpcai-model-validation')
+    with pytest.raises(ValueError, match="no default `sigma_threshold` for target 'heat_ref'"):
+        run_get_node(SurrogateWorkChain, structures=StructureSet.from_pymatgen([_rock_salt(5.6)]),
+                     models={'m': any_model}, predict={'code': code})
+
+
+# -- end to end with the real program ------------------------------------------------------------
+@pytest.fixture
+def model_code(aiida_code_installed):
+    return aiida_code_installed(label='hpcai-model', default_calc_job_plugin='hpcai.predict',
+                                filepath_executable=shutil.which('hpcai-model'))
+
+
+@pytest.fixture
+def perov_training_set(shared_data_dir):
+    from aiida_hpcai.models.datasets import load_dataset
+
+    dataset = load_dataset(shared_data_dir / 'perov_5' / 'val.csv', limit=40, targets=['heat_ref'])
+    return StructureSet(dataset.arrays).store()
+
+
+def train_tiny_model(code, structures) -> orm.CalcJobNode:
+    parameters = {'target': 'heat_ref', 'units': 'eV/atom', 'model_config': 'tiny', 'ensemble_size': 2,
+                  'epochs': 2, 'batch_size': 16, 'seed': 0, 'split': {'fractions': [0.8, 0.1, 0.1], 'seed': 0}}
+    _, node = run_get_node(TrainCalculation, code=code, structures=structures, parameters=orm.Dict(parameters))
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    return node
+
+
+def _with_broken_structure(structures: StructureSet, broken_index: int) -> StructureSet:
+    """A copy of ``structures`` where one structure has NaN coordinates, as a corrupt import could leave it."""
+    arrays = structures.arrays
+    positions = arrays.positions.copy()
+    start, stop = arrays.offsets[broken_index], arrays.offsets[broken_index + 1]
+    positions[start:stop] = np.nan
+    broken = structure_io.StructureArrays(numbers=arrays.numbers, positions=positions, cells=arrays.cells,
+                                          pbc=arrays.pbc, offsets=arrays.offsets, ids=arrays.ids)
+    return StructureSet(broken)
+
+
+@needs_model_program
+def test_train_then_surrogate_end_to_end(model_code, perov_training_set):
+    train = train_tiny_model(model_code, perov_training_set)
+    model = train.outputs.model
+    assert model.training_set_uuid == perov_training_set.uuid and model.target == 'heat_ref'
+    assert model.get_verified_content()  # the checkpoint survived the temporary retrieval intact
+    assert 'val' in json.dumps(train.outputs.metrics.get_dict())
+
+    to_predict = _with_broken_structure(perov_training_set.subset(range(5)), broken_index=2).store()
+    # A tiny model's sigma says little; with a threshold no sigma reaches, only the failure needs DFT (the
+    # split at the threshold itself is tested above on hand-made predictions).
+    _, node = run_get_node(SurrogateWorkChain, structures=to_predict, models={'tiny': model},
+                           sigma_threshold=orm.Float(1e6), predict={'code': model_code})
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+
+    predictions = node.outputs.predictions
+    status = predictions.get_array('status').tolist()
+    assert status == ['ok', 'ok', 'failed', 'ok', 'ok']
+    assert predictions.get_array('reason')[2] != ''
+    assert np.isfinite(predictions.get_array('mean')[[0, 1, 3, 4]]).all()
+    assert predictions.get_array('confident').tolist() == [True, True, False, True, True]
+    assert node.outputs.needs_dft.ids == [to_predict.ids[2]]
+    assert node.outputs.summary['n_failed'] == 1
+
+    # Provenance: structures -> hpcai.predict CalcJob -> raw predictions -> split -> WorkChain outputs.
+    query = orm.QueryBuilder()
+    query.append(StructureSet, filters={'uuid': to_predict.uuid}, tag='structures')
+    query.append(orm.CalcJobNode, with_incoming='structures', tag='calcjob',
+                 filters={'process_type': 'aiida.calculations:hpcai.predict'})
+    query.append(ModelData, with_outgoing='calcjob', filters={'uuid': model.uuid})
+    query.append(orm.ArrayData, with_incoming='calcjob', edge_filters={'label': 'predictions'}, tag='raw')
+    query.append(orm.CalcFunctionNode, with_incoming='raw', tag='split')
+    query.append(orm.ArrayData, with_incoming='split', filters={'uuid': predictions.uuid})
+    assert query.count() == 1
+    assert node.outputs.needs_dft.creator.uuid == predictions.creator.uuid
