@@ -39,6 +39,8 @@ PROGRAM_ERROR_EXIT_CODES = {
     'nan_output': 'ERROR_NAN_OUTPUT',
     'out_of_memory': 'ERROR_OUT_OF_MEMORY',
     'missing_label': 'ERROR_MISSING_LABEL',
+    'invalid_split': 'ERROR_INVALID_SPLIT',
+    'invalid_config': 'ERROR_INVALID_CONFIG',
     'unexpected_error': 'ERROR_PROGRAM_UNEXPECTED',
 }
 
@@ -100,6 +102,7 @@ class ModelProgramCalculation(CalcJob):
         spec.exit_code(330, 'ERROR_PROGRAM_UNEXPECTED', message='The program failed unexpectedly: {message}')
         spec.exit_code(331, 'ERROR_PROGRAM_UNKNOWN_ERROR', message='The program reported an error code this plugin '
                        'does not know, `{code}`: {message}')
+        spec.exit_code(332, 'ERROR_INVALID_CONFIG', message='The program refused `config.json`: {message}')
         spec.exit_code(340, 'ERROR_CHECKPOINT_MISMATCH',
                        message='A checkpoint does not match its recorded sha256 or cannot be loaded: {message}')
         spec.exit_code(341, 'ERROR_INCOMPATIBLE_MODELS',
@@ -108,6 +111,7 @@ class ModelProgramCalculation(CalcJob):
         spec.exit_code(351, 'ERROR_OUT_OF_MEMORY', invalidates_cache=True,
                        message='The program ran out of (GPU) memory; try a smaller `batch_size`: {message}')
         spec.exit_code(360, 'ERROR_MISSING_LABEL', message='The structures lack the label to train on: {message}')
+        spec.exit_code(361, 'ERROR_INVALID_SPLIT', message='The train/val/test split cannot be used: {message}')
 
     def build_config(self) -> dict:
         """The ``config.json`` the program reads."""

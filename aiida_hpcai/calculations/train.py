@@ -13,6 +13,8 @@ __all__ = ('TrainCalculation',)
 TRAIN_PARAMETERS = {
     'target', 'units', 'model_config', 'ensemble_size', 'epochs', 'batch_size', 'learning_rate', 'seed',
     'max_minutes', 'patience', 'split', 'freeze_blocks', 'element_reference',
+    # finer training knobs the program also reads (aiida_hpcai.models.training.TrainingConfig)
+    'weight_decay', 'warmup_fraction', 'min_lr_ratio', 'ridge_alpha', 'gradient_clip', 'mc_samples', 'dataset_name',
 }
 MODEL_CONFIGS = ('tiny', 'cpu', 'paper')
 PARENT_TARGET = 'models/parent.pt'

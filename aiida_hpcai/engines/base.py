@@ -25,7 +25,8 @@ The ``DftWorkChain`` (``aiida_hpcai/workchains/dft.py``) knows nothing about any
    in eV) inside a calcfunction, so the common outputs keep their provenance; and
    :meth:`EngineAdapter.is_scf_unconverged` tells an electronic non-convergence (after the child's own
    restarts) apart from any other failure, so the WorkChain can report the right exit code.
-   :func:`band_gap_from_eigenvalues` is the shared band-gap rule both engines use.
+   :func:`band_gap_from_eigenvalues` is the shared band-gap rule both engines use (pass it the number
+   of electrons and the magnetization: counting bands is robust to smearing, reading occupations is not).
 
 :meth:`EngineAdapter.identity` names what makes two calculations comparable: engine, protocol (name and
 digest of the merged protocol, so overrides count) and pseudopotential (or POTCAR) family. Elemental reference energies are stored and looked up under it, so a
@@ -94,17 +95,44 @@ def band_gap_from_eigenvalues(
     occupations: np.ndarray | None = None,
     fermi_energy: float | None = None,
     max_occupation: float | None = None,
+    *,
+    number_of_electrons: float | None = None,
+    total_magnetization: float = 0.0,
+    fractional_tolerance: float = 0.05,
 ) -> float:
     """Return the fundamental band gap (eV) from eigenvalues on the k-point mesh of a static run.
 
-    ``eigenvalues`` (eV) has shape ``(nkpoints, nbands)`` or ``(nspin, nkpoints, nbands)``. A state counts as
-    occupied when its occupation exceeds half of ``max_occupation`` (2 without spin, 1 with; taken from the
-    largest occupation when not given); without occupations, when it lies below ``fermi_energy``.
-    The gap is the lowest unoccupied minus the highest occupied eigenvalue over all spins and k-points,
-    0.0 when they overlap (a metal, or a smeared state straddling the Fermi level). On a k-point mesh this
-    is an upper bound of the true gap when band edges fall between mesh points.
+    ``eigenvalues`` (eV) has shape ``(nkpoints, nbands)`` or ``(nspin, nkpoints, nbands)``. The gap is the
+    lowest unoccupied minus the highest occupied eigenvalue over all spins and k-points, 0.0 when they
+    overlap (a metal). On a k-point mesh this is an upper bound of the true gap when band edges fall
+    between mesh points.
+
+    Pass ``number_of_electrons`` (and for two spin channels ``total_magnetization``, μB): the lowest
+    ``N/2`` bands (``(N±M)/2`` per spin) are the occupied ones, and a fractional band count means a metal.
+    This is the rule engines should use. Reading occupations instead (a state counts as occupied above half
+    of ``max_occupation``; or, without occupations, below ``fermi_energy``) fails with smearing on
+    semiconductors: cold smearing puts the Fermi level just above the valence band maximum and leaves
+    the top valence state half empty.
     """
     eigenvalues = np.asarray(eigenvalues, dtype=float)
+    if number_of_electrons is not None:
+        if eigenvalues.ndim == 2:
+            channels = [(eigenvalues, number_of_electrons / 2)]
+        else:
+            half = (number_of_electrons + np.array([total_magnetization, -total_magnetization])) / 2
+            channels = list(zip(eigenvalues, half))
+        highest_occupied, lowest_unoccupied = -np.inf, np.inf
+        for channel, filled in channels:
+            if abs(filled - round(filled)) > fractional_tolerance:
+                return 0.0
+            filled = int(round(filled))
+            if filled >= channel.shape[-1]:
+                raise ValueError('cannot compute a band gap: no empty band was computed (too few bands)')
+            if filled > 0:
+                highest_occupied = max(highest_occupied, channel[:, filled - 1].max())
+            lowest_unoccupied = min(lowest_unoccupied, channel[:, filled].min())
+        return float(max(0.0, lowest_unoccupied - highest_occupied))
+
     if occupations is not None:
         occupations = np.asarray(occupations, dtype=float)
         if max_occupation is None:
@@ -114,7 +142,7 @@ def band_gap_from_eigenvalues(
     elif fermi_energy is not None:
         occupied = eigenvalues <= fermi_energy
     else:
-        raise ValueError('band_gap_from_eigenvalues needs occupations or a Fermi energy')
+        raise ValueError('band_gap_from_eigenvalues needs the number of electrons, occupations or a Fermi energy')
 
     if occupied.all() or not occupied.any():
         raise ValueError('cannot compute a band gap: all states are occupied or none is (too few bands?)')

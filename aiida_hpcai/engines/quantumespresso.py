@@ -163,16 +163,17 @@ class QuantumEspressoEngine(EngineAdapter):
 
     def scf_result_from_nodes(self, nodes: dict) -> ScfResult:
         parameters = nodes['output_parameters'].get_dict()
-        eigenvalues, occupations = nodes['output_band'].get_bands(also_occupations=True)
         spin_polarized = parameters.get('lsda', False) or parameters.get('number_of_spin_components', 1) == 2
+        magnetization = float(parameters.get('total_magnetization', 0.0)) if spin_polarized else 0.0
+        eigenvalues = nodes['output_band'].get_bands()
         band_gap = band_gap_from_eigenvalues(
-            eigenvalues, occupations, parameters.get('fermi_energy'), max_occupation=1.0 if spin_polarized else 2.0
+            eigenvalues, number_of_electrons=parameters['number_of_electrons'], total_magnetization=magnetization
         )
         return ScfResult(
             total_energy=float(parameters['energy']),
             number_of_atoms=int(parameters['number_of_atoms']),
             band_gap=band_gap,
-            total_magnetization=float(parameters.get('total_magnetization', 0.0)) if spin_polarized else 0.0,
+            total_magnetization=magnetization,
             converged=bool(parameters.get('convergence_info', {}).get('scf_conv', {}).get('converged', True)),
             fermi_energy=parameters.get('fermi_energy'),
         )

@@ -10,7 +10,7 @@ Fine-tuning starts from a parent checkpoint: its architecture, normalisation and
 reference are kept (the network's output space must not move), the learning rate is lower, and
 the embedding plus the first ``freeze_blocks`` blocks can be frozen.
 
-Resuming: after every epoch the state (current member, epoch, optimiser, scheduler, finished
+Resuming: after every epoch the state (current member, epoch, step, optimiser, finished
 members, histories) is written to ``training_state.pt`` in the output folder; running again with
 the same folder continues from there.
 """
@@ -91,13 +91,6 @@ def fit_element_reference(numbers_list, values: np.ndarray, alpha: float = 1e-4)
     return {'coefficients': [float(c) for c in coefficients], 'ridge_alpha': alpha}
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 @dataclasses.dataclass
 class PreparedData:
     graphs: list  # CrystalGraph per kept structure
@@ -118,7 +111,8 @@ def _prepare(arrays: StructureArrays, indices, target: str, reference: dict | No
 
 class _Budget:
     def __init__(self, minutes: float | None):
-        self.deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
+        self.seconds = None if minutes is None else max(60.0 * minutes, 1e-3)
+        self.deadline = None if minutes is None else time.monotonic() + self.seconds
 
     def exhausted(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
@@ -146,17 +140,30 @@ def train_member(model: Crysformer, train: PreparedData, val: PreparedData, norm
     steps_per_epoch = max(1, math.ceil(len(train.graphs) / config.batch_size))
     total_steps = steps_per_epoch * config.epochs
     warmup = max(1, int(config.warmup_fraction * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup, config.min_lr_ratio))
     history: list[dict] = []
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    best_val, best_epoch, first_epoch = math.inf, -1, 0
+    best_val, best_epoch, first_epoch, step = math.inf, -1, 0, 0
     if resume_state is not None:
         model.load_state_dict(resume_state['model'])
         optimizer.load_state_dict(resume_state['optimizer'])
-        scheduler.load_state_dict(resume_state['scheduler'])
         best_state, best_val, best_epoch = resume_state['best_state'], resume_state['best_val'], resume_state['best_epoch']
-        history, first_epoch = resume_state['history'], resume_state['epoch'] + 1
+        history, first_epoch, step = resume_state['history'], resume_state['epoch'] + 1, resume_state['step']
+
+    def set_learning_rate() -> float:
+        # linear warm-up, then cosine over the epochs or over the wall-clock budget, whichever
+        # runs out first (so a budget-limited run still ends at a low learning rate)
+        if step < warmup:
+            factor = (step + 1) / warmup
+        else:
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            if budget.deadline is not None:
+                progress = max(progress, 1.0 - (budget.deadline - time.monotonic()) / budget.seconds)
+            progress = min(1.0, progress)
+            factor = config.min_lr_ratio + (1.0 - config.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        for group in optimizer.param_groups:
+            group['lr'] = learning_rate * factor
+        return learning_rate * factor
+
     generator = np.random.default_rng(seed)
     for _ in range(first_epoch):  # the same shuffles as an uninterrupted run
         generator.permutation(len(train.graphs))
@@ -181,14 +188,15 @@ def train_member(model: Crysformer, train: PreparedData, val: PreparedData, norm
             loss.backward()
             if config.gradient_clip:
                 torch.nn.utils.clip_grad_norm_(parameters, config.gradient_clip)
+            set_learning_rate()
             optimizer.step()
-            scheduler.step()
+            step += 1
             losses.append(float(loss.detach()))
             if budget.exhausted():
                 break
         val_mae = _evaluate_mae(model, val, normalization, config.batch_size, device)
         history.append({'epoch': epoch, 'train_loss': float(np.mean(losses)), 'val_mae': val_mae,
-                        'lr': scheduler.get_last_lr()[0], 'seconds': time.monotonic() - started})
+                        'lr': optimizer.param_groups[0]['lr'], 'seconds': time.monotonic() - started})
         if val_mae < best_val:
             best_val, best_epoch = val_mae, epoch
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -197,7 +205,7 @@ def train_member(model: Crysformer, train: PreparedData, val: PreparedData, norm
         stop = budget.exhausted() or epoch - best_epoch >= config.patience
         if state_path is not None:
             torch.save({**(save_extra or {}), 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                        'scheduler': scheduler.state_dict(), 'best_state': best_state, 'best_val': best_val,
+                        'step': step, 'best_state': best_state, 'best_val': best_val,
                         'best_epoch': best_epoch, 'history': history,
                         'epoch': config.epochs - 1 if stop else epoch}, state_path)
         if stop:

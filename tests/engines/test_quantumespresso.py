@@ -111,16 +111,23 @@ def test_merge_overrides_replaces_leaves_and_keeps_input():
 
 def test_band_gap_from_eigenvalues():
     eigenvalues = np.array([[-1.0, 0.0, 1.5, 2.0], [-0.5, 0.2, 1.2, 3.0]])
-    occupations = np.array([[2.0, 2.0, 0.0, 0.0], [2.0, 1.9, 0.01, 0.0]])
-    assert band_gap_from_eigenvalues(eigenvalues, occupations) == pytest.approx(1.0)
-    assert band_gap_from_eigenvalues(eigenvalues, fermi_energy=0.6) == pytest.approx(1.0)
-    # Spin-polarized, occupations up to 1: the gap is taken over both channels.
-    spin = np.stack([eigenvalues, eigenvalues + 0.1])
-    assert band_gap_from_eigenvalues(spin, np.stack([occupations, occupations]) / 2) == pytest.approx(0.9)
-    # A metal: a partly occupied band crosses the Fermi level.
-    assert band_gap_from_eigenvalues([[0.0, 1.0], [1.0, 2.0]], [[2.0, 2.0], [0.0, 0.0]]) == 0.0
+    # Counting electrons: the lowest N/2 bands are occupied at every k-point.
+    assert band_gap_from_eigenvalues(eigenvalues, number_of_electrons=4) == pytest.approx(1.0)
+    # An odd count without spin polarization fills half a band: a metal.
+    assert band_gap_from_eigenvalues(eigenvalues, number_of_electrons=3) == 0.0
+    # Overlapping bands: a metal even with an even count.
+    assert band_gap_from_eigenvalues([[0.0, 1.0], [1.5, 2.0]], number_of_electrons=2) == 0.0
+    # Two spin channels with 2 μB (an O2-like triplet: 3 up, 1 down): edges taken over both channels.
+    spin = np.stack([eigenvalues + [[0, 0, -2.0, 0], [0, 0, -2.0, 0]], eigenvalues + 0.1])
+    assert band_gap_from_eigenvalues(spin, number_of_electrons=4, total_magnetization=2.0) == pytest.approx(0.1 - 0.5 + 0.5)
     with pytest.raises(ValueError, match='too few bands'):
-        band_gap_from_eigenvalues([[0.0, 1.0]], [[2.0, 2.0]])
+        band_gap_from_eigenvalues([[0.0, 1.0]], number_of_electrons=4)
+    # Occupations from cold smearing leave the top valence state half empty: counting is right, the
+    # occupation threshold is not (this is why engines pass the number of electrons).
+    occupations = np.array([[2.0, 0.9, 0.0, 0.0], [2.0, 2.0, 0.0, 0.0]])
+    assert band_gap_from_eigenvalues(eigenvalues, number_of_electrons=4) == pytest.approx(1.0)
+    assert band_gap_from_eigenvalues(eigenvalues, occupations) == pytest.approx(1.2 - 0.2)
+    assert band_gap_from_eigenvalues(eigenvalues, fermi_energy=0.6) == pytest.approx(1.0)
 
 
 # -- the Quantum ESPRESSO adapter ---------------------------------------------------------------------------

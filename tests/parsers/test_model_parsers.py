@@ -111,6 +111,8 @@ def test_predict_parser_missing_predictions(predict_node):
     ('out_of_memory', 'ERROR_OUT_OF_MEMORY'),
     ('missing_label', 'ERROR_MISSING_LABEL'),
     ('unexpected_error', 'ERROR_PROGRAM_UNEXPECTED'),
+    ('invalid_config', 'ERROR_INVALID_CONFIG'),
+    ('invalid_split', 'ERROR_INVALID_SPLIT'),
     ('something_new', 'ERROR_PROGRAM_UNKNOWN_ERROR'),
 ])
 def test_error_file_is_read_first(predict_node, code, label):

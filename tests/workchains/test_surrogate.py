@@ -4,7 +4,6 @@ The end-to-end tests train a tiny model with the real ``hpcai.train`` CalcJob on
 structures and run the real ``hpcai-model`` program through the WorkChain on localhost.
 """
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -15,17 +14,13 @@ from pymatgen.core import Lattice, Structure
 
 from aiida_hpcai.data.model import ModelData
 from aiida_hpcai.data.structure_set import StructureSet
-from aiida_hpcai.models import program, structure_io
+from aiida_hpcai.models import structure_io
 from aiida_hpcai.workchains.surrogate import classify_predictions
+from tests.surrogate_helpers import model_program_code, needs_model_program, perov_structures, train_tiny_model
 
 SurrogateWorkChain = WorkflowFactory('hpcai.surrogate')
-TrainCalculation = CalculationFactory('hpcai.train')
 PredictCalculation = CalculationFactory('hpcai.predict')
 
-needs_model_program = pytest.mark.skipif(
-    not {'train', 'predict'} <= set(program.TASKS) or shutil.which('hpcai-model') is None,
-    reason='the hpcai-model program has no train/predict task in this checkout',
-)
 
 
 def _rock_salt(a, species=('Na', 'Cl')):
@@ -90,28 +85,6 @@ def test_threshold_required_for_targets_without_default(aiida_code_installed, an
 
 
 # -- end to end with the real program ------------------------------------------------------------
-@pytest.fixture
-def model_code(aiida_code_installed):
-    return aiida_code_installed(label='hpcai-model', default_calc_job_plugin='hpcai.predict',
-                                filepath_executable=shutil.which('hpcai-model'))
-
-
-@pytest.fixture
-def perov_training_set(shared_data_dir):
-    from aiida_hpcai.models.datasets import load_dataset
-
-    dataset = load_dataset(shared_data_dir / 'perov_5' / 'val.csv', limit=40, targets=['heat_ref'])
-    return StructureSet(dataset.arrays).store()
-
-
-def train_tiny_model(code, structures) -> orm.CalcJobNode:
-    parameters = {'target': 'heat_ref', 'units': 'eV/atom', 'model_config': 'tiny', 'ensemble_size': 2,
-                  'epochs': 2, 'batch_size': 16, 'seed': 0, 'split': {'fractions': [0.8, 0.1, 0.1], 'seed': 0}}
-    _, node = run_get_node(TrainCalculation, code=code, structures=structures, parameters=orm.Dict(parameters))
-    assert node.is_finished_ok, (node.exit_status, node.exit_message)
-    return node
-
-
 def _with_broken_structure(structures: StructureSet, broken_index: int) -> StructureSet:
     """A copy of ``structures`` where one structure has NaN coordinates, as a corrupt import could leave it."""
     arrays = structures.arrays
@@ -124,7 +97,9 @@ def _with_broken_structure(structures: StructureSet, broken_index: int) -> Struc
 
 
 @needs_model_program
-def test_train_then_surrogate_end_to_end(model_code, perov_training_set):
+def test_train_then_surrogate_end_to_end(aiida_code_installed, shared_data_dir):
+    model_code = model_program_code(aiida_code_installed)
+    perov_training_set = perov_structures(shared_data_dir)
     train = train_tiny_model(model_code, perov_training_set)
     model = train.outputs.model
     assert model.training_set_uuid == perov_training_set.uuid and model.target == 'heat_ref'

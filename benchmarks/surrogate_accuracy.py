@@ -1,0 +1,282 @@
+"""Surrogate accuracy on mp_cgcnn: Crysformer ensembles next to baselines, same split, same script.
+
+Data: ``../shared/data/mp_cgcnn/mp_cgcnn.csv.gz`` (or ``$HPCAI_DATA_DIR``), rows with formation
+energy below -5 eV/atom dropped (broken old MP entries), a seeded 80/10/10 split by material id
+whose id lists are committed in ``benchmarks/splits/mp_cgcnn/``.
+
+Sub-commands (each writes into ``benchmarks/results/`` unless told otherwise)::
+
+    baselines            mean predictor and ridge regression on element fractions, both targets
+    export-npz OUT       the filtered dataset as one structure-set npz (to carry to a GPU machine)
+    train                train one ensemble (or one member with --member K) for one target
+    merge                pool member checkpoints of one target into one ensemble and evaluate it
+    report               collect baselines + trained models into surrogate_accuracy.json
+    all                  baselines, train both targets on this machine, report (slow on a CPU)
+
+Example (what produced the shipped pretrained models, see docs/source/surrogate_model.md)::
+
+    python benchmarks/surrogate_accuracy.py baselines
+    python benchmarks/surrogate_accuracy.py train --target band_gap --member 0 --out runs/bg_m0 --device cuda
+    python benchmarks/surrogate_accuracy.py merge --target band_gap --members runs/bg_m0 runs/bg_m1 --out runs/bg
+    python benchmarks/surrogate_accuracy.py report --model formation_energy_per_atom=runs/fe --model band_gap=runs/bg
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from aiida_hpcai.models.datasets import load_dataset, read_split, split_by_id, split_indices, write_split  # noqa: E402
+from aiida_hpcai.models.structure_io import StructureArrays, read_npz, write_npz  # noqa: E402
+
+TARGETS = {'formation_energy_per_atom': 'eV/atom', 'band_gap': 'eV'}
+TARGET_MAE = {'formation_energy_per_atom': 0.045, 'band_gap': 0.35}
+MIN_FORMATION_ENERGY = -5.0
+SPLIT_DIR = REPO / 'benchmarks' / 'splits' / 'mp_cgcnn'
+RESULTS_DIR = REPO / 'benchmarks' / 'results'
+BASELINES_FILE = RESULTS_DIR / 'surrogate_baselines.json'
+RESULTS_FILE = RESULTS_DIR / 'surrogate_accuracy.json'
+
+
+def default_source() -> pathlib.Path:
+    root = pathlib.Path(os.environ.get('HPCAI_DATA_DIR', REPO.parent / 'shared' / 'data'))
+    return root / 'mp_cgcnn' / 'mp_cgcnn.csv.gz'
+
+
+def load_filtered(source: pathlib.Path) -> tuple[StructureArrays, dict]:
+    """mp_cgcnn with both labels, rows with formation energy < -5 eV/atom dropped."""
+    if source.suffix == '.npz':
+        arrays = read_npz(source)
+        info = {'source': source.name, 'n_loaded': len(arrays), 'n_skipped_by_loader': None}
+    else:
+        dataset = load_dataset(source, targets=list(TARGETS), cache=True, progress=True)
+        arrays = dataset.arrays
+        info = {'source': str(source.name), 'n_loaded': len(arrays), 'n_skipped_by_loader': len(dataset.skipped)}
+    keep = np.nonzero(arrays.labels['formation_energy_per_atom'] >= MIN_FORMATION_ENERGY)[0]
+    info.update({'name': 'mp_cgcnn', 'n_dropped_formation_energy_below_-5': int(len(arrays) - len(keep)),
+                 'n_structures': int(len(keep))})
+    return arrays.subset(keep), info
+
+
+def get_split(arrays: StructureArrays) -> dict[str, np.ndarray]:
+    """The committed split (created on first use: 80/10/10 by material id, seed 0)."""
+    if not (SPLIT_DIR / 'train.txt').exists():
+        write_split(SPLIT_DIR, split_by_id(arrays.ids, (0.8, 0.1, 0.1), seed=0))
+    return split_indices([str(i) for i in arrays.ids], read_split(SPLIT_DIR))
+
+
+# -- baselines -----------------------------------------------------------------------------------
+def _fractions(arrays: StructureArrays, indices) -> np.ndarray:
+    from aiida_hpcai.models.training import composition_fractions
+
+    return composition_fractions([arrays.atoms_of(int(i))[0] for i in indices])
+
+
+def baselines(arrays: StructureArrays, split: dict[str, np.ndarray]) -> dict:
+    """Test MAE of the train-mean predictor and of ridge regression on element fractions
+    (with an intercept; the ridge strength picked on val from a log grid)."""
+    x = {name: _fractions(arrays, idx) for name, idx in split.items()}
+    results = {}
+    for target in TARGETS:
+        y = {name: arrays.labels[target][idx] for name, idx in split.items()}
+        mean = float(y['train'].mean())
+        x_mean, y_mean = x['train'].mean(0), y['train'].mean()
+        xc = x['train'] - x_mean
+        best = None
+        for alpha in 10.0 ** np.arange(-6, 2):
+            coef = np.linalg.solve(xc.T @ xc + alpha * len(xc) * np.eye(xc.shape[1]), xc.T @ (y['train'] - y_mean))
+            val_mae = float(np.mean(np.abs((x['val'] - x_mean) @ coef + y_mean - y['val'])))
+            if best is None or val_mae < best[0]:
+                best = (val_mae, alpha, coef)
+        _, alpha, coef = best
+        results[target] = {
+            'units': TARGETS[target],
+            'mean_predictor_test_mae': float(np.mean(np.abs(mean - y['test']))),
+            'ridge_element_fractions_test_mae': float(np.mean(np.abs((x['test'] - x_mean) @ coef + y_mean - y['test']))),
+            'ridge_alpha_per_sample': float(alpha),
+        }
+    return results
+
+
+# -- training --------------------------------------------------------------------------------------
+def train(args) -> None:
+    import torch
+
+    from aiida_hpcai.models.training import train_ensemble
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    arrays, info = load_filtered(pathlib.Path(args.data))
+    split = get_split(arrays)
+    if args.train_fraction < 1.0:  # learning curve: a seeded subset of the training ids
+        rng = np.random.default_rng(args.seed)
+        split['train'] = np.sort(rng.permutation(split['train'])[:int(round(args.train_fraction * len(split['train'])))])
+    model_config = json.loads(args.config) if args.config.startswith('{') else args.config
+    training = {'epochs': args.epochs, 'batch_size': args.batch_size, 'learning_rate': args.learning_rate,
+                'seed': args.seed + (args.member or 0), 'device': args.device, 'max_minutes': args.max_minutes,
+                'patience': args.patience, 'ensemble_size': 1 if args.member is not None else args.ensemble_size,
+                'element_reference': not args.no_element_reference, 'mc_samples': args.mc_samples,
+                'progress': not args.no_progress}
+    started = time.time()
+    _, metrics = train_ensemble(arrays, args.target, split, args.out, model_config=model_config, training=training,
+                                units=TARGETS[args.target], dataset={**info, 'split_dir': 'benchmarks/splits/mp_cgcnn',
+                                                                     'train_fraction': args.train_fraction})
+    print(json.dumps({'target': args.target, 'test_mae': metrics['test']['mae'], 'val_mae': metrics['val']['mae'],
+                      'seconds': time.time() - started}))
+
+
+def merge(args) -> None:
+    """Pool single-member runs (same target, split and data) into one ensemble checkpoint."""
+    from aiida_hpcai.models.checkpoint import load_checkpoint, model_config_of
+    from aiida_hpcai.models.training import TrainingConfig, finalize_ensemble, prepare_splits
+
+    arrays, info = load_filtered(pathlib.Path(args.data))
+    split = get_split(arrays)
+    checkpoints = [load_checkpoint(pathlib.Path(d) / 'model.pt') for d in args.members]
+    histories = []
+    for folder in args.members:
+        histories.extend(json.loads((pathlib.Path(folder) / 'metrics.json').read_text())['history'])
+    first = checkpoints[0]
+    if any(c['target'] != args.target or c['normalization'] != first['normalization'] for c in checkpoints):
+        raise SystemExit('member checkpoints differ in target or normalisation: not one ensemble')
+    members = [state for c in checkpoints for state in c['members']]
+    model_config = model_config_of(first)
+    training = dict(first['hyperparameters']['training'])
+    training.update({'device': args.device, 'ensemble_size': len(members), 'mc_samples': args.mc_samples})
+    config = TrainingConfig.from_dict(training)
+    data, normalization, failures = prepare_splits(arrays, args.target, split, first['element_reference'],
+                                                   first['normalization'], model_config.num_neighbours)
+    seconds = []
+    for folder in args.members:
+        seconds.append(json.loads((pathlib.Path(folder) / 'metrics.json').read_text()).get('training_seconds'))
+    _, metrics = finalize_ensemble(members, histories, model_config, config, args.target, TARGETS[args.target],
+                                   normalization, first['element_reference'], data, failures, args.out,
+                                   {**first['dataset'], **info}, training_seconds=max(s or 0 for s in seconds))
+    print(json.dumps({'target': args.target, 'test_mae': metrics['test']['mae'],
+                      'member_mae': metrics['test'].get('member_mae')}))
+
+
+# -- report ----------------------------------------------------------------------------------------
+def report(args) -> dict:
+    base = json.loads(BASELINES_FILE.read_text())
+    result = {'dataset': base['dataset'], 'split': base['split'], 'machine': base.get('machine'), 'targets': {}}
+    models = dict(item.split('=', 1) for item in (args.model or []))
+    for target, units in TARGETS.items():
+        entry = {'units': units, 'target_mae': TARGET_MAE[target], **base['targets'][target]}
+        if target in models:
+            folder = pathlib.Path(models[target])
+            metrics = json.loads((folder / 'metrics.json').read_text())
+            metadata = json.loads((folder / 'metadata.json').read_text())
+            histories = metrics['history']
+            test = metrics['test']
+            entry['crysformer'] = {
+                'model_file': str(args.model_file.get(target, folder / 'model.pt')) if hasattr(args, 'model_file') else None,
+                'config': metadata['hyperparameters']['model'],
+                'n_parameters': metrics['n_parameters'],
+                'ensemble_size': metadata['n_members'],
+                'test_mae': test['mae'], 'val_mae': metrics['val']['mae'],
+                'member_test_mae': test.get('member_mae'),
+                'uncertainty_test': {k: test[k] for k in ('ensemble', 'mc_dropout') if k in test},
+                'sigma_scale': metrics['sigma_scale'],
+                'epochs_run': [len(h) for h in histories],
+                'best_epoch': [int(np.argmin([row['val_mae'] for row in h])) for h in histories],
+                'training_seconds_per_member': metrics.get('training_seconds'),
+                'training_device': args.training_device,
+                'n_structures': metrics['n_structures'],
+            }
+            entry['meets_target'] = bool(test['mae'] <= TARGET_MAE[target])
+        result['targets'][target] = entry
+    RESULTS_FILE.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2)[:4000])
+    _parity_figure(models, result)
+    return result
+
+
+def _parity_figure(models: dict, result: dict) -> None:
+    """One figure with the test parity plots of both targets (copied from each run's parity.png data)."""
+    import shutil
+
+    for target, folder in models.items():
+        source = pathlib.Path(folder) / 'parity.png'
+        if source.exists():
+            shutil.copyfile(source, RESULTS_DIR / f'surrogate_parity_{target}.png')
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command', required=True)
+    for name in ('baselines', 'export-npz', 'train', 'merge', 'all'):
+        command = sub.add_parser(name)
+        command.add_argument('--data', default=str(default_source()), help='mp_cgcnn.csv.gz or an exported npz')
+        if name == 'export-npz':
+            command.add_argument('output')
+        if name in ('train', 'merge', 'all'):
+            command.add_argument('--device', default='cpu')
+            command.add_argument('--mc-samples', type=int, default=10)
+        if name in ('train', 'merge'):
+            command.add_argument('--target', choices=sorted(TARGETS), required=True)
+            command.add_argument('--out', required=True)
+        if name == 'merge':
+            command.add_argument('--members', nargs='+', required=True)
+        if name in ('train', 'all'):
+            command.add_argument('--config', default='cpu', help='preset name or JSON dict')
+            command.add_argument('--member', type=int, default=None, help='train only member K (seed + K)')
+            command.add_argument('--ensemble-size', type=int, default=3)
+            command.add_argument('--epochs', type=int, default=100)
+            command.add_argument('--batch-size', type=int, default=64)
+            command.add_argument('--learning-rate', type=float, default=1e-3)
+            command.add_argument('--patience', type=int, default=20)
+            command.add_argument('--max-minutes', type=float, default=None)
+            command.add_argument('--seed', type=int, default=0)
+            command.add_argument('--threads', type=int, default=0)
+            command.add_argument('--train-fraction', type=float, default=1.0)
+            command.add_argument('--no-element-reference', action='store_true')
+            command.add_argument('--no-progress', action='store_true')
+    command = sub.add_parser('report')
+    command.add_argument('--model', action='append', help='TARGET=FOLDER with model.pt, metrics.json, metadata.json')
+    command.add_argument('--training-device', default=None, help='where the models were trained (recorded)')
+    args = parser.parse_args(argv)
+
+    if args.command == 'report':
+        args.model_file = {}
+        report(args)
+        return
+    if args.command == 'export-npz':
+        arrays, _ = load_filtered(pathlib.Path(args.data))
+        write_npz(arrays, args.output)
+        return
+    if args.command == 'train':
+        train(args)
+        return
+    if args.command == 'merge':
+        merge(args)
+        return
+    arrays, info = load_filtered(pathlib.Path(args.data))
+    split = get_split(arrays)
+    payload = {'dataset': info, 'split': {name: int(len(idx)) for name, idx in split.items()},
+               'machine': {'processor': platform.processor() or platform.machine(), 'cpus': os.cpu_count()},
+               'targets': baselines(arrays, split)}
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    BASELINES_FILE.write_text(json.dumps(payload, indent=2))
+    print(json.dumps(payload, indent=2))
+    if args.command == 'all':
+        runs = REPO / 'benchmarks' / 'results' / 'tmp'
+        models = []
+        for target in TARGETS:
+            args.target, args.out, args.member = target, str(runs / target), None
+            train(args)
+            models.append(f'{target}={runs / target}')
+        report(argparse.Namespace(model=models, training_device=args.device, model_file={}))
+
+
+if __name__ == '__main__':
+    main()
