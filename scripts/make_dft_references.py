@@ -3,8 +3,9 @@
 For every element of the SSSP subset shipped in ``../shared/pseudos`` this picks, among the single-element
 rows of ``mp_cgcnn.csv.gz`` (the dataset our formation energies are compared with), the row with the lowest
 formation energy per atom (ties: fewest atoms). Gas-phase elements appear there as molecular crystals
-(O2, N2, Cl2); they are marked ``relax_cell: false`` because PBE without dispersion does not bind the
-molecules to each other, so only the positions are relaxed. The MP magnetization per atom is kept as the
+(O2, N2, Cl2); they are marked ``molecular_crystal: true``: PBE without dispersion does not bind the
+molecules to each other, so only the positions are relaxed, and their nearly flat bands let engines use a
+coarser k-point mesh (``EngineAdapter.molecular_crystal_protocol``). The MP magnetization per atom is kept as the
 initial magnetic moment (this is what makes the O2 reference a spin triplet). Elements without any
 single-element row are listed under ``missing``; ``hpcai.dft`` exits with ``ERROR_REFERENCE_MISSING`` for them.
 
@@ -58,7 +59,7 @@ def main():
             'formation_energy_per_atom': float(row.formation_energy_per_atom),
             'number_of_atoms': len(structure),
             'magnetic_moment_per_atom': round(moment, 3) if abs(moment) > MAGNETIC_THRESHOLD else 0.0,
-            'relax_cell': element not in GAS_PHASE_ELEMENTS,
+            'molecular_crystal': element in GAS_PHASE_ELEMENTS,
             'lattice': structure.lattice.matrix.round(8).tolist(),
             'species': [site.specie.symbol for site in structure],
             'frac_coords': structure.frac_coords.round(8).tolist(),

@@ -15,7 +15,7 @@ from aiida.plugins import CalculationFactory
 from aiida_hpcai.data.structure_set import StructureSet
 from aiida_hpcai.models import program
 
-TINY_TRAINING = {'target': 'heat_ref', 'units': 'eV/atom', 'model_config': 'tiny', 'ensemble_size': 2, 'epochs': 2,
+TINY_TRAINING = {'target': 'heat_ref', 'units': 'eV/atom', 'model_config': 'tiny', 'ensemble_size': 2, 'epochs': 1,
                  'batch_size': 16, 'seed': 0, 'split': {'fractions': [0.8, 0.1, 0.1], 'seed': 0}}
 
 needs_model_program = pytest.mark.skipif(

@@ -15,4 +15,4 @@ def cli():
 
 
 # Sub-commands register themselves on `cli` when imported.
-from . import data, setup, surrogate  # noqa: E402,F401
+from . import data, setup, surrogate, dft  # noqa: E402,F401

@@ -5,8 +5,10 @@ shell with ``run_get_node``, so every result is in the profile's provenance grap
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import logging
 import math
 import pathlib
 import sys
@@ -156,7 +158,8 @@ def predict(files, models, target, threshold, code_label, device, batch_size, as
     if threshold is not None:
         inputs['sigma_threshold'] = orm.Float(threshold)
 
-    _, node = run_get_node(SurrogateWorkChain, **inputs)
+    with _process_reports_to_stderr(enabled=as_json):
+        _, node = run_get_node(SurrogateWorkChain, **inputs)
     if not node.is_finished_ok:
         echo.echo_critical(f'SurrogateWorkChain<{node.pk}> failed with exit status {node.exit_status}: '
                            f'{node.exit_message}')
@@ -174,6 +177,26 @@ def predict(files, models, target, threshold, code_label, device, batch_size, as
         click.echo(json.dumps(payload, indent=2))
         return
     _print_prediction_table(rows, summary, node)
+
+
+@contextlib.contextmanager
+def _process_reports_to_stderr(enabled: bool):
+    """Send the processes' log lines (``Report: ...``) to stderr, so that stdout holds only the JSON."""
+    from aiida.cmdline.utils.log import CliHandler
+
+    def to_stderr(record):
+        record.err = True
+        return True
+
+    handlers = [handler for handler in logging.getLogger('aiida').handlers if isinstance(handler, CliHandler)]
+    if enabled:
+        for handler in handlers:
+            handler.addFilter(to_stderr)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(to_stderr)
 
 
 def _print_prediction_table(rows, summary, node) -> None:

@@ -9,6 +9,7 @@ The ``DftWorkChain`` (``aiida_hpcai/workchains/dft.py``) knows nothing about any
    protocol does not have is an error (``ValueError``), except below keys named in
    :attr:`EngineAdapter.open_sections` (raw code input such as QE namelists or a VASP INCAR, where any
    tag is allowed). The result is a plain nested ``dict``; only the adapter interprets its keys.
+   :meth:`EngineAdapter.molecular_crystal_protocol` may adapt it for molecular crystals (a coarser k-mesh).
 2. **checks before any calculation**: :meth:`EngineAdapter.check_structure` returns the elements that
    have no pseudopotential / POTCAR in the protocol's family. The WorkChain exits with
    ``ERROR_MISSING_PSEUDOPOTENTIAL`` before launching anything when the list is not empty.
@@ -228,6 +229,14 @@ class EngineAdapter(abc.ABC):
         # The protocol's own keys may add to open sections of the defaults, but not invent other keys either.
         protocol = merge_overrides(content.get('default_inputs', {}), content['protocols'][name], cls.open_sections)
         return merge_overrides(protocol, overrides, cls.open_sections)
+
+    def molecular_crystal_protocol(self, protocol: dict) -> dict:
+        """Return the protocol to use for a molecular crystal (the O2, N2, Cl2 elemental references).
+
+        Their bands are nearly flat, so an engine may use a coarser k-point mesh there; the default keeps the
+        protocol as it is. (The cell of a molecular crystal is never relaxed: ``relax_cell=False``.)
+        """
+        return protocol
 
     # -- before any calculation ------------------------------------------------------------------------
     @abc.abstractmethod

@@ -102,6 +102,11 @@ class QuantumEspressoEngine(EngineAdapter):
         namespace.pw.metadata.options = self._options(options)
 
     # -- interface --------------------------------------------------------------------------------------
+    def molecular_crystal_protocol(self, protocol: dict) -> dict:
+        """Molecular crystals use ``molecular_kpoints_distance`` (flat molecular bands need few k-points)."""
+        spacing = protocol['molecular_kpoints_distance']
+        return merge_overrides(protocol, {'kpoints_distance': spacing, 'scf': {'kpoints_distance': spacing}})
+
     def check_structure(self, structure, code, protocol: dict) -> list[str]:
         family = self.load_family(protocol)
         elements = set(structure.get_symbols_set())

@@ -177,17 +177,27 @@ class VaspEngine(EngineAdapter):
         namespace.calc.metadata.options = self._options(options)
 
     # -- interface --------------------------------------------------------------------------------------
-    def check_structure(self, structure, code, protocol: dict) -> list[str]:
-        from aiida_vasp.data.potcar import PotcarData
+    @staticmethod
+    def family_symbols(label: str) -> set[str] | None:
+        """Return the POTCAR symbols (``full_name``) in the aiida-vasp POTCAR family ``label``; ``None`` if absent."""
+        from aiida_vasp.data.potcar import PotcarData, PotcarGroup
 
-        symbols = {}
+        if PotcarData.get_potcar_group(label) is None:
+            return None
+        query = orm.QueryBuilder()
+        query.append(PotcarGroup, filters={'label': label}, tag='family')
+        query.append(PotcarData, with_group='family', project='attributes.full_name')
+        return set(query.all(flat=True))
+
+    def check_structure(self, structure, code, protocol: dict) -> list[str]:
+        wanted = {}
         for section in ('relax', 'scf'):
             for element, symbol in self.potcar_symbols(structure, protocol, protocol[section]['input_set']).items():
-                symbols.setdefault(element, set()).add(symbol)
-        if PotcarData.get_potcar_group(protocol['potential_family']) is None:
-            return sorted(symbols)
-        available = set(PotcarData.get_full_names(family_name=protocol['potential_family']))
-        return sorted(element for element, wanted in symbols.items() if None in wanted or not wanted <= available)
+                wanted.setdefault(element, set()).add(symbol)
+        available = self.family_symbols(protocol['potential_family'])
+        if available is None:
+            return sorted(wanted)
+        return sorted(element for element, symbols in wanted.items() if None in symbols or not symbols <= available)
 
     def identity(self, code, protocol_name: str, protocol: dict) -> dict[str, str]:
         return {
@@ -277,9 +287,11 @@ class VaspEngine(EngineAdapter):
         # vasprun.xml occupations are per spin channel (at most 1) with and without spin polarization.
         band_gap = band_gap_from_eigenvalues(eigenvalues, occupations, fermi_energy, max_occupation=1.0)
         if spin_polarized:
-            if not misc.get('magnetization'):
-                raise ValueError('spin-polarized VASP run without a total magnetization in its OUTCAR')
-            total_magnetization = float(misc['magnetization'][-1])
+            # The OUTCAR's last 'number of electron ... magnetization ...' line: one value (collinear) or x, y, z.
+            magnetization = misc.get('magnetization') or []
+            if len(magnetization) != 1:
+                raise ValueError(f'expected the collinear total magnetization from the OUTCAR, got {magnetization}')
+            total_magnetization = float(magnetization[0])
         else:
             total_magnetization = 0.0
         return ScfResult(

@@ -26,6 +26,11 @@ class ModelProgramParser(Parser):
 
         exit_code = self.exit_code_from_error_file()
         if exit_code is not None:
+            if self.keeps_outputs_on_error(exit_code):
+                try:
+                    self.parse_outputs()
+                except OutputFileMissing:
+                    pass
             return exit_code
         try:
             return self.parse_outputs()
@@ -34,6 +39,10 @@ class ModelProgramParser(Parser):
 
     def parse_outputs(self) -> ExitCode | None:
         raise NotImplementedError
+
+    def keeps_outputs_on_error(self, exit_code: ExitCode) -> bool:
+        """Whether outputs the program wrote before reporting this error are still worth attaching."""
+        return False
 
     # -- files ------------------------------------------------------------------------------
     def has_output(self, filename: str) -> bool:

@@ -18,8 +18,13 @@ class PredictParser(ModelProgramParser):
     """Attach ``predictions`` (mean, sigma, status, reason; aligned with the input set) and ``summary``.
 
     Per-structure failures are data, not a job failure: they are recorded in ``status``/``reason``.
-    Only when no structure at all was predicted does the job exit non-zero.
+    Only when no structure at all was predicted does the job exit non-zero; the outputs are
+    attached all the same (also with ``ERROR_NAN_OUTPUT``, which the program reports when no
+    structure got a finite value), so that the reasons can be read and every structure sent to DFT.
     """
+
+    def keeps_outputs_on_error(self, exit_code):
+        return exit_code.status == self.exit_codes.ERROR_NAN_OUTPUT.status
 
     def parse_outputs(self):
         content = self.read_bytes('predictions.npz')
@@ -53,6 +58,10 @@ class PredictParser(ModelProgramParser):
         })
         self.out('predictions', predictions)
         self.out('summary', orm.Dict(summary))
+
+        requested_device = self.node.inputs.device.value if 'device' in self.node.inputs else 'cpu'
+        if summary.get('device') and summary['device'] != requested_device:
+            self.logger.warning(f"requested device {requested_device!r}, but the program ran on {summary['device']!r}")
 
         if expected and n_ok == 0:
             reasons = sorted(set(arrays['reason'].astype(str).tolist()))[:3]

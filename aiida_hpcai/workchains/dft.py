@@ -106,7 +106,13 @@ class DftWorkChain(WorkChain):
             'relax_cell',
             valid_type=orm.Bool,
             default=lambda: orm.Bool(True),
-            help='Relax the cell as well as the positions (False for molecular-crystal references).',
+            help='Relax the cell as well as the positions (False: positions only).',
+        )
+        spec.input(
+            'molecular_crystal',
+            valid_type=orm.Bool,
+            default=lambda: orm.Bool(False),
+            help='A molecular crystal (O2, N2, Cl2 references): fixed cell and the engine\'s molecular k-point mesh.',
         )
         spec.input(
             'standardize',
@@ -191,6 +197,10 @@ class DftWorkChain(WorkChain):
     def setup(self):
         overrides = self.inputs.overrides.get_dict() if 'overrides' in self.inputs else None
         self.ctx.protocol = self.engine.load_protocol(self.inputs.protocol.value, overrides)
+        self.ctx.relax_cell = self.inputs.relax_cell.value
+        if self.inputs.molecular_crystal.value:
+            self.ctx.protocol = self.engine.molecular_crystal_protocol(self.ctx.protocol)
+            self.ctx.relax_cell = False
         self.ctx.identity = self.engine.identity(self.inputs.code, self.inputs.protocol.value, self.ctx.protocol)
         self.ctx.options = self.inputs.options.get_dict() if 'options' in self.inputs else None
         self.ctx.magnetic_moments = self.inputs.magnetic_moments.get_dict() if 'magnetic_moments' in self.inputs else None
@@ -238,7 +248,7 @@ class DftWorkChain(WorkChain):
             self.ctx.protocol,
             options=self.ctx.options,
             magnetic_moments=self.ctx.magnetic_moments,
-            relax_cell=self.inputs.relax_cell.value,
+            relax_cell=self.ctx.relax_cell,
         )
         builder.metadata.call_link_label = 'relax'
         node = self.submit(builder)
@@ -301,7 +311,7 @@ class DftWorkChain(WorkChain):
             'code': self.inputs.code,
             'protocol': self.inputs.protocol,
             'magnetic_moments': orm.Dict(refs.get_reference_magnetic_moments(element)),
-            'relax_cell': orm.Bool(entry['relax_cell']),
+            'molecular_crystal': orm.Bool(entry['molecular_crystal']),
             'compute_formation_energy': orm.Bool(False),
             'metadata': {
                 'call_link_label': f'reference_{element}',

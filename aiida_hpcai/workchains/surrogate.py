@@ -151,12 +151,14 @@ class SurrogateWorkChain(WorkChain):
 
     def inspect_predict(self):
         calculation = self.ctx.predict
-        no_structure_predicted = PredictCalculation.exit_codes.ERROR_NO_STRUCTURE_PREDICTED.status
+        exit_codes = PredictCalculation.exit_codes
+        nothing_predicted = (exit_codes.ERROR_NO_STRUCTURE_PREDICTED.status, exit_codes.ERROR_NAN_OUTPUT.status)
         if calculation.is_finished_ok:
             return None
-        # Nothing predicted is still an answer for a surrogate: every structure goes to DFT.
-        if calculation.exit_status == no_structure_predicted and 'predictions' in calculation.outputs:
-            self.report(f'PredictCalculation<{calculation.pk}> predicted no structure; all of them need DFT')
+        # Nothing predicted is still an answer for a surrogate: every structure goes to DFT, with its reason.
+        if calculation.exit_status in nothing_predicted and 'predictions' in calculation.outputs:
+            self.report(f'PredictCalculation<{calculation.pk}> predicted no structure ({calculation.exit_message}); '
+                        'all of them need DFT')
             return None
         return self.exit_codes.ERROR_PREDICT_FAILED.format(
             pk=calculation.pk, status=calculation.exit_status, message=calculation.exit_message)

@@ -118,15 +118,17 @@ def test_band_gap_from_eigenvalues():
     # Overlapping bands: a metal even with an even count.
     assert band_gap_from_eigenvalues([[0.0, 1.0], [1.5, 2.0]], number_of_electrons=2) == 0.0
     # Two spin channels with 2 μB (an O2-like triplet: 3 up, 1 down): edges taken over both channels.
-    spin = np.stack([eigenvalues + [[0, 0, -2.0, 0], [0, 0, -2.0, 0]], eigenvalues + 0.1])
-    assert band_gap_from_eigenvalues(spin, number_of_electrons=4, total_magnetization=2.0) == pytest.approx(0.1 - 0.5 + 0.5)
+    up = [[-1.0, 0.0, 0.5, 2.5], [-0.8, 0.1, 0.4, 2.2]]  # 3 occupied: edges 0.5 and 2.2
+    down = [[-0.9, 1.0, 1.5, 3.0], [-0.7, 1.1, 1.6, 3.0]]  # 1 occupied: edges -0.7 and 1.0
+    assert band_gap_from_eigenvalues([up, down], number_of_electrons=4, total_magnetization=2.0) == pytest.approx(0.5)
+    assert band_gap_from_eigenvalues([up, down], number_of_electrons=4, total_magnetization=1.3) == 0.0
     with pytest.raises(ValueError, match='too few bands'):
         band_gap_from_eigenvalues([[0.0, 1.0]], number_of_electrons=4)
     # Occupations from cold smearing leave the top valence state half empty: counting is right, the
     # occupation threshold is not (this is why engines pass the number of electrons).
     occupations = np.array([[2.0, 0.9, 0.0, 0.0], [2.0, 2.0, 0.0, 0.0]])
     assert band_gap_from_eigenvalues(eigenvalues, number_of_electrons=4) == pytest.approx(1.0)
-    assert band_gap_from_eigenvalues(eigenvalues, occupations) == pytest.approx(1.2 - 0.2)
+    assert band_gap_from_eigenvalues(eigenvalues, occupations) == 0.0
     assert band_gap_from_eigenvalues(eigenvalues, fermi_energy=0.6) == pytest.approx(1.0)
 
 

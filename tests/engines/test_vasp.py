@@ -15,8 +15,9 @@ from aiida import orm
 from aiida.engine import run_get_node
 
 from aiida_hpcai.engines import band_gap_from_eigenvalues, get_engine
+from aiida_hpcai.workchains.dft import DftWorkChain
 
-from .vasp_mock import mock_vasp_executable, register_calculation, upload_dummy_potcar_family
+from .vasp_mock import mock_report, mock_vasp_executable, register_calculation, upload_dummy_potcar_family
 
 FAMILY = 'hpcai-test-dummy-potcars'
 # Symbols MPRelaxSet picks for the elements of the fixtures (Si; Zn, P, S); Ge deliberately left out.
@@ -72,7 +73,7 @@ def mock_vasp_code(aiida_code_installed, registry):
 def pymatgen_run(folder):
     from pymatgen.io.vasp import Vasprun
 
-    return Vasprun(str(folder / 'vasprun.xml'), parse_dos=False, parse_potcar_file=False)
+    return Vasprun(str(folder / 'vasprun.xml'), parse_potcar_file=False)
 
 
 def mp_incar(set_name, structure) -> dict:
@@ -194,58 +195,139 @@ def test_missing_potcar_is_reported_before_any_calculation(aiida_profile, engine
     assert engine.check_structure(structure, None, mapped) == ['Ge', 'Si']
 
 
+def test_spin_polarized_result_needs_the_outcar_magnetization(aiida_profile, engine, vasp_fixtures):
+    """Spin-polarized bands (a real ISPIN=2 vasprun.xml): gap over both channels; no magnetization is an error.
+
+    No fixture has both vasprun.xml and OUTCAR of one spin-polarized run, so this path is not run through
+    mock-vasp: the nodes are made as aiida-vasp's parser makes them, bands and magnetization from two runs.
+    """
+    from aiida_vasp.parsers.content_parsers.outcar import OutcarParser
+    from aiida_vasp.parsers.content_parsers.vasprun import VasprunParser
+    from aiida_vasp.parsers.vasp import get_kpoints_node
+
+    with open(vasp_fixtures / 'spin' / 'vasprun.xml', 'rb') as handle:
+        quantities, _ = VasprunParser(handler=handle).get_all_quantities()
+    eigenvalues = np.array([quantities['eigenvalues'][spin] for spin in ('up', 'down')])
+    occupations = np.array([quantities['occupancies'][spin] for spin in ('up', 'down')])
+    bands = orm.BandsData()
+    bands.set_kpointsdata(get_kpoints_node(quantities['kpoints'], quantities['structure']['unitcell']))
+    bands.set_bands(eigenvalues, occupations=occupations)
+    structure = orm.StructureData(cell=quantities['structure']['unitcell'])
+    for site in quantities['structure']['sites']:
+        structure.append_atom(position=site['position'], symbols=site['symbol'])
+    misc = {
+        'total_energies': {key: float(value) for key, value in quantities['total_energies'].items()},
+        'fermi_level': quantities['fermi_level'],
+        'run_status': {'electronic_converged': True},
+    }
+    nodes = {'misc': orm.Dict(misc), 'bands': bands, 'structure': structure}
+    with pytest.raises(ValueError, match='magnetization'):
+        engine.scf_result_from_nodes(nodes)
+
+    nodes['misc'] = orm.Dict(misc | {'magnetization': [0.1, 0.2, 2.0]})  # non-collinear: x, y, z
+    with pytest.raises(ValueError, match='collinear'):
+        engine.scf_result_from_nodes(nodes)
+
+    # A collinear spin-polarized OUTCAR (another real run) as aiida-vasp's parser reads it into `misc`.
+    with open(vasp_fixtures / 'magnetization_single' / 'OUTCAR', encoding='utf-8') as handle:
+        outcar, _ = OutcarParser(handler=handle).get_all_quantities()
+    nodes['misc'] = orm.Dict(misc | {'magnetization': outcar['magnetization']})
+    result = engine.scf_result_from_nodes(nodes)
+    assert result.total_magnetization == outcar['magnetization'][0] != 0.0
+    assert result.total_energy == quantities['total_energies']['energy_extrapolated']
+    # Both channels count: the gap is the smallest over spins, not the gap of either channel alone.
+    per_channel = [band_gap_from_eigenvalues(eigenvalues[i], occupations[i], max_occupation=1.0) for i in (0, 1)]
+    assert result.band_gap == pytest.approx(band_gap_from_eigenvalues(eigenvalues, occupations, max_occupation=1.0))
+    assert result.band_gap <= min(per_channel)
+
+
 # -- end to end with mock-vasp ---------------------------------------------------------------------------
-def test_relax_then_scf_through_mock_vasp(
+def test_dft_workchain_with_vasp_through_mock_vasp(
     aiida_profile, engine, protocol, potcar_family, registry, mock_vasp_code, vasp_fixtures
 ):
-    """vasp.relax (relaxation + its single point) then vasp.vasp (MPStaticSet) on a real Si VASP run."""
-    outputs = vasp_fixtures / 'exit_codes' / 'converged' / 'out'
+    """``hpcai.dft`` with engine ``vasp``: vasp.relax (relaxation + its single point), then vasp.vasp (MPStaticSet).
+
+    The fixture is a converged static run of a relaxed 26-atom Zn-P-S cell (residual forces < 1e-3 eV/Å) with
+    a clean 2.2 eV gap; mock-vasp returns it for each of the three calculations, so vasp.relax sees no change
+    of cell or positions and forces below the cutoff, and accepts the relaxation after one round.
+    """
+    outputs = vasp_fixtures / 'born_effective_charge'
     run = pymatgen_run(outputs)
     structure = orm.StructureData(pymatgen=run.initial_structure)
     relaxed = structure_parsed_by_aiida_vasp(outputs / 'vasprun.xml')
     relax_kpoints = mp_kpoints('MPRelaxSet', structure)
 
+    # Expected inputs: MP's sets, plus what vasp.relax writes itself (EDIFFG from the force cutoff; IBRION, ISIF
+    # and NSW equal MP's values in the relaxation and are absent from its final single point).
     relax_incar = mp_incar('MPRelaxSet', structure) | {'ediffg': -protocol['relax']['force_cutoff']}
     register_calculation(registry, 'relax', relax_incar, structure, relax_kpoints, outputs)
-    single_point_incar = {k: v for k, v in mp_incar('MPRelaxSet', structure).items() if k not in ('ibrion', 'isif', 'nsw')}
+    single_point_incar = {
+        tag: value for tag, value in mp_incar('MPRelaxSet', structure).items() if tag not in ('ibrion', 'isif', 'nsw')
+    }
     register_calculation(registry, 'relax_single_point', single_point_incar, relaxed, relax_kpoints, outputs)
     register_calculation(
         registry, 'scf', mp_incar('MPStaticSet', relaxed), relaxed, mp_kpoints('MPStaticSet', relaxed), outputs
     )
 
-    _, relax_node = run_get_node(engine.get_relax_builder(structure, mock_vasp_code, protocol, OPTIONS))
-    assert relax_node.is_finished_ok, relax_node.exit_message
-    relaxed_out = engine.get_relaxed_structure(relax_node)
-    assert np.allclose(relaxed_out.cell, relaxed.cell)
-    assert np.allclose([s.position for s in relaxed_out.sites], [s.position for s in relaxed.sites])
+    results, node = run_get_node(
+        DftWorkChain,
+        structure=structure,
+        engine=orm.Str('vasp'),
+        code=mock_vasp_code,
+        protocol=orm.Str('balanced'),
+        overrides=orm.Dict({'potential_family': FAMILY}),
+        options=orm.Dict(OPTIONS),
+        standardize=orm.Bool(False),  # the registry holds the fixture's cell as it is
+        compute_formation_energy=orm.Bool(False),  # elemental references would need VASP runs of their own
+    )
+    assert node.is_finished_ok, mock_report(node)
+    relaxed_out = results['relaxed_structure']
+    assert np.allclose(relaxed_out.cell, run.final_structure.lattice.matrix)
+    assert np.allclose([site.position for site in relaxed_out.sites], run.final_structure.cart_coords, atol=1e-6)
 
-    _, scf_node = run_get_node(engine.get_scf_builder(relaxed_out, mock_vasp_code, protocol, OPTIONS))
-    assert scf_node.is_finished_ok, scf_node.exit_message
-    result = engine.get_scf_result(scf_node)
-    assert result.total_energy == pytest.approx(run.final_energy, abs=1e-6)
-    assert result.band_gap == pytest.approx(expected_gap(run), abs=1e-4)
-    assert result.number_of_atoms == len(run.final_structure)
-    assert result.total_magnetization == 0.0  # the fixture ran without spin polarization
-    assert result.converged is True
+    assert results['total_energy'].value == pytest.approx(run.final_energy, abs=1e-6)
+    assert results['energy_per_atom'].value == pytest.approx(run.final_energy / 26, abs=1e-6)
+    # A clean gap: the shared rule and pymatgen's own band-edge analysis agree.
+    assert results['band_gap'].value == pytest.approx(run.eigenvalue_band_properties[0], abs=1e-4)
+    assert results['band_gap'].value == pytest.approx(expected_gap(run), abs=1e-4)
+    assert results['total_magnetization'].value == 0.0  # the fixture ran without spin polarization
+    assert results['identity'].get_dict() == engine.identity(mock_vasp_code, 'balanced', protocol)
+
+    scf = engine.get_scf_result(node.base.links.get_outgoing(link_label_filter='scf').one().node)
+    assert scf.fermi_energy == pytest.approx(run.efermi, abs=1e-6)
+    assert scf.converged is True
 
 
-def test_scf_of_a_semiconductor_through_mock_vasp(
-    aiida_profile, engine, protocol, potcar_family, registry, mock_vasp_code, vasp_fixtures
+def test_dft_workchain_stops_on_missing_potcar(aiida_profile, potcar_family, mock_vasp_code):
+    """Ge has no POTCAR in the family: ``hpcai.dft`` exits before launching any calculation."""
+    structure = orm.StructureData(cell=np.eye(3) * 5.0)
+    structure.append_atom(position=(0, 0, 0), symbols='Si')
+    structure.append_atom(position=(2.5, 2.5, 2.5), symbols='Ge')
+    _, node = run_get_node(
+        DftWorkChain,
+        structure=structure,
+        engine=orm.Str('vasp'),
+        code=mock_vasp_code,
+        overrides=orm.Dict({'potential_family': FAMILY}),
+        options=orm.Dict(OPTIONS),
+        compute_formation_energy=orm.Bool(False),
+    )
+    assert node.exit_status == DftWorkChain.exit_codes.ERROR_MISSING_PSEUDOPOTENTIAL.status
+    assert 'Ge' in node.exit_message and 'Si' not in node.exit_message.split('family')[0]
+    assert not node.called
+
+
+def test_unconverged_scf_is_recognised(
+    aiida_profile, engine, potcar_family, registry, mock_vasp_code, vasp_fixtures
 ):
-    """vasp.vasp with MPStaticSet inputs on Zn3P2S8-like ZnPS (26 atoms, 2.2 eV gap), a real static run."""
-    outputs = vasp_fixtures / 'born_effective_charge'
-    run = pymatgen_run(outputs)
-    structure = orm.StructureData(pymatgen=run.final_structure)
+    """A real VASP run that hit NELM before converging: the adapter tells the DFT WorkChain so."""
+    protocol = engine.load_protocol('balanced', {'potential_family': FAMILY, 'scf': {'max_iterations': 1}})
+    outputs = vasp_fixtures / 'exit_codes' / 'elec-unconverged' / 'out'
+    structure = orm.StructureData(pymatgen=pymatgen_run(outputs).final_structure)
     register_calculation(
         registry, 'scf', mp_incar('MPStaticSet', structure), structure, mp_kpoints('MPStaticSet', structure), outputs
     )
 
     _, node = run_get_node(engine.get_scf_builder(structure, mock_vasp_code, protocol, OPTIONS))
-    assert node.is_finished_ok, node.exit_message
-    result = engine.get_scf_result(node)
-    assert result.total_energy == pytest.approx(run.final_energy, abs=1e-6)
-    # A clean gap: the shared rule and pymatgen's own band-edge analysis agree.
-    assert result.band_gap == pytest.approx(run.eigenvalue_band_properties[0], abs=1e-4)
-    assert result.band_gap == pytest.approx(expected_gap(run), abs=1e-4)
-    assert result.fermi_energy == pytest.approx(run.efermi, abs=1e-6)
-    assert result.number_of_atoms == 26
+    assert not node.is_finished_ok
+    assert engine.is_scf_unconverged(node), mock_report(node)

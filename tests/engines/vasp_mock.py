@@ -64,14 +64,22 @@ def mock_vasp_executable() -> str:
 
 
 def write_vasp_inputs(folder: pathlib.Path, incar: dict, structure, kpoints) -> None:
-    """Write INCAR, POSCAR and KPOINTS into ``folder`` with the writers ``VaspCalculation`` uses."""
+    """Write INCAR, POSCAR and KPOINTS into ``folder`` with the writers ``VaspCalculation`` uses.
+
+    The nodes are stored first, as the CalcJob's inputs are: the storage backend may round floats (PostgreSQL
+    JSONB keeps 15 significant digits), and the files must show the values the CalcJob will see.
+    """
     from aiida import orm
     from aiida_vasp.parsers.content_parsers.incar import IncarParser
     from aiida_vasp.parsers.content_parsers.kpoints import KpointsParser
     from aiida_vasp.parsers.content_parsers.poscar import PoscarParser
 
     folder.mkdir(parents=True, exist_ok=True)
-    IncarParser(data=orm.Dict(incar), validate_tags=True).write(str(folder / 'INCAR'))
+    parameters = orm.Dict(incar).store()
+    for node in (structure, kpoints):
+        if not node.is_stored:
+            node.store()
+    IncarParser(data=parameters, validate_tags=True).write(str(folder / 'INCAR'))
     PoscarParser(data=structure, precision=10).write(str(folder / 'POSCAR'))
     KpointsParser(data=kpoints).write(str(folder / 'KPOINTS'))
 
@@ -95,3 +103,19 @@ def register_calculation(
     run = Vasprun(str(out / 'vasprun.xml'), parse_dos=False, parse_eigen=False, parse_potcar_file=False)
     Poscar(run.final_structure).write_file(str(out / 'CONTCAR'), significant_figures=12)
     return VaspMockRegistry.compute_hash(entry / 'inp')
+
+
+def mock_report(node) -> str:
+    """Return what ``mock-vasp`` printed in the last VASP calculation under ``node`` (why it found no match)."""
+    from aiida import orm
+
+    calculations = [child for child in node.called_descendants if isinstance(child, orm.CalcJobNode)]
+    if not calculations:
+        return f'{node.process_label}<{node.pk}> launched no calculation: {node.exit_message}'
+    last = max(calculations, key=lambda child: child.ctime)
+    lines = [f'{last.process_label}<{last.pk}> exit status {last.exit_status}']
+    for name in ('INCAR', 'KPOINTS', 'POSCAR'):
+        lines.append(f'--- {name} written\n' + last.base.repository.get_object_content(name))
+    if 'retrieved' in last.outputs and 'vasp_output' in last.outputs.retrieved.base.repository.list_object_names():
+        lines.append('--- vasp_output\n' + last.outputs.retrieved.base.repository.get_object_content('vasp_output'))
+    return '\n'.join(lines)

@@ -117,14 +117,32 @@ def test_predict_parser_missing_predictions(predict_node):
 ])
 def test_error_file_is_read_first(predict_node, code, label):
     error = json.dumps({'error': code, 'message': 'details from the program'}).encode()
-    # A half-written predictions file must not hide the reported error.
-    npz = _predictions_npz([1.0] * 3, [0.0] * 3, ['ok'] * 3, [''] * 3)
-    node, temporary = predict_node({'error.json': error, 'summary.json': _summary(3, 3)}, {'predictions.npz': npz})
+    node, temporary = predict_node({'error.json': error})
     results, calcfunction = PredictParser.parse_from_node(node, store_provenance=False,
                                                           retrieved_temporary_folder=temporary)
     assert calcfunction.exit_status == PredictCalculation.exit_codes[label].status
     assert 'details from the program' in calcfunction.exit_message
     assert not results
+
+
+def test_error_file_wins_over_complete_looking_outputs(predict_node):
+    error = json.dumps({'error': 'checkpoint_mismatch', 'message': 'sha256 differs'}).encode()
+    npz = _predictions_npz([1.0] * 3, [0.0] * 3, ['ok'] * 3, [''] * 3)
+    node, temporary = predict_node({'error.json': error, 'summary.json': _summary(3, 3)}, {'predictions.npz': npz})
+    results, calcfunction = PredictParser.parse_from_node(node, store_provenance=False,
+                                                          retrieved_temporary_folder=temporary)
+    assert calcfunction.exit_status == PredictCalculation.exit_codes.ERROR_CHECKPOINT_MISMATCH.status
+    assert not results
+
+
+def test_nan_output_keeps_the_predictions_and_their_reasons(predict_node):
+    error = json.dumps({'error': 'nan_output', 'message': 'no structure got a finite prediction'}).encode()
+    npz = _predictions_npz([np.nan] * 3, [np.nan] * 3, ['failed'] * 3, ['no neighbour graph: NaN'] * 3)
+    node, temporary = predict_node({'error.json': error, 'summary.json': _summary(3, 0)}, {'predictions.npz': npz})
+    results, calcfunction = PredictParser.parse_from_node(node, store_provenance=False,
+                                                          retrieved_temporary_folder=temporary)
+    assert calcfunction.exit_status == PredictCalculation.exit_codes.ERROR_NAN_OUTPUT.status
+    assert results['predictions'].get_array('reason').tolist() == ['no neighbour graph: NaN'] * 3
 
 
 def test_unreadable_error_file(predict_node):

@@ -133,3 +133,46 @@ def test_train_then_surrogate_end_to_end(aiida_code_installed, shared_data_dir):
     query.append(orm.ArrayData, with_incoming='split', filters={'uuid': predictions.uuid})
     assert query.count() == 1
     assert node.outputs.needs_dft.creator.uuid == predictions.creator.uuid
+
+
+@needs_model_program
+def test_nothing_predicted_sends_everything_to_dft(aiida_code_installed, shared_data_dir):
+    code = model_program_code(aiida_code_installed)
+    model = train_tiny_model(code, perov_structures(shared_data_dir)).outputs.model
+    broken = _with_broken_structure(perov_structures(shared_data_dir).subset([0]), broken_index=0).store()
+
+    _, node = run_get_node(SurrogateWorkChain, structures=broken, models={'tiny': model},
+                           sigma_threshold=orm.Float(1e6), predict={'code': code})
+
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    predict = node.base.links.get_outgoing(link_label_filter='predict').one().node
+    assert not predict.is_finished_ok  # the CalcJob says nothing was predicted ...
+    assert node.outputs.needs_dft.ids == broken.ids  # ... and the WorkChain sends the structure to DFT
+    assert node.outputs.predictions.get_array('reason')[0] != ''
+
+
+@needs_model_program
+def test_failed_predict_job_is_an_exit_code(aiida_code_installed):
+    code = model_program_code(aiida_code_installed)
+    not_a_checkpoint = ModelData(b'these bytes are no torch checkpoint', filename='model.pt',
+                                 target='heat_ref', units='eV/atom').store()
+    structures = StructureSet.from_pymatgen([_rock_salt(5.6)])
+
+    _, node = run_get_node(SurrogateWorkChain, structures=structures, models={'bad': not_a_checkpoint},
+                           sigma_threshold=orm.Float(0.1), predict={'code': code})
+
+    assert node.exit_status == SurrogateWorkChain.exit_codes.ERROR_PREDICT_FAILED.status
+    assert str(PredictCalculation.exit_codes.ERROR_CHECKPOINT_MISMATCH.status) in node.exit_message
+    assert 'predictions' not in node.outputs
+
+
+def test_structure_nodes_are_gathered_with_provenance():
+    from aiida_hpcai.workchains.surrogate import structures_from_nodes
+
+    nodes = {'salt': orm.StructureData(pymatgen=_rock_salt(5.6)),
+             'periclase': orm.StructureData(pymatgen=_rock_salt(4.2, ('Mg', 'O')))}
+    structure_set = structures_from_nodes(**nodes)
+    assert structure_set.ids == ['periclase', 'salt']
+    assert [s.composition.reduced_formula for s in structure_set] == ['MgO', 'NaCl']
+    incoming = structure_set.creator.base.links.get_incoming().all()
+    assert {link.node.uuid for link in incoming} == {node.uuid for node in nodes.values()}

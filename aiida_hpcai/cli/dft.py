@@ -1,0 +1,135 @@
+"""``aiida-hpcai dft``: relax, static SCF and formation energy of one structure with ``hpcai.dft``."""
+from __future__ import annotations
+
+import pathlib
+
+import click
+from aiida.cmdline.utils import decorators, echo
+
+from . import cli
+
+DEFAULT_CODES = {'quantumespresso': 'pw@localhost', 'vasp': 'vasp@localhost'}
+
+
+def _parse_overrides(ctx, param, value):
+    """``--overrides`` takes YAML or JSON text, or the path of a YAML/JSON file."""
+    import yaml
+
+    if value is None:
+        return None
+    path = pathlib.Path(value)
+    text = path.read_text(encoding='utf-8') if path.is_file() else value
+    try:
+        overrides = yaml.safe_load(text)
+    except yaml.YAMLError as exception:
+        raise click.BadParameter(f'not YAML/JSON: {exception}') from exception
+    if not isinstance(overrides, dict):
+        raise click.BadParameter('must be a mapping, e.g. "{kpoints_distance: 0.25}"')
+    return overrides
+
+
+@cli.command('dft')
+@click.argument('file', type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path))
+@click.option(
+    '--engine', type=click.Choice(['quantumespresso', 'vasp']), default='quantumespresso', show_default=True
+)
+@click.option('--protocol', type=click.Choice(['fast', 'balanced', 'precise']), default='balanced', show_default=True)
+@click.option('--code', 'code_label', default=None, help='Code label; default pw@localhost (QE) or vasp@localhost.')
+@click.option(
+    '--overrides',
+    callback=_parse_overrides,
+    default=None,
+    help='Protocol overrides as YAML/JSON text or file, e.g. "{kpoints_distance: 0.25}". Unknown keys are an error.',
+)
+@click.option('--num-mpiprocs', type=int, default=None, help='MPI processes per calculation (default: the computer\'s).')
+@click.option('--max-wallclock-seconds', type=int, default=None, help='Wall-time limit of each calculation.')
+@click.option('--no-formation-energy', is_flag=True, help='Skip the elemental references and the formation energy.')
+@click.option('--no-standardize', is_flag=True, help='Keep the cell as given instead of its standard primitive cell.')
+@click.option('--submit', is_flag=True, help='Submit to the daemon and return at once, instead of running here.')
+@decorators.with_dbenv()
+def dft(file, engine, protocol, code_label, overrides, num_mpiprocs, max_wallclock_seconds, no_formation_energy,
+        no_standardize, submit):
+    """Relax FILE (CIF, POSCAR, anything pymatgen reads), run a static SCF and compute its formation energy.
+
+    Prints the results and the pk of the hpcai.dft WorkChain. The first run per engine and protocol also
+    computes the elemental references it needs; later runs find them in the profile.
+    """
+    from aiida import orm
+    from aiida.engine import run_get_node, submit as submit_process
+    from pymatgen.core import Structure
+
+    from aiida_hpcai.engines import get_engine
+    from aiida_hpcai.workchains.dft import DftWorkChain
+
+    try:
+        get_engine(engine).load_protocol(protocol, overrides)
+    except (ValueError, ImportError) as exception:
+        raise click.BadParameter(str(exception), param_hint='--overrides') from exception
+    try:
+        structure = Structure.from_file(file)
+    except Exception as exception:  # noqa: BLE001 -- pymatgen raises many types; name the file
+        raise click.BadParameter(f'{file}: cannot read a structure ({exception})', param_hint='FILE') from exception
+    code_label = code_label or DEFAULT_CODES[engine]
+    try:
+        code = orm.load_code(code_label)
+    except Exception as exception:  # noqa: BLE001 -- NotExistent or MultipleObjectsError
+        raise click.BadParameter(f'{code_label}: {exception} (run `aiida-hpcai setup`?)', param_hint='--code')
+
+    options = {'resources': {'num_machines': 1}}
+    if num_mpiprocs:
+        options['resources']['num_mpiprocs_per_machine'] = num_mpiprocs
+    if max_wallclock_seconds:
+        options['max_wallclock_seconds'] = max_wallclock_seconds
+    inputs = {
+        'structure': orm.StructureData(pymatgen=structure),
+        'engine': orm.Str(engine),
+        'code': code,
+        'protocol': orm.Str(protocol),
+        'options': orm.Dict(options),
+        'compute_formation_energy': orm.Bool(not no_formation_energy),
+        'standardize': orm.Bool(not no_standardize),
+        'metadata': {'label': f'{structure.composition.reduced_formula} {file.name}'},
+    }
+    if overrides:
+        inputs['overrides'] = orm.Dict(overrides)
+
+    if submit:
+        node = submit_process(DftWorkChain, **inputs)
+        echo.echo_success(f'submitted hpcai.dft<{node.pk}>; follow it with `verdi process status {node.pk}`')
+        return
+
+    _, node = run_get_node(DftWorkChain, **inputs)
+    _print_results(node, structure)
+
+
+def _print_results(node, structure):
+    from rich.console import Console
+    from rich.table import Table
+
+    outputs = node.outputs
+    table = Table(title=f'hpcai.dft<{node.pk}> {structure.composition.reduced_formula}')
+    table.add_column('quantity')
+    table.add_column('value', justify='right')
+    rows = [
+        ('total energy (eV)', 'total_energy', '{:.5f}'),
+        ('energy per atom (eV/atom)', 'energy_per_atom', '{:.5f}'),
+        ('formation energy (eV/atom)', 'formation_energy_per_atom', '{:.4f}'),
+        ('band gap (eV)', 'band_gap', '{:.3f}'),
+        ('total magnetization (μB/cell)', 'total_magnetization', '{:.3f}'),
+    ]
+    for title, name, form in rows:
+        if name in outputs:
+            table.add_row(title, form.format(outputs[name].value))
+    if 'relaxed_structure' in outputs:
+        relaxed = outputs.relaxed_structure
+        table.add_row('relaxed volume (Å³/atom)', f'{relaxed.get_cell_volume() / len(relaxed.sites):.3f}')
+        table.add_row('relaxed structure', f'StructureData<{relaxed.pk}>')
+    if 'identity' in outputs:
+        for key, value in outputs.identity.get_dict().items():
+            table.add_row(key, str(value))
+    Console().print(table)
+    if node.is_finished_ok:
+        echo.echo_success(f'hpcai.dft<{node.pk}> finished')
+    else:
+        echo.echo_error(f'hpcai.dft<{node.pk}> failed [{node.exit_status}]: {node.exit_message}')
+        raise click.exceptions.Exit(1)

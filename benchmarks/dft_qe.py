@@ -1,0 +1,165 @@
+"""Benchmark: ``hpcai.dft`` with Quantum ESPRESSO on small mp_cgcnn structures -> ``results/dft_qe.json``.
+
+For N structures (default 10) of 2-10 atoms from ``mp_cgcnn.csv.gz``, made only of elements that have an
+SSSP-subset pseudopotential and an elemental reference (``engines/reference_structures.json``), with no
+magnetic element (V, Cr, Mn, Fe, Co, Ni: spin-polarized runs cost several times more) and no element whose
+SSSP normal cutoff exceeds 60 Ry (Cu, Ga), this runs relax + static SCF + formation energy and records:
+wall time per structure (relax, SCF, the whole WorkChain), wall time of each elemental reference computed
+on the way, our formation energy next to the dataset's, their MAE and mean offset.
+
+Our numbers are raw PBE; the dataset's are Materials Project's, with its fitted corrections for oxides and
+other anions (see docs/source/dft.md), so the mean offset is expected to be non-zero for oxides.
+
+Needs a profile prepared by ``aiida-hpcai setup`` (pw@localhost, the SSSP subset family). Run:
+
+    python benchmarks/dft_qe.py [--count 10] [--protocol fast] [--num-mpiprocs 2] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import time
+
+import numpy as np
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / 'benchmarks' / 'results' / 'dft_qe.json'
+EXCLUDED_ELEMENTS = {'V', 'Cr', 'Mn', 'Fe', 'Co', 'Ni'}
+MAX_CUTOFF_RY = 60.0
+
+
+def select_structures(data_dir: pathlib.Path, pseudo_dir: pathlib.Path, count: int, seed: int):
+    """Pick ``count`` rows (2-10 atoms, allowed elements, several compositions) with a seeded generator."""
+    import pandas as pd
+    from pymatgen.core import Composition
+
+    from aiida_hpcai.engines.references import load_reference_table
+
+    cutoffs = json.loads((pseudo_dir / 'sssp_pbe_efficiency_1.3.0_subset' / 'sssp_efficiency_subset.json').read_text())
+    allowed = {
+        element
+        for element, values in cutoffs.items()
+        if isinstance(values, dict) and values['cutoff_wfc_Ry'] <= MAX_CUTOFF_RY and element not in EXCLUDED_ELEMENTS
+    }
+    allowed &= set(load_reference_table()['references'])
+    frame = pd.read_csv(data_dir / 'mp_cgcnn' / 'mp_cgcnn.csv.gz')
+    frame = frame[(frame.natoms >= 2) & (frame.natoms <= 10) & (frame.formation_energy_per_atom > -5)]
+    elements = frame.formula.map(lambda formula: {element.symbol for element in Composition(formula).elements})
+    # Compounds only (elements would compare a reference with itself), of allowed elements.
+    frame = frame[elements.map(lambda symbols: len(symbols) >= 2 and symbols <= allowed)]
+    frame = frame.drop_duplicates('formula')
+    rng = np.random.default_rng(seed)
+    return frame.iloc[np.sort(rng.choice(len(frame), size=min(count, len(frame)), replace=False))]
+
+
+def wall_time(node) -> float:
+    return (node.mtime - node.ctime).total_seconds()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--count', type=int, default=10)
+    parser.add_argument('--protocol', default='fast')
+    parser.add_argument('--code', default='pw@localhost')
+    parser.add_argument('--num-mpiprocs', type=int, default=2)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--data-dir', type=pathlib.Path, default=pathlib.Path(os.environ.get('HPCAI_DATA_DIR', REPO_ROOT.parent / 'shared' / 'data')))
+    parser.add_argument('--pseudo-dir', type=pathlib.Path, default=pathlib.Path(os.environ.get('HPCAI_PSEUDO_DIR', REPO_ROOT.parent / 'shared' / 'pseudos')))
+    parser.add_argument('--output', type=pathlib.Path, default=RESULTS)
+    args = parser.parse_args()
+
+    from aiida import load_profile, orm
+    from aiida.engine import run_get_node
+    from pymatgen.core import Structure
+
+    from aiida_hpcai.workchains.dft import DftWorkChain
+
+    load_profile()
+    code = orm.load_code(args.code)
+    rows = select_structures(args.data_dir, args.pseudo_dir, args.count, args.seed)
+    options = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': args.num_mpiprocs}}
+
+    records, references = [], {}
+    started = time.perf_counter()
+    for _, row in rows.iterrows():
+        structure = Structure.from_str(row.cif, fmt='cif')
+        tick = time.perf_counter()
+        _, node = run_get_node(
+            DftWorkChain,
+            structure=orm.StructureData(pymatgen=structure),
+            engine=orm.Str('quantumespresso'),
+            code=code,
+            protocol=orm.Str(args.protocol),
+            options=orm.Dict(options),
+            metadata={'label': f'benchmark {row.material_id}'},
+        )
+        total = time.perf_counter() - tick
+        children = {link.link_label: link.node for link in node.base.links.get_outgoing().all()}
+        new_references = {
+            label.removeprefix('reference_'): wall_time(child)
+            for label, child in children.items()
+            if label.startswith('reference_')
+        }
+        references.update(new_references)
+        record = {
+            'material_id': row.material_id,
+            'formula': row.formula,
+            'natoms_dataset': int(row.natoms),
+            'exit_status': node.exit_status,
+            'pk': node.pk,
+            'wall_time_s': round(total, 1),
+            'wall_time_references_s': round(sum(new_references.values()), 1),
+            'wall_time_relax_s': round(wall_time(children['relax']), 1) if 'relax' in children else None,
+            'wall_time_scf_s': round(wall_time(children['scf']), 1) if 'scf' in children else None,
+            'formation_energy_dataset': float(row.formation_energy_per_atom),
+            'band_gap_dataset': float(row.band_gap),
+        }
+        if node.is_finished_ok:
+            outputs = node.outputs
+            record.update(
+                natoms_computed=len(outputs.relaxed_structure.sites),
+                formation_energy=outputs.formation_energy_per_atom.value,
+                band_gap=outputs.band_gap.value if 'band_gap' in outputs else None,
+                energy_per_atom=outputs.energy_per_atom.value,
+            )
+        else:
+            record['exit_message'] = node.exit_message
+        records.append(record)
+        print(json.dumps(record), flush=True)
+
+    finished = [record for record in records if 'formation_energy' in record]
+    errors = np.array([record['formation_energy'] - record['formation_energy_dataset'] for record in finished])
+    gap_errors = np.array(
+        [record['band_gap'] - record['band_gap_dataset'] for record in finished if record['band_gap'] is not None]
+    )
+    result = {
+        'description': 'hpcai.dft (Quantum ESPRESSO) relax + SCF + formation energy on mp_cgcnn structures',
+        'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        'machine': {'platform': platform.platform(), 'cpu_count': os.cpu_count(), 'mpi_processes': args.num_mpiprocs},
+        'protocol': args.protocol,
+        'seed': args.seed,
+        'selection': f'2-10 atoms, compounds of SSSP-subset elements with references, cutoff <= {MAX_CUTOFF_RY} Ry, '
+        f'no {"/".join(sorted(EXCLUDED_ELEMENTS))}',
+        'structures': records,
+        'reference_wall_time_s': {element: round(seconds, 1) for element, seconds in references.items()},
+        'summary': {
+            'count': len(records),
+            'finished_ok': len(finished),
+            'formation_energy_mae': float(np.abs(errors).mean()) if len(errors) else None,
+            'formation_energy_mean_offset': float(errors.mean()) if len(errors) else None,
+            'band_gap_mae': float(np.abs(gap_errors).mean()) if len(gap_errors) else None,
+            'wall_time_per_structure_mean_s': float(np.mean([record['wall_time_s'] - record['wall_time_references_s'] for record in records])),
+            'wall_time_total_s': round(time.perf_counter() - started, 1),
+        },
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1) + '\n')
+    print(json.dumps(result['summary'], indent=1))
+
+
+if __name__ == '__main__':
+    main()
