@@ -115,6 +115,8 @@ def main():
             'wall_time_references_s': round(sum(new_references.values()), 1),
             'wall_time_relax_s': round(wall_time(children['relax']), 1) if 'relax' in children else None,
             'wall_time_scf_s': round(wall_time(children['scf']), 1) if 'scf' in children else None,
+            # Other work on the machine slows MPI runs far more than their CPU share: keep the context.
+            'load_average_1min_after': round(os.getloadavg()[0], 2),
             'formation_energy_dataset': float(row.formation_energy_per_atom),
             'band_gap_dataset': float(row.band_gap),
         }
