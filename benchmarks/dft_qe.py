@@ -53,7 +53,9 @@ def select_structures(data_dir: pathlib.Path, pseudo_dir: pathlib.Path, count: i
     frame = frame[elements.map(lambda symbols: len(symbols) >= 2 and symbols <= allowed)]
     frame = frame.drop_duplicates('formula')
     rng = np.random.default_rng(seed)
-    return frame.iloc[np.sort(rng.choice(len(frame), size=min(count, len(frame)), replace=False))]
+    chosen = frame.iloc[np.sort(rng.choice(len(frame), size=min(count, len(frame)), replace=False))]
+    # Smallest first: an interrupted run has the most structures done.
+    return chosen.sort_values('natoms', kind='stable')
 
 
 def wall_time(node) -> float:
@@ -132,7 +134,11 @@ def main():
             record['exit_message'] = node.exit_message
         records.append(record)
         print(json.dumps(record), flush=True)
+        # Written after every structure, so that a long run interrupted still leaves its results.
+        write_results(args, records, references, time.perf_counter() - started, complete=len(records) == len(rows))
 
+
+def write_results(args, records, references, elapsed, complete):
     finished = [record for record in records if 'formation_energy' in record]
     errors = np.array([record['formation_energy'] - record['formation_energy_dataset'] for record in finished])
     gap_errors = np.array(
@@ -141,6 +147,7 @@ def main():
     result = {
         'description': 'hpcai.dft (Quantum ESPRESSO) relax + SCF + formation energy on mp_cgcnn structures',
         'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        'complete': complete,
         'machine': {'platform': platform.platform(), 'cpu_count': os.cpu_count(), 'mpi_processes': args.num_mpiprocs},
         'protocol': args.protocol,
         'seed': args.seed,
@@ -154,13 +161,17 @@ def main():
             'formation_energy_mae': float(np.abs(errors).mean()) if len(errors) else None,
             'formation_energy_mean_offset': float(errors.mean()) if len(errors) else None,
             'band_gap_mae': float(np.abs(gap_errors).mean()) if len(gap_errors) else None,
-            'wall_time_per_structure_mean_s': float(np.mean([record['wall_time_s'] - record['wall_time_references_s'] for record in records])),
-            'wall_time_total_s': round(time.perf_counter() - started, 1),
+            'wall_time_per_structure_mean_s': float(
+                np.mean([record['wall_time_s'] - record['wall_time_references_s'] for record in records])
+            ),
+            'wall_time_references_total_s': round(sum(references.values()), 1),
+            'wall_time_total_s': round(elapsed, 1),
         },
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1) + '\n')
-    print(json.dumps(result['summary'], indent=1))
+    if complete:
+        print(json.dumps(result['summary'], indent=1))
 
 
 if __name__ == '__main__':

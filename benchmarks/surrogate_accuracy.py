@@ -125,7 +125,7 @@ def train(args) -> None:
                 'seed': args.seed + (args.member or 0), 'device': args.device, 'max_minutes': args.max_minutes,
                 'patience': args.patience, 'ensemble_size': 1 if args.member is not None else args.ensemble_size,
                 'element_reference': not args.no_element_reference, 'mc_samples': args.mc_samples,
-                'progress': not args.no_progress}
+                'progress': not args.no_progress, 'graph_workers': args.graph_workers}
     started = time.time()
     _, metrics = train_ensemble(arrays, args.target, split, args.out, model_config=model_config, training=training,
                                 units=TARGETS[args.target], dataset={**info, 'split_dir': 'benchmarks/splits/mp_cgcnn',
@@ -241,6 +241,7 @@ def main(argv=None) -> None:
             command.add_argument('--train-fraction', type=float, default=1.0)
             command.add_argument('--no-element-reference', action='store_true')
             command.add_argument('--no-progress', action='store_true')
+            command.add_argument('--graph-workers', type=int, default=0)
     command = sub.add_parser('report')
     command.add_argument('--model', action='append', help='TARGET=FOLDER with model.pt, metrics.json, metadata.json')
     command.add_argument('--training-device', default=None, help='where the models were trained (recorded)')

@@ -15,8 +15,12 @@ from aiida.plugins import CalculationFactory
 from aiida_hpcai.data.structure_set import StructureSet
 from aiida_hpcai.models import program
 
+# What `aiida-hpcai train SET --target heat_ref --units eV/atom --config tiny --epochs 1 --ensemble-size 2
+# --batch-size 16 --seed 0` sends, so that the CLI test hits the same cache entry.
 TINY_TRAINING = {'target': 'heat_ref', 'units': 'eV/atom', 'model_config': 'tiny', 'ensemble_size': 2, 'epochs': 1,
-                 'batch_size': 16, 'seed': 0, 'split': {'fractions': [0.8, 0.1, 0.1], 'seed': 0}}
+                 'batch_size': 16, 'seed': 0}
+TINY_TRAINING_CLI = ['--target', 'heat_ref', '--units', 'eV/atom', '--config', 'tiny', '--epochs', '1',
+                     '--ensemble-size', '2', '--batch-size', '16', '--seed', '0']
 
 needs_model_program = pytest.mark.skipif(
     not {'train', 'predict'} <= set(program.TASKS) or shutil.which('hpcai-model') is None,

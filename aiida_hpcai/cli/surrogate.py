@@ -144,7 +144,6 @@ def predict(files, models, target, threshold, code_label, device, batch_size, as
     model cannot handle, are reported as not confident (they would need DFT).
     """
     from aiida import orm
-    from aiida.engine import run_get_node
 
     from aiida_hpcai.workchains.surrogate import SurrogateWorkChain
 
@@ -159,7 +158,7 @@ def predict(files, models, target, threshold, code_label, device, batch_size, as
         inputs['sigma_threshold'] = orm.Float(threshold)
 
     with _process_reports_to_stderr(enabled=as_json):
-        _, node = run_get_node(SurrogateWorkChain, **inputs)
+        node = _run(SurrogateWorkChain, inputs)
     if not node.is_finished_ok:
         echo.echo_critical(f'SurrogateWorkChain<{node.pk}> failed with exit status {node.exit_status}: '
                            f'{node.exit_message}')
@@ -243,7 +242,6 @@ def train(source, target, units, model_config, epochs, ensemble_size, batch_size
     Runs the hpcai.train CalcJob and prints the metrics and the pk of the new ModelData.
     """
     from aiida import orm
-    from aiida.engine import run_get_node
 
     from aiida_hpcai.calculations.train import TrainCalculation
 
@@ -258,13 +256,26 @@ def train(source, target, units, model_config, epochs, ensemble_size, batch_size
         inputs['parent_model'] = orm.load_node(parent)
 
     echo.echo_report(f'training on StructureSet<{structures.pk}> ({structures.count} structures), target {target}')
-    _, node = run_get_node(TrainCalculation, **inputs)
+    node = _run(TrainCalculation, inputs)
     if not node.is_finished_ok:
         echo.echo_critical(f'TrainCalculation<{node.pk}> failed with exit status {node.exit_status}: '
                            f'{node.exit_message}')
     _print_metrics(node.outputs.metrics.get_dict())
     model = node.outputs.model
     echo.echo_success(f'ModelData<{model.pk}> ({model.uuid}) from TrainCalculation<{node.pk}>')
+
+
+def _run(process_class, inputs):
+    """Run the process here; inputs it refuses are reported as a one-line error, not a traceback."""
+    from aiida.engine import run_get_node
+    from plumpy.ports import PortValidationError
+
+    try:
+        return run_get_node(process_class, **inputs)[1]
+    except ValueError as exc:  # plumpy raises ValueError(PortValidationError) for refused inputs
+        if not (exc.args and isinstance(exc.args[0], PortValidationError)):
+            raise
+        echo.echo_critical(f'{process_class.__name__} refused its inputs: {exc.args[0]}')
 
 
 def _load_structure_source(source: str, target: str, limit: int | None):

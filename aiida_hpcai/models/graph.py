@@ -97,7 +97,8 @@ def neighbour_graph(numbers, positions, cell, pbc=(True, True, True), num_neighb
         radius = np.inf
 
     while True:
-        n_images = np.where(pbc, np.ceil(radius / spacings).astype(np.int64) + 1, 0) if pbc.any() else np.zeros(3, int)
+        # wrapped fractional differences lie in (-1, 1), so |n + delta| * d <= radius needs |n| <= ceil(radius / d)
+        n_images = np.where(pbc, np.ceil(radius / spacings).astype(np.int64), 0) if pbc.any() else np.zeros(3, int)
         translations = _translations(n_images, cell)
         blocks = [_block_neighbours(positions, translations, start, min(start + max_atoms_block, n_atoms), k,
                                     tie_tolerance, radius) for start in range(0, n_atoms, max_atoms_block)]
@@ -142,14 +143,24 @@ def _block_neighbours(positions, translations, start, stop, k, tie_tolerance, ra
 
 
 def graphs_from_arrays(arrays, indices: Sequence[int] | None = None, num_neighbours: int = DEFAULT_NUM_NEIGHBOURS,
-                       tie_tolerance: float = DEFAULT_TIE_TOLERANCE, errors: str = 'raise'):
+                       tie_tolerance: float = DEFAULT_TIE_TOLERANCE, errors: str = 'raise', workers: int = 0):
     """Graphs of the structures of a :class:`~aiida_hpcai.models.structure_io.StructureArrays`.
 
     With ``errors='collect'`` a structure that fails gives ``None`` in the list and its reason
     in the second return value (a dict index -> message); with ``'raise'`` the GraphError
-    propagates.
+    propagates. ``workers > 1`` builds them in that many processes (large datasets).
     """
-    indices = range(len(arrays)) if indices is None else indices
+    indices = list(range(len(arrays)) if indices is None else indices)
+    if workers > 1 and len(indices) > 1000:
+        import multiprocessing
+
+        chunks = [indices[start:start + 500] for start in range(0, len(indices), 500)]
+        context = multiprocessing.get_context('fork')
+        with context.Pool(workers, initializer=_set_worker_arrays, initargs=(arrays,)) as pool:
+            parts = pool.starmap(_worker_graphs, [(chunk, num_neighbours, tie_tolerance, errors) for chunk in chunks])
+        graphs = [graph for part in parts for graph in part[0]]
+        failures = {key: value for part in parts for key, value in part[1].items()}
+        return graphs, failures
     graphs, failures = [], {}
     for index in indices:
         numbers, positions, cell, pbc = arrays.atoms_of(int(index))
@@ -161,6 +172,18 @@ def graphs_from_arrays(arrays, indices: Sequence[int] | None = None, num_neighbo
             graphs.append(None)
             failures[int(index)] = str(exc)
     return graphs, failures
+
+
+_WORKER_ARRAYS = None
+
+
+def _set_worker_arrays(arrays) -> None:
+    global _WORKER_ARRAYS
+    _WORKER_ARRAYS = arrays
+
+
+def _worker_graphs(indices, num_neighbours, tie_tolerance, errors):
+    return graphs_from_arrays(_WORKER_ARRAYS, indices, num_neighbours, tie_tolerance, errors)
 
 
 @dataclasses.dataclass

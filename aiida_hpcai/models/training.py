@@ -57,6 +57,7 @@ class TrainingConfig:
     gradient_clip: float = 10.0
     mc_samples: int = 10
     progress: bool = True
+    graph_workers: int = 0  # processes that build the neighbour graphs (0: this one)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -99,8 +100,10 @@ class PreparedData:
     ids: list[str]
 
 
-def _prepare(arrays: StructureArrays, indices, target: str, reference: dict | None, num_neighbours: int):
-    graphs, failures = graphs_from_arrays(arrays, indices, num_neighbours=num_neighbours, errors='collect')
+def _prepare(arrays: StructureArrays, indices, target: str, reference: dict | None, num_neighbours: int,
+             workers: int = 0):
+    graphs, failures = graphs_from_arrays(arrays, indices, num_neighbours=num_neighbours, errors='collect',
+                                          workers=workers)
     keep = [n for n, g in enumerate(graphs) if g is not None]
     graphs = [graphs[n] for n in keep]
     index_kept = np.asarray(indices, dtype=np.int64)[keep]
@@ -252,7 +255,10 @@ def train_ensemble(arrays: StructureArrays, target: str, split: dict[str, np.nda
         normalization = None
 
     data, normalization, failures = prepare_splits(arrays, target, split, reference, normalization,
-                                                   model_config.num_neighbours)
+                                                   model_config.num_neighbours, config.graph_workers)
+    if config.progress:
+        print(f'graphs of {sum(len(d.graphs) for d in data.values())} structures built in '
+              f'{time.monotonic() - started:.1f} s', flush=True)
 
     budget = _Budget(config.max_minutes)
     state_path = output_dir / STATE_FILE
@@ -279,7 +285,8 @@ def train_ensemble(arrays: StructureArrays, target: str, split: dict[str, np.nda
         members.append(best_state)
         histories.append(history)
     training_seconds = time.monotonic() - started
-
+    if config.progress:
+        print(f'trained {len(members)} member(s) in {training_seconds:.1f} s; evaluating', flush=True)
     return finalize_ensemble(members, histories, model_config, config, target, units, normalization, reference,
                              data, failures, output_dir, dataset, training_seconds)
 
@@ -323,11 +330,11 @@ def finalize_ensemble(members: list[dict], histories: list[list], model_config: 
 
 
 def prepare_splits(arrays: StructureArrays, target: str, split: dict[str, np.ndarray], reference: dict | None,
-                   normalization: dict | None, num_neighbours: int) -> tuple[dict, dict, dict]:
+                   normalization: dict | None, num_neighbours: int, workers: int = 0) -> tuple[dict, dict, dict]:
     """Graphs and standardised targets of each split; returns (data, normalization, graph failures)."""
     prepared, failures = {}, {}
     for name in ('train', 'val', 'test'):
-        graphs, raw, residual, ids, failed = _prepare(arrays, split[name], target, reference, num_neighbours)
+        graphs, raw, residual, ids, failed = _prepare(arrays, split[name], target, reference, num_neighbours, workers)
         prepared[name] = (graphs, raw, residual, ids)
         failures[name] = len(failed)
     if not prepared['train'][0] or not prepared['val'][0]:

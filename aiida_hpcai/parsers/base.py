@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 
 from aiida.engine import ExitCode
@@ -10,8 +11,19 @@ from aiida.parsers import Parser
 from aiida_hpcai.calculations.base import ERROR_FILENAME, PROGRAM_ERROR_EXIT_CODES
 
 
+def finite_or_none(value):
+    """``value`` with every non-finite float, at any depth, replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
 class OutputFileMissing(Exception):
-    """Raised by :meth:`ModelProgramParser.open_output` for a file the job did not produce."""
+    """Raised by :meth:`ModelProgramParser.read_bytes` for a file the job did not produce."""
 
     def __init__(self, filename: str):
         super().__init__(filename)
@@ -59,7 +71,8 @@ class ModelProgramParser(Parser):
         raise OutputFileMissing(filename)
 
     def read_json(self, filename: str):
-        return json.loads(self.read_bytes(filename))
+        """The parsed JSON file, with NaN and infinities (which the database refuses) replaced by None."""
+        return finite_or_none(json.loads(self.read_bytes(filename)))
 
     # -- errors -----------------------------------------------------------------------------
     def exit_code_from_error_file(self) -> ExitCode | None:

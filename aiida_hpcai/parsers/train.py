@@ -1,4 +1,4 @@
-"""``hpcai.train`` parser: ``model.pt`` + ``metadata.json`` -> ModelData, ``metrics.json`` -> Dict, PNGs -> FolderData."""
+"""``hpcai.train`` parser: checkpoint + metadata -> ModelData, metrics -> Dict, PNGs -> FolderData."""
 from __future__ import annotations
 
 import io

@@ -1,5 +1,11 @@
 """Sphinx configuration for the aiida-hpcai documentation (MyST markdown)."""
+from aiida.manage.configuration import load_profile
+from aiida.storage.sqlite_temp import SqliteTempBackend
+
 import aiida_hpcai
+
+# aiida's process directives (`aiida-calcjob`, `aiida-workchain`) need a profile; an in-memory one suffices.
+load_profile(SqliteTempBackend.create_profile('docs'), allow_switch=True)
 
 project = 'aiida-hpcai'
 author = 'The aiida-hpcai developers'

@@ -3,13 +3,14 @@ import csv
 import json
 
 import ase.io
+import click
 import pytest
 from click.testing import CliRunner
-from pymatgen.core import Lattice, Structure
 
 from aiida_hpcai.cli import cli
 from aiida_hpcai.cli.surrogate import read_structure_files
-from tests.surrogate_helpers import model_program_code, needs_model_program, perov_structures, train_tiny_model
+from tests.surrogate_helpers import (TINY_TRAINING_CLI, model_program_code, needs_model_program, perov_structures,
+                                     train_tiny_model)
 
 
 @pytest.fixture
@@ -34,8 +35,6 @@ def test_read_structure_files_names_every_structure(structure_files):
 def test_read_structure_files_refuses_unreadable(tmp_path):
     bad = tmp_path / 'broken.cif'
     bad.write_text('data_nothing\n')
-    import click
-
     with pytest.raises(click.BadParameter, match='broken.cif'):
         read_structure_files([bad])
 
@@ -65,13 +64,37 @@ def test_predict_json_and_csv(aiida_code_installed, shared_data_dir, structure_f
     assert [float(row['mean']) for row in written] == pytest.approx([row['mean'] for row in rows])
 
 
-@needs_model_program
-def test_predict_table_and_low_threshold(aiida_code_installed, shared_data_dir, structure_files):
+@pytest.fixture
+def shipped_checkpoint(aiida_code_installed, shared_data_dir, tmp_path, monkeypatch):
+    """Stand in for the pretrained file of `heat_ref`: a re-saved tiny checkpoint (new bytes, so a new node)."""
+    from aiida_hpcai.models import checkpoint
+
     code = model_program_code(aiida_code_installed)
     model = train_tiny_model(code, perov_structures(shared_data_dir)).outputs.model
-    paths, _ = structure_files
+    content = checkpoint.load_checkpoint(model.export(tmp_path / 'trained.pt'))
+    content['dataset'] = {'name': 'shipped with the package'}
+    path = tmp_path / 'pretrained_heat_ref.pt'
+    checkpoint.save_checkpoint(content, path)
+    monkeypatch.setattr(checkpoint, 'pretrained_path', lambda target: path if target == 'heat_ref' else None)
+    return path
 
-    result = CliRunner().invoke(cli, ['predict', str(paths[0]), '--model', model.uuid, '--threshold', '0'])
+
+@needs_model_program
+def test_pretrained_model_is_uploaded_once(shipped_checkpoint):
+    from aiida_hpcai.cli.surrogate import pretrained_model
+    from aiida_hpcai.models.checkpoint import sha256_file
+
+    node = pretrained_model('heat_ref')
+    assert node.sha256 == sha256_file(shipped_checkpoint)
+    assert (node.target, node.units, node.architecture) == ('heat_ref', 'eV/atom', 'crysformer')
+    assert node.hyperparameters['model']['num_blocks'] >= 1
+    assert pretrained_model('heat_ref').uuid == node.uuid
+
+
+@needs_model_program
+def test_predict_table_with_the_shipped_model(shipped_checkpoint, structure_files):
+    paths, _ = structure_files
+    result = CliRunner().invoke(cli, ['predict', str(paths[0]), '--target', 'heat_ref', '--threshold', '0'])
     assert result.exit_code == 0, result.output
     assert 'first.cif' in result.stdout and '0 of 1 confident, 1 need DFT' in result.stdout
 
@@ -84,3 +107,29 @@ def test_predict_refuses_a_node_that_is_not_a_model(aiida_code_installed, struct
     paths, _ = structure_files
     result = CliRunner().invoke(cli, ['predict', str(paths[0]), '--model', str(not_a_model.pk)])
     assert result.exit_code != 0 and 'not a ModelData' in result.output
+
+
+@needs_model_program
+def test_train_prints_metrics_and_the_model(aiida_code_installed, shared_data_dir):
+    from aiida.manage.caching import enable_caching
+    from aiida.orm import QueryBuilder
+
+    from aiida_hpcai.data.model import ModelData
+
+    code = model_program_code(aiida_code_installed)
+    structures = perov_structures(shared_data_dir)
+    train_tiny_model(code, structures)  # the same training, so the command below is served from the cache
+    with enable_caching(identifier='aiida.calculations:hpcai.train'):
+        result = CliRunner().invoke(cli, ['train', str(structures.pk), *TINY_TRAINING_CLI, '--code', code.full_label])
+    assert result.exit_code == 0, result.output
+    assert 'mae' in result.stdout
+    pk = int(result.stdout.split('ModelData<')[1].split('>')[0])
+    model = QueryBuilder().append(ModelData, filters={'id': pk}).one()[0]
+    assert model.target == 'heat_ref' and model.training_set_uuid == structures.uuid
+
+
+def test_train_refuses_a_missing_label(aiida_code_installed, shared_data_dir):
+    code = model_program_code(aiida_code_installed)
+    structures = perov_structures(shared_data_dir)
+    result = CliRunner().invoke(cli, ['train', str(structures.pk), '--target', 'band_gap', '--code', code.full_label])
+    assert result.exit_code != 0 and "no label 'band_gap'" in result.output

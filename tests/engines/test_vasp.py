@@ -20,8 +20,8 @@ from aiida_hpcai.workchains.dft import DftWorkChain
 from .vasp_mock import mock_report, mock_vasp_executable, register_calculation, upload_dummy_potcar_family
 
 FAMILY = 'hpcai-test-dummy-potcars'
-# Symbols MPRelaxSet picks for the elements of the fixtures (Si; Zn, P, S); Ge deliberately left out.
-FAMILY_SYMBOLS = ['Si', 'Zn', 'P', 'S', 'Fe_pv', 'O']
+# The POTCAR symbols MP's sets pick for the elements of the fixtures (Si; Zn, P, S); Ge deliberately left out.
+FAMILY_SYMBOLS = ['Si', 'Zn', 'P', 'S']
 OPTIONS = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 1}, 'withmpi': False,
            'max_wallclock_seconds': 600}
 
@@ -177,10 +177,17 @@ def test_monkhorst_pack_mesh_becomes_shifted_gamma_mesh(aiida_profile):
     assert kpoints.get_kpoints_mesh() == ([4, 3, 2], [0.0, 0.0, 0.0])
 
 
-def test_protocols_and_overrides(engine):
+def test_protocols_and_overrides(aiida_profile, engine):
     assert set(engine.protocol_names()) == {'fast', 'balanced', 'precise'}
     precise = engine.load_protocol('precise', {'relax': {'incar': {'ENCUT': 600}}})
     assert precise['relax']['incar'] == {'EDIFF_PER_ATOM': 1.0e-6, 'ENCUT': 600}
+    structure = orm.StructureData(cell=np.eye(3) * 3.0)
+    for position in ((0, 0, 0), (1.5, 1.5, 1.5)):
+        structure.append_atom(position=position, symbols='Si')
+    incar = engine.incar(structure, engine.input_set('MPRelaxSet', structure, precise['relax'], precise), None)
+    # pymatgen turns its pseudo-tag EDIFF_PER_ATOM into EDIFF but leaves it in the INCAR; VASP must not see it.
+    assert (incar['ediff'], incar['encut']) == (pytest.approx(2 * 1.0e-6), 600)
+    assert 'ediff_per_atom' not in incar
     with pytest.raises(ValueError, match='relax.force_cutoffs'):
         engine.load_protocol('balanced', {'relax': {'force_cutoffs': 0.1}})
 
@@ -193,6 +200,9 @@ def test_missing_potcar_is_reported_before_any_calculation(aiida_profile, engine
     assert engine.check_structure(structure, None, {**protocol, 'potential_family': 'no-such-family'}) == ['Ge', 'Si']
     mapped = engine.load_protocol('balanced', {'potential_family': FAMILY, 'potential_mapping': {'Si': 'Si_GW'}})
     assert engine.check_structure(structure, None, mapped) == ['Ge', 'Si']
+    # Po has no POTCAR in MP's table at all, whatever the family holds.
+    structure.append_atom(position=(0, 2.5, 2.5), symbols='Po')
+    assert engine.check_structure(structure, None, protocol) == ['Ge', 'Po']
 
 
 def test_spin_polarized_result_needs_the_outcar_magnetization(aiida_profile, engine, vasp_fixtures):

@@ -114,8 +114,10 @@ def mock_report(node) -> str:
         return f'{node.process_label}<{node.pk}> launched no calculation: {node.exit_message}'
     last = max(calculations, key=lambda child: child.ctime)
     lines = [f'{last.process_label}<{last.pk}> exit status {last.exit_status}']
+    written = last.base.repository.list_object_names()
     for name in ('INCAR', 'KPOINTS', 'POSCAR'):
-        lines.append(f'--- {name} written\n' + last.base.repository.get_object_content(name))
+        if name in written:
+            lines.append(f'--- {name} written\n' + last.base.repository.get_object_content(name))
     if 'retrieved' in last.outputs and 'vasp_output' in last.outputs.retrieved.base.repository.list_object_names():
         lines.append('--- vasp_output\n' + last.outputs.retrieved.base.repository.get_object_content('vasp_output'))
     return '\n'.join(lines)

@@ -185,6 +185,18 @@ def test_train_parser_builds_model_node(train_node, structure_set):
     assert results['plots'].base.repository.list_object_names() == ['parity.png']
 
 
+def test_train_parser_stores_non_finite_metrics_as_none(train_node):
+    metrics = {**METRICS, 'val': {'spearman_abs_error_sigma': float('nan'), 'gaussian_nll': float('inf')}}
+    metadata = {**METADATA, 'metrics': metrics}
+    node, temporary = train_node({'metadata.json': json.dumps(metadata).encode(),
+                                  'metrics.json': json.dumps(metrics).encode()}, {'model.pt': b'w'})
+    results, calcfunction = TrainParser.parse_from_node(node, store_provenance=True,
+                                                        retrieved_temporary_folder=temporary)
+    assert calcfunction.exit_status == 0
+    assert results['model'].is_stored
+    assert results['metrics']['val'] == {'spearman_abs_error_sigma': None, 'gaussian_nll': None}
+
+
 def test_train_parser_missing_checkpoint(train_node):
     node, temporary = train_node({'metadata.json': json.dumps(METADATA).encode(),
                                   'metrics.json': json.dumps(METRICS).encode()}, {})

@@ -144,6 +144,54 @@ def test_missing_reference_fails_before_any_calculation(pw_code, sssp_family):  
     assert not node.called
 
 
+def test_relax_failure_exit_code(dataset, pw_code, sssp_family):  # noqa: F811
+    """pw.x stopped after 2 electronic steps, with no restart allowed: the relaxation fails, reported as such."""
+    from aiida_hpcai.engines.quantumespresso import QuantumEspressoEngine
+
+    overrides = {'parameters': {'ELECTRONS': {'electron_maxstep': 2}}, 'relax': {'max_iterations': 1}}
+    _, node = _run(
+        dataset['mp-149'][1], pw_code, overrides=orm.Dict(overrides), compute_formation_energy=orm.Bool(False)
+    )
+    assert node.exit_status == DftWorkChain.exit_codes.ERROR_RELAX_FAILED.status
+    assert 'PwRelaxWorkChain' in node.exit_message
+    # The adapter recognises the electronic non-convergence in the real pw.x output (what maps a failed
+    # static run to ERROR_SCF_NOT_CONVERGED instead of ERROR_SCF_FAILED).
+    relax = node.base.links.get_outgoing(link_label_filter='relax').one().node
+    base = relax.called[0]
+    assert base.is_failed
+    assert QuantumEspressoEngine().is_scf_unconverged(base)
+
+
 def test_unknown_override_key_is_rejected(pw_code, sssp_family, dataset):  # noqa: F811
     with pytest.raises(ValueError, match='kpoint_distance'):
         _run(dataset['mp-149'][1], pw_code, overrides=orm.Dict({'kpoint_distance': 0.5}))
+
+
+def test_cli_runs_and_reports(tmp_path, dataset, pw_code, sssp_family):  # noqa: F811
+    """``aiida-hpcai dft FILE``: a real run prints the results and the pk; a failure says why and exits 1."""
+    from click.testing import CliRunner
+
+    from aiida_hpcai.cli import cli
+
+    silicon = tmp_path / 'Si.cif'
+    dataset['mp-149'][1].to(filename=str(silicon))
+    arguments = ['--engine', 'quantumespresso', '--protocol', 'fast', '--code', pw_code.full_label, '--num-mpiprocs', '2']
+    result = CliRunner().invoke(cli, ['dft', str(silicon), *arguments, '--no-formation-energy'])
+    assert result.exit_code == 0, result.output
+    pk = int(result.output.split('hpcai.dft<')[1].split('>')[0])
+    node = orm.load_node(pk)
+    assert node.is_finished_ok
+    assert f"{node.outputs.band_gap.value:.3f}" in result.output
+
+    gold = tmp_path / 'AuMg.cif'
+    from pymatgen.core import Lattice
+
+    Structure(Lattice.cubic(3.4), ['Au', 'Mg'], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(filename=str(gold))
+    result = CliRunner().invoke(cli, ['dft', str(gold), *arguments])
+    assert result.exit_code == 1
+    assert '301' in result.output and 'Au' in result.output
+
+    result = CliRunner().invoke(cli, ['dft', str(silicon), *arguments, '--overrides', '{kpoint_distance: 0.5}'])
+    assert result.exit_code == 2
+    assert 'kpoint_distance' in result.output
+

@@ -156,14 +156,20 @@ def test_failed_predict_job_is_an_exit_code(aiida_code_installed):
     code = model_program_code(aiida_code_installed)
     not_a_checkpoint = ModelData(b'these bytes are no torch checkpoint', filename='model.pt',
                                  target='heat_ref', units='eV/atom').store()
-    structures = StructureSet.from_pymatgen([_rock_salt(5.6)])
+    salt = orm.StructureData(pymatgen=_rock_salt(5.6))
 
-    _, node = run_get_node(SurrogateWorkChain, structures=structures, models={'bad': not_a_checkpoint},
+    # StructureData input this time: gathered into a StructureSet by a calcfunction before the CalcJob runs.
+    _, node = run_get_node(SurrogateWorkChain, structure_nodes={'salt': salt}, models={'bad': not_a_checkpoint},
                            sigma_threshold=orm.Float(0.1), predict={'code': code})
 
     assert node.exit_status == SurrogateWorkChain.exit_codes.ERROR_PREDICT_FAILED.status
     assert str(PredictCalculation.exit_codes.ERROR_CHECKPOINT_MISMATCH.status) in node.exit_message
     assert 'predictions' not in node.outputs
+    gathered = node.outputs.structures
+    assert gathered.ids == ['salt']
+    assert salt.uuid in {source.uuid for source in gathered.creator.base.links.get_incoming().all_nodes()}
+    predict = node.base.links.get_outgoing(link_label_filter='predict').one().node
+    assert predict.inputs.structures.uuid == gathered.uuid
 
 
 def test_structure_nodes_are_gathered_with_provenance():
