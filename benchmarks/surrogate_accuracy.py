@@ -179,7 +179,7 @@ def report(args) -> dict:
             histories = metrics['history']
             test = metrics['test']
             entry['crysformer'] = {
-                'model_file': str(args.model_file.get(target, folder / 'model.pt')) if hasattr(args, 'model_file') else None,
+                'sha256': metadata.get('sha256'),
                 'config': metadata['hyperparameters']['model'],
                 'n_parameters': metrics['n_parameters'],
                 'ensemble_size': metadata['n_members'],

@@ -7,6 +7,7 @@ import gzip
 
 import pytest
 from aiida import orm
+from aiida.common.links import LinkType
 from aiida.engine import run_get_node
 from pymatgen.core import Structure
 
@@ -111,7 +112,7 @@ def test_second_workchain_reuses_references(mgo_run, mgo_second_run):
         calcfunction = workchain.base.links.get_outgoing(link_label_filter='compute_formation_energy').one().node
         return {
             link.link_label: link.node.pk
-            for link in calcfunction.base.links.get_incoming()
+            for link in calcfunction.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()
             if link.link_label not in ('structure', 'energy_per_atom')
         }
 

@@ -1,0 +1,123 @@
+"""Crysformer: symmetry of its predictions, gradient flow, features, configs."""
+import numpy as np
+import pytest
+import torch
+
+from aiida_hpcai.models import features
+from aiida_hpcai.models.crysformer import (
+    PRESETS, Crysformer, count_parameters, enable_mc_dropout, resolve_config, segment_softmax,
+)
+from aiida_hpcai.models.graph import collate, neighbour_graph
+
+CELL = np.array([[4.1, 0.2, 0.1], [0.3, 5.0, 0.2], [0.1, 0.4, 6.2]])
+NUMBERS = np.array([8, 26, 26, 3])
+POSITIONS = np.random.default_rng(0).random((4, 3)) @ CELL
+
+
+def _rotation(seed=1):
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+@pytest.fixture(scope='module')
+def model64():
+    torch.manual_seed(0)
+    model = Crysformer('tiny').double().eval()
+    return model
+
+
+def _predict(model, numbers, positions, cell):
+    graph = neighbour_graph(numbers, positions, cell)
+    with torch.no_grad():
+        return model(collate([graph], dtype=torch.float64)).item()
+
+
+def test_invariant_to_rotation_translation_permutation_and_supercell(model64):
+    reference = _predict(model64, NUMBERS, POSITIONS, CELL)
+    rotation = _rotation()
+    assert _predict(model64, NUMBERS, POSITIONS @ rotation.T, CELL @ rotation.T) == pytest.approx(reference, abs=1e-5)
+    # an improper rotation (with inversion) as well
+    assert _predict(model64, NUMBERS, -POSITIONS @ rotation.T, -CELL @ rotation.T) == pytest.approx(reference, abs=1e-5)
+    assert _predict(model64, NUMBERS, POSITIONS + [1.7, -3.1, 0.4], CELL) == pytest.approx(reference, abs=1e-5)
+    order = [2, 0, 3, 1]
+    assert _predict(model64, NUMBERS[order], POSITIONS[order], CELL) == pytest.approx(reference, abs=1e-5)
+    supercell = CELL.copy()
+    supercell[0] *= 2
+    doubled = np.concatenate([POSITIONS, POSITIONS + CELL[0]])
+    assert _predict(model64, np.tile(NUMBERS, 2), doubled, supercell) == pytest.approx(reference, abs=1e-5)
+    # another choice of unit cell for the same lattice: c' = c + a
+    sheared = CELL.copy()
+    sheared[2] += CELL[0]
+    assert _predict(model64, NUMBERS, POSITIONS, sheared) == pytest.approx(reference, abs=1e-5)
+
+
+def test_prediction_depends_on_structure(model64):
+    reference = _predict(model64, NUMBERS, POSITIONS, CELL)
+    assert _predict(model64, NUMBERS, POSITIONS, CELL * 1.05) != pytest.approx(reference, abs=1e-6)
+    assert _predict(model64, [8, 26, 27, 3], POSITIONS, CELL) != pytest.approx(reference, abs=1e-6)
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    model = Crysformer('tiny').double()
+    model.train()
+    graphs = [neighbour_graph(NUMBERS, POSITIONS, CELL), neighbour_graph([84], [[0, 0, 0]], np.eye(3) * 3.35)]
+    loss = model(collate(graphs, dtype=torch.float64)).pow(2).sum()
+    loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+    # Structurally inert, and only these: the first block's l > 0 layer-norm scales (node
+    # features start as pure scalars, so their input is zero) and the l > 0 scales of the last
+    # FFN norm and of the output norm (the readout reads only the 0e channels).
+    last = len(model.blocks) - 1
+    inert = {name for name, _ in model.named_parameters() if not name.endswith('.0') and (
+        name.startswith(('blocks.0.norm_attention.weights.', f'blocks.{last}.norm_ffn.weights.', 'norm_out.weights.')))}
+    assert len(inert) == 6
+    zero = [name for name, p in model.named_parameters() if name not in inert and p.grad.abs().max() == 0]
+    assert not zero
+
+
+def test_mc_dropout_samples_differ_and_eval_is_deterministic():
+    torch.manual_seed(0)
+    model = Crysformer('tiny')
+    batch = collate([neighbour_graph(NUMBERS, POSITIONS, CELL)])
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(batch), model(batch))
+        enable_mc_dropout(model)
+        samples = torch.stack([model(batch) for _ in range(8)])
+    assert samples.std() > 0
+    assert not model.training
+
+
+def test_segment_softmax_normalises_per_segment_and_is_stable():
+    logits = torch.tensor([[1000.0, 0.0], [1001.0, 1.0], [-5.0, 3.0]])
+    segments = torch.tensor([0, 0, 1])
+    weights = segment_softmax(logits, segments, 2)
+    assert torch.isfinite(weights).all()
+    torch.testing.assert_close(weights[:2].sum(0), torch.ones(2))
+    torch.testing.assert_close(weights[2], torch.ones(2))
+    torch.testing.assert_close(weights[1, 0], torch.sigmoid(torch.tensor(1.0)))
+
+
+def test_presets_and_parameter_counts():
+    counts = {name: count_parameters(Crysformer(name)) for name in PRESETS}
+    assert counts['tiny'] < counts['cpu'] < counts['paper']
+    assert 2_000_000 < counts['paper'] < 5_000_000
+    config = resolve_config({'preset': 'tiny', 'num_blocks': 3})
+    assert config.num_blocks == 3 and config.irreps_hidden == PRESETS['tiny'].irreps_hidden
+    with pytest.raises(ValueError):
+        resolve_config({'not_an_option': 1})
+    with pytest.raises(ValueError):
+        resolve_config('huge')
+
+
+def test_shipped_element_table_matches_pymatgen():
+    shipped = np.load(features.TABLE_FILE)
+    np.testing.assert_array_equal(shipped, features.build_element_table())
+    # every element has exactly one bin set in each of the nine segments
+    assert np.all(shipped[1:].sum(axis=1) == len(features.SEGMENTS))
+    assert shipped.shape == (features.MAX_ATOMIC_NUMBER + 1, features.NUM_FEATURES)
+    with pytest.raises(ValueError):
+        features.element_features([0])

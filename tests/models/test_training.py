@@ -1,0 +1,170 @@
+"""Training, fine-tuning, resuming, checkpoints and the uncertainty metrics (tiny models)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from aiida_hpcai.models import training as training_module
+from aiida_hpcai.models.checkpoint import load_checkpoint, sha256_file
+from aiida_hpcai.models.inference import EnsemblePredictor
+from aiida_hpcai.models.structure_io import from_pymatgen
+from aiida_hpcai.models.training import composition_fractions, fit_element_reference, train_ensemble
+from aiida_hpcai.models.uncertainty import (
+    _normal_ppf, fit_sigma_scale, spearman, uncertainty_metrics,
+)
+
+ELEMENT_VALUES = {3: -1.0, 8: -2.0, 12: -1.5, 26: 0.5, 29: 0.8, 16: -0.7}
+
+
+def synthetic_set(n=40, seed=0):
+    """CsCl-type cells of random element pairs; label = composition term + a strain term."""
+    from pymatgen.core import Lattice, Structure
+
+    rng = np.random.default_rng(seed)
+    elements = list(ELEMENT_VALUES)
+    structures, labels = [], []
+    for _ in range(n):
+        a, b = rng.choice(elements, 2)
+        lattice = rng.uniform(2.8, 3.6)
+        shift = rng.normal(scale=0.05, size=3)
+        structures.append(Structure(Lattice.cubic(lattice), [int(a), int(b)], [[0, 0, 0], 0.5 + shift]))
+        labels.append(0.5 * (ELEMENT_VALUES[a] + ELEMENT_VALUES[b]) + 0.3 * (lattice - 3.2))
+    return from_pymatgen(structures, ids=[f's{i}' for i in range(n)], labels={'energy': labels})
+
+
+def _split(n):
+    return {'train': np.arange(0, int(0.7 * n)), 'val': np.arange(int(0.7 * n), int(0.85 * n)),
+            'test': np.arange(int(0.85 * n), n)}
+
+
+TINY = {'epochs': 6, 'batch_size': 8, 'learning_rate': 3e-3, 'ensemble_size': 2, 'mc_samples': 3,
+        'progress': False, 'patience': 50}
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    arrays = synthetic_set()
+    folder = tmp_path_factory.mktemp('trained')
+    checkpoint, metrics = train_ensemble(arrays, 'energy', _split(len(arrays)), folder, model_config='tiny',
+                                         training=TINY, units='eV/atom')
+    return arrays, folder, checkpoint, metrics
+
+
+def test_element_reference_recovers_a_linear_composition_model():
+    rng = np.random.default_rng(1)
+    numbers_list = [rng.choice(list(ELEMENT_VALUES), rng.integers(1, 6)) for _ in range(300)]
+    values = np.array([np.mean([ELEMENT_VALUES[z] for z in numbers]) for numbers in numbers_list])
+    reference = fit_element_reference(numbers_list, values, alpha=1e-8)
+    coefficients = np.asarray(reference['coefficients'])
+    for z, value in ELEMENT_VALUES.items():
+        assert coefficients[z] == pytest.approx(value, abs=1e-4)
+    np.testing.assert_allclose(composition_fractions(numbers_list) @ coefficients, values, atol=1e-4)
+
+
+def test_uncertainty_metrics_on_a_calibrated_gaussian():
+    rng = np.random.default_rng(0)
+    sigma = rng.uniform(0.1, 1.0, 20000)
+    errors = rng.normal(size=sigma.size) * sigma
+    metrics = uncertainty_metrics(errors, sigma, np.zeros_like(errors))
+    assert metrics['coverage_90'] == pytest.approx(0.9, abs=0.01)
+    assert metrics['miscalibration_area'] < 0.01
+    assert metrics['spearman_abs_error_sigma'] > 0.3
+    assert fit_sigma_scale(errors, sigma / 2) == pytest.approx(2.0, rel=0.03)
+    # over-confident sigmas are penalised by every calibration metric
+    bad = uncertainty_metrics(errors, sigma / 3, np.zeros_like(errors))
+    assert bad['miscalibration_area'] > 0.2 and bad['coverage_90'] < 0.5 and bad['gaussian_nll'] > metrics['gaussian_nll']
+
+
+def test_numpy_statistics_match_scipy():
+    stats = pytest.importorskip('scipy.stats')
+    p = np.array([1e-4, 0.01, 0.3, 0.5, 0.8, 0.95, 0.9999])
+    np.testing.assert_allclose(_normal_ppf(p), stats.norm.ppf(p), atol=1e-8)
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 5, 50).astype(float), rng.normal(size=50)
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+
+
+def test_training_writes_a_loadable_ensemble_and_figures(trained):
+    arrays, folder, checkpoint, metrics = trained
+    for name in ('model.pt', 'metadata.json', 'metrics.json', 'learning_curve.png', 'parity.png'):
+        assert (folder / name).stat().st_size > 0
+    assert not (folder / training_module.STATE_FILE).exists()
+    loaded = load_checkpoint(folder / 'model.pt')  # weights_only=True
+    assert len(loaded['members']) == 2 and loaded['target'] == 'energy' and loaded['units'] == 'eV/atom'
+    assert loaded['element_reference'] is not None
+    assert set(loaded['sigma_scale']) == {'ensemble', 'mc_dropout'}
+    assert loaded['split']['train']['count'] == 28
+    metadata = json.loads((folder / 'metadata.json').read_text())
+    assert metadata['sha256'] == sha256_file(folder / 'model.pt')
+    for split in ('val', 'test'):
+        for method in ('ensemble', 'mc_dropout'):
+            assert {'mae', 'miscalibration_area', 'spearman_abs_error_sigma', 'gaussian_nll',
+                    'coverage_90'} <= set(metrics[split][method])
+    history = metrics['history'][0]
+    assert len(history) == TINY['epochs']
+    assert history[-1]['train_loss'] < history[0]['train_loss']
+    # the reloaded ensemble reproduces the recorded test MAE
+    test = _split(len(arrays))['test']
+    predicted = EnsemblePredictor([loaded]).predict(arrays.subset(test))
+    assert np.mean(np.abs(predicted['mean'] - arrays.labels['energy'][test])) == pytest.approx(
+        metrics['test']['mae'], rel=1e-5)
+
+
+def test_the_model_learns_more_than_the_composition(trained):
+    arrays, _, _, metrics = trained
+    train_labels = arrays.labels['energy'][_split(len(arrays))['train']]
+    test_labels = arrays.labels['energy'][_split(len(arrays))['test']]
+    assert metrics['test']['mae'] < np.mean(np.abs(test_labels - train_labels.mean()))
+
+
+def test_fine_tuning_keeps_frozen_blocks_and_output_space(trained, tmp_path):
+    arrays, folder, _, _ = trained
+    parent = load_checkpoint(folder / 'model.pt')
+    new_data = synthetic_set(24, seed=5)
+    child, _ = train_ensemble(new_data, 'energy', _split(24), tmp_path, training={**TINY, 'epochs': 2,
+                                                                                 'freeze_blocks': 1}, parent=parent)
+    assert child['normalization'] == parent['normalization']
+    assert child['element_reference'] == parent['element_reference']
+    assert child['hyperparameters']['training']['learning_rate'] == pytest.approx(1e-4)
+    before, after = parent['members'][0], child['members'][0]
+    frozen = [k for k in before if k.startswith(('embedding.', 'blocks.0.'))]
+    trainable = [k for k in before if k.startswith('blocks.1.')]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in trainable)
+    with pytest.raises(ValueError, match='parent predicts'):
+        train_ensemble(new_data, 'other', _split(24), tmp_path / 'x', training=TINY, parent=parent)
+
+
+def test_interrupted_training_resumes(tmp_path, monkeypatch):
+    arrays = synthetic_set(20, seed=3)
+    options = {**TINY, 'epochs': 2}
+    original = training_module.train_member
+    calls = []
+
+    def crash_on_second_member(*args, **kwargs):
+        calls.append(kwargs.get('label'))
+        if len(calls) == 2:
+            raise KeyboardInterrupt('simulated crash')
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training_module, 'train_member', crash_on_second_member)
+    with pytest.raises(KeyboardInterrupt):
+        train_ensemble(arrays, 'energy', _split(20), tmp_path, model_config='tiny', training=options)
+    saved = torch.load(tmp_path / training_module.STATE_FILE, weights_only=True)
+    assert len(saved['finished_members']) == 1
+    monkeypatch.setattr(training_module, 'train_member', original)
+    resumed = []
+    monkeypatch.setattr(training_module, 'train_member', lambda *a, **k: resumed.append(1) or original(*a, **k))
+    checkpoint, _ = train_ensemble(arrays, 'energy', _split(20), tmp_path, model_config='tiny', training=options)
+    assert len(resumed) == 1  # only the second member was trained again
+    assert len(checkpoint['members']) == 2
+    first = checkpoint['members'][0]
+    assert all(torch.equal(first[k], saved['finished_members'][0][k]) for k in first)
+
+
+def test_wall_clock_budget_stops_training(tmp_path):
+    arrays = synthetic_set(20, seed=4)
+    _, metrics = train_ensemble(arrays, 'energy', _split(20), tmp_path, model_config='tiny',
+                                training={**TINY, 'epochs': 50, 'ensemble_size': 1, 'max_minutes': 1e-4})
+    assert len(metrics['history'][0]) == 1
