@@ -27,37 +27,61 @@ def read_structure_files(paths):
     """Read CIF, POSCAR/CONTCAR (anything pymatgen reads) and extxyz files into one StructureSet.
 
     Ids are the file names; a file holding several structures gives ``name#0``, ``name#1``, ...
+    unless its frames carry an ``id`` (extxyz). Numeric extxyz ``info`` keys that every structure
+    has become labels (shown beside the prediction as the reference value). A file that cannot
+    be read is reported and recorded in the set's ``skipped.json``; the others go on.
     """
     from aiida_hpcai.data.structure_set import StructureSet
 
-    structures, ids = [], []
+    structures, ids, labels, skipped = [], [], [], []
     for path in paths:
         path = pathlib.Path(path)
         try:
             found = _read_one_file(path)
-        except Exception as exc:  # noqa: BLE001 - parsers raise many types; name the file and stop
-            raise click.BadParameter(f'{path}: cannot read a structure ({exc})', param_hint='FILES') from exc
-        if not found:
-            raise click.BadParameter(f'{path}: holds no structure', param_hint='FILES')
-        structures += found
-        ids += [path.name] if len(found) == 1 else [f'{path.name}#{i}' for i in range(len(found))]
+            if not found:
+                raise ValueError('holds no structure')
+        except Exception as exc:  # noqa: BLE001 - parsers raise many types; record the file and go on
+            echo.echo_warning(f'{path}: cannot read a structure ({exc}); skipped')
+            skipped.append({'id': path.name, 'reason': 'unparsable structure', 'detail': str(exc)[:200]})
+            continue
+        for index, (structure, info) in enumerate(found):
+            default_id = path.name if len(found) == 1 else f'{path.name}#{index}'
+            ids.append(str(info.pop('id', default_id)))
+            structures.append(structure)
+            labels.append(info)
+    if not structures:
+        raise click.BadParameter(f'no readable structure in {", ".join(map(str, paths))}', param_hint='FILES')
     if len(set(ids)) != len(ids):
-        raise click.BadParameter('two files have the same name; ids must be unique', param_hint='FILES')
-    return StructureSet.from_pymatgen(structures, ids=ids)
+        raise click.BadParameter('two structures have the same id; ids must be unique', param_hint='FILES')
+    common = set.intersection(*(set(label) for label in labels))
+    return StructureSet.from_pymatgen(structures, ids=ids, skipped=skipped,
+                                      labels={name: [label[name] for label in labels] for name in common})
 
 
-def _read_one_file(path: pathlib.Path) -> list:
+def _read_one_file(path: pathlib.Path) -> list[tuple]:
+    """``(structure, numeric info)`` pairs of one file."""
     if path.suffix.lower() in EXTXYZ_SUFFIXES:
         import ase.io
 
-        return list(ase.io.read(path, index=':', format='extxyz'))
+        frames = ase.io.read(path, index=':', format='extxyz')
+        return [(atoms, _numeric_info(atoms)) for atoms in frames]
     if path.suffix.lower() == '.cif':
         from pymatgen.io.cif import CifParser
 
-        return CifParser(path).parse_structures(primitive=False)
+        return [(s, {}) for s in CifParser(path).parse_structures(primitive=False)]
     from pymatgen.core import Structure
 
-    return [Structure.from_file(path)]
+    return [(Structure.from_file(path), {})]
+
+
+def _numeric_info(atoms) -> dict:
+    # ASE moves known keys (energy, ...) from the comment line into a calculator; read both.
+    values = {**(atoms.calc.results if atoms.calc is not None else {}), **atoms.info}
+    info = {key: float(value) for key, value in values.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != 'id'}
+    if 'id' in atoms.info:
+        info['id'] = str(atoms.info['id'])
+    return info
 
 
 def pretrained_model(target: str):
@@ -105,9 +129,11 @@ def prediction_rows(structures, predictions) -> list[dict]:
         return float(value) if math.isfinite(value) else None
 
     arrays = {name: predictions.get_array(name) for name in ('mean', 'sigma', 'confident', 'status', 'reason')}
+    target = predictions.base.attributes.get('target', None)
+    reference = structures.labels.get(target)
     rows = []
     for index, (identifier, formula) in enumerate(zip(structures.ids, structures.arrays.formulae())):
-        rows.append({
+        row = {
             'id': identifier,
             'formula': Composition(formula).reduced_formula,
             'mean': number(arrays['mean'][index]),
@@ -115,7 +141,10 @@ def prediction_rows(structures, predictions) -> list[dict]:
             'confident': bool(arrays['confident'][index]),
             'status': str(arrays['status'][index]),
             'reason': str(arrays['reason'][index]),
-        })
+        }
+        if reference is not None:
+            row['reference'] = number(reference[index])
+        rows.append(row)
     return rows
 
 
@@ -204,12 +233,16 @@ def _print_prediction_table(rows, summary, node) -> None:
 
     units = summary.get('units') or ''
     table = Table(title=f"{summary.get('target')} ({units}), confident when sigma <= {summary['sigma_threshold']}")
-    for column in ('id', 'formula', 'mean ± sigma', 'confident', 'status'):
+    with_reference = 'reference' in rows[0]
+    for column in ('id', 'formula', 'mean ± sigma', 'confident', 'status') + (('reference',) if with_reference else ()):
         table.add_column(column)
     for row in rows:
         value = '-' if row['mean'] is None else f"{row['mean']:.4f} ± {row['sigma']:.4f}"
         status = row['status'] if not row['reason'] else f"{row['status']}: {row['reason']}"
-        table.add_row(row['id'], row['formula'], value, 'yes' if row['confident'] else 'no', status)
+        cells = [row['id'], row['formula'], value, 'yes' if row['confident'] else 'no', status]
+        if with_reference:
+            cells.append('-' if row['reference'] is None else f"{row['reference']:.4f}")
+        table.add_row(*cells)
     console = Console()
     console.print(table)
     console.print(f"{summary['n_confident']} of {summary['n_structures']} confident, {summary['n_needs_dft']} need "

@@ -39,6 +39,26 @@ def test_read_structure_files_refuses_unreadable(tmp_path):
         read_structure_files([bad])
 
 
+def test_unreadable_file_is_recorded_and_the_rest_go_on(structure_files, tmp_path):
+    paths, _ = structure_files
+    bad = tmp_path / 'broken.cif'
+    bad.write_text('data_nothing\n')
+    structure_set = read_structure_files([paths[0], bad, paths[2]])
+    assert structure_set.ids == ['first.cif', 'two.extxyz#0', 'two.extxyz#1']
+    assert [row['id'] for row in structure_set.get_skipped()] == ['broken.cif']
+    assert structure_set.base.attributes.get('skipped_reasons') == {'unparsable structure': 1}
+
+
+def test_extxyz_ids_and_labels_are_kept(tmp_path, shared_data_dir):
+    frames = [s.to_ase_atoms() for s in list(perov_structures(shared_data_dir))[:2]]
+    for index, atoms in enumerate(frames):
+        atoms.info.update({'id': f'perov-{index}', 'heat_ref': 0.5 * index})
+    ase.io.write(tmp_path / 'labelled.extxyz', frames, format='extxyz')
+    structure_set = read_structure_files([tmp_path / 'labelled.extxyz'])
+    assert structure_set.ids == ['perov-0', 'perov-1']
+    assert structure_set.get_label('heat_ref').tolist() == [0.0, 0.5]
+
+
 @needs_model_program
 def test_predict_json_and_csv(aiida_code_installed, shared_data_dir, structure_files, tmp_path):
     code = model_program_code(aiida_code_installed)

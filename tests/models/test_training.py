@@ -38,7 +38,7 @@ def _split(n):
             'test': np.arange(int(0.85 * n), n)}
 
 
-TINY = {'epochs': 6, 'batch_size': 8, 'learning_rate': 3e-3, 'ensemble_size': 2, 'mc_samples': 3,
+TINY = {'epochs': 6, 'batch_size': 7, 'learning_rate': 5e-3, 'ensemble_size': 2, 'mc_samples': 3,
         'progress': False, 'patience': 50}
 
 
@@ -46,8 +46,9 @@ TINY = {'epochs': 6, 'batch_size': 8, 'learning_rate': 3e-3, 'ensemble_size': 2,
 def trained(tmp_path_factory):
     arrays = synthetic_set()
     folder = tmp_path_factory.mktemp('trained')
+    # no element reference here: the network itself must learn the composition term
     checkpoint, metrics = train_ensemble(arrays, 'energy', _split(len(arrays)), folder, model_config='tiny',
-                                         training=TINY, units='eV/atom')
+                                         training={**TINY, 'element_reference': False}, units='eV/atom')
     return arrays, folder, checkpoint, metrics
 
 
@@ -92,7 +93,7 @@ def test_training_writes_a_loadable_ensemble_and_figures(trained):
     assert not (folder / training_module.STATE_FILE).exists()
     loaded = load_checkpoint(folder / 'model.pt')  # weights_only=True
     assert len(loaded['members']) == 2 and loaded['target'] == 'energy' and loaded['units'] == 'eV/atom'
-    assert loaded['element_reference'] is not None
+    assert loaded['element_reference'] is None
     assert set(loaded['sigma_scale']) == {'ensemble', 'mc_dropout'}
     assert loaded['split']['train']['count'] == 28
     metadata = json.loads((folder / 'metadata.json').read_text())
@@ -165,6 +166,14 @@ def test_interrupted_training_resumes(tmp_path, monkeypatch):
 
 def test_wall_clock_budget_stops_training(tmp_path):
     arrays = synthetic_set(20, seed=4)
-    _, metrics = train_ensemble(arrays, 'energy', _split(20), tmp_path, model_config='tiny',
-                                training={**TINY, 'epochs': 50, 'ensemble_size': 1, 'max_minutes': 1e-4})
+    checkpoint, metrics = train_ensemble(arrays, 'energy', _split(20), tmp_path, model_config='tiny',
+                                         training={**TINY, 'epochs': 50, 'ensemble_size': 1, 'max_minutes': 1e-4})
     assert len(metrics['history'][0]) == 1
+    # with an element reference the predictor adds the composition term back
+    assert checkpoint['element_reference'] is not None
+    test = _split(20)['test']
+    predicted = EnsemblePredictor([checkpoint]).predict(arrays.subset(test), method='mc_dropout', mc_samples=3)
+    assert np.all(predicted['status'] == 'ok') and np.all(predicted['sigma'] > 0)
+    single = EnsemblePredictor([checkpoint]).sample(
+        [training_module.graphs_from_arrays(arrays, test)[0][0]], method='ensemble')
+    assert single.shape == (1, 1)
