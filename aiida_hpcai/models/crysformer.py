@@ -21,6 +21,11 @@ The network follows the Equiformer recipe on periodic k-nearest-neighbour graphs
    averaged over the atoms of each structure (an intensive property, so a supercell gives the
    same prediction as its primitive cell).
 
+Irreps carry parity: vectors are ``1o`` (odd), as the spherical harmonics of an edge vector are,
+so the network is E(3)-equivariant (rotations and inversion). The seed paper writes its hidden
+irreps as ``128x0e+64x1e+32x2e``; with ``1e`` the first block could not turn ``Y_1(r_ij)`` into
+vector features at all, so we use ``1o`` at the same sizes.
+
 Dropout acts on the attention weights and in the readout MLP; :func:`enable_mc_dropout` turns
 it on at prediction time for MC-dropout uncertainty.
 """
@@ -73,8 +78,11 @@ PRESETS: dict[str, CrysformerConfig] = {
     # trainable on a 2-core CPU; also what the shipped pretrained ensembles use
     'cpu': CrysformerConfig(),
     # the seed paper's size: 128x0e+64x1o+32x2e, 6 blocks, 4 heads, l_max 2
+    # (3.4M parameters, near the seed paper's ~3.5M; its FFN/radial widths are not given, ours
+    # were chosen to reach that count)
     'paper': CrysformerConfig(irreps_hidden='128x0e+64x1o+32x2e', num_blocks=6, num_heads=4, num_basis=32,
-                              radial_hidden=64, attention_channels=16, readout_hidden=128, dropout=0.1),
+                              radial_hidden=128, attention_channels=32, ffn_multiplier=4, readout_hidden=256,
+                              dropout=0.1),
 }
 
 

@@ -37,11 +37,23 @@ def validate_inputs(inputs, _):
 
 @calcfunction
 def standardize_structure(structure: orm.StructureData) -> orm.StructureData:
-    """Return the spglib standard primitive cell of ``structure`` (axes aligned with its symmetry)."""
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+    """Return spglib's standardized primitive cell of ``structure`` (symprec 1e-3 Å).
 
-    analyzer = SpacegroupAnalyzer(structure.get_pymatgen_structure(), symprec=1e-3)
-    return orm.StructureData(pymatgen=analyzer.get_primitive_standard_structure())
+    spglib keeps the orientation of the standard conventional cell (cubic axes along x, y, z; the hexagonal
+    and rhombohedral 3-fold axis along z), so every rotation is one of the Cartesian operations pw.x tries.
+    pymatgen's ``get_primitive_standard_structure`` reorients rhombohedral cells (Setyawan-Curtarolo), after
+    which pw.x finds 4 of the 12 operations of R-3m (alpha-B, As, graphite, Li here).
+    """
+    import spglib
+    from pymatgen.core import Lattice, Structure
+
+    pymatgen = structure.get_pymatgen_structure()
+    cell = (pymatgen.lattice.matrix, pymatgen.frac_coords, [site.specie.Z for site in pymatgen])
+    standardized = spglib.standardize_cell(cell, to_primitive=True, no_idealize=False, symprec=1e-3)
+    if standardized is None:
+        raise ValueError(f'spglib found no symmetry dataset for {pymatgen.composition.reduced_formula}')
+    lattice, positions, numbers = standardized
+    return orm.StructureData(pymatgen=Structure(Lattice(lattice), numbers, positions))
 
 
 @calcfunction

@@ -123,7 +123,7 @@ def test_fine_tuning_keeps_frozen_blocks_and_output_space(trained, tmp_path):
     arrays, folder, _, _ = trained
     parent = load_checkpoint(folder / 'model.pt')
     new_data = synthetic_set(24, seed=5)
-    child, _ = train_ensemble(new_data, 'energy', _split(24), tmp_path, training={**TINY, 'epochs': 2,
+    child, _ = train_ensemble(new_data, 'energy', _split(24), tmp_path, training={**TINY, 'epochs': 2, 'learning_rate': None,
                                                                                  'freeze_blocks': 1}, parent=parent)
     assert child['normalization'] == parent['normalization']
     assert child['element_reference'] == parent['element_reference']

@@ -15,7 +15,6 @@ from aiida_hpcai.engines import references as refs
 from aiida_hpcai.workchains.dft import DftWorkChain
 from tests.engines.test_quantumespresso import pw_code, sssp_family  # noqa: F401 -- fixtures
 
-pytestmark = pytest.mark.slow
 OPTIONS = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 2}, 'max_wallclock_seconds': 1800}
 
 
@@ -68,6 +67,7 @@ def mgo_second_run(mgo_run, pw_code):  # noqa: F811
     return _run(mgo_run[1].outputs.relaxed_structure, pw_code)
 
 
+@pytest.mark.slow
 def test_si_relax_scf_band_gap(si_run):
     results, node = si_run
     assert node.is_finished_ok, node.exit_message
@@ -85,6 +85,7 @@ def test_si_relax_scf_band_gap(si_run):
     assert not _reference_children(node)
 
 
+@pytest.mark.slow
 def test_mgo_formation_energy(mgo_run, dataset):
     results, node = mgo_run
     assert node.is_finished_ok, node.exit_message
@@ -101,6 +102,7 @@ def test_mgo_formation_energy(mgo_run, dataset):
     assert oxygen.outputs.total_magnetization.value == pytest.approx(2.0, abs=0.1)
 
 
+@pytest.mark.slow
 def test_second_workchain_reuses_references(mgo_run, mgo_second_run):
     first_results, first = mgo_run
     results, node = mgo_second_run
@@ -145,6 +147,7 @@ def test_missing_reference_fails_before_any_calculation(pw_code, sssp_family):  
     assert not node.called
 
 
+@pytest.mark.slow
 def test_relax_failure_exit_code(dataset, pw_code, sssp_family):  # noqa: F811
     """pw.x stopped after 2 electronic steps, with no restart allowed: the relaxation fails, reported as such."""
     from aiida_hpcai.engines.quantumespresso import QuantumEspressoEngine
@@ -168,6 +171,7 @@ def test_unknown_override_key_is_rejected(pw_code, sssp_family, dataset):  # noq
         _run(dataset['mp-149'][1], pw_code, overrides=orm.Dict({'kpoint_distance': 0.5}))
 
 
+@pytest.mark.slow
 def test_cli_runs_and_reports(tmp_path, dataset, pw_code, sssp_family):  # noqa: F811
     """``aiida-hpcai dft FILE``: a real run prints the results and the pk; a failure says why and exits 1."""
     from click.testing import CliRunner
@@ -195,4 +199,27 @@ def test_cli_runs_and_reports(tmp_path, dataset, pw_code, sssp_family):  # noqa:
     result = CliRunner().invoke(cli, ['dft', str(silicon), *arguments, '--overrides', '{kpoint_distance: 0.5}'])
     assert result.exit_code == 2
     assert 'kpoint_distance' in result.output
+
+
+@pytest.mark.parametrize('element', ['B', 'As', 'Mg', 'Si', 'O'])
+def test_standardized_cells_expose_all_symmetry_to_pw(aiida_profile, element):
+    """After ``standardize_structure`` every space-group rotation is Cartesian-aligned as pw.x needs.
+
+    pw.x only tries rotations whose Cartesian matrices have entries 0, ±1/2, ±1, ±√3/2; for the
+    rhombohedral references (alpha-B, As) pymatgen's standard primitive cell left it 4 of 12.
+    """
+    import numpy as np
+    import spglib
+
+    from aiida_hpcai.workchains.dft import standardize_structure
+
+    structure = standardize_structure(refs.get_reference_structure(element)).get_pymatgen_structure()
+    lattice = structure.lattice.matrix
+    dataset = spglib.get_symmetry_dataset((lattice, structure.frac_coords, [site.specie.Z for site in structure]), 1e-5)
+    allowed = np.array([0.0, 0.5, 1.0, np.sqrt(3) / 2])
+    for rotation in dataset.rotations:
+        cartesian = lattice.T @ rotation @ np.linalg.inv(lattice.T)
+        assert np.all(np.min(np.abs(np.abs(cartesian)[..., None] - allowed), axis=-1) < 1e-4)
+    expected = {'B': 12, 'As': 12, 'Mg': 24, 'Si': 48, 'O': 4}[element]
+    assert len(dataset.rotations) == expected
 

@@ -1,0 +1,143 @@
+"""End-to-end prediction throughput of ``hpcai-model predict`` on 1,000 MP structures (<= 20 atoms).
+
+What is timed is the program exactly as a CalcJob runs it: a fresh process reads config.json,
+checks and loads the checkpoint(s), reads structures.npz, builds every neighbour graph, runs the
+network and writes predictions.npz and summary.json. Two figures per case: ``wall`` (the whole
+process, Python start-up and imports included) and ``in-program`` (summary.json's ``seconds``:
+model loading, graphs and forward passes). Threads are limited to 2 (OMP/MKL and torch).
+
+Cases: the shipped 3-member formation-energy ensemble (ensemble uncertainty), one member alone
+with one sample (no uncertainty: the cost of a single network) and, with ``--mc-dropout``, the
+ensemble with MC dropout (10 samples per member). The 1,000 structures are the first test-split ids with <= 20 atoms.
+
+The machine's load average is recorded next to the numbers: on a shared machine the wall figures
+are lower bounds of what an idle one gives, so the CPU time of the program is recorded too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / 'benchmarks'))
+
+RESULTS_FILE = REPO / 'benchmarks' / 'results' / 'surrogate_throughput.json'
+
+
+def select_structures(data: pathlib.Path, count: int, max_atoms: int):
+    from surrogate_accuracy import get_split, load_filtered
+
+    arrays, _ = load_filtered(data)
+    test = get_split(arrays)['test']
+    chosen = [int(i) for i in test if arrays.natoms[i] <= max_atoms][:count]
+    return arrays.subset(chosen)
+
+
+def run_case(name: str, arrays, checkpoints: list[pathlib.Path], options: dict, threads: int, repeats: int) -> dict:
+    import shutil
+
+    from aiida_hpcai.models.checkpoint import sha256_file
+    from aiida_hpcai.models.structure_io import write_npz
+
+    walls, inner, cpu = [], [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = pathlib.Path(tmp)
+            (tmp / 'in' / 'models').mkdir(parents=True)
+            entries = []
+            for n, path in enumerate(checkpoints):
+                shutil.copyfile(path, tmp / 'in' / 'models' / f'm{n}.pt')
+                entries.append({'file': f'models/m{n}.pt', 'sha256': sha256_file(path)})
+            write_npz(arrays, tmp / 'in' / 'structures.npz')
+            (tmp / 'in' / 'config.json').write_text(json.dumps({'models': entries, 'device': 'cpu', **options}))
+            env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
+            cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.perf_counter()
+            # the console script's code path (``python -m`` would load program.py twice)
+            subprocess.run([sys.executable, '-c', 'import sys; from aiida_hpcai.models.program import main; '
+                            'sys.exit(main())', 'predict', '--input',
+                            str(tmp / 'in'), '--output', str(tmp / 'out')], check=True, env=env, cwd=REPO)
+            walls.append(time.perf_counter() - started)
+            cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu.append((cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime))
+            summary = json.loads((tmp / 'out' / 'summary.json').read_text())
+            inner.append(summary['seconds'])
+            with np.load(tmp / 'out' / 'predictions.npz') as result:
+                n_ok = int((result['status'] == 'ok').sum())
+    best_wall, best_inner = min(walls), min(inner)
+    return {
+        'case': name, 'n_structures': len(arrays), 'n_ok': n_ok, 'options': options,
+        'n_members': summary['n_members'], 'uncertainty': summary['uncertainty'],
+        'wall_seconds': walls, 'in_program_seconds': inner, 'cpu_seconds': cpu,
+        'structures_per_second_wall': len(arrays) / best_wall,
+        'structures_per_second_in_program': len(arrays) / best_inner,
+        # what the process would reach with its threads to itself: n / (CPU seconds / threads);
+        # derived, for machines shared with other work (the wall figures are the measured ones)
+        'structures_per_second_cpu_bound_estimate': len(arrays) / (min(cpu) / threads),
+    }
+
+
+def main(argv=None) -> None:
+    import torch
+
+    from aiida_hpcai.models.checkpoint import load_checkpoint, pretrained_path, save_checkpoint
+    from surrogate_accuracy import default_source
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--data', default=str(default_source()))
+    parser.add_argument('--count', type=int, default=1000)
+    parser.add_argument('--max-atoms', type=int, default=20)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=2)
+    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--mc-dropout', action='store_true', help='also time MC dropout (10 samples per member)')
+    args = parser.parse_args(argv)
+
+    arrays = select_structures(pathlib.Path(args.data), args.count, args.max_atoms)
+    ensemble = pretrained_path('formation_energy_per_atom')
+    with tempfile.TemporaryDirectory() as tmp:
+        single = pathlib.Path(tmp) / 'single.pt'
+        checkpoint = load_checkpoint(ensemble)
+        checkpoint['members'] = checkpoint['members'][:1]
+        save_checkpoint(checkpoint, single)
+        load_before = os.getloadavg()
+        cases = [
+            run_case('ensemble of 3', arrays, [ensemble],
+                     {'batch_size': args.batch_size, 'uncertainty': 'ensemble'}, args.threads, args.repeats),
+            run_case('single member, one pass (no uncertainty)', arrays, [single],
+                     {'batch_size': args.batch_size, 'uncertainty': 'mc_dropout', 'mc_samples': 1},
+                     args.threads, args.repeats),
+        ]
+        if args.mc_dropout:
+            cases.append(run_case('ensemble of 3, MC dropout x10', arrays, [ensemble],
+                                  {'batch_size': args.batch_size, 'uncertainty': 'mc_dropout', 'mc_samples': 10},
+                                  args.threads, 1))
+        load_after = os.getloadavg()
+    result = {
+        'structures': {'source': 'mp_cgcnn test split, first ids with <= %d atoms' % args.max_atoms,
+                       'count': len(arrays), 'mean_atoms': float(arrays.natoms.mean())},
+        'threads': args.threads, 'batch_size': args.batch_size,
+        'machine': {'processor': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
+                    'load_average_before': load_before, 'load_average_after': load_after,
+                    'torch': torch.__version__},
+        'model': {'file': ensemble.name, 'config': checkpoint['hyperparameters']['model']},
+        'cases': cases,
+    }
+    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_FILE.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == '__main__':
+    main()
