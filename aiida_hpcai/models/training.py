@@ -284,6 +284,9 @@ def train_ensemble(arrays: StructureArrays, target: str, split: dict[str, np.nda
                                            label=f'member {member + 1}/{config.ensemble_size}')
         members.append(best_state)
         histories.append(history)
+        # a finished member is safe: a crash in the next one does not train it again
+        torch.save({'signature': extra['signature'], 'member': member + 1, 'finished_members': members,
+                    'finished_histories': histories}, state_path)
     training_seconds = time.monotonic() - started
     if config.progress:
         print(f'trained {len(members)} member(s) in {training_seconds:.1f} s; evaluating', flush=True)
