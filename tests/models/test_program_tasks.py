@@ -111,10 +111,15 @@ def test_predict_task_marks_failures_and_predicts_the_rest(trained_task, small_m
     assert {'target', 'units', 'n_structures', 'n_ok', 'n_failed', 'seconds', 'structures_per_second',
             'device'} <= set(summary)
     assert (summary['n_ok'], summary['n_failed'], summary['device']) == (2, 2, 'cpu')
-    # the same checkpoint twice pools into a four-member ensemble with the same mean
-    _predict_input(tmp_path / 'pooled', small_mp_set.subset([0, 1]), [(model, None), (model, None)])
+    # the same checkpoint twice pools into a four-member ensemble with the same mean; asking for
+    # CUDA where there is none runs on the CPU and says so
+    import torch
+
+    device = 'cuda' if not torch.cuda.is_available() else 'cpu'
+    _predict_input(tmp_path / 'pooled', small_mp_set.subset([0, 1]), [(model, None), (model, None)], device=device)
     assert _run('predict', tmp_path / 'pooled', tmp_path / 'pooled_out') == 0
-    assert json.loads((tmp_path / 'pooled_out' / 'summary.json').read_text())['n_members'] == 4
+    pooled_summary = json.loads((tmp_path / 'pooled_out' / 'summary.json').read_text())
+    assert pooled_summary['n_members'] == 4 and pooled_summary['device'] == 'cpu'
     with np.load(tmp_path / 'pooled_out' / 'predictions.npz') as pooled:
         np.testing.assert_allclose(pooled['mean'], mean[:2], rtol=1e-6)
 
