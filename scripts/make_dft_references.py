@@ -7,7 +7,8 @@ formation energy per atom (ties: fewest atoms). Gas-phase elements appear there 
 molecules to each other, so only the positions are relaxed, and their nearly flat bands let engines use a
 coarser k-point mesh (``EngineAdapter.molecular_crystal_protocol``). The MP magnetization per atom is kept as the
 initial magnetic moment (this is what makes the O2 reference a spin triplet). Elements without any
-single-element row are listed under ``missing``; ``hpcai.dft`` exits with ``ERROR_REFERENCE_MISSING`` for them.
+single-element row (or, for gas-phase elements, without a molecular-crystal row: N) are listed under
+``missing`` with the reason; ``hpcai.dft`` exits with ``ERROR_REFERENCE_MISSING`` for them.
 
 The JSON is derived metadata (ids and a few structures), not the dataset. Run:
 
@@ -24,8 +25,18 @@ from pymatgen.core import Composition, Structure
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUTPUT = REPO_ROOT / 'aiida_hpcai' / 'engines' / 'reference_structures.json'
 GAS_PHASE_ELEMENTS = {'H', 'N', 'O', 'F', 'Cl', 'He', 'Ne', 'Ar', 'Kr', 'Xe', 'Rn'}
+# A gas-phase element's entry must be a molecular crystal of diatomic molecules: every atom with exactly
+# one neighbour closer than this (Å). mp_cgcnn's only N entries are polymeric (mp-754514: chains with two
+# neighbours at 1.30 Å), far above N2 in energy; taking one would shift every nitride by tenths of eV/atom.
+BOND_CUTOFF = {'Cl': 2.3, 'Br': 2.6, 'I': 3.0}
+DEFAULT_BOND_CUTOFF = 1.6
 # Below this |moment| per atom (μB) the MP entry counts as non-magnetic.
 MAGNETIC_THRESHOLD = 0.05
+
+
+def is_diatomic_crystal(structure, element) -> bool:
+    cutoff = BOND_CUTOFF.get(element, DEFAULT_BOND_CUTOFF)
+    return all(len(structure.get_neighbors(site, cutoff)) == 1 for site in structure)
 
 
 def main():
@@ -44,14 +55,19 @@ def main():
     elemental = frame[compositions.map(lambda composition: len(composition.elements) == 1)].copy()
     elemental['element'] = elemental.formula.map(lambda formula: Composition(formula).elements[0].symbol)
 
-    references, missing = {}, []
+    references, missing = {}, {}
     for element in elements:
         rows = elemental[elemental.element == element].sort_values(['formation_energy_per_atom', 'natoms'])
         if rows.empty:
-            missing.append(element)
+            missing[element] = 'no single-element row in mp_cgcnn'
             continue
-        row = rows.iloc[0]
-        structure = Structure.from_str(row.cif, fmt='cif')
+        candidates = [(row, Structure.from_str(row.cif, fmt='cif')) for _, row in rows.iterrows()]
+        if element in GAS_PHASE_ELEMENTS:
+            candidates = [(row, structure) for row, structure in candidates if is_diatomic_crystal(structure, element)]
+            if not candidates:
+                missing[element] = f'no molecular-crystal row in mp_cgcnn (rows: {", ".join(rows.material_id)})'
+                continue
+        row, structure = candidates[0]
         moment = float(row.total_magnetization) / len(structure)
         references[element] = {
             'material_id': row.material_id,
@@ -74,7 +90,7 @@ def main():
         'missing': missing,
     }
     args.output.write_text(json.dumps(content, indent=1) + '\n')
-    print(f'{len(references)} references written to {args.output}; no elemental row for: {", ".join(missing) or "-"}')
+    print(f'{len(references)} references written to {args.output}; missing: {missing or "-"}')
 
 
 if __name__ == '__main__':

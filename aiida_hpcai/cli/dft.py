@@ -41,7 +41,7 @@ def _parse_overrides(ctx, param, value):
     default=None,
     help='Protocol overrides as YAML/JSON text or file, e.g. "{kpoints_distance: 0.25}". Unknown keys are an error.',
 )
-@click.option('--num-mpiprocs', type=int, default=None, help='MPI processes per calculation (default: the computer\'s).')
+@click.option('--num-mpiprocs', type=int, default=None, help="MPI processes per calculation (default: the computer's).")
 @click.option('--max-wallclock-seconds', type=int, default=None, help='Wall-time limit of each calculation.')
 @click.option('--no-formation-energy', is_flag=True, help='Skip the elemental references and the formation energy.')
 @click.option('--no-standardize', is_flag=True, help='Keep the cell as given instead of its standard primitive cell.')

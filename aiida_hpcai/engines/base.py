@@ -30,8 +30,9 @@ The ``DftWorkChain`` (``aiida_hpcai/workchains/dft.py``) knows nothing about any
    of electrons and the magnetization: counting bands is robust to smearing, reading occupations is not).
 
 :meth:`EngineAdapter.identity` names what makes two calculations comparable: engine, protocol (name and
-digest of the merged protocol, so overrides count) and pseudopotential (or POTCAR) family. Elemental reference energies are stored and looked up under it, so a
-formation energy only ever combines energies computed with the same identity.
+digest of the merged protocol, so overrides count) and pseudopotential (or POTCAR) family. Elemental
+reference energies are stored and looked up under it, so a formation energy only ever combines energies
+computed with the same identity.
 
 Engines register in :data:`ENGINES` as ``'module:Class'`` strings, imported only when asked for, so
 a missing optional engine plugin does not break the others. An adapter is stateless: it is instantiated
@@ -230,6 +231,16 @@ class EngineAdapter(abc.ABC):
         protocol = merge_overrides(content.get('default_inputs', {}), content['protocols'][name], cls.open_sections)
         return merge_overrides(protocol, overrides, cls.open_sections)
 
+    def reference_overrides(self, structure, protocol: dict) -> dict:
+        """Return protocol overrides under which the elemental references of ``structure`` must be computed.
+
+        Total energies only cancel in a formation energy when compound and references share the basis:
+        a plane-wave code whose cutoff follows the structure's elements (QE with SSSP) returns the
+        compound's cutoffs here, so references are computed, and found again, per cutoff. The default,
+        for engines with one basis for everything (VASP with MP's ENCUT), is no override.
+        """
+        return {}
+
     def molecular_crystal_protocol(self, protocol: dict) -> dict:
         """Return the protocol to use for a molecular crystal (the O2, N2, Cl2 elemental references).
 
@@ -245,7 +256,9 @@ class EngineAdapter(abc.ABC):
 
     @abc.abstractmethod
     def identity(self, code, protocol_name: str, protocol: dict) -> dict[str, str]:
-        """Return ``{'engine', 'protocol', 'protocol_digest', 'pseudo_family'}`` (strings): what makes energies comparable.
+        """Return ``{'engine', 'protocol', 'protocol_digest', 'pseudo_family'}`` (strings).
+
+        These make energies comparable.
 
         ``pseudo_family`` is the label of the pseudopotential family (QE) or POTCAR family (VASP);
         ``protocol_digest`` is :func:`protocol_digest` of the merged protocol (overrides included). Adapters

@@ -14,7 +14,14 @@ import pathlib
 from aiida import orm
 from aiida.common import exceptions
 
-from .base import MAGNETIC_ELEMENTS, EngineAdapter, ScfResult, band_gap_from_eigenvalues, merge_overrides, protocol_digest
+from .base import (
+    MAGNETIC_ELEMENTS,
+    EngineAdapter,
+    ScfResult,
+    band_gap_from_eigenvalues,
+    merge_overrides,
+    protocol_digest,
+)
 
 CUTOFF_UNIT = 'Ry'  # unit of the cutoffs asked from the family (pw.x input unit)
 
@@ -102,6 +109,11 @@ class QuantumEspressoEngine(EngineAdapter):
         namespace.pw.metadata.options = self._options(options)
 
     # -- interface --------------------------------------------------------------------------------------
+    def reference_overrides(self, structure, protocol: dict) -> dict:
+        """References use the compound's cutoffs: SSSP cutoffs converge energy differences, not totals."""
+        system = self._parameters(structure, protocol, 'scf', {})['SYSTEM']
+        return {'parameters': {'SYSTEM': {'ecutwfc': system['ecutwfc'], 'ecutrho': system['ecutrho']}}}
+
     def molecular_crystal_protocol(self, protocol: dict) -> dict:
         """Molecular crystals use ``molecular_kpoints_distance`` (flat molecular bands need few k-points)."""
         spacing = protocol['molecular_kpoints_distance']

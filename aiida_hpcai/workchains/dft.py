@@ -20,6 +20,7 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 
 from ..engines import get_engine
+from ..engines.base import merge_overrides
 from ..engines import references as refs
 
 
@@ -217,7 +218,8 @@ class DftWorkChain(WorkChain):
             self.ctx.relax_cell = False
         self.ctx.identity = self.engine.identity(self.inputs.code, self.inputs.protocol.value, self.ctx.protocol)
         self.ctx.options = self.inputs.options.get_dict() if 'options' in self.inputs else None
-        self.ctx.magnetic_moments = self.inputs.magnetic_moments.get_dict() if 'magnetic_moments' in self.inputs else None
+        moments = self.inputs.get('magnetic_moments')
+        self.ctx.magnetic_moments = moments.get_dict() if moments is not None else None
         self.ctx.structure = self.inputs.structure
         self.ctx.reference_energies = {}
         self.ctx.references_to_compute = []
@@ -236,9 +238,18 @@ class DftWorkChain(WorkChain):
         missing = refs.missing_references(elements)
         if missing:
             return self.exit_codes.ERROR_REFERENCE_MISSING.format(elements=', '.join(missing))
+        # The references' protocol: ours plus what the engine needs for energies to cancel (QE: our cutoffs).
+        overrides = self.inputs.overrides.get_dict() if 'overrides' in self.inputs else {}
+        self.ctx.reference_overrides = merge_overrides(
+            overrides, self.engine.reference_overrides(structure, self.ctx.protocol), strict=False
+        )
+        reference_protocol = self.engine.load_protocol(self.inputs.protocol.value, self.ctx.reference_overrides)
+        self.ctx.reference_identity = self.engine.identity(
+            self.inputs.code, self.inputs.protocol.value, reference_protocol
+        )
         # References made earlier are looked up now, so only the absent ones are computed later.
         for element in elements:
-            node = refs.find_reference(element, self.ctx.identity)
+            node = refs.find_reference(element, self.ctx.reference_identity)
             if node is None:
                 self.ctx.references_to_compute.append(element)
             else:
@@ -335,9 +346,10 @@ class DftWorkChain(WorkChain):
                 'label': f'reference {element} {entry["material_id"]}',
             },
         }
-        for name in ('overrides', 'options'):
-            if name in self.inputs:
-                inputs[name] = self.inputs[name]
+        if self.ctx.reference_overrides:
+            inputs['overrides'] = orm.Dict(self.ctx.reference_overrides)
+        if 'options' in self.inputs:
+            inputs['options'] = self.inputs.options
         node = self.submit(DftWorkChain, **inputs)
         self.report(f'launched the {element} reference ({entry["material_id"]}) DftWorkChain<{node.pk}>')
         return ToContext(reference=node)
@@ -349,7 +361,7 @@ class DftWorkChain(WorkChain):
             return self.exit_codes.ERROR_REFERENCE_FAILED.format(
                 element=element, process=f'{node.process_label}<{node.pk}>', status=node.exit_status
             )
-        refs.tag_reference(node, element, self.ctx.identity)
+        refs.tag_reference(node, element, self.ctx.reference_identity)
         self.ctx.reference_energies[element] = node.outputs.energy_per_atom
         return None
 

@@ -183,6 +183,12 @@ def test_relax_and_scf_builders(sssp_family, pw_code):
     o_valence = sssp_family.get_pseudo('O').z_valence
     assert parameters['SYSTEM']['starting_magnetization'] == {'O': pytest.approx(1.0 / o_valence)}
 
+    # Elemental references of MgO are computed at MgO's cutoffs, whatever their own element's.
+    magnesium = _structure('MgO')
+    overrides = engine.reference_overrides(magnesium, protocol)
+    assert overrides == {'parameters': {'SYSTEM': {'ecutwfc': pytest.approx(wfc * 0.8), 'ecutrho': pytest.approx(rho * 0.8)}}}
+    assert protocol['cutoff_scale'] == 0.8
+
     # Raw namelist overrides are merged last.
     overridden = engine.load_protocol('fast', {'parameters': {'SYSTEM': {'ecutwfc': 20.0}}})
     assert engine.get_scf_builder(structure, pw_code, overridden).pw.parameters['SYSTEM']['ecutwfc'] == 20.0

@@ -98,6 +98,12 @@ def test_mgo_formation_energy(mgo_run, dataset):
     references = {child.base.extras.get(refs.REFERENCE_EXTRA)['element'] for child in _reference_children(node)}
     assert references == {'Mg', 'O'}
     oxygen = next(child for child in _reference_children(node) if child.base.extras.get(refs.REFERENCE_EXTRA)['element'] == 'O')
+    # References use the compound's cutoffs (O's), not their own: SSSP cutoffs converge differences, not totals.
+    def ecutwfc(workchain):
+        scf = workchain.base.links.get_outgoing(link_label_filter='scf').one().node
+        return scf.inputs.pw.parameters['SYSTEM']['ecutwfc']
+
+    assert {ecutwfc(child) for child in _reference_children(node)} == {ecutwfc(node)}
     # The O reference is the O2 molecular crystal, a spin triplet: 2 μB per molecule.
     assert oxygen.outputs.total_magnetization.value == pytest.approx(2.0, abs=0.1)
 
