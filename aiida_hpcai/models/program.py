@@ -115,6 +115,4 @@ def _write_error(output_dir: pathlib.Path, code: str, message: str) -> None:
 if __name__ == '__main__':
     # Under `python -m` this file runs as `__main__`, a second copy whose TaskError the tasks do not
     # raise; hand over to the package's own module so error codes are caught.
-    from aiida_hpcai.models.program import main as package_main
-
-    sys.exit(package_main())
+    sys.exit(importlib.import_module('aiida_hpcai.models.program').main())
