@@ -12,7 +12,7 @@ other anions (see docs/source/dft.md), so the mean offset is expected to be non-
 
 Needs a profile prepared by ``aiida-hpcai setup`` (pw@localhost, the SSSP subset family). Run:
 
-    python benchmarks/dft_qe.py [--count 10] [--protocol fast] [--num-mpiprocs 2] [--seed 0]
+    python benchmarks/dft_qe.py [--count 10] [--protocol fast] [--num-mpiprocs 2] [--seed 0] [--resume]
 """
 from __future__ import annotations
 
@@ -72,6 +72,9 @@ def main():
     parser.add_argument('--data-dir', type=pathlib.Path, default=pathlib.Path(os.environ.get('HPCAI_DATA_DIR', REPO_ROOT.parent / 'shared' / 'data')))
     parser.add_argument('--pseudo-dir', type=pathlib.Path, default=pathlib.Path(os.environ.get('HPCAI_PSEUDO_DIR', REPO_ROOT.parent / 'shared' / 'pseudos')))
     parser.add_argument('--output', type=pathlib.Path, default=RESULTS)
+    parser.add_argument(
+        '--resume', action='store_true', help='keep the structures already in --output and run only the others'
+    )
     args = parser.parse_args()
 
     from aiida import load_profile, orm
@@ -85,9 +88,17 @@ def main():
     rows = select_structures(args.data_dir, args.pseudo_dir, args.count, args.seed)
     options = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': args.num_mpiprocs}}
 
-    records, references = [], {}
-    started = time.perf_counter()
+    records, references, earlier_elapsed = [], {}, 0.0
+    if args.resume and args.output.exists():
+        earlier = json.loads(args.output.read_text())
+        records = earlier['structures']
+        references = earlier['reference_wall_time_s']
+        earlier_elapsed = earlier['summary']['wall_time_total_s']
+    done = {record['material_id'] for record in records}
+    started = time.perf_counter() - earlier_elapsed
     for _, row in rows.iterrows():
+        if row.material_id in done:
+            continue
         structure = Structure.from_str(row.cif, fmt='cif')
         tick = time.perf_counter()
         _, node = run_get_node(

@@ -25,6 +25,8 @@ from __future__ import annotations
 import itertools
 import pathlib
 
+import numpy as np
+
 from aiida import orm
 
 from .base import EngineAdapter, ScfResult, band_gap_from_eigenvalues, merge_overrides, protocol_digest
@@ -282,10 +284,9 @@ class VaspEngine(EngineAdapter):
     def scf_result_from_nodes(self, nodes: dict) -> ScfResult:
         misc = nodes['misc'].get_dict()
         eigenvalues, occupations = nodes['bands'].get_bands(also_occupations=True)
+        _, weights = nodes['bands'].get_kpoints(also_weights=True)
         spin_polarized = eigenvalues.ndim == 3 and eigenvalues.shape[0] == 2
         fermi_energy = misc.get('fermi_level')
-        # vasprun.xml occupations are per spin channel (at most 1) with and without spin polarization.
-        band_gap = band_gap_from_eigenvalues(eigenvalues, occupations, fermi_energy, max_occupation=1.0)
         if spin_polarized:
             # The OUTCAR's last 'number of electron ... magnetization ...' line: one value (collinear) or x, y, z.
             magnetization = misc.get('magnetization') or []
@@ -294,6 +295,16 @@ class VaspEngine(EngineAdapter):
             total_magnetization = float(magnetization[0])
         else:
             total_magnetization = 0.0
+        # Band counting (the rule of the Quantum ESPRESSO adapter too), so that smearing cannot half-empty the
+        # top valence band: the k-weighted sums of vasprun.xml's occupations (at most 1 per state and spin
+        # channel) are the electrons of each channel; they add up to NELECT.
+        weights = np.asarray(weights, dtype=float) / np.sum(weights)
+        per_channel = (np.asarray(occupations).sum(axis=-1) * weights).sum(axis=-1)
+        if spin_polarized:
+            electrons, moment = float(per_channel.sum()), float(per_channel[0] - per_channel[1])
+        else:
+            electrons, moment = 2 * float(per_channel), 0.0
+        band_gap = band_gap_from_eigenvalues(eigenvalues, number_of_electrons=electrons, total_magnetization=moment)
         return ScfResult(
             total_energy=float(misc['total_energies']['energy_extrapolated']),
             number_of_atoms=len(nodes['structure'].sites),

@@ -107,10 +107,13 @@ def structure_parsed_by_aiida_vasp(vasprun_path) -> orm.StructureData:
 
 
 def expected_gap(run) -> float:
-    """The band gap of a pymatgen ``Vasprun`` by the shared rule of ``hpcai.dft``."""
+    """The band gap of a pymatgen ``Vasprun`` by band counting with the run's own NELECT and k-point weights."""
     eigenvalues = np.array([run.eigenvalues[spin][:, :, 0] for spin in run.eigenvalues])
     occupations = np.array([run.eigenvalues[spin][:, :, 1] for spin in run.eigenvalues])
-    return band_gap_from_eigenvalues(eigenvalues, occupations, run.efermi, max_occupation=1.0)
+    weights = np.array(run.actual_kpoints_weights) / np.sum(run.actual_kpoints_weights)
+    per_channel = (occupations.sum(axis=-1) * weights).sum(axis=-1)
+    moment = float(per_channel[0] - per_channel[1]) if len(per_channel) == 2 else 0.0
+    return band_gap_from_eigenvalues(eigenvalues, number_of_electrons=run.parameters['NELECT'], total_magnetization=moment)
 
 
 # -- builders, no calculation ---------------------------------------------------------------------------
@@ -245,10 +248,16 @@ def test_spin_polarized_result_needs_the_outcar_magnetization(aiida_profile, eng
     result = engine.scf_result_from_nodes(nodes)
     assert result.total_magnetization == outcar['magnetization'][0] != 0.0
     assert result.total_energy == quantities['total_energies']['energy_extrapolated']
-    # Both channels count: the gap is the smallest over spins, not the gap of either channel alone.
-    per_channel = [band_gap_from_eigenvalues(eigenvalues[i], occupations[i], max_occupation=1.0) for i in (0, 1)]
-    assert result.band_gap == pytest.approx(band_gap_from_eigenvalues(eigenvalues, occupations, max_occupation=1.0))
-    assert result.band_gap <= min(per_channel)
+    # Band counting over both spin channels: NELECT from the run's parameters, split by the occupations.
+    weights = np.asarray(quantities['kpoints']['weights']) / np.sum(quantities['kpoints']['weights'])
+    per_channel = (occupations.sum(axis=-1) * weights).sum(axis=-1)
+    assert per_channel.sum() == pytest.approx(quantities['parameters']['nelect'], abs=1e-3)
+    assert result.band_gap == pytest.approx(band_gap_from_eigenvalues(
+        eigenvalues, number_of_electrons=quantities['parameters']['nelect'],
+        total_magnetization=per_channel[0] - per_channel[1]))
+    # Both channels count: the gap is at most the gap of either channel alone.
+    channel_gaps = [band_gap_from_eigenvalues(eigenvalues[i], occupations[i], max_occupation=1.0) for i in (0, 1)]
+    assert result.band_gap <= min(channel_gaps) + 1e-9
 
 
 # -- end to end with mock-vasp ---------------------------------------------------------------------------
