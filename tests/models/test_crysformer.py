@@ -121,3 +121,17 @@ def test_shipped_element_table_matches_pymatgen():
     assert shipped.shape == (features.MAX_ATOMIC_NUMBER + 1, features.NUM_FEATURES)
     with pytest.raises(ValueError):
         features.element_features([0])
+
+
+@pytest.mark.parametrize('preset', ['tiny', 'cpu', 'paper'])
+def test_fast_gate_matches_e3nn_gate(preset):
+    """The sliced gate used in the forward pass gives e3nn's Gate output (same activations, same layout)."""
+    from aiida_hpcai.models.gate import gate
+
+    torch.manual_seed(0)
+    model = Crysformer(preset)
+    block = model.blocks[0]
+    for module, index in ((block.attention.gate, block.attention.gate_of_component),
+                          (block.ffn.gate, block.ffn.gate_of_component)):
+        inputs = torch.randn(40, module.irreps_in.dim)
+        torch.testing.assert_close(gate(module, inputs, index), module(inputs), atol=1e-6, rtol=1e-6)
