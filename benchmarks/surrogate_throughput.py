@@ -10,6 +10,12 @@ Cases: the shipped 3-member formation-energy ensemble (ensemble uncertainty), on
 with one sample (no uncertainty: the cost of a single network) and, with ``--mc-dropout``, the
 ensemble with MC dropout (10 samples per member). The 1,000 structures are the first test-split ids with <= 20 atoms.
 
+With ``--peer-python`` (the interpreter of the peers venv, see ``benchmarks/peers/README.md``), the same
+structures are then predicted by CHGNet (pretrained, batch 16) and ALIGNN (``ALIGNNAtomWisePure``, batch 64;
+the checkpoint of ``--alignn-checkpoint`` or fresh weights, which cost the same) in the same run, through
+``benchmarks/peers/predict_peers.py``: their ``seconds`` cover model loading, structure parsing, graphs
+and forward passes, like our in-program figure (ours reads the npz instead of parsing structures).
+
 The machine's load average is recorded next to the numbers: on a shared machine the wall figures
 are lower bounds of what an idle one gives, so the CPU time of the program is recorded too.
 """
@@ -88,6 +94,18 @@ def run_case(name: str, arrays, checkpoints: list[pathlib.Path], options: dict, 
     }
 
 
+def run_peer(python: str, model: str, structures: pathlib.Path, threads: int, repeats: int,
+             checkpoint: str | None) -> dict:
+    """One peer model's prediction of the same structures, in its own venv (see benchmarks/peers)."""
+    command = [python, str(REPO / 'benchmarks' / 'peers' / 'predict_peers.py'), '--model', model,
+               '--structures', str(structures), '--threads', str(threads), '--repeats', str(repeats)]
+    if checkpoint:
+        command += ['--checkpoint', checkpoint]
+    env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
+    completed = subprocess.run(command, check=True, env=env, cwd=REPO, capture_output=True, text=True)
+    return json.loads(completed.stdout)
+
+
 def main(argv=None) -> None:
     import torch
 
@@ -102,6 +120,9 @@ def main(argv=None) -> None:
     parser.add_argument('--repeats', type=int, default=2)
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--mc-dropout', action='store_true', help='also time MC dropout (10 samples per member)')
+    parser.add_argument('--peer-python', help='python of the peers venv: also time CHGNet and ALIGNN')
+    parser.add_argument('--alignn-checkpoint', help='ALIGNN checkpoint folder written by train_alignn.py')
+    parser.add_argument('--output', type=pathlib.Path, default=RESULTS_FILE)
     args = parser.parse_args(argv)
 
     arrays = select_structures(pathlib.Path(args.data), args.count, args.max_atoms)
@@ -123,6 +144,13 @@ def main(argv=None) -> None:
             cases.append(run_case('ensemble of 3, MC dropout x10', arrays, [ensemble],
                                   {'batch_size': args.batch_size, 'uncertainty': 'mc_dropout', 'mc_samples': 10},
                                   args.threads, 1))
+        peers = {}
+        if args.peer_python:
+            structures = pathlib.Path(tmp) / 'structures.json'
+            structures.write_text(json.dumps([arrays.to_pymatgen(i).as_dict() for i in range(len(arrays))]))
+            for model in ('chgnet', 'alignn'):
+                peers[model] = run_peer(args.peer_python, model, structures, args.threads, args.repeats,
+                                        args.alignn_checkpoint if model == 'alignn' else None)
         load_after = os.getloadavg()
     result = {
         'structures': {'source': 'mp_cgcnn test split, first ids with <= %d atoms' % args.max_atoms,
@@ -133,9 +161,10 @@ def main(argv=None) -> None:
                     'torch': torch.__version__},
         'model': {'file': ensemble.name, 'config': checkpoint['hyperparameters']['model']},
         'cases': cases,
+        'peers': peers,
     }
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_FILE.write_text(json.dumps(result, indent=2))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 
