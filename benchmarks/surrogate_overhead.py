@@ -1,0 +1,410 @@
+"""What AiiDA adds: the ``hpcai.surrogate`` WorkChain against the bare ``hpcai-model predict`` on the same input.
+
+Both sides run the same executable (the ``hpcai-model`` program of the code ``hpcai-model@localhost``)
+on the same structures, the same checkpoint and the same program options, with the same threads
+(``OMP_NUM_THREADS``/``MKL_NUM_THREADS``, default 2):
+
+* bare: an input folder laid out as a CalcJob lays it out (``config.json``, ``models/``,
+  ``structures.npz``), then ``hpcai-model predict --input . --output outputs`` as a subprocess;
+  timed from start to exit (Python start-up and imports included: that is the model's cost).
+* AiiDA: the structures stored as ONE StructureSet (timed apart), then the ``hpcai.surrogate``
+  WorkChain run in this process with ``aiida.engine.run_get_node``; timed from the call to its
+  return. That covers the WorkChain steps, the ``hpcai.predict`` CalcJob (upload with
+  ``local_copy_list``, job submission through the ``core.direct`` scheduler, polling, retrieval,
+  parsing) and the ``classify_predictions`` calcfunction. The job script records when the
+  program starts and ends (``date`` in ``prepend_text``/``append_text``, a file retrieved with
+  ``additional_retrieve_list``), so the AiiDA time splits into before / program / after.
+
+Overhead = WorkChain wall - bare program wall, also given as a percentage of the bare program wall
+(the model time). Because the two runs happen one after the other on a possibly shared machine,
+the overhead inside the same run (WorkChain wall - the program's wall inside the job) is reported
+too; it does not depend on the two program runs taking the same time. The target of issue 3 is an
+overhead of at most 10% of the model time.
+With ``--repeats`` the bare/AiiDA pairs alternate in order and the summary pools their times.
+
+Profile: by default a throw-away one in a temporary ``AIIDA_PATH``, made the way ``aiida-hpcai setup``
+makes it (``verdi presto``: SQLite storage; computer ``localhost``, code ``hpcai-model@localhost``);
+``--profile NAME`` uses an existing profile instead (its ``--code``). Caching is disabled for the runs.
+Not counted: Python/AiiDA start-up and loading the profile (a daemon worker or a user's script
+pays them once), creating the profile, and storing the model as a ModelData (once per model);
+they are recorded beside the figures.
+
+Structures: the mp_cgcnn test split, then the validation split, then the training split in
+order, until ``--count`` (default 10,000); optionally only those with at most ``--max-atoms``.
+
+    python benchmarks/surrogate_overhead.py                        # 10,000 structures, 3-member ensemble
+    python benchmarks/surrogate_overhead.py --count 300 --members 1 --output /tmp/overhead.json
+
+Writes benchmarks/results/surrogate_overhead.json (or ``--output``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / 'benchmarks'))
+
+RESULTS_FILE = REPO / 'benchmarks' / 'results' / 'surrogate_overhead.json'
+TARGET_OVERHEAD_PERCENT = 10.0
+SPLIT_ORDER = ('test', 'val', 'train')
+PROGRAM_TIMES_FILENAME = 'program_wall_times.txt'
+
+
+def select_structures(data: pathlib.Path, count: int, max_atoms: int | None):
+    """The first ``count`` structures of test, then val, then train; returns (arrays, per-split counts)."""
+    from surrogate_accuracy import get_split, load_filtered
+
+    arrays, info = load_filtered(data)
+    split = get_split(arrays)
+    chosen, taken = [], {}
+    for name in SPLIT_ORDER:
+        candidates = [int(i) for i in split[name] if max_atoms is None or arrays.natoms[i] <= max_atoms]
+        picked = candidates[:count - len(chosen)]
+        chosen.extend(picked)
+        taken[name] = len(picked)
+    if len(chosen) < count:
+        raise SystemExit(f'only {len(chosen)} structures match (asked for {count})')
+    return arrays.subset(chosen), taken, info
+
+
+def checkpoint_file(target: str, members: int | None, folder: pathlib.Path) -> tuple[pathlib.Path, int]:
+    """The shipped pretrained ensemble, or a copy holding only its first ``members`` members."""
+    from aiida_hpcai.models.checkpoint import load_checkpoint, pretrained_path, save_checkpoint
+
+    path = pretrained_path(target)
+    checkpoint = load_checkpoint(path)
+    available = len(checkpoint['members'])
+    if members is None or members == available:
+        return path, available
+    if not 1 <= members <= available:
+        raise SystemExit(f'--members must be between 1 and {available}')
+    checkpoint['members'] = checkpoint['members'][:members]
+    truncated = folder / f'{path.stem}_first{members}.pt'
+    save_checkpoint(checkpoint, truncated)
+    return truncated, members
+
+
+def program_config(model_entries: list[dict], args) -> dict:
+    """What ``PredictCalculation.build_config`` writes for these parameters (plus the device)."""
+    return {'models': model_entries, 'batch_size': args.batch_size, 'uncertainty': args.uncertainty,
+            'mc_samples': args.mc_samples, 'device': 'cpu'}
+
+
+def thread_environment(threads: int) -> dict[str, str]:
+    return {'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
+
+
+# -- bare ---------------------------------------------------------------------------------------
+def run_bare(executable: str, arrays, checkpoint: pathlib.Path, args) -> dict:
+    from aiida_hpcai.models.checkpoint import sha256_file
+    from aiida_hpcai.models.structure_io import write_npz
+
+    with tempfile.TemporaryDirectory(prefix='hpcai-bare-') as tmp:
+        workdir = pathlib.Path(tmp)
+        started = time.perf_counter()
+        (workdir / 'models').mkdir()
+        shutil.copyfile(checkpoint, workdir / 'models' / 'model.pt')
+        write_npz(arrays, workdir / 'structures.npz')
+        config = program_config([{'file': 'models/model.pt', 'sha256': sha256_file(checkpoint)}], args)
+        (workdir / 'config.json').write_text(json.dumps(config, indent=2, sort_keys=True))
+        inputs_seconds = time.perf_counter() - started
+
+        env = {**os.environ, **thread_environment(args.threads)}
+        started = time.perf_counter()
+        with open(workdir / 'hpcai-model.out', 'w') as stdout, open(workdir / 'hpcai-model.err', 'w') as stderr:
+            process = subprocess.run([executable, 'predict', '--input', '.', '--output', 'outputs'],
+                                     cwd=workdir, env=env, stdout=stdout, stderr=stderr)
+        wall = time.perf_counter() - started
+        if process.returncode != 0:
+            raise SystemExit(f'bare hpcai-model failed ({process.returncode}):\n'
+                             f'{(workdir / "hpcai-model.err").read_text()[-3000:]}')
+        summary = json.loads((workdir / 'outputs' / 'summary.json').read_text())
+        with np.load(workdir / 'outputs' / 'predictions.npz') as result:
+            predictions = {name: result[name] for name in ('mean', 'status')}
+    return {'inputs_seconds': inputs_seconds, 'program_wall_seconds': wall, 'in_program_seconds': summary['seconds'],
+            'n_ok': summary['n_ok'], 'n_members': summary['n_members'], 'uncertainty': summary['uncertainty'],
+            '_predictions': predictions}
+
+
+# -- AiiDA --------------------------------------------------------------------------------------
+def make_profile() -> dict:
+    """A throw-away profile as ``aiida-hpcai setup`` makes it; ``AIIDA_PATH`` is already ``workdir``."""
+    from aiida_hpcai.cli.setup import MODEL_CODE_LABEL, SetupReport, ensure_code, ensure_localhost, ensure_profile
+
+    report = SetupReport()
+    profile = ensure_profile('hpcai-overhead', report)
+    computer = ensure_localhost(report)
+    executable = shutil.which('hpcai-model') or str(pathlib.Path(sys.executable).parent / 'hpcai-model')
+    ensure_code(MODEL_CODE_LABEL, executable, computer, report)
+    return {'name': profile.name, 'created': True}
+
+
+def model_node(path: pathlib.Path):
+    """The checkpoint as a ModelData (found by sha256 if already stored), as ``aiida-hpcai predict`` does."""
+    from aiida_hpcai.data.model import ModelData
+    from aiida_hpcai.models.checkpoint import load_checkpoint
+
+    content = load_checkpoint(path)
+    node, _ = ModelData.get_or_create(
+        path, architecture=content['architecture'], hyperparameters=content['hyperparameters'],
+        target=content['target'], units=content['units'], metrics=content.get('metrics', {}))
+    return node
+
+
+def run_aiida(code, model, arrays, args) -> dict:
+    from aiida import orm
+    from aiida.engine import run_get_node
+    from aiida.manage.caching import disable_caching
+
+    from aiida_hpcai.data.structure_set import StructureSet
+    from aiida_hpcai.workchains.surrogate import SurrogateWorkChain
+
+    started = time.perf_counter()
+    structures = StructureSet(arrays).store()
+    store_seconds = time.perf_counter() - started
+
+    options = {
+        'environment_variables': thread_environment(args.threads),
+        # wall clock of the program inside the job, to split the AiiDA time (two `date` calls)
+        'prepend_text': 'hpcai_program_start=$(date +%s.%N)',
+        'append_text': f'echo "$hpcai_program_start $(date +%s.%N)" > {PROGRAM_TIMES_FILENAME}',
+        'additional_retrieve_list': [PROGRAM_TIMES_FILENAME],
+    }
+    parameters = {'batch_size': args.batch_size, 'uncertainty': args.uncertainty, 'mc_samples': args.mc_samples}
+    inputs = {
+        'structures': structures,
+        'models': {'model': model},
+        'predict': {'code': code, 'device': orm.Str('cpu'), 'parameters': orm.Dict(parameters),
+                    'metadata': {'options': options}},
+    }
+    if args.sigma_threshold is not None:
+        inputs['sigma_threshold'] = orm.Float(args.sigma_threshold)
+
+    with disable_caching():
+        started_epoch = time.time()
+        started = time.perf_counter()
+        _, node = run_get_node(SurrogateWorkChain, **inputs)
+        wall = time.perf_counter() - started
+        finished_epoch = time.time()
+    if not node.is_finished_ok:
+        raise SystemExit(f'SurrogateWorkChain<{node.pk}> failed: {node.exit_status} {node.exit_message}')
+    calculation = node.base.links.get_outgoing(link_label_filter='predict').one().node
+    summary = calculation.outputs.summary.get_dict()
+    program_start, program_end = map(float, calculation.outputs.retrieved.base.repository.get_object_content(
+        PROGRAM_TIMES_FILENAME).split())
+    predictions = node.outputs.predictions
+    return {
+        'structureset_store_seconds': store_seconds,
+        'workchain_wall_seconds': wall,
+        'program_wall_seconds': program_end - program_start,
+        'in_program_seconds': summary['seconds'],
+        'before_program_seconds': program_start - started_epoch,
+        'after_program_seconds': finished_epoch - program_end,
+        'n_ok': summary['n_ok'], 'n_members': summary.get('n_members'), 'uncertainty': summary.get('uncertainty'),
+        'workchain_pk': node.pk, 'calcjob_pk': calculation.pk,
+        '_predictions': {'mean': predictions.get_array('mean'), 'status': predictions.get_array('status')},
+    }
+
+
+# -- report -------------------------------------------------------------------------------------
+def overheads(bare: dict, aiida: dict) -> dict:
+    """Overhead of one bare/AiiDA pair, in seconds and as a percentage of the model time."""
+    model_time = bare['program_wall_seconds']
+    between_runs = aiida['workchain_wall_seconds'] - model_time
+    within_run = aiida['workchain_wall_seconds'] - aiida['program_wall_seconds']
+    end_to_end = (aiida['structureset_store_seconds'] + aiida['workchain_wall_seconds']
+                  - bare['inputs_seconds'] - model_time)
+    return {
+        'model_time_seconds': model_time,
+        'overhead_seconds': between_runs,
+        'overhead_percent': 100 * between_runs / model_time,
+        'overhead_within_run_seconds': within_run,
+        'overhead_within_run_percent': 100 * within_run / aiida['program_wall_seconds'],
+        # also counting how the structures reach the program: StructureSet storage vs writing the npz
+        'overhead_with_inputs_seconds': end_to_end,
+        'overhead_with_inputs_percent': 100 * end_to_end / model_time,
+    }
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Overheads pooled over all pairs (sums of times: alternating order cancels a steady drift in load)."""
+    def total(side, key):
+        return sum(run[side][key] for run in runs)
+
+    model_time = total('bare', 'program_wall_seconds')
+    workchain = total('aiida', 'workchain_wall_seconds')
+    program_in_aiida = total('aiida', 'program_wall_seconds')
+    # also counting how the structures reach the program: StructureSet storage vs writing the npz
+    with_inputs = (total('aiida', 'structureset_store_seconds') + workchain
+                   - total('bare', 'inputs_seconds') - model_time)
+    pairs = len(runs)
+    summary = {
+        'pairs': pairs,
+        'model_time_seconds': model_time / pairs,
+        'workchain_wall_seconds': workchain / pairs,
+        'overhead_seconds': (workchain - model_time) / pairs,
+        'overhead_percent': 100 * (workchain - model_time) / model_time,
+        'overhead_percent_per_pair': [run['overhead_percent'] for run in runs],
+        'overhead_within_run_seconds': (workchain - program_in_aiida) / pairs,
+        'overhead_within_run_percent': 100 * (workchain - program_in_aiida) / program_in_aiida,
+        'overhead_with_inputs_seconds': with_inputs / pairs,
+        'overhead_with_inputs_percent': 100 * with_inputs / model_time,
+        'target_overhead_percent': TARGET_OVERHEAD_PERCENT,
+    }
+    for suffix in ('', '_within_run', '_with_inputs'):
+        summary[f'target_met{suffix}'] = bool(summary[f'overhead{suffix}_percent'] <= TARGET_OVERHEAD_PERCENT)
+    return summary
+
+
+def agreement(bare: dict, aiida: dict, method: str) -> dict:
+    same_status = bool(np.array_equal(bare['_predictions']['status'].astype(str),
+                                      aiida['_predictions']['status'].astype(str)))
+    both = np.isfinite(bare['_predictions']['mean']) & np.isfinite(aiida['_predictions']['mean'])
+    difference = np.abs(bare['_predictions']['mean'][both] - aiida['_predictions']['mean'][both])
+    return {'same_status': same_status,
+            'max_abs_mean_difference': float(difference.max()) if difference.size else None,
+            'note': 'MC dropout samples at random: means differ between runs' if method == 'mc_dropout' else
+                    'deterministic ensemble: means should agree to float precision'}
+
+
+def main(argv=None) -> None:
+    from surrogate_accuracy import default_source
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--data', default=str(default_source()), help='mp_cgcnn.csv.gz or an exported npz')
+    parser.add_argument('--count', type=int, default=10000)
+    parser.add_argument('--max-atoms', type=int, default=None, help='only structures with at most this many atoms')
+    parser.add_argument('--target', default='formation_energy_per_atom',
+                        choices=('formation_energy_per_atom', 'band_gap'), help='which pretrained ensemble')
+    parser.add_argument('--members', type=int, default=None,
+                        help='use only the first N members of the pretrained ensemble (default: all)')
+    parser.add_argument('--uncertainty', default='ensemble', choices=('ensemble', 'mc_dropout'),
+                        help='program option (one member falls back to mc_dropout)')
+    parser.add_argument('--mc-samples', type=int, default=10, help='program option')
+    parser.add_argument('--batch-size', type=int, default=64, help='program option')
+    parser.add_argument('--sigma-threshold', type=float, default=None,
+                        help='WorkChain input (default: per target; band_gap needs one)')
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=1, help='bare/AiiDA pairs (order alternates)')
+    parser.add_argument('--profile', default=None, help='use this existing profile instead of a throw-away one')
+    parser.add_argument('--code', default='hpcai-model@localhost', help='with --profile: the model program code')
+    parser.add_argument('--keep', action='store_true', help='keep the throw-away AIIDA_PATH (printed)')
+    parser.add_argument('--output', type=pathlib.Path, default=RESULTS_FILE)
+    args = parser.parse_args(argv)
+    if args.target == 'band_gap' and args.sigma_threshold is None:
+        parser.error('band_gap has no default sigma threshold: give --sigma-threshold')
+
+    workdir = None
+    if args.profile is None:
+        # before aiida reads its configuration: a private config folder, storage and scratch
+        workdir = pathlib.Path(tempfile.mkdtemp(prefix='hpcai-overhead-'))
+        os.environ['AIIDA_PATH'] = str(workdir)
+    try:
+        result = benchmark(args)
+    finally:
+        if workdir is not None:
+            if args.keep:
+                print(f'throw-away profile kept in AIIDA_PATH={workdir}')
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+def benchmark(args) -> dict:
+    import torch
+
+    from aiida_hpcai.models.checkpoint import pretrained_path
+
+    arrays, taken, data_info = select_structures(pathlib.Path(args.data), args.count, args.max_atoms)
+    checkpoint_dir = pathlib.Path(tempfile.mkdtemp(prefix='hpcai-overhead-model-'))
+    try:
+        checkpoint, n_members = checkpoint_file(args.target, args.members, checkpoint_dir)
+
+        started = time.perf_counter()
+        import aiida
+        from aiida import load_profile, orm
+
+        if args.profile is None:
+            profile_info = make_profile()
+        else:
+            load_profile(args.profile)
+            profile_info = {'name': args.profile, 'created': False}
+        profile = aiida.get_profile()
+        code = orm.load_code(args.code)
+        setup_seconds = time.perf_counter() - started
+        computer = code.computer
+        executable = str(code.filepath_executable)
+
+        started = time.perf_counter()
+        model = model_node(checkpoint)
+        model_seconds = time.perf_counter() - started
+
+        load_before = os.getloadavg()
+        runs = []
+        for repeat in range(args.repeats):
+            # alternate the order so that a drift in the machine's load does not favour one side
+            if repeat % 2 == 0:
+                bare = run_bare(executable, arrays, checkpoint, args)
+                aiida_run = run_aiida(code, model, arrays, args)
+            else:
+                aiida_run = run_aiida(code, model, arrays, args)
+                bare = run_bare(executable, arrays, checkpoint, args)
+            method = bare['uncertainty']
+            runs.append({'order': 'bare first' if repeat % 2 == 0 else 'aiida first',
+                         'load_average_after': os.getloadavg(),
+                         'bare': {k: v for k, v in bare.items() if not k.startswith('_')},
+                         'aiida': {k: v for k, v in aiida_run.items() if not k.startswith('_')},
+                         'predictions_agree': agreement(bare, aiida_run, method),
+                         **overheads(bare, aiida_run)})
+            print(f"repeat {repeat}: bare {bare['program_wall_seconds']:.1f} s, WorkChain "
+                  f"{aiida_run['workchain_wall_seconds']:.1f} s, overhead {runs[-1]['overhead_seconds']:.2f} s "
+                  f"({runs[-1]['overhead_percent']:.1f}%)", file=sys.stderr)
+        load_after = os.getloadavg()
+    finally:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    return {
+        'benchmark': 'surrogate_overhead',
+        'structures': {'source': data_info['source'], 'count': len(arrays), 'from_splits': taken,
+                       'split_order': list(SPLIT_ORDER), 'max_atoms': args.max_atoms,
+                       'mean_atoms': float(arrays.natoms.mean()), 'total_atoms': int(arrays.natoms.sum())},
+        'model': {'target': args.target, 'pretrained_file': pretrained_path(args.target).name,
+                  'n_members_used': n_members, 'sha256': model.sha256},
+        'program_options': {'batch_size': args.batch_size, 'uncertainty': args.uncertainty,
+                            'uncertainty_used': runs[0]['bare']['uncertainty'], 'mc_samples': args.mc_samples,
+                            'device': 'cpu', 'threads': args.threads},
+        'aiida': {'version': aiida.__version__, 'profile': profile_info['name'],
+                  'throw_away_profile': profile_info['created'], 'storage_backend': profile.storage_backend,
+                  'broker': profile.process_control_backend,
+                  'runner_poll_interval_s': profile.get_option('runner.poll.interval'),
+                  'computer': computer.label, 'scheduler': computer.scheduler_type,
+                  'transport': computer.transport_type,
+                  'minimum_job_poll_interval_s': computer.get_minimum_job_poll_interval(),
+                  'code': code.full_label, 'executable': executable, 'caching': 'disabled',
+                  'how_run': 'run_get_node in this process'},
+        'not_counted': {'profile_setup_seconds': setup_seconds, 'model_node_seconds': model_seconds,
+                        'note': 'Python/AiiDA start-up, profile creation or loading, storing the ModelData'},
+        'machine': {'processor': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
+                    'load_average_before': load_before, 'load_average_after': load_after,
+                    'python': platform.python_version(), 'torch': torch.__version__},
+        'runs': runs,
+        'summary': summarize(runs),
+    }
+
+
+if __name__ == '__main__':
+    main()
