@@ -131,6 +131,19 @@ def _evaluate_mae(model, data: PreparedData, normalization: dict, batch_size: in
     return float(np.mean(np.abs(predicted - data.targets * normalization['std'])))
 
 
+def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, budget_used: float,
+                         warmup_fraction: float, min_ratio: float) -> float:
+    """Linear warm-up, then cosine decay to ``min_ratio``, each over the steps or over the wall-clock
+    budget (``budget_used`` in 0..1; 0 without a budget), whichever runs out first: a budget shorter
+    than the warm-up epochs still reaches the peak learning rate, and still ends at a low one."""
+    if step < warmup_steps and budget_used < warmup_fraction:
+        return max((step + 1) / warmup_steps, budget_used / warmup_fraction)
+    progress = max((step - warmup_steps) / max(1, total_steps - warmup_steps),
+                   (budget_used - warmup_fraction) / (1.0 - warmup_fraction))
+    progress = min(1.0, max(0.0, progress))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def train_member(model: Crysformer, train: PreparedData, val: PreparedData, normalization: dict,
                  config: TrainingConfig, seed: int, budget: _Budget, state_path: pathlib.Path | None = None,
                  resume_state: dict | None = None, save_extra: dict | None = None, label: str = '') -> tuple[dict, list]:
@@ -153,16 +166,8 @@ def train_member(model: Crysformer, train: PreparedData, val: PreparedData, norm
         history, first_epoch, step = resume_state['history'], resume_state['epoch'] + 1, resume_state['step']
 
     def set_learning_rate() -> float:
-        # linear warm-up, then cosine over the epochs or over the wall-clock budget, whichever
-        # runs out first (so a budget-limited run still ends at a low learning rate)
-        if step < warmup:
-            factor = (step + 1) / warmup
-        else:
-            progress = (step - warmup) / max(1, total_steps - warmup)
-            if budget.deadline is not None:
-                progress = max(progress, 1.0 - (budget.deadline - time.monotonic()) / budget.seconds)
-            progress = min(1.0, progress)
-            factor = config.min_lr_ratio + (1.0 - config.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        used = 0.0 if budget.deadline is None else 1.0 - (budget.deadline - time.monotonic()) / budget.seconds
+        factor = learning_rate_factor(step, warmup, total_steps, used, config.warmup_fraction, config.min_lr_ratio)
         for group in optimizer.param_groups:
             group['lr'] = learning_rate * factor
         return learning_rate * factor

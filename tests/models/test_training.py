@@ -177,3 +177,21 @@ def test_wall_clock_budget_stops_training(tmp_path):
     single = EnsemblePredictor([checkpoint]).sample(
         [training_module.graphs_from_arrays(arrays, test)[0][0]], method='ensemble')
     assert single.shape == (1, 1)
+
+
+def test_learning_rate_schedule_follows_steps_or_budget_whichever_runs_out_first():
+    from aiida_hpcai.models.training import learning_rate_factor
+
+    def factor(step, used=0.0):
+        return learning_rate_factor(step, warmup_steps=500, total_steps=10000, budget_used=used,
+                                    warmup_fraction=0.05, min_ratio=0.01)
+
+    # without a budget: linear warm-up over the steps, cosine down to min_ratio at the last step
+    assert factor(0) == pytest.approx(1 / 500) and factor(499) == pytest.approx(1.0)
+    assert factor(5250) == pytest.approx(0.505) and factor(10000) == pytest.approx(0.01)
+    # a budget that ends long before the warm-up steps: the clock drives both phases
+    assert factor(10, used=0.05) == pytest.approx(1.0)
+    assert factor(20, used=0.525) == pytest.approx(0.505)
+    assert factor(30, used=1.0) == pytest.approx(0.01)
+    # steps ahead of the clock win too
+    assert factor(10000, used=0.3) == pytest.approx(0.01)
