@@ -11,6 +11,8 @@ Sub-commands (each writes into ``benchmarks/results/`` unless told otherwise)::
     train                train one ensemble (or one member with --member K) for one target
     merge                pool member checkpoints of one target into one ensemble and evaluate it
     report               collect baselines + trained models into surrogate_accuracy.json
+    equal-budget         Crysformer (one ``cpu`` member) and ALIGNN-pure (peers venv) trained side by side,
+                         at the same time with the same threads and wall-clock budget -> surrogate_equal_budget.json
     all                  baselines, train both targets on this machine, report (slow on a CPU)
 
 Example (what produced the shipped pretrained models, see docs/source/surrogate_model.md)::
@@ -45,6 +47,7 @@ SPLIT_DIR = REPO / 'benchmarks' / 'splits' / 'mp_cgcnn'
 RESULTS_DIR = REPO / 'benchmarks' / 'results'
 BASELINES_FILE = RESULTS_DIR / 'surrogate_baselines.json'
 RESULTS_FILE = RESULTS_DIR / 'surrogate_accuracy.json'
+EQUAL_BUDGET_FILE = RESULTS_DIR / 'surrogate_equal_budget.json'
 
 
 def default_source() -> pathlib.Path:
@@ -201,6 +204,58 @@ def report(args) -> dict:
     return result
 
 
+def equal_budget(args) -> dict:
+    """Crysformer and ALIGNN trained at the same time, each on ``--threads`` threads for ``--max-minutes``.
+
+    Running both at once gives both the same machine conditions (a fair share of a shared machine); the
+    budget of each counts training only (after its graphs are built), as for ``train --max-minutes``.
+    """
+    import subprocess
+
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, 'OMP_NUM_THREADS': str(args.threads), 'MKL_NUM_THREADS': str(args.threads)}
+    common = ['--target', args.target, '--max-minutes', str(args.max_minutes), '--threads', str(args.threads)]
+    ours = [sys.executable, str(pathlib.Path(__file__).resolve()), 'train', '--data', args.data, '--config', 'cpu',
+            '--member', '0', '--mc-samples', str(args.mc_samples), '--out', str(out / 'crysformer'), *common]
+    peer = [args.peer_python, str(REPO / 'benchmarks' / 'peers' / 'train_alignn.py'), '--out', str(out / 'alignn'),
+            '--output', str(out / 'alignn.json'), *common]
+    load_before = os.getloadavg()
+    with open(out / 'crysformer.log', 'w') as ours_log, open(out / 'alignn.log', 'w') as peer_log:
+        processes = [subprocess.Popen(ours, env=env, stdout=ours_log, stderr=subprocess.STDOUT, cwd=REPO),
+                     subprocess.Popen(peer, env=env, stdout=peer_log, stderr=subprocess.STDOUT, cwd=REPO)]
+        if any(process.wait() for process in processes):
+            raise SystemExit(f'a training failed: see the logs in {out}')
+    return collect_equal_budget(args, out, load_before)
+
+
+def collect_equal_budget(args, out: pathlib.Path, load_before=None) -> dict:
+    metrics = json.loads((out / 'crysformer' / 'metrics.json').read_text())
+    history = metrics['history'][0]
+    alignn = json.loads((out / 'alignn.json').read_text())
+    result = {
+        'description': 'Crysformer cpu (one member) and ALIGNN-pure trained side by side with equal threads '
+                       'and wall-clock budget on the mp_cgcnn split',
+        'target': args.target, 'units': TARGETS[args.target],
+        'budget_minutes': args.max_minutes, 'threads_each': args.threads,
+        'machine': {'processor': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
+                    'load_average_before': load_before, 'load_average_after': os.getloadavg()},
+        'crysformer': {
+            'test_mae': metrics['test']['mae'], 'val_mae': metrics['val']['mae'],
+            'n_parameters': metrics['n_parameters'], 'training_seconds': metrics.get('training_seconds'),
+            'epochs_run': len(history), 'train_loss_last_epoch': history[-1]['train_loss'],
+            'note': 'test MAE of the MC-dropout mean (a single member has no ensemble)',
+        },
+        'alignn': {key: alignn.get(key) for key in ('test_mae', 'val_mae', 'n_parameters', 'training_seconds',
+                                                    'epochs_run', 'complete_epochs', 'seconds_per_complete_epoch',
+                                                    'stopped_by', 'versions', 'model_config')},
+    }
+    result['ratio_test_mae_crysformer_over_alignn'] = result['crysformer']['test_mae'] / alignn['test_mae']
+    EQUAL_BUDGET_FILE.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def _parity_figure(models: dict, result: dict) -> None:
     """One figure with the test parity plots of both targets (copied from each run's parity.png data)."""
     import shutil
@@ -242,6 +297,15 @@ def main(argv=None) -> None:
             command.add_argument('--no-element-reference', action='store_true')
             command.add_argument('--no-progress', action='store_true')
             command.add_argument('--graph-workers', type=int, default=0)
+    command = sub.add_parser('equal-budget')
+    command.add_argument('--data', default=str(default_source()))
+    command.add_argument('--peer-python', required=True, help='python of the peers venv (benchmarks/peers/README.md)')
+    command.add_argument('--target', choices=sorted(TARGETS), default='formation_energy_per_atom')
+    command.add_argument('--max-minutes', type=float, default=20.0)
+    command.add_argument('--threads', type=int, default=1)
+    command.add_argument('--mc-samples', type=int, default=2)
+    command.add_argument('--out', required=True)
+    command.add_argument('--collect-only', action='store_true', help='only summarise the runs already in --out')
     command = sub.add_parser('report')
     command.add_argument('--model', action='append', help='TARGET=FOLDER with model.pt, metrics.json, metadata.json')
     command.add_argument('--training-device', default=None, help='where the models were trained (recorded)')
@@ -250,6 +314,12 @@ def main(argv=None) -> None:
     if args.command == 'report':
         args.model_file = {}
         report(args)
+        return
+    if args.command == 'equal-budget':
+        if args.collect_only:
+            collect_equal_budget(args, pathlib.Path(args.out))
+        else:
+            equal_budget(args)
         return
     if args.command == 'export-npz':
         arrays, _ = load_filtered(pathlib.Path(args.data))
