@@ -13,6 +13,8 @@ Sub-commands (each writes into ``benchmarks/results/`` unless told otherwise)::
     report               collect baselines + trained models into surrogate_accuracy.json
     equal-budget         Crysformer (one ``cpu`` member) and ALIGNN-pure (peers venv) trained side by side,
                          at the same time with the same threads and wall-clock budget -> surrogate_equal_budget.json
+    size-curve           test MAE against training-set size (seeded subsets of the training ids), one ``cpu``
+                         member per size, all at once with equal threads and budget -> surrogate_size_curve.json/.png
     all                  baselines, train both targets on this machine, report (slow on a CPU)
 
 Example (what produced the shipped pretrained models, see docs/source/surrogate_model.md)::
@@ -48,6 +50,7 @@ RESULTS_DIR = REPO / 'benchmarks' / 'results'
 BASELINES_FILE = RESULTS_DIR / 'surrogate_baselines.json'
 RESULTS_FILE = RESULTS_DIR / 'surrogate_accuracy.json'
 EQUAL_BUDGET_FILE = RESULTS_DIR / 'surrogate_equal_budget.json'
+SIZE_CURVE_FILE = RESULTS_DIR / 'surrogate_size_curve.json'
 
 
 def default_source() -> pathlib.Path:
@@ -256,6 +259,60 @@ def collect_equal_budget(args, out: pathlib.Path, load_before=None) -> dict:
     return result
 
 
+def size_curve(args) -> dict:
+    """One ``cpu`` member per training fraction, trained at the same time (``--threads`` each, same budget).
+
+    ``--reuse FRACTION=FOLDER`` adds a finished ``train`` run made with the same settings (for instance
+    the Crysformer half of ``equal-budget``) instead of training that fraction again.
+    """
+    import subprocess
+
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {float(fraction): pathlib.Path(folder) for fraction, folder in (item.split('=') for item in args.reuse)}
+    env = {**os.environ, 'OMP_NUM_THREADS': str(args.threads), 'MKL_NUM_THREADS': str(args.threads)}
+    processes = []
+    for fraction in args.fractions:
+        if fraction in runs:
+            continue
+        runs[fraction] = out / f'fraction_{fraction:g}'
+        command = [sys.executable, str(pathlib.Path(__file__).resolve()), 'train', '--data', args.data,
+                   '--target', args.target, '--config', 'cpu', '--member', '0', '--train-fraction', str(fraction),
+                   '--max-minutes', str(args.max_minutes), '--threads', str(args.threads),
+                   '--mc-samples', str(args.mc_samples), '--out', str(runs[fraction]), '--no-progress']
+        log = open(out / f'fraction_{fraction:g}.log', 'w')
+        processes.append((subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO), log))
+    for process, log in processes:
+        process.wait()
+        log.close()
+        if process.returncode:
+            raise SystemExit(f'a training failed: see the logs in {out}')
+    points = []
+    for fraction in sorted(runs):
+        metrics = json.loads((runs[fraction] / 'metrics.json').read_text())
+        points.append({'train_fraction': fraction, 'n_train': metrics['n_structures']['train'],
+                       'test_mae': metrics['test']['mae'], 'val_mae': metrics['val']['mae'],
+                       'epochs_run': len(metrics['history'][0]), 'training_seconds': metrics.get('training_seconds')})
+    result = {'target': args.target, 'units': TARGETS[args.target], 'config': 'cpu', 'members': 1,
+              'budget_minutes': args.max_minutes, 'threads_each': args.threads,
+              'machine': {'cpus': os.cpu_count(), 'load_average_after': os.getloadavg()}, 'points': points}
+    SIZE_CURVE_FILE.write_text(json.dumps(result, indent=2))
+    figure, axes = plt.subplots(figsize=(4.5, 3.5))
+    axes.loglog([p['n_train'] for p in points], [p['test_mae'] for p in points], 'o-', label='Crysformer cpu')
+    axes.set_xlabel('training structures')
+    axes.set_ylabel(f'test MAE ({TARGETS[args.target]})')
+    axes.set_title(f'{args.max_minutes:g} min, {args.threads} thread(s) per run')
+    figure.tight_layout()
+    figure.savefig(SIZE_CURVE_FILE.with_suffix('.png'), dpi=120)
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def _parity_figure(models: dict, result: dict) -> None:
     """One figure with the test parity plots of both targets (copied from each run's parity.png data)."""
     import shutil
@@ -306,6 +363,15 @@ def main(argv=None) -> None:
     command.add_argument('--mc-samples', type=int, default=2)
     command.add_argument('--out', required=True)
     command.add_argument('--collect-only', action='store_true', help='only summarise the runs already in --out')
+    command = sub.add_parser('size-curve')
+    command.add_argument('--data', default=str(default_source()))
+    command.add_argument('--target', choices=sorted(TARGETS), default='formation_energy_per_atom')
+    command.add_argument('--fractions', type=float, nargs='+', default=[0.1, 0.3, 1.0])
+    command.add_argument('--reuse', action='append', default=[], help='FRACTION=FOLDER of a finished train run')
+    command.add_argument('--max-minutes', type=float, default=20.0)
+    command.add_argument('--threads', type=int, default=1)
+    command.add_argument('--mc-samples', type=int, default=2)
+    command.add_argument('--out', required=True)
     command = sub.add_parser('report')
     command.add_argument('--model', action='append', help='TARGET=FOLDER with model.pt, metrics.json, metadata.json')
     command.add_argument('--training-device', default=None, help='where the models were trained (recorded)')
@@ -320,6 +386,9 @@ def main(argv=None) -> None:
             collect_equal_budget(args, pathlib.Path(args.out))
         else:
             equal_budget(args)
+        return
+    if args.command == 'size-curve':
+        size_curve(args)
         return
     if args.command == 'export-npz':
         arrays, _ = load_filtered(pathlib.Path(args.data))
