@@ -36,10 +36,9 @@ import math
 
 import torch
 from e3nn import o3
-from e3nn.nn import Gate
 from torch import nn
 
-from .gate import gate, gate_index
+from .gate import SlicedGate
 from .features import NUM_FEATURES, element_table
 from .graph import GraphBatch
 
@@ -157,13 +156,13 @@ class EquivariantLayerNorm(nn.Module):
         return torch.cat(out, dim=1)
 
 
-def _gate(irreps_out: o3.Irreps) -> tuple[o3.Irreps, Gate]:
+def _gate(irreps_out: o3.Irreps) -> tuple[o3.Irreps, SlicedGate]:
     """A Gate whose output is ``irreps_out``; returns (irreps its input must have, the gate)."""
     irreps_out = o3.Irreps(irreps_out).simplify()
     scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l == 0])
     gated = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l > 0])
     gates = o3.Irreps([(gated.num_irreps, '0e')]) if gated.num_irreps else o3.Irreps('')
-    gate = Gate(scalars, [nn.functional.silu] * len(scalars), gates, [torch.sigmoid] * len(gates), gated)
+    gate = SlicedGate(scalars, [nn.functional.silu] * len(scalars), gates, [torch.sigmoid] * len(gates), gated)
     return gate.irreps_in, gate
 
 
@@ -217,7 +216,6 @@ class GraphAttention(nn.Module):
         self.tensor_product = _depthwise_tensor_product(irreps, irreps_sh, config.l_max)
         self.radial = RadialMLP(config.num_basis, config.radial_hidden, self.tensor_product.weight_numel)
         gate_in, self.gate = _gate(irreps)
-        self.register_buffer('gate_of_component', gate_index(self.gate), persistent=False)
         self.num_logit_scalars = config.num_heads * config.attention_channels
         self.linear_message = o3.Linear(self.tensor_product.irreps_out.simplify(),
                                         o3.Irreps(f'{self.num_logit_scalars}x0e') + gate_in)
@@ -235,7 +233,7 @@ class GraphAttention(nn.Module):
         logit_scalars = message[:, :self.num_logit_scalars].reshape(-1, self.num_heads, self.attention_vector.shape[1])
         logits = (nn.functional.leaky_relu(logit_scalars, 0.2) * self.attention_vector).sum(dim=-1)
         attention = self.attention_dropout(segment_softmax(logits, target, features.shape[0]))
-        values = self.linear_value(gate(self.gate, message[:, self.num_logit_scalars:], self.gate_of_component))
+        values = self.linear_value(self.gate(message[:, self.num_logit_scalars:]))
         values = values * attention[:, self.head_of_component]
         aggregated = torch.zeros_like(features).index_add_(0, target, values)
         return self.linear_out(aggregated)
@@ -246,12 +244,11 @@ class FeedForward(nn.Module):
         super().__init__()
         wide = o3.Irreps([(mul * multiplier, ir) for mul, ir in irreps])
         gate_in, self.gate = _gate(wide)
-        self.register_buffer('gate_of_component', gate_index(self.gate), persistent=False)
         self.linear_in = o3.Linear(irreps, gate_in)
         self.linear_out = o3.Linear(wide, irreps)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear_out(gate(self.gate, self.linear_in(features), self.gate_of_component))
+        return self.linear_out(self.gate(self.linear_in(features)))
 
 
 class TransformerBlock(nn.Module):

@@ -126,12 +126,13 @@ def test_shipped_element_table_matches_pymatgen():
 @pytest.mark.parametrize('preset', ['tiny', 'cpu', 'paper'])
 def test_fast_gate_matches_e3nn_gate(preset):
     """The sliced gate used in the forward pass gives e3nn's Gate output (same activations, same layout)."""
-    from aiida_hpcai.models.gate import gate
+    from e3nn.nn import Gate
 
     torch.manual_seed(0)
     model = Crysformer(preset)
     block = model.blocks[0]
-    for module, index in ((block.attention.gate, block.attention.gate_of_component),
-                          (block.ffn.gate, block.ffn.gate_of_component)):
+    for module in (block.attention.gate, block.ffn.gate):
+        reference = Gate(module.irreps_scalars, [torch.nn.functional.silu] * len(module.irreps_scalars),
+                         module.irreps_gates, [torch.sigmoid] * len(module.irreps_gates), module.irreps_gated)
         inputs = torch.randn(40, module.irreps_in.dim)
-        torch.testing.assert_close(gate(module, inputs, index), module(inputs), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(module(inputs), reference(inputs), atol=1e-6, rtol=1e-6)
