@@ -53,6 +53,11 @@ EQUAL_BUDGET_FILE = RESULTS_DIR / 'surrogate_equal_budget.json'
 SIZE_CURVE_FILE = RESULTS_DIR / 'surrogate_size_curve.json'
 
 
+def thread_environment(threads: int) -> dict[str, str]:
+    """The variables that hold a child process's OpenMP/MKL pools to ``threads``."""
+    return {'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
+
+
 def default_source() -> pathlib.Path:
     root = pathlib.Path(os.environ.get('HPCAI_DATA_DIR', REPO.parent / 'shared' / 'data'))
     return root / 'mp_cgcnn' / 'mp_cgcnn.csv.gz'
@@ -217,7 +222,7 @@ def equal_budget(args) -> dict:
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, 'OMP_NUM_THREADS': str(args.threads), 'MKL_NUM_THREADS': str(args.threads)}
+    env = {**os.environ, **thread_environment(args.threads)}
     common = ['--target', args.target, '--max-minutes', str(args.max_minutes), '--threads', str(args.threads)]
     ours = [sys.executable, str(pathlib.Path(__file__).resolve()), 'train', '--data', args.data, '--config', 'cpu',
             '--member', '0', '--mc-samples', str(args.mc_samples), '--out', str(out / 'crysformer'), *common]
@@ -275,7 +280,7 @@ def size_curve(args) -> dict:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = {float(fraction): pathlib.Path(folder) for fraction, folder in (item.split('=') for item in args.reuse)}
-    env = {**os.environ, 'OMP_NUM_THREADS': str(args.threads), 'MKL_NUM_THREADS': str(args.threads)}
+    env = {**os.environ, **thread_environment(args.threads)}
     processes = []
     for fraction in args.fractions:
         if fraction in runs:

@@ -56,6 +56,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
 
+from surrogate_accuracy import thread_environment  # noqa: E402
+
 RESULTS_FILE = REPO / 'benchmarks' / 'results' / 'surrogate_overhead.json'
 TARGET_OVERHEAD_PERCENT = 10.0
 SPLIT_ORDER = ('test', 'val', 'train')
@@ -100,10 +102,6 @@ def program_config(model_entries: list[dict], args) -> dict:
     """What ``PredictCalculation.build_config`` writes for these parameters (plus the device)."""
     return {'models': model_entries, 'batch_size': args.batch_size, 'uncertainty': args.uncertainty,
             'mc_samples': args.mc_samples, 'device': 'cpu'}
-
-
-def thread_environment(threads: int) -> dict[str, str]:
-    return {'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
 
 
 # -- bare ---------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
 
+from surrogate_accuracy import thread_environment  # noqa: E402
+
 RESULTS_FILE = REPO / 'benchmarks' / 'results' / 'surrogate_throughput.json'
 
 
@@ -67,7 +69,7 @@ def run_case(name: str, arrays, checkpoints: list[pathlib.Path], options: dict, 
                 entries.append({'file': f'models/m{n}.pt', 'sha256': sha256_file(path)})
             write_npz(arrays, tmp / 'in' / 'structures.npz')
             (tmp / 'in' / 'config.json').write_text(json.dumps({'models': entries, 'device': 'cpu', **options}))
-            env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
+            env = {**os.environ, **thread_environment(threads)}
             cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             # the console script's code path (``python -m`` would load program.py twice)
@@ -101,7 +103,7 @@ def run_peer(python: str, model: str, structures: pathlib.Path, threads: int, re
                '--structures', str(structures), '--threads', str(threads), '--repeats', str(repeats)]
     if checkpoint:
         command += ['--checkpoint', checkpoint]
-    env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
+    env = {**os.environ, **thread_environment(threads)}
     completed = subprocess.run(command, check=True, env=env, cwd=REPO, capture_output=True, text=True)
     return json.loads(completed.stdout)
 
