@@ -212,28 +212,43 @@ def report(args) -> dict:
     return result
 
 
+def _cpu_member_command(args, folder: pathlib.Path, *extra: str) -> list[str]:
+    """This script's ``train`` of one ``cpu`` member under ``args``' target, budget, threads and MC samples."""
+    return [sys.executable, str(pathlib.Path(__file__).resolve()), 'train', '--data', args.data, '--target', args.target,
+            '--config', 'cpu', '--member', '0', '--max-minutes', str(args.max_minutes), '--threads', str(args.threads),
+            '--mc-samples', str(args.mc_samples), '--out', str(folder), *extra]
+
+
+def _run_side_by_side(jobs: dict[str, list[str]], out: pathlib.Path, threads: int) -> None:
+    """Start every command at once (``threads`` each, log in ``out/NAME.log``) and wait for all of them."""
+    import subprocess
+
+    env = {**os.environ, **thread_environment(threads)}
+    logs = {name: open(out / f'{name}.log', 'w') for name in jobs}
+    try:
+        processes = [subprocess.Popen(command, env=env, stdout=logs[name], stderr=subprocess.STDOUT, cwd=REPO)
+                     for name, command in jobs.items()]
+        failed = [process.wait() for process in processes]
+    finally:
+        for log in logs.values():
+            log.close()
+    if any(failed):
+        raise SystemExit(f'a training failed: see the logs in {out}')
+
+
 def equal_budget(args) -> dict:
     """Crysformer and ALIGNN trained at the same time, each on ``--threads`` threads for ``--max-minutes``.
 
     Running both at once gives both the same machine conditions (a fair share of a shared machine); the
     budget of each counts training only (after its graphs are built), as for ``train --max-minutes``.
     """
-    import subprocess
-
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **thread_environment(args.threads)}
     common = ['--target', args.target, '--max-minutes', str(args.max_minutes), '--threads', str(args.threads)]
-    ours = [sys.executable, str(pathlib.Path(__file__).resolve()), 'train', '--data', args.data, '--config', 'cpu',
-            '--member', '0', '--mc-samples', str(args.mc_samples), '--out', str(out / 'crysformer'), *common]
     peer = [args.peer_python, str(REPO / 'benchmarks' / 'peers' / 'train_alignn.py'), '--out', str(out / 'alignn'),
             '--output', str(out / 'alignn.json'), *common]
     load_before = os.getloadavg()
-    with open(out / 'crysformer.log', 'w') as ours_log, open(out / 'alignn.log', 'w') as peer_log:
-        processes = [subprocess.Popen(ours, env=env, stdout=ours_log, stderr=subprocess.STDOUT, cwd=REPO),
-                     subprocess.Popen(peer, env=env, stdout=peer_log, stderr=subprocess.STDOUT, cwd=REPO)]
-        if any(process.wait() for process in processes):
-            raise SystemExit(f'a training failed: see the logs in {out}')
+    _run_side_by_side({'crysformer': _cpu_member_command(args, out / 'crysformer'), 'alignn': peer}, out, args.threads)
     return collect_equal_budget(args, out, load_before)
 
 
@@ -270,8 +285,6 @@ def size_curve(args) -> dict:
     ``--reuse FRACTION=FOLDER`` adds a finished ``train`` run made with the same settings (for instance
     the Crysformer half of ``equal-budget``) instead of training that fraction again.
     """
-    import subprocess
-
     import matplotlib
 
     matplotlib.use('Agg')
@@ -280,23 +293,13 @@ def size_curve(args) -> dict:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = {float(fraction): pathlib.Path(folder) for fraction, folder in (item.split('=') for item in args.reuse)}
-    env = {**os.environ, **thread_environment(args.threads)}
-    processes = []
+    jobs = {}
     for fraction in args.fractions:
-        if fraction in runs:
-            continue
-        runs[fraction] = out / f'fraction_{fraction:g}'
-        command = [sys.executable, str(pathlib.Path(__file__).resolve()), 'train', '--data', args.data,
-                   '--target', args.target, '--config', 'cpu', '--member', '0', '--train-fraction', str(fraction),
-                   '--max-minutes', str(args.max_minutes), '--threads', str(args.threads),
-                   '--mc-samples', str(args.mc_samples), '--out', str(runs[fraction]), '--no-progress']
-        log = open(out / f'fraction_{fraction:g}.log', 'w')
-        processes.append((subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO), log))
-    for process, log in processes:
-        process.wait()
-        log.close()
-        if process.returncode:
-            raise SystemExit(f'a training failed: see the logs in {out}')
+        if fraction not in runs:
+            runs[fraction] = out / f'fraction_{fraction:g}'
+            jobs[f'fraction_{fraction:g}'] = _cpu_member_command(args, runs[fraction], '--train-fraction', str(fraction),
+                                                                 '--no-progress')
+    _run_side_by_side(jobs, out, args.threads)
     points = []
     for fraction in sorted(runs):
         metrics = json.loads((runs[fraction] / 'metrics.json').read_text())
