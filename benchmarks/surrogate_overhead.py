@@ -44,6 +44,8 @@ import json
 import os
 import pathlib
 import platform
+import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -120,18 +122,22 @@ def run_bare(executable: str, arrays, checkpoint: pathlib.Path, args) -> dict:
         inputs_seconds = time.perf_counter() - started
 
         env = {**os.environ, **thread_environment(args.threads)}
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         with open(workdir / 'hpcai-model.out', 'w') as stdout, open(workdir / 'hpcai-model.err', 'w') as stderr:
             process = subprocess.run([executable, 'predict', '--input', '.', '--output', 'outputs'],
                                      cwd=workdir, env=env, stdout=stdout, stderr=stderr)
         wall = time.perf_counter() - started
+        children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if process.returncode != 0:
             raise SystemExit(f'bare hpcai-model failed ({process.returncode}):\n'
                              f'{(workdir / "hpcai-model.err").read_text()[-3000:]}')
         summary = json.loads((workdir / 'outputs' / 'summary.json').read_text())
         with np.load(workdir / 'outputs' / 'predictions.npz') as result:
             predictions = {name: result[name] for name in ('mean', 'status')}
-    return {'inputs_seconds': inputs_seconds, 'program_wall_seconds': wall, 'in_program_seconds': summary['seconds'],
+    cpu = (children_after.ru_utime + children_after.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
+    return {'inputs_seconds': inputs_seconds, 'program_wall_seconds': wall, 'program_cpu_seconds': cpu,
+            'in_program_seconds': summary['seconds'],
             'n_ok': summary['n_ok'], 'n_members': summary['n_members'], 'uncertainty': summary['uncertainty'],
             '_predictions': predictions}
 
@@ -175,9 +181,11 @@ def run_aiida(code, model, arrays, args) -> dict:
 
     options = {
         'environment_variables': thread_environment(args.threads),
-        # wall clock of the program inside the job, to split the AiiDA time (two `date` calls)
+        # wall clock of the program inside the job, to split the AiiDA time (two `date` calls), and
+        # the CPU time of the job script's children (bash `times`), to compare with the bare run's
         'prepend_text': 'hpcai_program_start=$(date +%s.%N)',
-        'append_text': f'echo "$hpcai_program_start $(date +%s.%N)" > {PROGRAM_TIMES_FILENAME}',
+        'append_text': f'echo "$hpcai_program_start $(date +%s.%N)" > {PROGRAM_TIMES_FILENAME}; '
+                       f'times >> {PROGRAM_TIMES_FILENAME}',
         'additional_retrieve_list': [PROGRAM_TIMES_FILENAME],
     }
     parameters = {'batch_size': args.batch_size, 'uncertainty': args.uncertainty, 'mc_samples': args.mc_samples}
@@ -193,20 +201,28 @@ def run_aiida(code, model, arrays, args) -> dict:
     with disable_caching():
         started_epoch = time.time()
         started = time.perf_counter()
+        runner_cpu_before = time.process_time()
         _, node = run_get_node(SurrogateWorkChain, **inputs)
+        runner_cpu = time.process_time() - runner_cpu_before
         wall = time.perf_counter() - started
         finished_epoch = time.time()
     if not node.is_finished_ok:
         raise SystemExit(f'SurrogateWorkChain<{node.pk}> failed: {node.exit_status} {node.exit_message}')
     calculation = node.base.links.get_outgoing(link_label_filter='predict').one().node
     summary = calculation.outputs.summary.get_dict()
-    program_start, program_end = map(float, calculation.outputs.retrieved.base.repository.get_object_content(
-        PROGRAM_TIMES_FILENAME).split())
+    times = calculation.outputs.retrieved.base.repository.get_object_content(PROGRAM_TIMES_FILENAME).splitlines()
+    program_start, program_end = map(float, times[0].split())
+    # `times`: the shell's user/system time, then its children's (the program): e.g. '1m30.200s 0m2.100s'
+    program_cpu = sum(int(minutes) * 60 + float(seconds)
+                      for minutes, seconds in re.findall(r'(\d+)m([\d.]+)s', times[2]))
     predictions = node.outputs.predictions
     return {
         'structureset_store_seconds': store_seconds,
         'workchain_wall_seconds': wall,
         'program_wall_seconds': program_end - program_start,
+        'program_cpu_seconds': program_cpu,
+        # CPU used by this process (the runner: WorkChain steps, upload, polling, parsing) meanwhile
+        'runner_cpu_seconds': runner_cpu,
         'in_program_seconds': summary['seconds'],
         'before_program_seconds': program_start - started_epoch,
         'after_program_seconds': finished_epoch - program_end,
@@ -259,6 +275,11 @@ def summarize(runs: list[dict]) -> dict:
         'overhead_within_run_percent': 100 * (workchain - program_in_aiida) / program_in_aiida,
         'overhead_with_inputs_seconds': with_inputs / pairs,
         'overhead_with_inputs_percent': 100 * with_inputs / model_time,
+        # same CPU but more wall inside the job means the program waited for the cores (runner or machine)
+        'program_cpu_seconds_bare': total('bare', 'program_cpu_seconds') / pairs,
+        'program_cpu_seconds_in_job': total('aiida', 'program_cpu_seconds') / pairs,
+        'program_wall_seconds_in_job': program_in_aiida / pairs,
+        'runner_cpu_seconds': total('aiida', 'runner_cpu_seconds') / pairs,
         'target_overhead_percent': TARGET_OVERHEAD_PERCENT,
     }
     for suffix in ('', '_within_run', '_with_inputs'):
@@ -368,9 +389,10 @@ def benchmark(args) -> dict:
                          'aiida': {k: v for k, v in aiida_run.items() if not k.startswith('_')},
                          'predictions_agree': agreement(bare, aiida_run, method),
                          **overheads(bare, aiida_run)})
-            print(f"repeat {repeat}: bare {bare['program_wall_seconds']:.1f} s, WorkChain "
-                  f"{aiida_run['workchain_wall_seconds']:.1f} s, overhead {runs[-1]['overhead_seconds']:.2f} s "
-                  f"({runs[-1]['overhead_percent']:.1f}%)", file=sys.stderr)
+            print(f"repeat {repeat}: bare {bare['program_wall_seconds']:.1f} s ({bare['program_cpu_seconds']:.1f} CPU s), "
+                  f"WorkChain {aiida_run['workchain_wall_seconds']:.1f} s (program {aiida_run['program_wall_seconds']:.1f} s, "
+                  f"{aiida_run['program_cpu_seconds']:.1f} CPU s; runner {aiida_run['runner_cpu_seconds']:.1f} CPU s), "
+                  f"overhead {runs[-1]['overhead_seconds']:.2f} s ({runs[-1]['overhead_percent']:.1f}%)", file=sys.stderr)
         load_after = os.getloadavg()
     finally:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
