@@ -10,6 +10,8 @@ Sub-commands (each writes into ``benchmarks/results/`` unless told otherwise)::
     export-npz OUT       the filtered dataset as one structure-set npz (to carry to a GPU machine)
     train                train one ensemble (or one member with --member K) for one target
     merge                pool member checkpoints of one target into one ensemble and evaluate it
+    recalibrate          refit a checkpoint's sigma scales on the validation split (after a change of the
+                         fitting rule) and rewrite its uncertainty metrics, without retraining
     report               collect baselines + trained models into surrogate_accuracy.json
     equal-budget         Crysformer (one ``cpu`` member) and ALIGNN-pure (peers venv) trained side by side,
                          at the same time with the same threads and wall-clock budget -> surrogate_equal_budget.json
@@ -174,6 +176,57 @@ def merge(args) -> None:
                                    {**first['dataset'], **info}, training_seconds=max(s or 0 for s in seconds))
     print(json.dumps({'target': args.target, 'test_mae': metrics['test']['mae'],
                       'member_mae': metrics['test'].get('member_mae')}))
+
+
+def recalibrate(args) -> None:
+    """Refit the sigma scales of a trained checkpoint on its validation split with the current rule of
+    ``aiida_hpcai.models.uncertainty.fit_sigma_scale``, recompute the val/test uncertainty metrics of the
+    refitted methods, and save the checkpoint again (and the ``.json`` beside it, if there is one)."""
+    import torch
+
+    from aiida_hpcai.models.checkpoint import id_digest, load_checkpoint, save_checkpoint
+    from aiida_hpcai.models.graph import graphs_from_arrays
+    from aiida_hpcai.models.inference import EnsemblePredictor
+    from aiida_hpcai.models.uncertainty import fit_sigma_scale, spread, uncertainty_metrics
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # MC dropout samples at random
+    path = pathlib.Path(args.checkpoint)
+    checkpoint = load_checkpoint(path)
+    arrays, _ = load_filtered(pathlib.Path(args.data))
+    split = get_split(arrays)
+    predictor = EnsemblePredictor([checkpoint], args.device)
+    mc_samples = int(checkpoint['hyperparameters']['training'].get('mc_samples', 10))
+    data = {}
+    for name in ('val', 'test'):
+        graphs, _ = graphs_from_arrays(arrays, split[name], num_neighbours=max(predictor.num_neighbours),
+                                       errors='collect')
+        kept = [i for i, graph in zip(split[name], graphs) if graph is not None]
+        if id_digest([str(arrays.ids[i]) for i in kept]) != checkpoint['split'][name]:
+            raise SystemExit(f'the {name} split differs from the one this checkpoint was evaluated on')
+        data[name] = ([g for g in graphs if g is not None], arrays.labels[checkpoint['target']][kept])
+    record = {'rule': fit_sigma_scale.__doc__.split('\n')[0], 'methods': {}}
+    for method in args.methods:
+        stats = {name: spread(predictor.sample(graphs, args.batch_size, method, mc_samples))
+                 for name, (graphs, _) in data.items()}
+        (mean_val, sigma_val), true_val = stats['val'], data['val'][1]
+        scale = fit_sigma_scale(mean_val - true_val, sigma_val)
+        record['methods'][method] = {'old_scale': checkpoint['sigma_scale'].get(method), 'new_scale': scale,
+                                     'mc_samples_per_member': mc_samples if method == 'mc_dropout' else None}
+        checkpoint['sigma_scale'][method] = scale
+        for name, (mean, sigma) in stats.items():
+            checkpoint['metrics'][name][method] = uncertainty_metrics(mean, sigma * scale, data[name][1])
+        print(json.dumps({method: {**record['methods'][method],
+                                   'test': checkpoint['metrics']['test'][method]}}, indent=1), flush=True)
+    output = pathlib.Path(args.output or path)
+    sha = save_checkpoint(checkpoint, output)
+    beside = path.with_suffix('.json')
+    if beside.exists():
+        payload = json.loads(beside.read_text())
+        payload.update({'sha256': sha, 'metrics': checkpoint['metrics'], 'sigma_scale': checkpoint['sigma_scale'],
+                        'recalibrated': record})
+        output.with_suffix('.json').write_text(json.dumps(payload, indent=2))
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -380,6 +433,15 @@ def main(argv=None) -> None:
     command.add_argument('--threads', type=int, default=1)
     command.add_argument('--mc-samples', type=int, default=2)
     command.add_argument('--out', required=True)
+    command = sub.add_parser('recalibrate')
+    command.add_argument('--data', default=str(default_source()))
+    command.add_argument('--checkpoint', required=True)
+    command.add_argument('--output', default=None, help='where to save (default: over --checkpoint)')
+    command.add_argument('--methods', nargs='+', choices=('ensemble', 'mc_dropout'), default=['ensemble', 'mc_dropout'])
+    command.add_argument('--device', default='cpu')
+    command.add_argument('--batch-size', type=int, default=64)
+    command.add_argument('--threads', type=int, default=0)
+    command.add_argument('--seed', type=int, default=0)
     command = sub.add_parser('report')
     command.add_argument('--model', action='append', help='TARGET=FOLDER with model.pt, metrics.json, metadata.json')
     command.add_argument('--training-device', default=None, help='where the models were trained (recorded)')
@@ -397,6 +459,9 @@ def main(argv=None) -> None:
         return
     if args.command == 'size-curve':
         size_curve(args)
+        return
+    if args.command == 'recalibrate':
+        recalibrate(args)
         return
     if args.command == 'export-npz':
         arrays, _ = load_filtered(pathlib.Path(args.data))

@@ -2,9 +2,12 @@
 
 Both estimators give, per structure, a mean and a spread ``sigma`` (the standard deviation over
 ensemble members, or over dropout samples of every member). Raw spreads are usually too small
-or too large, so one scale factor ``s`` is fitted on the validation split
-(``s^2 = mean(err^2 / sigma^2)``, the Gaussian maximum-likelihood choice) and stored in the
-checkpoint; reported sigmas are ``s * sigma``.
+or too large, so one scale factor ``s`` is fitted on the validation split and stored in the
+checkpoint; reported sigmas are ``s * sigma``. ``s`` minimises the miscalibration area on the
+validation split rather than the Gaussian NLL (``s^2 = mean(err^2 / sigma^2)``): a spread over three
+members or a few dropout samples is sometimes near zero, and those few ``err^2 / sigma^2`` terms
+dominate the NLL choice and inflate every sigma (a 3-member ensemble fitted that way put 98% of the
+test errors inside its 90% intervals).
 
 Metrics (all numpy, no scipy needed on a compute node):
 
@@ -59,12 +62,24 @@ def spread(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_sigma_scale(errors: np.ndarray, sigma: np.ndarray) -> float:
-    """Scale ``s`` that maximises the Gaussian likelihood of ``errors`` under ``N(0, (s sigma)^2)``."""
+    """Scale ``s`` whose intervals ``+- z_p s sigma`` cover the fraction ``p`` of ``errors`` best over all
+    levels: the minimiser of :func:`miscalibration_area` (a grid in log s, steps of 0.2%)."""
     errors, sigma = np.asarray(errors, float), np.asarray(sigma, float)
     mask = np.isfinite(errors) & np.isfinite(sigma) & (sigma > 0)
     if not mask.any():
         return 1.0
-    return float(np.sqrt(np.mean((errors[mask] / sigma[mask]) ** 2)))
+    ratios = np.sort(np.abs(errors[mask]) / sigma[mask])
+    half_widths = _normal_ppf(0.5 + _LEVELS / 2)
+    positive = ratios[ratios > 0]
+    if not positive.size:
+        return 1.0
+    # every scale that moves a coverage lies between these two
+    low, high = positive[0] / half_widths[-1], positive[-1] / half_widths[0]
+    scales = np.geomspace(low, high, max(2, int(np.log(high / low) / np.log(1.002)) + 1))
+    # observed coverage of each level at each scale: fraction of ratios <= z_p * s
+    observed = np.searchsorted(ratios, np.outer(scales, half_widths), side='right') / ratios.size
+    area = np.abs(observed - _LEVELS).mean(axis=1)
+    return float(scales[np.argmin(area)])
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:

@@ -77,6 +77,22 @@ def test_uncertainty_metrics_on_a_calibrated_gaussian():
     assert bad['miscalibration_area'] > 0.2 and bad['coverage_90'] < 0.5 and bad['gaussian_nll'] > metrics['gaussian_nll']
 
 
+def test_sigma_scale_is_not_inflated_by_near_zero_spreads():
+    """A 3-member ensemble's spread is sometimes near zero; the NLL choice s^2 = mean(err^2/sigma^2)
+    is then dominated by those structures and blows every sigma up; ours stays near calibrated."""
+    rng = np.random.default_rng(1)
+    true_sigma = rng.uniform(0.05, 0.3, 5000)
+    errors = rng.normal(size=true_sigma.size) * true_sigma
+    spread_of_three = (rng.normal(size=(3, true_sigma.size)) * true_sigma).std(axis=0)
+    nll_scale = np.sqrt(np.mean((errors / spread_of_three) ** 2))
+    scale = fit_sigma_scale(errors, spread_of_three)
+    ours = uncertainty_metrics(errors, spread_of_three * scale, np.zeros_like(errors))
+    nll_choice = uncertainty_metrics(errors, spread_of_three * nll_scale, np.zeros_like(errors))
+    assert scale < 0.6 * nll_scale
+    assert ours['miscalibration_area'] < 0.05 < 0.15 < nll_choice['miscalibration_area']
+    assert ours['mean_sigma'] < 1.5 * true_sigma.mean() < nll_choice['mean_sigma']
+
+
 def test_numpy_statistics_match_scipy():
     stats = pytest.importorskip('scipy.stats')
     p = np.array([1e-4, 0.01, 0.3, 0.5, 0.8, 0.95, 0.9999])
