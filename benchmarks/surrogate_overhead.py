@@ -317,6 +317,8 @@ def main(argv=None) -> None:
                         help='WorkChain input (default: per target; band_gap needs one)')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=1, help='bare/AiiDA pairs (order alternates)')
+    parser.add_argument('--job-poll-interval', type=float, default=None,
+                        help='seconds between scheduler polls of the computer (default: as aiida-hpcai setup leaves it)')
     parser.add_argument('--profile', default=None, help='use this existing profile instead of a throw-away one')
     parser.add_argument('--code', default='hpcai-model@localhost', help='with --profile: the model program code')
     parser.add_argument('--keep', action='store_true', help='keep the throw-away AIIDA_PATH (printed)')
@@ -366,6 +368,8 @@ def benchmark(args) -> dict:
         code = orm.load_code(args.code)
         setup_seconds = time.perf_counter() - started
         computer = code.computer
+        if args.job_poll_interval is not None:
+            computer.set_minimum_job_poll_interval(args.job_poll_interval)
         executable = str(code.filepath_executable)
 
         started = time.perf_counter()
