@@ -207,7 +207,7 @@ def recalibrate(args) -> None:
         if id_digest([str(arrays.ids[i]) for i in kept]) != checkpoint['split'][name]:
             raise SystemExit(f'the {name} split differs from the one this checkpoint was evaluated on')
         data[name] = ([g for g in graphs if g is not None], arrays.labels[checkpoint['target']][kept])
-    record = {'rule': fit_sigma_scale.__doc__.split('\n')[0], 'methods': {}}
+    record = {'rule': ' '.join(fit_sigma_scale.__doc__.split()), 'methods': {}}
     for method in args.methods:
         stats = {name: spread(predictor.sample(graphs, args.batch_size, method, mc_samples))
                  for name, (graphs, _) in data.items()}
