@@ -187,7 +187,8 @@ def recalibrate(args) -> None:
     from aiida_hpcai.models.checkpoint import id_digest, load_checkpoint, save_checkpoint, sha256_file
     from aiida_hpcai.models.graph import graphs_from_arrays
     from aiida_hpcai.models.inference import EnsemblePredictor
-    from aiida_hpcai.models.uncertainty import fit_sigma_scale, spread, uncertainty_metrics
+    from aiida_hpcai.models.training import calibrate_method
+    from aiida_hpcai.models.uncertainty import fit_sigma_scale
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -199,25 +200,22 @@ def recalibrate(args) -> None:
     split = get_split(arrays)
     predictor = EnsemblePredictor([checkpoint], args.device)
     mc_samples = int(checkpoint['hyperparameters']['training'].get('mc_samples', 10))
-    data = {}
+    splits = {}
     for name in ('val', 'test'):
         graphs, _ = graphs_from_arrays(arrays, split[name], num_neighbours=max(predictor.num_neighbours),
                                        errors='collect')
         kept = [i for i, graph in zip(split[name], graphs) if graph is not None]
         if id_digest([str(arrays.ids[i]) for i in kept]) != checkpoint['split'][name]:
             raise SystemExit(f'the {name} split differs from the one this checkpoint was evaluated on')
-        data[name] = ([g for g in graphs if g is not None], arrays.labels[checkpoint['target']][kept])
+        splits[name] = ([g for g in graphs if g is not None], arrays.labels[checkpoint['target']][kept])
     record = {'rule': ' '.join(fit_sigma_scale.__doc__.split()), 'methods': {}}
     for method in args.methods:
-        stats = {name: spread(predictor.sample(graphs, args.batch_size, method, mc_samples))
-                 for name, (graphs, _) in data.items()}
-        (mean_val, sigma_val), true_val = stats['val'], data['val'][1]
-        scale = fit_sigma_scale(mean_val - true_val, sigma_val)
+        scale, _, metrics = calibrate_method(predictor, splits, method, args.batch_size, mc_samples)
         record['methods'][method] = {'old_scale': checkpoint['sigma_scale'].get(method), 'new_scale': scale,
                                      'mc_samples_per_member': mc_samples if method == 'mc_dropout' else None}
         checkpoint['sigma_scale'][method] = scale
-        for name, (mean, sigma) in stats.items():
-            checkpoint['metrics'][name][method] = uncertainty_metrics(mean, sigma * scale, data[name][1])
+        for name, values in metrics.items():
+            checkpoint['metrics'][name][method] = values
         print(json.dumps({method: {**record['methods'][method],
                                    'test': checkpoint['metrics']['test'][method]}}, indent=1), flush=True)
     output = pathlib.Path(args.output or path)

@@ -361,20 +361,30 @@ def _signature(config: TrainingConfig, model_config: CrysformerConfig, target: s
     return json.dumps([relevant, model_config.to_dict(), target, ids], sort_keys=True)
 
 
+def calibrate_method(predictor: EnsemblePredictor, splits: dict, method: str, batch_size: int, mc_samples: int):
+    """One uncertainty estimator on ``splits`` (``{'val': (graphs, true values), 'test': ...}``, val
+    required): its sigma scale fitted on val, each split's uncalibrated ``(mean, sigma)``, and each
+    split's metrics with the scale applied. Returns ``(scale, stats, metrics)``."""
+    stats = {name: spread(predictor.sample(graphs, batch_size, method, mc_samples))
+             for name, (graphs, _) in splits.items()}
+    mean_val, sigma_val = stats['val']
+    scale = fit_sigma_scale(mean_val - splits['val'][1], sigma_val)
+    metrics = {name: uncertainty_metrics(mean, sigma * scale, splits[name][1]) for name, (mean, sigma) in stats.items()}
+    return scale, stats, metrics
+
+
 def evaluate(predictor: EnsemblePredictor, data: dict, config: TrainingConfig):
     """Val/test metrics for the ensemble and MC-dropout estimators, with sigma scales fitted on val."""
     metrics: dict = {'val': {}, 'test': {}, 'sigma_scale': {}}
     test_predictions = None
     methods = ['ensemble', 'mc_dropout'] if predictor.num_members > 1 else ['mc_dropout']
+    splits = {name: (data[name].graphs, data[name].raw) for name in ('val', 'test') if data[name].graphs}
     for method in methods:
-        samples = {name: predictor.sample(data[name].graphs, config.batch_size, method, config.mc_samples)
-                   for name in ('val', 'test') if data[name].graphs}
-        stats = {name: spread(value) for name, value in samples.items()}
-        mean_val, sigma_val = stats['val']
-        scale = fit_sigma_scale(mean_val - data['val'].raw, sigma_val)
+        scale, stats, method_metrics = calibrate_method(predictor, splits, method, config.batch_size,
+                                                        config.mc_samples)
         metrics['sigma_scale'][method] = scale
-        for name, (mean, sigma) in stats.items():
-            metrics[name][method] = uncertainty_metrics(mean, sigma * scale, data[name].raw)
+        for name, values in method_metrics.items():
+            metrics[name][method] = values
         if method == methods[0]:
             for name, (mean, _) in stats.items():
                 metrics[name]['mae'] = float(np.mean(np.abs(mean - data[name].raw)))
