@@ -226,8 +226,8 @@ def recalibrate(args) -> None:
         payload.update({'sha256': sha, 'metrics': checkpoint['metrics'], 'sigma_scale': checkpoint['sigma_scale'],
                         'recalibrated': record})
         output.with_suffix('.json').write_text(json.dumps(payload, indent=2))
-    # the accuracy report quotes this checkpoint's uncertainty: keep it in step
-    if RESULTS_FILE.exists():
+    # the accuracy report quotes this checkpoint's uncertainty: keep it in step when it was rewritten in place
+    if output.resolve() == path.resolve() and RESULTS_FILE.exists():
         result = json.loads(RESULTS_FILE.read_text())
         entry = result['targets'].get(checkpoint['target'], {}).get('crysformer', {})
         if entry.get('sha256') == old_sha:
