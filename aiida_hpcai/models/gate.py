@@ -1,39 +1,40 @@
-"""A faster gate activation for Crysformer's per-edge messages.
+"""The gate activation of Crysformer, evaluated on per-irrep blocks.
 
-e3nn's :class:`~e3nn.nn.Gate` splits its input with an ``Extract`` module and scales the gated
-irreps through an element-wise tensor product; on the CPU that costs several times the arithmetic.
-For the layout :func:`aiida_hpcai.models.crysformer._gate` builds, ``[scalars | gates | gated]``,
-the same numbers come from slicing and one indexed multiplication. :class:`SlicedGate` is an e3nn
-Gate (same normalised activations, same parameters and state-dict keys, so checkpoints are
-unchanged) with that forward pass; a test compares it with e3nn's. (A stacked Clebsch-Gordan kernel
-for the depthwise tensor product was tried as well: it matched e3nn to 1e-8 in float64 but was no
-faster end to end, so e3nn's tensor product stays.)
+e3nn's :class:`~e3nn.nn.Gate` splits its flat input with an ``Extract`` module and scales the
+gated irreps through an element-wise tensor product; on the CPU that costs several times the
+arithmetic, and its slices make the backward pass fill whole-input zero tensors (see
+:mod:`.irreps_blocks`). :class:`BlockGate` is an e3nn Gate (same normalised activations, same
+parameters and state-dict keys, so checkpoints are unchanged) whose forward pass takes the blocks
+of its input ``[scalars+gates (one 0e block) | gated...]`` and returns the blocks of its output
+``[scalars | gated...]``; a test compares it with e3nn's.
 """
 from __future__ import annotations
 
-import torch
+from e3nn import o3
 from e3nn.nn import Gate
 
+from .irreps_blocks import Blocks
 
-class SlicedGate(Gate):
-    """e3nn's Gate, evaluated by slicing its ``[scalars | gates | gated]`` input."""
+
+class BlockGate(Gate):
+    """e3nn's Gate on blocks: scalars and gates share the first (``0e``) block of the input."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        expected = (self.irreps_scalars + self.irreps_gates + self.irreps_gated).simplify()
-        if self.irreps_in != expected or any(ir.l != 0 for _, ir in self.irreps_gates):
-            raise ValueError(f'gate input {self.irreps_in} is not laid out as [scalars | gates | gated]')
-        # for each component of the gated irreps, the gate that scales it
-        index, first = [torch.zeros(0, dtype=torch.long)], 0
-        for mul, ir in self.irreps_gated:
-            index.append(first + torch.arange(mul).repeat_interleave(ir.dim))
-            first += mul
-        self.register_buffer('gate_of_component', torch.cat(index), persistent=False)
+        scalar = o3.Irrep('0e')
+        if (any(ir != scalar for _, ir in self.irreps_scalars + self.irreps_gates)
+                or len(self.irreps_scalars) != 1 or len(self.irreps_gates) > 1
+                or any(ir.l == 0 for _, ir in self.irreps_gated)):
+            raise ValueError(f'BlockGate needs 0e scalars, 0e gates and l > 0 gated irreps, got {self.irreps_in}')
+        self.num_scalars = self.irreps_scalars.num_irreps
+        self.gated_muls = [mul for mul, _ in self.irreps_gated]
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        num_scalars, num_gates = self.irreps_scalars.dim, self.irreps_gates.dim
-        scalars = self.act_scalars(features[:, :num_scalars])
-        if not num_gates:
-            return scalars
-        gates = self.act_gates(features[:, num_scalars:num_scalars + num_gates])
-        return torch.cat([scalars, features[:, num_scalars + num_gates:] * gates[:, self.gate_of_component]], dim=1)
+    def forward(self, blocks: Blocks) -> Blocks:
+        scalars_and_gates, gated = blocks[0], blocks[1:]
+        batch = scalars_and_gates.shape[0]
+        if not self.gated_muls:
+            return [self.act_scalars(scalars_and_gates.reshape(batch, -1)).unsqueeze(2)]
+        scalars, gates = scalars_and_gates.reshape(batch, -1).split([self.num_scalars, sum(self.gated_muls)], dim=1)
+        gates = self.act_gates(gates).split(self.gated_muls, dim=1)
+        return [self.act_scalars(scalars).unsqueeze(2),
+                *(block * gate.unsqueeze(2) for block, gate in zip(gated, gates))]
