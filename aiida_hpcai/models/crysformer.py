@@ -31,9 +31,11 @@ it on at prediction time for MC-dropout uncertainty.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
+import e3nn
 import torch
 from e3nn import o3
 from torch import nn
@@ -269,12 +271,29 @@ class TransformerBlock(nn.Module):
         return [block + change for block, change in zip(blocks, self.ffn(self.norm_ffn(blocks)))]
 
 
+@contextlib.contextmanager
+def _unoptimised_e3nn_codegen():
+    """e3nn optimises the einsums of the code it generates for every layer while building it (more
+    than half of the build time); Crysformer evaluates its layers on blocks (:mod:`.irreps_blocks`)
+    and never runs that code, so it is built plain. Parameters and their initial values are unchanged."""
+    saved = e3nn.get_optimization_defaults()
+    e3nn.set_optimization_defaults(optimize_einsums=False)
+    try:
+        yield
+    finally:
+        e3nn.set_optimization_defaults(**saved)
+
+
 class Crysformer(nn.Module):
     """Predicts one intensive scalar per structure (in the units the caller standardised to)."""
 
     def __init__(self, config: str | dict | CrysformerConfig = 'cpu'):
         super().__init__()
-        self.config = resolve_config(config)
+        with _unoptimised_e3nn_codegen():
+            self._build(resolve_config(config))
+
+    def _build(self, config: CrysformerConfig) -> None:
+        self.config = config
         irreps = o3.Irreps(self.config.irreps_hidden).simplify()
         if any(ir.l > self.config.l_max for _, ir in irreps):
             raise ValueError('irreps_hidden has orders above l_max')
