@@ -161,9 +161,9 @@ def _gate(irreps_out: o3.Irreps) -> tuple[o3.Irreps, BlockGate]:
     """A Gate whose output is ``irreps_out``; returns (irreps its input must have, the gate)."""
     irreps_out = o3.Irreps(irreps_out).simplify()
     scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l == 0])
-    gated = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l > 0])
-    gates = o3.Irreps([(gated.num_irreps, '0e')]) if gated.num_irreps else o3.Irreps('')
-    gate = BlockGate(scalars, [nn.functional.silu] * len(scalars), gates, [torch.sigmoid] * len(gates), gated)
+    if scalars != o3.Irreps(f'{scalars.num_irreps}x0e'):
+        raise ValueError(f'Crysformer features carry even scalars (0e) only, got {irreps_out}')
+    gate = BlockGate(scalars.num_irreps, o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l > 0]))
     return gate.irreps_in, gate
 
 

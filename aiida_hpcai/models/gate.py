@@ -1,40 +1,66 @@
 """The gate activation of Crysformer, evaluated on per-irrep blocks.
 
-e3nn's :class:`~e3nn.nn.Gate` splits its flat input with an ``Extract`` module and scales the
-gated irreps through an element-wise tensor product; on the CPU that costs several times the
-arithmetic, and its slices make the backward pass fill whole-input zero tensors (see
-:mod:`.irreps_blocks`). :class:`BlockGate` is an e3nn Gate (same normalised activations, same
-parameters and state-dict keys, so checkpoints are unchanged) whose forward pass takes the blocks
-of its input ``[scalars+gates (one 0e block) | gated...]`` and returns the blocks of its output
-``[scalars | gated...]``; a test compares it with e3nn's.
+This is e3nn's :class:`~e3nn.nn.Gate` (scalars through a normalised activation, each gated irrep
+scaled by a normalised activation of its own gate scalar) written for the block layout of
+:mod:`.irreps_blocks`: it takes the blocks of ``[scalars+gates (one 0e block) | gated...]`` and
+returns the blocks of ``[scalars | gated...]``. e3nn's Gate slices a flat input through an
+``Extract`` module and scales through an element-wise tensor product, several times the
+arithmetic on a CPU, and it estimates each activation's normalisation constant from a million
+random samples every time one is built (half of a model's build time); here each constant is
+estimated once per process with e3nn's own :class:`~e3nn.math.normalize2mom` (a fixed-seed sample,
+so the same value). A test compares the output with e3nn's Gate.
 """
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
+import torch
 from e3nn import o3
-from e3nn.nn import Gate
+from e3nn.math import normalize2mom
+from torch import nn
 
 from .irreps_blocks import Blocks
 
 
-class BlockGate(Gate):
-    """e3nn's Gate on blocks: scalars and gates share the first (``0e``) block of the input."""
+@functools.cache
+def second_moment_scale(activation: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """The factor e3nn multiplies ``activation`` by so that its output has unit second moment
+    for standard normal input (1.0 where e3nn leaves the function unscaled)."""
+    normalised = normalize2mom(activation)
+    return 1.0 if normalised._is_id else normalised.cst
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        scalar = o3.Irrep('0e')
-        if (any(ir != scalar for _, ir in self.irreps_scalars + self.irreps_gates)
-                or len(self.irreps_scalars) != 1 or len(self.irreps_gates) > 1
-                or any(ir.l == 0 for _, ir in self.irreps_gated)):
-            raise ValueError(f'BlockGate needs 0e scalars, 0e gates and l > 0 gated irreps, got {self.irreps_in}')
-        self.num_scalars = self.irreps_scalars.num_irreps
-        self.gated_muls = [mul for mul, _ in self.irreps_gated]
+
+class BlockGate(nn.Module):
+    """e3nn's Gate with ``num_scalars`` ``0e`` scalars and one ``0e`` gate per gated irrep."""
+
+    def __init__(self, num_scalars: int, irreps_gated: o3.Irreps,
+                 scalar_activation=nn.functional.silu, gate_activation=torch.sigmoid):
+        super().__init__()
+        irreps_gated = o3.Irreps(irreps_gated)
+        if any(ir.l == 0 for _, ir in irreps_gated):
+            raise ValueError(f'BlockGate gates l > 0 irreps only, got {irreps_gated}')
+        self.gated_muls = [mul for mul, _ in irreps_gated]
+        num_gates = sum(self.gated_muls)
+        self.irreps_scalars = o3.Irreps(f'{num_scalars}x0e')
+        self.irreps_gates = o3.Irreps(f'{num_gates}x0e') if num_gates else o3.Irreps('')
+        self.irreps_gated = irreps_gated
+        self.irreps_in = (self.irreps_scalars + self.irreps_gates + irreps_gated).simplify()
+        self.irreps_out = self.irreps_scalars + irreps_gated
+        self.scalar_activation, self.gate_activation = scalar_activation, gate_activation
+        self.scalar_scale = second_moment_scale(scalar_activation)
+        self.gate_scale = second_moment_scale(gate_activation)
+        # e3nn's Gate holds its (parameter-free) gating product as ``mul``; the same module stays
+        # here so that checkpoints keep their state-dict keys
+        self.mul = o3.ElementwiseTensorProduct(irreps_gated, self.irreps_gates) if num_gates else None
 
     def forward(self, blocks: Blocks) -> Blocks:
         scalars_and_gates, gated = blocks[0], blocks[1:]
         batch = scalars_and_gates.shape[0]
+        flat = scalars_and_gates.reshape(batch, -1)
         if not self.gated_muls:
-            return [self.act_scalars(scalars_and_gates.reshape(batch, -1)).unsqueeze(2)]
-        scalars, gates = scalars_and_gates.reshape(batch, -1).split([self.num_scalars, sum(self.gated_muls)], dim=1)
-        gates = self.act_gates(gates).split(self.gated_muls, dim=1)
-        return [self.act_scalars(scalars).unsqueeze(2),
+            return [(self.scalar_activation(flat) * self.scalar_scale).unsqueeze(2)]
+        scalars, gates = flat.split([self.irreps_scalars.dim, sum(self.gated_muls)], dim=1)
+        gates = (self.gate_activation(gates) * self.gate_scale).split(self.gated_muls, dim=1)
+        return [(self.scalar_activation(scalars) * self.scalar_scale).unsqueeze(2),
                 *(block * gate.unsqueeze(2) for block, gate in zip(gated, gates))]

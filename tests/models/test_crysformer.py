@@ -132,8 +132,9 @@ def test_block_gate_matches_e3nn_gate(preset):
     model = Crysformer(preset)
     block = model.blocks[0]
     for module in (block.attention.gate, block.ffn.gate):
-        reference = Gate(module.irreps_scalars, [torch.nn.functional.silu] * len(module.irreps_scalars),
-                         module.irreps_gates, [torch.sigmoid] * len(module.irreps_gates), module.irreps_gated)
+        reference = Gate(module.irreps_scalars, [torch.nn.functional.silu], module.irreps_gates, [torch.sigmoid],
+                         module.irreps_gated)
+        assert module.irreps_in == reference.irreps_in and module.irreps_out == reference.irreps_out
         inputs = torch.randn(40, module.irreps_in.dim)
         outputs = join_blocks(module(split_blocks(inputs, module.irreps_in)))
         torch.testing.assert_close(outputs, reference(inputs), atol=1e-6, rtol=1e-6)
