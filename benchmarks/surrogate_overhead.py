@@ -126,7 +126,8 @@ def run_bare(executable: str, arrays, checkpoint: pathlib.Path, args) -> dict:
         started = time.perf_counter()
         with open(workdir / 'hpcai-model.out', 'w') as stdout, open(workdir / 'hpcai-model.err', 'w') as stderr:
             process = subprocess.run([executable, 'predict', '--input', '.', '--output', 'outputs'],
-                                     cwd=workdir, env=env, stdout=stdout, stderr=stderr)
+                                     cwd=workdir, env=env, stdout=stdout, stderr=stderr,
+                                     preexec_fn=_pin(args.program_cores))
         wall = time.perf_counter() - started
         children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if process.returncode != 0:
@@ -140,6 +141,13 @@ def run_bare(executable: str, arrays, checkpoint: pathlib.Path, args) -> dict:
             'in_program_seconds': summary['seconds'],
             'n_ok': summary['n_ok'], 'n_members': summary['n_members'], 'uncertainty': summary['uncertainty'],
             '_predictions': predictions}
+
+
+def _pin(cores: list[int] | None):
+    """A ``preexec_fn`` that restricts the child to ``cores`` (None: leaves it as it is)."""
+    if not cores:
+        return None
+    return lambda: os.sched_setaffinity(0, cores)
 
 
 # -- AiiDA --------------------------------------------------------------------------------------
@@ -183,7 +191,8 @@ def run_aiida(code, model, arrays, args) -> dict:
         'environment_variables': thread_environment(args.threads),
         # wall clock of the program inside the job, to split the AiiDA time (two `date` calls), and
         # the CPU time of the job script's children (bash `times`), to compare with the bare run's
-        'prepend_text': 'hpcai_program_start=$(date +%s.%N)',
+        'prepend_text': (f'taskset -cp {",".join(map(str, args.program_cores))} $$ > /dev/null\n'
+                         if args.program_cores else '') + 'hpcai_program_start=$(date +%s.%N)',
         'append_text': f'echo "$hpcai_program_start $(date +%s.%N)" > {PROGRAM_TIMES_FILENAME}; '
                        f'times >> {PROGRAM_TIMES_FILENAME}',
         'additional_retrieve_list': [PROGRAM_TIMES_FILENAME],
@@ -319,6 +328,9 @@ def main(argv=None) -> None:
     parser.add_argument('--repeats', type=int, default=1, help='bare/AiiDA pairs (order alternates)')
     parser.add_argument('--job-poll-interval', type=float, default=None,
                         help='seconds between scheduler polls of the computer (default: as aiida-hpcai setup leaves it)')
+    parser.add_argument('--program-cores', type=int, nargs='+', default=None,
+                        help='run the program (bare and in the job) on these CPU cores only and this process '
+                             '(the AiiDA runner) on the others: the daemon off the compute cores')
     parser.add_argument('--profile', default=None, help='use this existing profile instead of a throw-away one')
     parser.add_argument('--code', default='hpcai-model@localhost', help='with --profile: the model program code')
     parser.add_argument('--keep', action='store_true', help='keep the throw-away AIIDA_PATH (printed)')
@@ -326,6 +338,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.target == 'band_gap' and args.sigma_threshold is None:
         parser.error('band_gap has no default sigma threshold: give --sigma-threshold')
+    if args.program_cores:
+        runner_cores = os.sched_getaffinity(0) - set(args.program_cores)
+        if not runner_cores or not set(args.program_cores) <= os.sched_getaffinity(0):
+            parser.error(f'--program-cores must be a proper subset of the cores {sorted(os.sched_getaffinity(0))}')
+        os.sched_setaffinity(0, runner_cores)
 
     workdir = None
     if args.profile is None:
@@ -410,7 +427,9 @@ def benchmark(args) -> dict:
                   'n_members_used': n_members, 'sha256': model.sha256},
         'program_options': {'batch_size': args.batch_size, 'uncertainty': args.uncertainty,
                             'uncertainty_used': runs[0]['bare']['uncertainty'], 'mc_samples': args.mc_samples,
-                            'device': 'cpu', 'threads': args.threads},
+                            'device': 'cpu', 'threads': args.threads,
+                            'program_cores': args.program_cores,
+                            'runner_cores': sorted(os.sched_getaffinity(0)) if args.program_cores else None},
         'aiida': {'version': aiida.__version__, 'profile': profile_info['name'],
                   'throw_away_profile': profile_info['created'], 'storage_backend': profile.storage_backend,
                   'broker': profile.process_control_backend,
