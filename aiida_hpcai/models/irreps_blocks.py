@@ -35,15 +35,16 @@ def join_blocks(blocks: Blocks) -> torch.Tensor:
 
 
 def linear_blocks(linear: o3.Linear, blocks: Blocks) -> Blocks:
-    """``linear(join_blocks(blocks))`` as blocks of ``linear.irreps_out`` (bias-free linears only)."""
+    """``linear(join_blocks(blocks))`` as blocks of ``linear.irreps_out`` (bias-free linears only;
+    entries of ``blocks`` that no instruction reads may be ``None``)."""
     weights = linear.weight.split([prod(ins.path_shape) for ins in linear.instructions])
     out: list[torch.Tensor | None] = [None] * len(linear.irreps_out)
     for ins, weight in zip(linear.instructions, weights):
         block = blocks[ins.i_in]
         mixed = torch.matmul(block.transpose(1, 2), weight.view(ins.path_shape) * ins.path_weight).transpose(1, 2)
         out[ins.i_out] = mixed if out[ins.i_out] is None else out[ins.i_out] + mixed
-    batch = blocks[0].shape[0]
-    return [block if block is not None else blocks[0].new_zeros(batch, mul, ir.dim)
+    like = next(block for block in blocks if block is not None)
+    return [block if block is not None else like.new_zeros(like.shape[0], mul, ir.dim)
             for block, (mul, ir) in zip(out, linear.irreps_out)]
 
 
