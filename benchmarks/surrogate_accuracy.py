@@ -335,9 +335,34 @@ def collect_equal_budget(args, out: pathlib.Path, load_before=None) -> dict:
                                                     'stopped_by', 'versions', 'model_config')},
     }
     result['ratio_test_mae_crysformer_over_alignn'] = result['crysformer']['test_mae'] / alignn['test_mae']
+    # validation MAE after each epoch against the training wall time so far (validation passes included)
+    curves = {'crysformer': history, 'alignn': alignn['history']}
+    for name, rows in curves.items():
+        result[name]['val_curve'] = {'minutes': list(np.cumsum([row['seconds'] for row in rows]) / 60.0),
+                                     'val_mae': [row['val_mae'] for row in rows]}
     EQUAL_BUDGET_FILE.write_text(json.dumps(result, indent=2))
+    _equal_budget_figure(result)
     print(json.dumps(result, indent=2))
     return result
+
+
+def _equal_budget_figure(result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(4.5, 3.5))
+    for name, label in (('crysformer', 'Crysformer cpu (1 member)'), ('alignn', 'ALIGNN-pure')):
+        curve = result[name]['val_curve']
+        axes.plot(curve['minutes'], curve['val_mae'], 'o-', label=f"{label}: test {result[name]['test_mae']:.3f}")
+    axes.set_yscale('log')
+    axes.set_xlabel('training wall time (min)')
+    axes.set_ylabel(f"validation MAE ({result['units']})")
+    axes.set_title(f"{result['budget_minutes']:g} min, {result['threads_each']} thread(s) each, side by side")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(EQUAL_BUDGET_FILE.with_suffix('.png'), dpi=120)
 
 
 def size_curve(args) -> dict:
