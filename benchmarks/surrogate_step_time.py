@@ -38,12 +38,12 @@ def measure(structures: pathlib.Path, preset: str, threads: int, steps: int, bat
 
     import aiida_hpcai
     from aiida_hpcai.models.crysformer import Crysformer
-    from aiida_hpcai.models.graph import collate, neighbour_graph
+    from aiida_hpcai.models.graph import collate, graphs_from_arrays
     from aiida_hpcai.models.structure_io import read_npz
 
     torch.set_num_threads(threads)
     arrays = read_npz(structures)
-    graphs = [neighbour_graph(*arrays.atoms_of(i), num_neighbours=12) for i in range(len(arrays))]
+    graphs, _ = graphs_from_arrays(arrays)
     batches = [collate(graphs[start:start + batch_size]) for start in range(0, len(graphs), batch_size)]
     torch.manual_seed(0)
     model = Crysformer(preset)
@@ -87,8 +87,9 @@ def measure(structures: pathlib.Path, preset: str, threads: int, steps: int, bat
 
 
 def _run_in(tree: pathlib.Path, args, structures: pathlib.Path) -> dict:
-    env = {**os.environ, 'PYTHONPATH': str(tree), 'OMP_NUM_THREADS': str(args.threads),
-           'MKL_NUM_THREADS': str(args.threads)}
+    from surrogate_accuracy import thread_environment
+
+    env = {**os.environ, 'PYTHONPATH': str(tree), **thread_environment(args.threads)}
     command = [sys.executable, str(pathlib.Path(__file__).resolve()), '--measure', str(structures),
                '--preset', args.preset, '--threads', str(args.threads), '--steps', str(args.steps),
                '--batch-size', str(args.batch_size)]

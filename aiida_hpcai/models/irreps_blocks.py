@@ -74,7 +74,6 @@ class DepthwiseCoupling(nn.Module):
             merged_into.append(len(simplified) - 1)
         self.num_outputs = len(simplified)
         self.weight_sizes = [prod(ins.path_shape) for ins in tp.instructions]
-        self.irreps_in1 = tp.irreps_in1
         sh_offsets = [s.start for s in tp.irreps_in2.slices()]
         dim_sh = tp.irreps_in2.dim
         # per first-input irrep: its used paths (instruction, output) and the Clebsch-Gordan
