@@ -62,6 +62,9 @@ class CrysformerConfig:
     readout_hidden: int = 64
     dropout: float = 0.1
     num_neighbours: int = 12
+    # l > 0 layer-norm denominators get this fraction of the scalar channels' power added (see
+    # EquivariantLayerNorm); 0.0 is the plain per-degree norm the first checkpoints were trained with
+    norm_floor: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -77,15 +80,16 @@ class CrysformerConfig:
 PRESETS: dict[str, CrysformerConfig] = {
     # tests: a forward pass on a handful of structures in milliseconds
     'tiny': CrysformerConfig(irreps_hidden='16x0e+4x1o+2x2e', num_blocks=2, num_heads=2, num_basis=8,
-                             radial_hidden=16, attention_channels=4, readout_hidden=16, dropout=0.1),
+                             radial_hidden=16, attention_channels=4, readout_hidden=16, dropout=0.1,
+                             norm_floor=0.01),
     # trainable on a 2-core CPU; also what the shipped pretrained ensembles use
-    'cpu': CrysformerConfig(),
+    'cpu': CrysformerConfig(norm_floor=0.01),
     # the seed paper's size: 128x0e+64x1o+32x2e, 6 blocks, 4 heads, l_max 2
     # (3.4M parameters, near the seed paper's ~3.5M; its FFN/radial widths are not given, ours
     # were chosen to reach that count)
     'paper': CrysformerConfig(irreps_hidden='128x0e+64x1o+32x2e', num_blocks=6, num_heads=4, num_basis=32,
                               radial_hidden=128, attention_channels=32, ffn_multiplier=4, readout_hidden=256,
-                              dropout=0.1),
+                              dropout=0.1, norm_floor=0.01),
 }
 
 
@@ -132,23 +136,36 @@ class RadialMLP(nn.Module):
 class EquivariantLayerNorm(nn.Module):
     """Layer norm that respects rotations (Equiformer): scalars are centred and scaled; each
     l > 0 block is divided by the root-mean-square norm of its channels; learnable per-channel
-    scales (and biases for scalars only)."""
+    scales (and biases for scalars only).
 
-    def __init__(self, irreps: o3.Irreps, eps: float = 1e-5):
+    ``floor`` adds that fraction of the (centred) scalar power to every l > 0 denominator. Without
+    it, an atom whose site symmetry forbids l > 0 features (a cubic site) has only rounding noise
+    there, and each norm scales that noise up to O(1) (by up to ``1/sqrt(eps)``): float32 and float64
+    predictions then differ by up to 0.01 eV/atom. With the floor the noise stays relative to the
+    scalars, while genuine l > 0 features (comparable to the scalars) are normalised as before.
+    """
+
+    def __init__(self, irreps: o3.Irreps, eps: float = 1e-5, floor: float = 0.0):
         super().__init__()
         self.irreps = o3.Irreps(irreps)
+        if self.irreps[0].ir != o3.Irrep('0e'):
+            raise ValueError(f'the layer norm expects the 0e channels first: {self.irreps}')
         self.eps = eps
+        self.floor = floor
         self.weights = nn.ParameterList([nn.Parameter(torch.ones(mul)) for mul, _ in self.irreps])
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(mul)) for mul, ir in self.irreps if ir.l == 0])
 
     def forward(self, blocks: Blocks) -> Blocks:
-        out, bias_index = [], 0
+        out, bias_index, scalar_power = [], 0, 0.0
         for index, ((_, ir), block) in enumerate(zip(self.irreps, blocks)):
             if ir.l == 0:
                 block = block - block.mean(dim=1, keepdim=True)
                 norm = block.pow(2).mean(dim=(1, 2), keepdim=True)
+                scalar_power = norm
             else:
                 norm = block.pow(2).sum(dim=2, keepdim=True).mean(dim=1, keepdim=True)
+                if self.floor:
+                    norm = norm + self.floor * scalar_power
             block = block * torch.rsqrt(norm + self.eps) * self.weights[index][None, :, None]
             if ir.l == 0:
                 block = block + self.biases[bias_index][None, :, None]
@@ -260,9 +277,9 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     def __init__(self, irreps: o3.Irreps, irreps_sh: o3.Irreps, config: CrysformerConfig):
         super().__init__()
-        self.norm_attention = EquivariantLayerNorm(irreps)
+        self.norm_attention = EquivariantLayerNorm(irreps, floor=config.norm_floor)
         self.attention = GraphAttention(irreps, irreps_sh, config)
-        self.norm_ffn = EquivariantLayerNorm(irreps)
+        self.norm_ffn = EquivariantLayerNorm(irreps, floor=config.norm_floor)
         self.ffn = FeedForward(irreps, config.ffn_multiplier)
 
     def forward(self, blocks: Blocks, edge_sh, edge_basis, source, target) -> Blocks:
@@ -305,7 +322,7 @@ class Crysformer(nn.Module):
         self.basis = GaussianBasis(self.config.num_basis, self.config.cutoff)
         self.blocks = nn.ModuleList(TransformerBlock(irreps, self.irreps_sh, self.config)
                                     for _ in range(self.config.num_blocks))
-        self.norm_out = EquivariantLayerNorm(irreps)
+        self.norm_out = EquivariantLayerNorm(irreps, floor=config.norm_floor)
         hidden = self.config.readout_hidden
         self.readout = nn.Sequential(nn.Linear(self.num_scalars, hidden), nn.SiLU(), nn.Dropout(self.config.dropout),
                                      nn.Linear(hidden, 1))
