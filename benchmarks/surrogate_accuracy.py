@@ -42,6 +42,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from aiida_hpcai.models.datasets import load_dataset, read_split, split_by_id, split_indices, write_split  # noqa: E402
+from aiida_hpcai.models.inference import UNCERTAINTY_METHODS  # noqa: E402
 from aiida_hpcai.models.structure_io import StructureArrays, read_npz, write_npz  # noqa: E402
 
 TARGETS = {'formation_energy_per_atom': 'eV/atom', 'band_gap': 'eV'}
@@ -212,7 +213,7 @@ def recalibrate(args) -> None:
     for method in args.methods:
         scale, _, metrics = calibrate_method(predictor, splits, method, args.batch_size, mc_samples)
         record['methods'][method] = {'old_scale': checkpoint['sigma_scale'].get(method), 'new_scale': scale,
-                                     'mc_samples_per_member': mc_samples if method == 'mc_dropout' else None}
+                                     'mc_samples_per_member': mc_samples if method != 'ensemble' else None}
         checkpoint['sigma_scale'][method] = scale
         for name, values in metrics.items():
             checkpoint['metrics'][name][method] = values
@@ -233,7 +234,7 @@ def recalibrate(args) -> None:
         if entry.get('sha256') == old_sha:
             test = checkpoint['metrics']['test']
             entry.update({'sha256': sha, 'sigma_scale': checkpoint['sigma_scale'], 'recalibrated': record,
-                          'uncertainty_test': {k: test[k] for k in ('ensemble', 'mc_dropout') if k in test}})
+                          'uncertainty_test': {k: test[k] for k in UNCERTAINTY_METHODS if k in test}})
             RESULTS_FILE.write_text(json.dumps(result, indent=2))
 
 
@@ -257,7 +258,7 @@ def report(args) -> dict:
                 'ensemble_size': metadata['n_members'],
                 'test_mae': test['mae'], 'val_mae': metrics['val']['mae'],
                 'member_test_mae': test.get('member_mae'),
-                'uncertainty_test': {k: test[k] for k in ('ensemble', 'mc_dropout') if k in test},
+                'uncertainty_test': {k: test[k] for k in UNCERTAINTY_METHODS if k in test},
                 'sigma_scale': metrics['sigma_scale'],
                 'epochs_run': [len(h) for h in histories],
                 'best_epoch': [int(np.argmin([row['val_mae'] for row in h])) for h in histories],
@@ -348,19 +349,22 @@ def collect_equal_budget(args, out: pathlib.Path, load_before=None) -> dict:
                                                     'epochs_run', 'complete_epochs', 'seconds_per_complete_epoch',
                                                     'stopped_by', 'versions', 'model_config')},
     }
+    if args.note:
+        result['conditions'] = args.note
     result['ratio_test_mae_crysformer_over_alignn'] = result['crysformer']['test_mae'] / alignn['test_mae']
     # validation MAE after each epoch against the training wall time so far (validation passes included)
     curves = {'crysformer': history, 'alignn': alignn['history']}
     for name, rows in curves.items():
         result[name]['val_curve'] = {'minutes': list(np.cumsum([row['seconds'] for row in rows]) / 60.0),
                                      'val_mae': [row['val_mae'] for row in rows]}
-    EQUAL_BUDGET_FILE.write_text(json.dumps(result, indent=2))
-    _equal_budget_figure(result)
+    result_file = pathlib.Path(args.result)
+    result_file.write_text(json.dumps(result, indent=2))
+    _equal_budget_figure(result, result_file.with_suffix('.png'))
     print(json.dumps(result, indent=2))
     return result
 
 
-def _equal_budget_figure(result: dict) -> None:
+def _equal_budget_figure(result: dict, path: pathlib.Path) -> None:
     import matplotlib
 
     matplotlib.use('Agg')
@@ -373,10 +377,10 @@ def _equal_budget_figure(result: dict) -> None:
     axes.set_yscale('log')
     axes.set_xlabel('training wall time (min)')
     axes.set_ylabel(f"validation MAE ({result['units']})")
-    axes.set_title(f"{result['budget_minutes']:g} min, {result['threads_each']} thread(s) each, side by side")
+    axes.set_title(f"{result['budget_minutes']:g} min, {result['threads_each']} thread(s) each")
     axes.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(EQUAL_BUDGET_FILE.with_suffix('.png'), dpi=120)
+    figure.savefig(path, dpi=120)
 
 
 def size_curve(args) -> dict:
@@ -471,6 +475,9 @@ def main(argv=None) -> None:
     command.add_argument('--mc-samples', type=int, default=2)
     command.add_argument('--out', required=True)
     command.add_argument('--collect-only', action='store_true', help='only summarise the runs already in --out')
+    command.add_argument('--result', default=str(EQUAL_BUDGET_FILE), help='where the JSON (and the .png beside it) go')
+    command.add_argument('--note', default=None, help='how the runs were made, recorded as "conditions" '
+                                                      '(for --collect-only on runs not made side by side)')
     command = sub.add_parser('size-curve')
     command.add_argument('--data', default=str(default_source()))
     command.add_argument('--target', choices=sorted(TARGETS), default='formation_energy_per_atom')
@@ -484,7 +491,7 @@ def main(argv=None) -> None:
     command.add_argument('--data', default=str(default_source()))
     command.add_argument('--checkpoint', required=True)
     command.add_argument('--output', default=None, help='where to save (default: over --checkpoint)')
-    command.add_argument('--methods', nargs='+', choices=('ensemble', 'mc_dropout'), default=['ensemble', 'mc_dropout'])
+    command.add_argument('--methods', nargs='+', choices=UNCERTAINTY_METHODS, default=list(UNCERTAINTY_METHODS))
     command.add_argument('--device', default='cpu')
     command.add_argument('--batch-size', type=int, default=64)
     command.add_argument('--threads', type=int, default=0)

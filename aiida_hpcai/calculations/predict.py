@@ -10,7 +10,7 @@ from .base import ModelProgramCalculation, checkpoint_entry, validate_parameter_
 __all__ = ('PredictCalculation',)
 
 PREDICT_PARAMETERS = {'batch_size', 'uncertainty', 'mc_samples'}
-UNCERTAINTY_METHODS = ('ensemble', 'mc_dropout')
+UNCERTAINTY_METHODS = ('ensemble', 'mc_dropout', 'mc_dropout_readout')  # as models.inference (no torch here)
 
 
 def validate_models(models, _):
@@ -59,7 +59,8 @@ class PredictCalculation(ModelProgramCalculation):
                    help=f'Optional program settings: {sorted(PREDICT_PARAMETERS)} (defaults: batch_size 64, '
                         'uncertainty `ensemble`, mc_samples 10). `ensemble` takes the spread over every member of '
                         'every checkpoint (one checkpoint file can hold a whole ensemble); `mc_dropout` samples '
-                        'each member `mc_samples` times with dropout active.')
+                        'each member `mc_samples` times with dropout active; `mc_dropout_readout` samples only '
+                        'the readout\'s dropout, at about the cost of one plain prediction.')
         spec.inputs['metadata']['options']['parser_name'].default = 'hpcai.predict'
 
         spec.output('predictions', valid_type=orm.ArrayData,

@@ -11,7 +11,8 @@ Layout (a plain dict; only tensors, numbers, strings, lists and dicts, so that
     normalization      {'mean': float, 'std': float}   of the (residual) target on the train split
     element_reference  None or {'coefficients': [float] * 101, 'ridge_alpha': float}
                        (target = sum_Z fraction_Z * coefficient_Z + model output, de-standardised)
-    sigma_scale        {'ensemble': float, 'mc_dropout': float}  recalibration factors from val
+    sigma_scale        {'ensemble': float, 'mc_dropout': float, 'mc_dropout_readout': float}
+                       recalibration factors from val (a method without one is uncalibrated: 1.0)
     metrics            {'val': {...}, 'test': {...}}
     split              {'train': {'count', 'sha256'}, 'val': ..., 'test': ...}  digests of id lists
     dataset            {'name', 'source', 'n_structures'}
@@ -68,7 +69,7 @@ def make_checkpoint(members: list[dict], model_config: CrysformerConfig, target:
         'members': [{key: value.detach().cpu().clone() for key, value in state.items()} for state in members],
         'normalization': {'mean': float(normalization['mean']), 'std': float(normalization['std'])},
         'element_reference': element_reference,
-        'sigma_scale': dict(sigma_scale or {'ensemble': 1.0, 'mc_dropout': 1.0}),
+        'sigma_scale': dict(sigma_scale or {'ensemble': 1.0, 'mc_dropout': 1.0, 'mc_dropout_readout': 1.0}),
         'metrics': metrics or {},
         'split': split or {},
         'dataset': dataset or {},

@@ -27,7 +27,8 @@ irreps as ``128x0e+64x1e+32x2e``; with ``1e`` the first block could not turn ``Y
 vector features at all, so we use ``1o`` at the same sizes.
 
 Dropout acts on the attention weights and in the readout MLP; :func:`enable_mc_dropout` turns
-it on at prediction time for MC-dropout uncertainty.
+it on at prediction time for MC-dropout uncertainty (everywhere, or in the readout only, whose
+samples then share one pass of the blocks: :meth:`Crysformer.atom_scalars`).
 """
 from __future__ import annotations
 
@@ -255,9 +256,8 @@ class GraphAttention(nn.Module):
         # each head weights its contiguous group of channels of every irrep
         weighted = [(block.reshape(-1, self.num_heads, block.shape[1] // self.num_heads, block.shape[2])
                      * attention[:, :, None, None]).reshape(block.shape) for block in values]
-        weighted = join_blocks(weighted)
-        aggregated = weighted.new_zeros(num_nodes, weighted.shape[1]).index_add_(0, target, weighted)
-        return linear_blocks(self.linear_out, split_blocks(aggregated, self.irreps))
+        aggregated = [block.new_zeros(num_nodes, *block.shape[1:]).index_add_(0, target, block) for block in weighted]
+        return linear_blocks(self.linear_out, aggregated)
 
 
 class FeedForward(nn.Module):
@@ -334,6 +334,10 @@ class Crysformer(nn.Module):
         return self.element_features.shape[0] - 1
 
     def forward(self, graph: GraphBatch) -> torch.Tensor:
+        return self.readout_mean(self.atom_scalars(graph), graph)
+
+    def atom_scalars(self, graph: GraphBatch) -> torch.Tensor:
+        """The normalised ``0e`` channels of the last block, ``(atoms, channels)``: all the readout reads."""
         vectors = graph.vectors
         distances = vectors.norm(dim=1)
         edge_sh = o3.spherical_harmonics(self.irreps_sh, vectors, normalize=True, normalization='component')
@@ -343,8 +347,11 @@ class Crysformer(nn.Module):
                     for i, (mul, ir) in enumerate(self.irreps)]
         for block in self.blocks:
             features = block(features, edge_sh, edge_basis, graph.source, graph.target)
-        features = self.norm_out(features)
-        per_atom = self.readout(features[self.scalar_block].squeeze(2)).squeeze(-1)
+        return self.norm_out(features)[self.scalar_block].squeeze(2)
+
+    def readout_mean(self, atom_scalars: torch.Tensor, graph: GraphBatch) -> torch.Tensor:
+        """The readout MLP per atom, averaged over each structure's atoms."""
+        per_atom = self.readout(atom_scalars).squeeze(-1)
         total = torch.zeros(graph.num_graphs, dtype=per_atom.dtype, device=per_atom.device).index_add_(
             0, graph.batch, per_atom)
         counts = torch.bincount(graph.batch, minlength=graph.num_graphs).clamp_min(1)
@@ -359,10 +366,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def enable_mc_dropout(model: nn.Module, enabled: bool = True) -> None:
-    """Switch dropout layers on (MC dropout) while the rest stays in evaluation mode."""
+def enable_mc_dropout(model: nn.Module, enabled: bool = True, readout_only: bool = False) -> None:
+    """Switch dropout layers on (MC dropout) while the rest stays in evaluation mode; with
+    ``readout_only`` only the readout MLP's dropout, so that samples share one pass of the blocks."""
     model.eval()
     if enabled:
-        for module in model.modules():
+        for module in (model.readout if readout_only else model).modules():
             if isinstance(module, nn.Dropout):
                 module.train()

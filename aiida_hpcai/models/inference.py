@@ -19,7 +19,11 @@ from .graph import GraphError, collate, neighbour_graph
 from .structure_io import StructureArrays, read_npz
 from .uncertainty import spread
 
-UNCERTAINTY_METHODS = ('ensemble', 'mc_dropout')
+# ensemble: spread over the members; mc_dropout: every member sampled with all its dropout on;
+# mc_dropout_readout: dropout in the readout MLP only, the samples sharing one pass of the blocks
+# (about the cost of one plain prediction)
+UNCERTAINTY_METHODS = ('ensemble', 'mc_dropout', 'mc_dropout_readout')
+MC_DROPOUT_METHODS = ('mc_dropout', 'mc_dropout_readout')
 
 
 class IncompatibleModels(ValueError):
@@ -85,7 +89,7 @@ class EnsemblePredictor:
     @torch.no_grad()
     def sample(self, graphs, batch_size: int = 64, method: str = 'ensemble', mc_samples: int = 10) -> np.ndarray:
         """Predictions in physical units, shape (n_samples, n_graphs): one row per member (and
-        per dropout sample with ``method='mc_dropout'``)."""
+        per dropout sample with the MC-dropout methods)."""
         from .crysformer import enable_mc_dropout
 
         rows = []
@@ -94,11 +98,17 @@ class EnsemblePredictor:
             offset = element_reference_offsets(numbers, group.element_reference)
             mean, std = group.normalization['mean'], group.normalization['std']
             for model in group.models:
-                repeats = mc_samples if method == 'mc_dropout' else 1
-                enable_mc_dropout(model, method == 'mc_dropout')
+                repeats = mc_samples if method in MC_DROPOUT_METHODS else 1
+                enable_mc_dropout(model, method in MC_DROPOUT_METHODS, readout_only=method == 'mc_dropout_readout')
                 outputs = [np.empty(len(graphs)) for _ in range(repeats)]
                 for start in range(0, len(graphs), batch_size):
                     batch = collate(graphs[start:start + batch_size]).to(self.device)
+                    if method == 'mc_dropout_readout':
+                        atom_scalars = model.atom_scalars(batch)
+                        for repeat in range(repeats):
+                            outputs[repeat][start:start + batch_size] = (
+                                model.readout_mean(atom_scalars, batch).double().cpu().numpy())
+                        continue
                     for repeat in range(repeats):
                         outputs[repeat][start:start + batch_size] = model(batch).double().cpu().numpy()
                 model.eval()

@@ -374,10 +374,12 @@ def calibrate_method(predictor: EnsemblePredictor, splits: dict, method: str, ba
 
 
 def evaluate(predictor: EnsemblePredictor, data: dict, config: TrainingConfig):
-    """Val/test metrics for the ensemble and MC-dropout estimators, with sigma scales fitted on val."""
+    """Val/test metrics for the ensemble and both MC-dropout estimators, with sigma scales fitted on val."""
     metrics: dict = {'val': {}, 'test': {}, 'sigma_scale': {}}
     test_predictions = None
-    methods = ['ensemble', 'mc_dropout'] if predictor.num_members > 1 else ['mc_dropout']
+    methods = ['mc_dropout', 'mc_dropout_readout']
+    if predictor.num_members > 1:
+        methods.insert(0, 'ensemble')
     splits = {name: (data[name].graphs, data[name].raw) for name in ('val', 'test') if data[name].graphs}
     for method in methods:
         scale, stats, method_metrics = calibrate_method(predictor, splits, method, config.batch_size,

@@ -106,7 +106,15 @@ def test_mc_dropout_samples_differ_and_eval_is_deterministic():
         assert torch.equal(model(batch), model(batch))
         enable_mc_dropout(model)
         samples = torch.stack([model(batch) for _ in range(8)])
-    assert samples.std() > 0
+        assert samples.std() > 0
+        # readout only: the blocks are deterministic, the readout's samples differ
+        enable_mc_dropout(model, readout_only=True)
+        atom_scalars = model.atom_scalars(batch)
+        assert torch.equal(atom_scalars, model.atom_scalars(batch))
+        readout_samples = torch.stack([model.readout_mean(atom_scalars, batch) for _ in range(8)])
+        assert readout_samples.std() > 0
+        model.eval()
+        torch.testing.assert_close(model.readout_mean(model.atom_scalars(batch), batch), model(batch))
     assert not model.training
 
 

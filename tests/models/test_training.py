@@ -110,12 +110,12 @@ def test_training_writes_a_loadable_ensemble_and_figures(trained):
     loaded = load_checkpoint(folder / 'model.pt')  # weights_only=True
     assert len(loaded['members']) == 2 and loaded['target'] == 'energy' and loaded['units'] == 'eV/atom'
     assert loaded['element_reference'] is None
-    assert set(loaded['sigma_scale']) == {'ensemble', 'mc_dropout'}
+    assert set(loaded['sigma_scale']) == {'ensemble', 'mc_dropout', 'mc_dropout_readout'}
     assert loaded['split']['train']['count'] == 28
     metadata = json.loads((folder / 'metadata.json').read_text())
     assert metadata['sha256'] == sha256_file(folder / 'model.pt')
     for split in ('val', 'test'):
-        for method in ('ensemble', 'mc_dropout'):
+        for method in ('ensemble', 'mc_dropout', 'mc_dropout_readout'):
             assert {'mae', 'miscalibration_area', 'spearman_abs_error_sigma', 'gaussian_nll',
                     'coverage_90'} <= set(metrics[split][method])
     history = metrics['history'][0]
@@ -190,6 +190,9 @@ def test_wall_clock_budget_stops_training(tmp_path):
     test = _split(20)['test']
     predicted = EnsemblePredictor([checkpoint]).predict(arrays.subset(test), method='mc_dropout', mc_samples=3)
     assert np.all(predicted['status'] == 'ok') and np.all(predicted['sigma'] > 0)
+    graphs = training_module.graphs_from_arrays(arrays, test)[0]
+    readout = EnsemblePredictor([checkpoint]).sample(graphs, method='mc_dropout_readout', mc_samples=4)
+    assert readout.shape == (4, len(test)) and np.all(readout.std(axis=0) > 0)
     single = EnsemblePredictor([checkpoint]).sample(
         [training_module.graphs_from_arrays(arrays, test)[0][0]], method='ensemble')
     assert single.shape == (1, 1)
