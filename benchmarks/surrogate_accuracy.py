@@ -10,6 +10,7 @@ Sub-commands (each writes into ``benchmarks/results/`` unless told otherwise)::
     export-npz OUT       the filtered dataset as one structure-set npz (to carry to a GPU machine)
     train                train one ensemble (or one member with --member K) for one target
     merge                pool member checkpoints of one target into one ensemble and evaluate it
+    ship                 copy a finished run into the package as its target's pretrained model, record beside it
     recalibrate          refit a checkpoint's sigma scales on the validation split (after a change of the
                          fitting rule) and rewrite its uncertainty metrics, without retraining
     report               collect baselines + trained models into surrogate_accuracy.json
@@ -200,7 +201,8 @@ def recalibrate(args) -> None:
     arrays, _ = load_filtered(pathlib.Path(args.data))
     split = get_split(arrays)
     predictor = EnsemblePredictor([checkpoint], args.device)
-    mc_samples = int(checkpoint['hyperparameters']['training'].get('mc_samples', 10))
+    # prediction draws 10 samples unless told otherwise: fit the scales for the count that will be used
+    mc_samples = args.mc_samples or int(checkpoint['hyperparameters']['training'].get('mc_samples', 10))
     splits = {}
     for name in ('val', 'test'):
         graphs, _ = graphs_from_arrays(arrays, split[name], num_neighbours=max(predictor.num_neighbours),
@@ -210,7 +212,8 @@ def recalibrate(args) -> None:
             raise SystemExit(f'the {name} split differs from the one this checkpoint was evaluated on')
         splits[name] = ([g for g in graphs if g is not None], arrays.labels[checkpoint['target']][kept])
     record = {'rule': ' '.join(fit_sigma_scale.__doc__.split()), 'methods': {}}
-    for method in args.methods:
+    # one member has no ensemble spread (prediction falls back to MC dropout)
+    for method in [m for m in args.methods if m != 'ensemble' or predictor.num_members > 1]:
         scale, _, metrics = calibrate_method(predictor, splits, method, args.batch_size, mc_samples)
         record['methods'][method] = {'old_scale': checkpoint['sigma_scale'].get(method), 'new_scale': scale,
                                      'mc_samples_per_member': mc_samples if method != 'ensemble' else None}
@@ -236,6 +239,38 @@ def recalibrate(args) -> None:
             entry.update({'sha256': sha, 'sigma_scale': checkpoint['sigma_scale'], 'recalibrated': record,
                           'uncertainty_test': {k: test[k] for k in UNCERTAINTY_METHODS if k in test}})
             RESULTS_FILE.write_text(json.dumps(result, indent=2))
+
+
+def ship(args) -> None:
+    """Copy a finished run's checkpoint into the package as the pretrained model of its target, with
+    the record beside it (``pretrained/<file>.json``: sha256, data, split, options, how and where it was
+    trained, every epoch, val/test metrics). Recalibrate the shipped file afterwards if needed."""
+    import shutil
+
+    from aiida_hpcai.models.checkpoint import PRETRAINED_DIR, PRETRAINED_FILES, load_checkpoint, sha256_file
+
+    folder = pathlib.Path(args.run)
+    checkpoint = load_checkpoint(folder / 'model.pt')
+    metrics = json.loads((folder / 'metrics.json').read_text())
+    destination = PRETRAINED_DIR / PRETRAINED_FILES[checkpoint['target']]
+    shutil.copyfile(folder / 'model.pt', destination)
+    dataset = {'name': 'mp_cgcnn', 'source': 'shared/data/mp_cgcnn/mp_cgcnn.csv.gz (Materials Project snapshot of '
+               'the CGCNN work, CC-BY 4.0)', 'filter': f'formation_energy_per_atom >= {MIN_FORMATION_ENERGY:g} eV/atom',
+               'n_structures': checkpoint['dataset'].get('n_structures')}
+    record = {
+        'file': destination.name, 'sha256': sha256_file(destination), 'architecture': checkpoint['architecture'],
+        'target': checkpoint['target'], 'units': checkpoint['units'], 'n_members': len(checkpoint['members']),
+        'n_parameters_per_member': metrics['n_parameters'], 'hyperparameters': checkpoint['hyperparameters'],
+        'dataset': dataset,
+        'split': {'files': 'benchmarks/splits/mp_cgcnn/{train,val,test}.txt', 'digests': checkpoint['split']},
+        'metrics': {name: metrics[name] for name in ('val', 'test')}, 'sigma_scale': checkpoint['sigma_scale'],
+        'normalization': checkpoint['normalization'],
+        'training': {'device': args.training_device, 'seconds_all_members': metrics.get('training_seconds'),
+                     'epochs_per_member': [len(h) for h in metrics['history']], 'command': args.command},
+        'history': metrics['history'],
+    }
+    destination.with_suffix('.json').write_text(json.dumps(record, indent=2))
+    print(f'shipped {folder / "model.pt"} as {destination} (sha256 {record["sha256"]})')
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -496,6 +531,11 @@ def main(argv=None) -> None:
     command.add_argument('--batch-size', type=int, default=64)
     command.add_argument('--threads', type=int, default=0)
     command.add_argument('--seed', type=int, default=0)
+    command.add_argument('--mc-samples', type=int, default=None, help="MC-dropout samples (default: the checkpoint's)")
+    command = sub.add_parser('ship')
+    command.add_argument('--run', required=True, help='a finished train/merge folder (model.pt, metrics.json)')
+    command.add_argument('--training-device', required=True, help='where and how it was trained (recorded)')
+    command.add_argument('--command', required=True, help='the command that trained it (recorded)')
     command = sub.add_parser('report')
     command.add_argument('--model', action='append', help='TARGET=FOLDER with model.pt, metrics.json, metadata.json')
     command.add_argument('--training-device', default=None, help='where the models were trained (recorded)')
@@ -513,6 +553,9 @@ def main(argv=None) -> None:
         return
     if args.command == 'size-curve':
         size_curve(args)
+        return
+    if args.command == 'ship':
+        ship(args)
         return
     if args.command == 'recalibrate':
         recalibrate(args)

@@ -6,9 +6,11 @@ network and writes predictions.npz and summary.json. Two figures per case: ``wal
 process, Python start-up and imports included) and ``in-program`` (summary.json's ``seconds``:
 model loading, graphs and forward passes). Threads are limited to 2 (OMP/MKL and torch).
 
-Cases: the shipped 3-member formation-energy ensemble (ensemble uncertainty), one member alone
-with one sample (no uncertainty: the cost of a single network) and, with ``--mc-dropout``, the
-ensemble with MC dropout (10 samples per member). The 1,000 structures are the first test-split ids with <= 20 atoms.
+Cases, for each ``--checkpoint`` (default: the shipped formation-energy model): all its members
+with ensemble uncertainty (when it has more than one), its first member with readout-only MC
+dropout (10 samples on one pass of the blocks), that member alone with one sample (no uncertainty:
+the cost of a single network) and, with ``--mc-dropout``, all members with full MC dropout (10
+samples per member). The 1,000 structures are the first test-split ids with <= 20 atoms.
 
 With ``--peer-python`` (the interpreter of the peers venv, see ``benchmarks/peers/README.md``), the same
 structures are then predicted by CHGNet (pretrained, batch 16) and ALIGNN (``ALIGNNAtomWisePure``, batch 64;
@@ -121,6 +123,8 @@ def main(argv=None) -> None:
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=2)
     parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--checkpoint', type=pathlib.Path, action='append',
+                        help='a checkpoint to time (repeatable; default: the shipped formation-energy model)')
     parser.add_argument('--mc-dropout', action='store_true', help='also time MC dropout (10 samples per member)')
     parser.add_argument('--peer-python', help='python of the peers venv: also time CHGNet and ALIGNN')
     parser.add_argument('--alignn-checkpoint', help='ALIGNN checkpoint folder written by train_alignn.py')
@@ -128,24 +132,30 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     arrays = select_structures(pathlib.Path(args.data), args.count, args.max_atoms)
-    ensemble = pretrained_path('formation_energy_per_atom')
+    checkpoints = args.checkpoint or [pretrained_path('formation_energy_per_atom')]
+    options = {'batch_size': args.batch_size}
     with tempfile.TemporaryDirectory() as tmp:
-        single = pathlib.Path(tmp) / 'single.pt'
-        checkpoint = load_checkpoint(ensemble)
-        checkpoint['members'] = checkpoint['members'][:1]
-        save_checkpoint(checkpoint, single)
         load_before = os.getloadavg()
-        cases = [
-            run_case('ensemble of 3', arrays, [ensemble],
-                     {'batch_size': args.batch_size, 'uncertainty': 'ensemble'}, args.threads, args.repeats),
-            run_case('single member, one pass (no uncertainty)', arrays, [single],
-                     {'batch_size': args.batch_size, 'uncertainty': 'mc_dropout', 'mc_samples': 1},
-                     args.threads, args.repeats),
-        ]
-        if args.mc_dropout:
-            cases.append(run_case('ensemble of 3, MC dropout x10', arrays, [ensemble],
-                                  {'batch_size': args.batch_size, 'uncertainty': 'mc_dropout', 'mc_samples': 10},
-                                  args.threads, 1))
+        cases, models = [], []
+        for index, path in enumerate(checkpoints):
+            checkpoint = load_checkpoint(path)
+            models.append({'file': str(path), 'n_members': len(checkpoint['members']),
+                           'config': checkpoint['hyperparameters']['model']})
+            single = pathlib.Path(tmp) / f'single{index}.pt'
+            checkpoint['members'] = checkpoint['members'][:1]
+            save_checkpoint(checkpoint, single)
+            label = path.name
+            if models[-1]['n_members'] > 1:
+                cases.append(run_case(f'{label}: ensemble of {models[-1]["n_members"]}', arrays, [path],
+                                      {**options, 'uncertainty': 'ensemble'}, args.threads, args.repeats))
+            cases.append(run_case(f'{label}: one member, readout MC dropout x10', arrays, [single],
+                                  {**options, 'uncertainty': 'mc_dropout_readout', 'mc_samples': 10},
+                                  args.threads, args.repeats))
+            cases.append(run_case(f'{label}: one member, one pass (no uncertainty)', arrays, [single],
+                                  {**options, 'uncertainty': 'mc_dropout', 'mc_samples': 1}, args.threads, args.repeats))
+            if args.mc_dropout:
+                cases.append(run_case(f'{label}: all members, MC dropout x10', arrays, [path],
+                                      {**options, 'uncertainty': 'mc_dropout', 'mc_samples': 10}, args.threads, 1))
         peers = {}
         if args.peer_python:
             structures = pathlib.Path(tmp) / 'structures.json'
@@ -161,7 +171,7 @@ def main(argv=None) -> None:
         'machine': {'processor': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
                     'load_average_before': load_before, 'load_average_after': load_after,
                     'torch': torch.__version__},
-        'model': {'file': ensemble.name, 'config': checkpoint['hyperparameters']['model']},
+        'models': models,
         'cases': cases,
         'peers': peers,
     }
