@@ -44,7 +44,7 @@ from torch import nn
 from .features import NUM_FEATURES, element_table
 from .gate import BlockGate
 from .graph import GraphBatch
-from .irreps_blocks import Blocks, DepthwiseCoupling, check_bias_free, join_blocks, linear_blocks, split_blocks
+from .irreps_blocks import Blocks, DepthwiseCoupling, check_bias_free, linear_blocks
 
 
 @dataclasses.dataclass
@@ -160,16 +160,16 @@ class EquivariantLayerNorm(nn.Module):
         out, bias_index, scalar_power = [], 0, 0.0
         for index, ((_, ir), block) in enumerate(zip(self.irreps, blocks)):
             if ir.l == 0:
-                block = block - block.mean(dim=1, keepdim=True)
+                block = block - block.mean(dim=2, keepdim=True)
                 norm = block.pow(2).mean(dim=(1, 2), keepdim=True)
                 scalar_power = norm
             else:
-                norm = block.pow(2).sum(dim=2, keepdim=True).mean(dim=1, keepdim=True)
+                norm = block.pow(2).sum(dim=1, keepdim=True).mean(dim=2, keepdim=True)
                 if self.floor:
                     norm = norm + self.floor * scalar_power
-            block = block * torch.rsqrt(norm + self.eps) * self.weights[index][None, :, None]
+            block = block * torch.rsqrt(norm + self.eps) * self.weights[index]
             if ir.l == 0:
-                block = block + self.biases[bias_index][None, :, None]
+                block = block + self.biases[bias_index]
                 bias_index += 1
             out.append(block)
         return out
@@ -245,17 +245,18 @@ class GraphAttention(nn.Module):
 
     def forward(self, blocks: Blocks, edge_sh, edge_basis, source, target) -> Blocks:
         num_nodes = blocks[0].shape[0]
-        message = (join_blocks(linear_blocks(self.linear_source, blocks)).index_select(0, source)
-                   + join_blocks(linear_blocks(self.linear_target, blocks)).index_select(0, target))
-        coupled = self.coupling(split_blocks(message, self.irreps), edge_sh, self.radial(edge_basis))
+        message = [from_source.index_select(0, source) + from_target.index_select(0, target)
+                   for from_source, from_target in zip(linear_blocks(self.linear_source, blocks),
+                                                       linear_blocks(self.linear_target, blocks))]
+        coupled = self.coupling(message, edge_sh, self.radial(edge_basis))
         logit_scalars, *gate_in = linear_blocks(self.linear_message, coupled)
         logit_scalars = logit_scalars.reshape(-1, self.num_heads, self.attention_vector.shape[1])
         logits = (nn.functional.leaky_relu(logit_scalars, 0.2) * self.attention_vector).sum(dim=-1)
         attention = self.attention_dropout(segment_softmax(logits, target, num_nodes))
         values = linear_blocks(self.linear_value, self.gate(gate_in))
         # each head weights its contiguous group of channels of every irrep
-        weighted = [(block.reshape(-1, self.num_heads, block.shape[1] // self.num_heads, block.shape[2])
-                     * attention[:, :, None, None]).reshape(block.shape) for block in values]
+        weighted = [(block.reshape(*block.shape[:2], self.num_heads, -1) * attention[:, None, :, None])
+                    .reshape(block.shape) for block in values]
         aggregated = [block.new_zeros(num_nodes, *block.shape[1:]).index_add_(0, target, block) for block in weighted]
         return linear_blocks(self.linear_out, aggregated)
 
@@ -343,11 +344,11 @@ class Crysformer(nn.Module):
         edge_sh = o3.spherical_harmonics(self.irreps_sh, vectors, normalize=True, normalization='component')
         edge_basis = self.basis(distances)
         scalars = self.embedding(self.element_features[graph.numbers].to(vectors.dtype))
-        features = [scalars.unsqueeze(2) if i == self.scalar_block else scalars.new_zeros(len(scalars), mul, ir.dim)
+        features = [scalars.unsqueeze(1) if i == self.scalar_block else scalars.new_zeros(len(scalars), ir.dim, mul)
                     for i, (mul, ir) in enumerate(self.irreps)]
         for block in self.blocks:
             features = block(features, edge_sh, edge_basis, graph.source, graph.target)
-        return self.norm_out(features)[self.scalar_block].squeeze(2)
+        return self.norm_out(features)[self.scalar_block].squeeze(1)
 
     def readout_mean(self, atom_scalars: torch.Tensor, graph: GraphBatch) -> torch.Tensor:
         """The readout MLP per atom, averaged over each structure's atoms."""

@@ -55,12 +55,10 @@ class BlockGate(nn.Module):
         self.mul = o3.ElementwiseTensorProduct(irreps_gated, self.irreps_gates) if num_gates else None
 
     def forward(self, blocks: Blocks) -> Blocks:
-        scalars_and_gates, gated = blocks[0], blocks[1:]
-        batch = scalars_and_gates.shape[0]
-        flat = scalars_and_gates.reshape(batch, -1)
+        scalars_and_gates, gated = blocks[0], blocks[1:]  # (batch, 1, scalars + gates), (batch, 2l+1, mul)...
         if not self.gated_muls:
-            return [(self.scalar_activation(flat) * self.scalar_scale).unsqueeze(2)]
-        scalars, gates = flat.split([self.irreps_scalars.dim, sum(self.gated_muls)], dim=1)
-        gates = (self.gate_activation(gates) * self.gate_scale).split(self.gated_muls, dim=1)
-        return [(self.scalar_activation(scalars) * self.scalar_scale).unsqueeze(2),
-                *(block * gate.unsqueeze(2) for block, gate in zip(gated, gates))]
+            return [self.scalar_activation(scalars_and_gates) * self.scalar_scale]
+        scalars, gates = scalars_and_gates.split([self.irreps_scalars.dim, sum(self.gated_muls)], dim=2)
+        gates = (self.gate_activation(gates) * self.gate_scale).split(self.gated_muls, dim=2)
+        return [self.scalar_activation(scalars) * self.scalar_scale,
+                *(block * gate for block, gate in zip(gated, gates))]

@@ -4,8 +4,9 @@ e3nn's generated code for ``o3.Linear`` and ``o3.TensorProduct`` takes each irre
 path's weights) as a slice of one flat tensor. In the backward pass every slice allocates a
 zero tensor the size of the whole input and adds its gradient into it, so a per-edge tensor
 product with 15 paths fills 15 per-edge weight tensors with zeros: on two CPU cores that was
-46% of Crysformer's training step. Here features travel as lists of ``(batch, mul, 2l+1)``
-blocks, cut with :meth:`torch.Tensor.split` (whose backward is one concatenation), and the two
+46% of Crysformer's training step. Here features travel as lists of ``(batch, 2l+1, mul)``
+blocks (components, then channels: channel mixing is then one matrix product over all rows and
+components, with no transposed copies), and the two
 operations are evaluated from the e3nn modules' own weights and path normalisations, so
 parameters and checkpoints are unchanged; a test compares both against e3nn.
 
@@ -20,18 +21,19 @@ import torch
 from e3nn import o3
 from torch import nn
 
-Blocks = list[torch.Tensor]  # one (batch, mul, 2l+1) tensor per entry of an Irreps
+Blocks = list[torch.Tensor]  # one (batch, 2l+1, mul) tensor per entry of an Irreps
 
 
 def split_blocks(features: torch.Tensor, irreps: o3.Irreps) -> Blocks:
-    """Flat ``(batch, irreps.dim)`` features as one block per irrep (views, cheap backward)."""
+    """Flat ``(batch, irreps.dim)`` features in e3nn's layout (channel-major within each irrep) as
+    one block per irrep (views: for comparisons with e3nn modules, not for the fast path)."""
     parts = features.split([mul * ir.dim for mul, ir in irreps], dim=1)
-    return [part.reshape(len(features), mul, ir.dim) for part, (mul, ir) in zip(parts, irreps)]
+    return [part.reshape(len(features), mul, ir.dim).transpose(1, 2) for part, (mul, ir) in zip(parts, irreps)]
 
 
 def join_blocks(blocks: Blocks) -> torch.Tensor:
     """The inverse of :func:`split_blocks`."""
-    return torch.cat([block.reshape(block.shape[0], -1) for block in blocks], dim=1)
+    return torch.cat([block.transpose(1, 2).reshape(block.shape[0], -1) for block in blocks], dim=1)
 
 
 def linear_blocks(linear: o3.Linear, blocks: Blocks) -> Blocks:
@@ -41,14 +43,13 @@ def linear_blocks(linear: o3.Linear, blocks: Blocks) -> Blocks:
     out: list[torch.Tensor | None] = [None] * len(linear.irreps_out)
     for ins, weight in zip(linear.instructions, weights):
         block = blocks[ins.i_in]
-        rows, mul_in, dim = block.shape
-        # one matrix product over all rows and components: matmul on the transposed 3-d block
-        # would run a batched product of one small matrix per row instead (2-4x slower on CPUs)
-        mixed = (block.transpose(1, 2).reshape(rows * dim, mul_in) @ (weight.view(ins.path_shape) * ins.path_weight)
-                 ).view(rows, dim, -1).transpose(1, 2)
+        rows, dim, mul_in = block.shape
+        # one matrix product over all rows and components
+        mixed = (block.reshape(rows * dim, mul_in) @ (weight.view(ins.path_shape) * ins.path_weight))
+        mixed = mixed.view(rows, dim, -1)
         out[ins.i_out] = mixed if out[ins.i_out] is None else out[ins.i_out] + mixed
     like = next(block for block in blocks if block is not None)
-    return [block if block is not None else like.new_zeros(like.shape[0], mul, ir.dim)
+    return [block if block is not None else like.new_zeros(like.shape[0], ir.dim, mul)
             for block, (mul, ir) in zip(out, linear.irreps_out)]
 
 
@@ -97,6 +98,8 @@ class DepthwiseCoupling(nn.Module):
                 blocks_cg.append(cg)
             self.paths.append(paths)
             coupling = torch.cat(blocks_cg, dim=2) if blocks_cg else torch.zeros(ir_in.dim, dim_sh, 0)
+            # stored as (harmonics, output components x input components), ready to contract with Y
+            coupling = coupling.permute(1, 2, 0).reshape(dim_sh, -1)
             self.register_buffer(f'coupling_{i}', coupling.to(torch.get_default_dtype()), persistent=False)
 
     def forward(self, blocks: Blocks, edge_sh: torch.Tensor, edge_weights: torch.Tensor) -> list[torch.Tensor | None]:
@@ -105,20 +108,19 @@ class DepthwiseCoupling(nn.Module):
         for i, (block, paths) in enumerate(zip(blocks, self.paths)):
             if not paths:
                 continue
-            coupling = getattr(self, f'coupling_{i}')
-            d_in, dim_sh, width = coupling.shape
-            # (edges, d_in, width): the harmonics contracted with every used path's coefficients
-            operator = (edge_sh @ coupling.permute(1, 0, 2).reshape(dim_sh, d_in * width)).view(-1, d_in, width)
+            d_in = block.shape[1]
+            # (edges, output components, d_in): the harmonics contracted with every used path's coefficients
+            operator = (edge_sh @ getattr(self, f'coupling_{i}')).view(len(edge_sh), -1, d_in)
             sizes = [dim for *_, dim in paths]
             if d_in == 1:
-                # scalars: each path is an outer product; weighting the (edges, mul, 1) inputs first
-                # costs less than weighting the outputs, and a batched product of 1-row matrices
-                # is slower than broadcasting
-                for (n, i_out, output, _), path_operator in zip(paths, operator.split(sizes, dim=2)):
-                    pieces[output].append((i_out, (block * weights[n].unsqueeze(2)) * path_operator))
+                # scalars: each path is an outer product; weighting the (edges, 1, mul) inputs first
+                # costs less than weighting the outputs, and a batched product with one inner
+                # dimension is slower than broadcasting
+                for (n, i_out, output, _), path_operator in zip(paths, operator.split(sizes, dim=1)):
+                    pieces[output].append((i_out, path_operator * (block * weights[n].unsqueeze(1))))
                 continue
-            for (n, i_out, output, _), part in zip(paths, torch.bmm(block, operator).split(sizes, dim=2)):
-                pieces[output].append((i_out, part * weights[n].unsqueeze(2)))
+            for (n, i_out, output, _), part in zip(paths, torch.bmm(operator, block).split(sizes, dim=1)):
+                pieces[output].append((i_out, part * weights[n].unsqueeze(1)))
         # channels of one simplified output follow e3nn's (sorted output) order
-        return [torch.cat([part for _, part in sorted(parts, key=lambda item: item[0])], dim=1) if parts else None
+        return [torch.cat([part for _, part in sorted(parts, key=lambda item: item[0])], dim=2) if parts else None
                 for parts in pieces]
