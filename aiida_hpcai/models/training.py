@@ -11,8 +11,10 @@ reference are kept (the network's output space must not move), the learning rate
 the embedding plus the first ``freeze_blocks`` blocks can be frozen.
 
 Resuming: after every epoch the state (current member, epoch, step, optimiser, finished
-members, histories) is written to ``training_state.pt`` in the output folder; running again with
-the same folder continues from there.
+members, histories, the member's budget) is written to ``training_state.pt`` in the output folder;
+running again with the same folder continues from there, and a wall-clock budget continues too:
+the time the epochs already took counts against it (a cluster job stopped at its wall time and
+submitted again ends its schedule where an uninterrupted run would have).
 """
 from __future__ import annotations
 
@@ -113,9 +115,16 @@ def _prepare(arrays: StructureArrays, indices, target: str, reference: dict | No
 
 
 class _Budget:
-    def __init__(self, minutes: float | None):
+    """A wall-clock budget of ``minutes``, of which ``spent_seconds`` were used before this process
+    (a resumed run keeps its clock, so its schedule goes on where it stopped)."""
+
+    def __init__(self, minutes: float | None, spent_seconds: float = 0.0):
         self.seconds = None if minutes is None else max(60.0 * minutes, 1e-3)
-        self.deadline = None if minutes is None else time.monotonic() + self.seconds
+        self.deadline = None if minutes is None else time.monotonic() + self.seconds - spent_seconds
+
+    @property
+    def minutes(self) -> float | None:
+        return None if self.seconds is None else self.seconds / 60.0
 
     def exhausted(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
@@ -223,6 +232,15 @@ def train_member(model: Crysformer, train: PreparedData, val: PreparedData, norm
     return best_state, history
 
 
+def _seconds_spent(saved: dict | None) -> float:
+    """Training time recorded in a saved state: finished members and the current member's epochs."""
+    if saved is None:
+        return 0.0
+    rows = [row for history in saved.get('finished_histories', []) for row in history]
+    rows += saved.get('history', []) if 'model' in saved else []
+    return float(sum(row['seconds'] for row in rows))
+
+
 def _freeze(model: Crysformer, count: int) -> None:
     for module in model.blocks_to_freeze(count):
         for parameter in module.parameters():
@@ -265,13 +283,13 @@ def train_ensemble(arrays: StructureArrays, target: str, split: dict[str, np.nda
         print(f'graphs of {sum(len(d.graphs) for d in data.values())} structures built in '
               f'{time.monotonic() - started:.1f} s', flush=True)
 
-    budget = _Budget(config.max_minutes)
     state_path = output_dir / STATE_FILE
     saved = torch.load(state_path, map_location='cpu', weights_only=True) if resume and state_path.exists() else None
     if saved is not None and saved.get('signature') != _signature(config, model_config, target, data):
         saved = None  # a different run used this folder: start afresh
     members: list[dict] = list(saved['finished_members']) if saved else []
     histories: list[list] = list(saved['finished_histories']) if saved else []
+    budget = _Budget(config.max_minutes, _seconds_spent(saved))
     for member in range(len(members), config.ensemble_size):
         seed = config.seed + member
         seed_everything(seed)
@@ -280,10 +298,15 @@ def train_ensemble(arrays: StructureArrays, target: str, split: dict[str, np.nda
             model.load_state_dict(parent['members'][member % len(parent['members'])])
             _freeze(model, config.freeze_blocks)
         resume_state = saved if saved is not None and saved.get('member') == member and 'model' in saved else None
-        member_budget = _Budget(None if config.max_minutes is None else
-                                max(0.0, (budget.deadline - time.monotonic()) / 60.0) / (config.ensemble_size - member))
+        if resume_state is not None and config.max_minutes is not None and resume_state.get('member_budget_minutes'):
+            member_budget = _Budget(resume_state['member_budget_minutes'],
+                                    sum(row['seconds'] for row in resume_state['history']))
+        else:
+            member_budget = _Budget(None if config.max_minutes is None else
+                                    max(0.0, (budget.deadline - time.monotonic()) / 60.0) / (config.ensemble_size - member))
         extra = {'signature': _signature(config, model_config, target, data), 'member': member,
-                 'finished_members': members, 'finished_histories': histories}
+                 'finished_members': members, 'finished_histories': histories,
+                 'member_budget_minutes': member_budget.minutes}
         best_state, history = train_member(model, data['train'], data['val'], normalization, config, seed,
                                            member_budget, state_path, resume_state, extra,
                                            label=f'member {member + 1}/{config.ensemble_size}')

@@ -1,5 +1,6 @@
 """Training, fine-tuning, resuming, checkpoints and the uncertainty metrics (tiny models)."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -178,6 +179,39 @@ def test_interrupted_training_resumes(tmp_path, monkeypatch):
     assert len(checkpoint['members']) == 2
     first = checkpoint['members'][0]
     assert all(torch.equal(first[k], saved['finished_members'][0][k]) for k in first)
+
+
+def test_resumed_run_keeps_its_wall_clock_budget(tmp_path, monkeypatch):
+    """A run stopped mid-member and started again counts the epochs already done against its budget
+    (otherwise the schedule would warm up again and the run would exceed its budget)."""
+    arrays = synthetic_set(20, seed=5)
+    options = {**TINY, 'epochs': 3, 'ensemble_size': 1, 'max_minutes': 5.0}
+    original_evaluate = training_module._evaluate_mae
+    evaluations = []
+
+    def crash_in_second_epoch(*args, **kwargs):
+        evaluations.append(1)
+        if len(evaluations) == 2:
+            raise KeyboardInterrupt('simulated end of a job')
+        return original_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(training_module, '_evaluate_mae', crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_ensemble(arrays, 'energy', _split(20), tmp_path, model_config='tiny', training=options)
+    state_path = tmp_path / training_module.STATE_FILE
+    saved = torch.load(state_path, weights_only=True)
+    assert saved['member_budget_minutes'] == pytest.approx(5.0, rel=1e-3) and len(saved['history']) == 1
+    saved['history'][0]['seconds'] = 120.0  # as if the first epoch had taken two minutes
+    torch.save(saved, state_path)
+
+    monkeypatch.setattr(training_module, '_evaluate_mae', original_evaluate)
+    budgets = []
+    original_member = training_module.train_member
+    monkeypatch.setattr(training_module, 'train_member',
+                        lambda *a, **k: budgets.append(a[6].deadline - time.monotonic()) or original_member(*a, **k))
+    _, metrics = train_ensemble(arrays, 'energy', _split(20), tmp_path, model_config='tiny', training=options)
+    assert 170.0 < budgets[0] <= 180.0  # 5 minutes less the 2 already spent
+    assert len(metrics['history'][0]) == 3 and metrics['history'][0][0]['seconds'] == 120.0
 
 
 def test_wall_clock_budget_stops_training(tmp_path):
