@@ -43,7 +43,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from aiida_hpcai.models.datasets import load_dataset, read_split, split_by_id, split_indices, write_split  # noqa: E402
-from aiida_hpcai.models.inference import UNCERTAINTY_METHODS  # noqa: E402
+from aiida_hpcai.models.uncertainty import UNCERTAINTY_METHODS  # noqa: E402
 from aiida_hpcai.models.structure_io import StructureArrays, read_npz, write_npz  # noqa: E402
 
 TARGETS = {'formation_energy_per_atom': 'eV/atom', 'band_gap': 'eV'}

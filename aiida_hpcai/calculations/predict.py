@@ -4,13 +4,13 @@ from __future__ import annotations
 from aiida import orm
 
 from aiida_hpcai.data.model import ModelData
+from aiida_hpcai.models.uncertainty import UNCERTAINTY_METHODS
 
 from .base import ModelProgramCalculation, checkpoint_entry, validate_parameter_keys
 
 __all__ = ('PredictCalculation',)
 
 PREDICT_PARAMETERS = {'batch_size', 'uncertainty', 'mc_samples'}
-UNCERTAINTY_METHODS = ('ensemble', 'mc_dropout', 'mc_dropout_readout')  # as models.inference (no torch here)
 
 
 def validate_models(models, _):

@@ -16,6 +16,7 @@ import sys
 import click
 from aiida.cmdline.utils import decorators, echo
 
+from ..models.uncertainty import UNCERTAINTY_METHODS
 from . import cli
 
 DEFAULT_CODE = 'hpcai-model@localhost'
@@ -162,11 +163,16 @@ def prediction_rows(structures, predictions) -> list[dict]:
               help='Code running the hpcai-model program.')
 @click.option('--device', default='cpu', show_default=True, help='cpu, cuda or cuda:<index>.')
 @click.option('--batch-size', type=int, default=None, help='Structures per batch (default of the program: 64).')
+@click.option('--uncertainty', type=click.Choice(UNCERTAINTY_METHODS), default=None,
+              help='How sigma is estimated (default of the program: ensemble, or MC dropout for one member); '
+                   'mc_dropout_readout costs about one plain prediction.')
+@click.option('--mc-samples', type=int, default=None, help='Samples per member for the MC-dropout methods (10).')
 @click.option('--json', 'as_json', is_flag=True, help='Print machine-readable JSON instead of a table.')
 @click.option('--output', type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
               help='Also write the rows to this CSV file.')
 @decorators.with_dbenv()
-def predict(files, models, target, threshold, code_label, device, batch_size, as_json, output):
+def predict(files, models, target, threshold, code_label, device, batch_size, uncertainty, mc_samples, as_json,
+            output):
     """Predict a property with an uncertainty for the structures in FILES (CIF, POSCAR, extxyz).
 
     Runs the hpcai.surrogate WorkChain: structures whose sigma exceeds the threshold, or that the
@@ -180,8 +186,10 @@ def predict(files, models, target, threshold, code_label, device, batch_size, as
     model_nodes = load_models(models, target)
     code = _load_code(code_label)
     predict_inputs = {'code': code, 'device': orm.Str(device)}
-    if batch_size is not None:
-        predict_inputs['parameters'] = orm.Dict({'batch_size': batch_size})
+    parameters = {key: value for key, value in
+                  (('batch_size', batch_size), ('uncertainty', uncertainty), ('mc_samples', mc_samples)) if value is not None}
+    if parameters:
+        predict_inputs['parameters'] = orm.Dict(parameters)
     inputs = {'structures': structures, 'models': model_nodes, 'predict': predict_inputs}
     if threshold is not None:
         inputs['sigma_threshold'] = orm.Float(threshold)

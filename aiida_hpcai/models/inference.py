@@ -17,13 +17,8 @@ import torch
 from .checkpoint import CheckpointError, build_members, load_checkpoint, sha256_file
 from .graph import GraphError, collate, neighbour_graph
 from .structure_io import StructureArrays, read_npz
-from .uncertainty import spread
+from .uncertainty import MC_DROPOUT_METHODS, UNCERTAINTY_METHODS, spread
 
-# ensemble: spread over the members; mc_dropout: every member sampled with all its dropout on;
-# mc_dropout_readout: dropout in the readout MLP only, the samples sharing one pass of the blocks
-# (about the cost of one plain prediction)
-UNCERTAINTY_METHODS = ('ensemble', 'mc_dropout', 'mc_dropout_readout')
-MC_DROPOUT_METHODS = ('mc_dropout', 'mc_dropout_readout')
 
 
 class IncompatibleModels(ValueError):

@@ -1,6 +1,6 @@
 """Predictive uncertainty: deep ensembles and MC dropout, recalibration, and its metrics.
 
-Both estimators give, per structure, a mean and a spread ``sigma`` (the standard deviation over
+Each estimator gives, per structure, a mean and a spread ``sigma`` (the standard deviation over
 ensemble members, or over dropout samples of every member). Raw spreads are usually too small
 or too large, so one scale factor ``s`` is fitted on the validation split and stored in the
 checkpoint; reported sigmas are ``s * sigma``. ``s`` minimises the miscalibration area on the
@@ -24,6 +24,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+# ensemble: spread over the members; mc_dropout: every member sampled with all its dropout on;
+# mc_dropout_readout: dropout in the readout MLP only, the samples sharing one pass of the blocks
+# (about the cost of one plain prediction)
+UNCERTAINTY_METHODS = ('ensemble', 'mc_dropout', 'mc_dropout_readout')
+MC_DROPOUT_METHODS = ('mc_dropout', 'mc_dropout_readout')
 
 Z_90 = 1.6448536269514722
 _LEVELS = np.linspace(0.01, 0.99, 99)

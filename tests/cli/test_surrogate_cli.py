@@ -67,7 +67,8 @@ def test_predict_json_and_csv(aiida_code_installed, shared_data_dir, structure_f
     table = tmp_path / 'predictions.csv'
 
     result = CliRunner().invoke(cli, ['predict', *map(str, paths), '--model', str(model.pk), '--threshold', '1e6',
-                                      '--code', code.full_label, '--json', '--output', str(table)])
+                                      '--code', code.full_label, '--json', '--output', str(table),
+                                      '--uncertainty', 'mc_dropout_readout', '--mc-samples', '4'])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     rows = payload['rows']
@@ -79,6 +80,8 @@ def test_predict_json_and_csv(aiida_code_installed, shared_data_dir, structure_f
     from aiida.orm import load_node
     workchain = load_node(payload['process_pk'])
     assert workchain.process_label == 'SurrogateWorkChain' and workchain.is_finished_ok
+    calculation, = [node for node in workchain.called if node.process_label == 'PredictCalculation']
+    assert calculation.inputs.parameters.get_dict() == {'uncertainty': 'mc_dropout_readout', 'mc_samples': 4}
     with table.open() as handle:
         written = list(csv.DictReader(handle))
     assert [float(row['mean']) for row in written] == pytest.approx([row['mean'] for row in rows])
