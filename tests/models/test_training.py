@@ -154,19 +154,24 @@ def test_fine_tuning_keeps_frozen_blocks_and_output_space(trained, tmp_path):
         train_ensemble(new_data, 'other', _split(24), tmp_path / 'x', training=TINY, parent=parent)
 
 
+def _crashing_on_call(function, number: int):
+    """``function``, except that its ``number``-th call raises KeyboardInterrupt (a killed job)."""
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == number:
+            raise KeyboardInterrupt('simulated crash')
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
 def test_interrupted_training_resumes(tmp_path, monkeypatch):
     arrays = synthetic_set(20, seed=3)
     options = {**TINY, 'epochs': 2}
     original = training_module.train_member
-    calls = []
-
-    def crash_on_second_member(*args, **kwargs):
-        calls.append(kwargs.get('label'))
-        if len(calls) == 2:
-            raise KeyboardInterrupt('simulated crash')
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(training_module, 'train_member', crash_on_second_member)
+    monkeypatch.setattr(training_module, 'train_member', _crashing_on_call(original, 2))  # in the second member
     with pytest.raises(KeyboardInterrupt):
         train_ensemble(arrays, 'energy', _split(20), tmp_path, model_config='tiny', training=options)
     saved = torch.load(tmp_path / training_module.STATE_FILE, weights_only=True)
@@ -187,15 +192,7 @@ def test_resumed_run_keeps_its_wall_clock_budget(tmp_path, monkeypatch):
     arrays = synthetic_set(20, seed=5)
     options = {**TINY, 'epochs': 3, 'ensemble_size': 1, 'max_minutes': 5.0}
     original_evaluate = training_module._evaluate_mae
-    evaluations = []
-
-    def crash_in_second_epoch(*args, **kwargs):
-        evaluations.append(1)
-        if len(evaluations) == 2:
-            raise KeyboardInterrupt('simulated end of a job')
-        return original_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(training_module, '_evaluate_mae', crash_in_second_epoch)
+    monkeypatch.setattr(training_module, '_evaluate_mae', _crashing_on_call(original_evaluate, 2))  # second epoch
     with pytest.raises(KeyboardInterrupt):
         train_ensemble(arrays, 'energy', _split(20), tmp_path, model_config='tiny', training=options)
     state_path = tmp_path / training_module.STATE_FILE
