@@ -263,10 +263,10 @@ def ship(args) -> None:
         'n_parameters_per_member': metrics['n_parameters'], 'hyperparameters': checkpoint['hyperparameters'],
         'dataset': dataset,
         'split': {'files': 'benchmarks/splits/mp_cgcnn/{train,val,test}.txt', 'digests': checkpoint['split']},
-        'metrics': {name: metrics[name] for name in ('val', 'test')}, 'sigma_scale': checkpoint['sigma_scale'],
+        'metrics': checkpoint['metrics'], 'sigma_scale': checkpoint['sigma_scale'],
         'normalization': checkpoint['normalization'],
         'training': {'device': args.training_device, 'seconds_all_members': metrics.get('training_seconds'),
-                     'epochs_per_member': [len(h) for h in metrics['history']], 'command': args.command},
+                     'epochs_per_member': [len(h) for h in metrics['history']], 'command': args.trained_with},
         'history': metrics['history'],
     }
     destination.with_suffix('.json').write_text(json.dumps(record, indent=2))
@@ -535,7 +535,7 @@ def main(argv=None) -> None:
     command = sub.add_parser('ship')
     command.add_argument('--run', required=True, help='a finished train/merge folder (model.pt, metrics.json)')
     command.add_argument('--training-device', required=True, help='where and how it was trained (recorded)')
-    command.add_argument('--command', required=True, help='the command that trained it (recorded)')
+    command.add_argument('--trained-with', required=True, help='the command that trained it (recorded)')
     command = sub.add_parser('report')
     command.add_argument('--model', action='append', help='TARGET=FOLDER with model.pt, metrics.json, metadata.json')
     command.add_argument('--training-device', default=None, help='where the models were trained (recorded)')

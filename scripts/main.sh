@@ -8,7 +8,7 @@ DATA_DIR=${HPCAI_DATA_DIR:-../shared/data}
 aiida-hpcai data import "$DATA_DIR/perov_5/val.csv" --label perov_5-val
 aiida-hpcai data import "$DATA_DIR/mp_cgcnn/mp_cgcnn.csv.gz" --limit 2000 --target formation_energy_per_atom --target band_gap --label mp_cgcnn-first-2000
 
-# Surrogate pattern: the shipped Crysformer ensembles predict a held-out batch of the mp_cgcnn test split.
+# Surrogate pattern: the shipped Crysformer models predict a held-out batch of the mp_cgcnn test split.
 mkdir -p main_job
 python3 scripts/main_inputs.py main_job
 aiida-hpcai predict main_job/heldout.extxyz --target formation_energy_per_atom

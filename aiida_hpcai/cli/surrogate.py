@@ -86,7 +86,7 @@ def _numeric_info(atoms) -> dict:
 
 
 def pretrained_model(target: str):
-    """The shipped pretrained ensemble for ``target`` as ONE ModelData node (re-used on every call)."""
+    """The shipped pretrained model for ``target`` as ONE ModelData node (re-used on every call)."""
     from aiida_hpcai.data.model import ModelData
     from aiida_hpcai.models import checkpoint
 
@@ -153,7 +153,7 @@ def prediction_rows(structures, predictions) -> list[dict]:
 @click.argument('files', nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path))
 @click.option('--model', 'models', multiple=True, metavar='PK_OR_UUID',
               help='ModelData node to predict with (repeatable: several form an ensemble). '
-                   'Default: the pretrained ensemble shipped for --target.')
+                   'Default: the pretrained model shipped for --target.')
 @click.option('--target', default=DEFAULT_TARGET, show_default=True,
               help='Property, used to pick the pretrained model when no --model is given.')
 @click.option('--threshold', type=float, default=None,

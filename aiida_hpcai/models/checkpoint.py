@@ -125,7 +125,7 @@ def build_members(checkpoint: dict, device: str | torch.device = 'cpu') -> list[
 
 
 def pretrained_path(target: str = 'formation_energy_per_atom') -> pathlib.Path:
-    """Path of the shipped pretrained ensemble for ``target`` (see ``pretrained/README.md``)."""
+    """Path of the shipped pretrained model for ``target`` (see ``pretrained/README.md``)."""
     if target not in PRETRAINED_FILES:
         raise KeyError(f'no pretrained model for {target!r}; available: {sorted(PRETRAINED_FILES)}')
     path = PRETRAINED_DIR / PRETRAINED_FILES[target]

@@ -83,7 +83,7 @@ PRESETS: dict[str, CrysformerConfig] = {
     'tiny': CrysformerConfig(irreps_hidden='16x0e+4x1o+2x2e', num_blocks=2, num_heads=2, num_basis=8,
                              radial_hidden=16, attention_channels=4, readout_hidden=16, dropout=0.1,
                              norm_floor=0.01),
-    # trainable on a 2-core CPU; also what the shipped pretrained ensembles use
+    # trainable on a 2-core CPU; also what the shipped pretrained models use
     'cpu': CrysformerConfig(norm_floor=0.01),
     # the seed paper's size: 128x0e+64x1o+32x2e, 6 blocks, 4 heads, l_max 2
     # (3.4M parameters, near the seed paper's ~3.5M; its FFN/radial widths are not given, ours

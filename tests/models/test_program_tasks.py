@@ -162,7 +162,7 @@ def test_train_task_fine_tunes_a_parent(trained_task, small_mp_set, tmp_path):
 
 
 @pytest.mark.parametrize('target, low, high', [('formation_energy_per_atom', -4.5, -2.5), ('band_gap', 4.0, 10.0)])
-def test_pretrained_ensembles_load_and_predict_on_cpu(target, low, high):
+def test_pretrained_models_load_and_predict_on_cpu(target, low, high):
     """Rock-salt LiF: DFT-PBE formation energy about -3.1 eV/atom, band gap about 8.7 eV."""
     from pymatgen.core import Lattice, Structure
 
@@ -170,7 +170,7 @@ def test_pretrained_ensembles_load_and_predict_on_cpu(target, low, high):
     from aiida_hpcai.models.structure_io import from_pymatgen
 
     checkpoint = load_checkpoint(pretrained_path(target))
-    assert checkpoint['target'] == target and len(checkpoint['members']) == 3
+    assert checkpoint['target'] == target and len(checkpoint['members']) >= 1
     lif = Structure.from_spacegroup('Fm-3m', Lattice.cubic(4.03), ['Li', 'F'], [[0, 0, 0], [0.5, 0.5, 0.5]])
     result = EnsemblePredictor([checkpoint]).predict(from_pymatgen([lif]))
     assert result['status'][0] == 'ok'
