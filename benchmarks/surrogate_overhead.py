@@ -32,7 +32,7 @@ they are recorded beside the figures.
 Structures: the mp_cgcnn test split, then the validation split, then the training split in
 order, until ``--count`` (default 10,000); optionally only those with at most ``--max-atoms``.
 
-    python benchmarks/surrogate_overhead.py                        # 10,000 structures, 3-member ensemble
+    python benchmarks/surrogate_overhead.py                        # 10,000 structures, the shipped model
     python benchmarks/surrogate_overhead.py --count 300 --members 1 --output /tmp/overhead.json
 
 Writes benchmarks/results/surrogate_overhead.json (or ``--output``).
@@ -58,6 +58,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
 
+from aiida_hpcai.models.uncertainty import UNCERTAINTY_METHODS  # noqa: E402
 from surrogate_accuracy import thread_environment  # noqa: E402
 
 RESULTS_FILE = REPO / 'benchmarks' / 'results' / 'surrogate_overhead.json'
@@ -84,7 +85,7 @@ def select_structures(data: pathlib.Path, count: int, max_atoms: int | None):
 
 
 def checkpoint_file(target: str, members: int | None, folder: pathlib.Path) -> tuple[pathlib.Path, int]:
-    """The shipped pretrained ensemble, or a copy holding only its first ``members`` members."""
+    """The shipped pretrained model, or a copy holding only its first ``members`` members."""
     from aiida_hpcai.models.checkpoint import load_checkpoint, pretrained_path, save_checkpoint
 
     path = pretrained_path(target)
@@ -315,10 +316,10 @@ def main(argv=None) -> None:
     parser.add_argument('--count', type=int, default=10000)
     parser.add_argument('--max-atoms', type=int, default=None, help='only structures with at most this many atoms')
     parser.add_argument('--target', default='formation_energy_per_atom',
-                        choices=('formation_energy_per_atom', 'band_gap'), help='which pretrained ensemble')
+                        choices=('formation_energy_per_atom', 'band_gap'), help='which pretrained model')
     parser.add_argument('--members', type=int, default=None,
-                        help='use only the first N members of the pretrained ensemble (default: all)')
-    parser.add_argument('--uncertainty', default='ensemble', choices=('ensemble', 'mc_dropout'),
+                        help='use only the first N members of the pretrained model (default: all)')
+    parser.add_argument('--uncertainty', default='ensemble', choices=UNCERTAINTY_METHODS,
                         help='program option (one member falls back to mc_dropout)')
     parser.add_argument('--mc-samples', type=int, default=10, help='program option')
     parser.add_argument('--batch-size', type=int, default=64, help='program option')
