@@ -43,8 +43,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from aiida_hpcai.models.datasets import load_dataset, read_split, split_by_id, split_indices, write_split  # noqa: E402
-from aiida_hpcai.models.uncertainty import UNCERTAINTY_METHODS  # noqa: E402
 from aiida_hpcai.models.structure_io import StructureArrays, read_npz, write_npz  # noqa: E402
+from aiida_hpcai.models.uncertainty import UNCERTAINTY_METHODS  # noqa: E402
 
 TARGETS = {'formation_energy_per_atom': 'eV/atom', 'band_gap': 'eV'}
 TARGET_MAE = {'formation_energy_per_atom': 0.045, 'band_gap': 0.35}
@@ -201,7 +201,7 @@ def recalibrate(args) -> None:
     arrays, _ = load_filtered(pathlib.Path(args.data))
     split = get_split(arrays)
     predictor = EnsemblePredictor([checkpoint], args.device)
-    # prediction draws 10 samples unless told otherwise: fit the scales for the count that will be used
+    # fit the scales for the sample count prediction will use (the program draws 10 by default)
     mc_samples = args.mc_samples or int(checkpoint['hyperparameters']['training'].get('mc_samples', 10))
     splits = {}
     for name in ('val', 'test'):

@@ -141,9 +141,10 @@ class EquivariantLayerNorm(nn.Module):
 
     ``floor`` adds that fraction of the (centred) scalar power to every l > 0 denominator. Without
     it, an atom whose site symmetry forbids l > 0 features (a cubic site) has only rounding noise
-    there, and each norm scales that noise up to O(1) (by up to ``1/sqrt(eps)``): float32 and float64
-    predictions then differ by up to 0.01 eV/atom. With the floor the noise stays relative to the
-    scalars, while genuine l > 0 features (comparable to the scalars) are normalised as before.
+    there, and each norm scales that noise up to O(1) (by up to ``1/sqrt(eps)``): the float32 and
+    float64 predictions of the first shipped models differed by up to 0.03 eV/atom (formation
+    energy) and 0.3 eV (band gap). With the floor the noise stays relative to the scalars, while
+    genuine l > 0 features (comparable to the scalars) are normalised nearly as before.
     """
 
     def __init__(self, irreps: o3.Irreps, eps: float = 1e-5, floor: float = 0.0):

@@ -20,7 +20,6 @@ from .structure_io import StructureArrays, read_npz
 from .uncertainty import MC_DROPOUT_METHODS, UNCERTAINTY_METHODS, spread
 
 
-
 class IncompatibleModels(ValueError):
     """Checkpoints that cannot be pooled (different targets or units)."""
 
