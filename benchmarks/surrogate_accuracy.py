@@ -143,7 +143,7 @@ def train(args) -> None:
                 'progress': not args.no_progress, 'graph_workers': args.graph_workers}
     started = time.time()
     _, metrics = train_ensemble(arrays, args.target, split, args.out, model_config=model_config, training=training,
-                                units=TARGETS[args.target], dataset={**info, 'split_dir': 'benchmarks/splits/mp_cgcnn',
+                                units=TARGETS[args.target], dataset={**info, 'split_dir': str(SPLIT_DIR.relative_to(REPO)),
                                                                      'train_fraction': args.train_fraction})
     print(json.dumps({'target': args.target, 'test_mae': metrics['test']['mae'], 'val_mae': metrics['val']['mae'],
                       'seconds': time.time() - started}))
@@ -262,7 +262,7 @@ def ship(args) -> None:
         'target': checkpoint['target'], 'units': checkpoint['units'], 'n_members': len(checkpoint['members']),
         'n_parameters_per_member': metrics['n_parameters'], 'hyperparameters': checkpoint['hyperparameters'],
         'dataset': dataset,
-        'split': {'files': 'benchmarks/splits/mp_cgcnn/{train,val,test}.txt', 'digests': checkpoint['split']},
+        'split': {'files': f'{SPLIT_DIR.relative_to(REPO)}/{{train,val,test}}.txt', 'digests': checkpoint['split']},
         'metrics': checkpoint['metrics'], 'sigma_scale': checkpoint['sigma_scale'],
         'normalization': checkpoint['normalization'],
         'training': {'device': args.training_device, 'seconds_all_members': metrics.get('training_seconds'),
