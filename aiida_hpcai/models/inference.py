@@ -14,7 +14,8 @@ import time
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, build_members, load_checkpoint, sha256_file
+from .checkpoint import CheckpointError, load_checkpoint, model_config_of, sha256_file
+from .crysformer import Crysformer, enable_mc_dropout
 from .graph import GraphError, collate, neighbour_graph
 from .structure_io import StructureArrays, read_npz
 from .uncertainty import MC_DROPOUT_METHODS, UNCERTAINTY_METHODS, spread
@@ -39,14 +40,19 @@ def element_reference_offsets(numbers_per_structure, reference: dict | None) -> 
 
 @dataclasses.dataclass
 class _MemberGroup:
-    models: list
+    model: Crysformer  # shared by every group of the same architecture, see EnsemblePredictor
+    states: list[dict]  # the members' parameters
     normalization: dict
     element_reference: dict | None
     sigma_scale: dict
 
 
 class EnsemblePredictor:
-    """Mean and sigma from the pooled members of one or more checkpoints."""
+    """Mean and sigma from the pooled members of one or more checkpoints.
+
+    Members of one architecture are evaluated by a single network that loads each member's
+    parameters in turn: building a network (e3nn generates code for every layer) costs a third
+    of a second, loading parameters a millisecond."""
 
     def __init__(self, checkpoints: list[dict], device: str = 'cpu'):
         if not checkpoints:
@@ -56,10 +62,22 @@ class EnsemblePredictor:
             raise IncompatibleModels(f'checkpoints predict different targets/units: {sorted(targets)}')
         self.target, self.units = targets.pop()
         self.device = torch.device(device)
-        self.groups = [_MemberGroup(build_members(c, self.device), c['normalization'], c.get('element_reference'),
-                                    dict(c.get('sigma_scale') or {})) for c in checkpoints]
-        self.max_atomic_number = min(m.max_atomic_number for g in self.groups for m in g.models)
-        self.num_neighbours = {m.config.num_neighbours for g in self.groups for m in g.models}
+        networks: dict[str, Crysformer] = {}
+        self.groups = []
+        for checkpoint in checkpoints:
+            config = model_config_of(checkpoint)
+            key = json.dumps(config.to_dict(), sort_keys=True)
+            if key not in networks:
+                networks[key] = Crysformer(config).to(self.device).eval()
+            states = [{name: tensor.to(self.device) for name, tensor in state.items()}
+                      for state in checkpoint['members']]
+            for state in states:
+                networks[key].load_state_dict(state)  # fails here, not mid-prediction, on a mismatch
+            self.groups.append(_MemberGroup(networks[key], states, checkpoint['normalization'],
+                                            checkpoint.get('element_reference'),
+                                            dict(checkpoint.get('sigma_scale') or {})))
+        self.max_atomic_number = min(g.model.max_atomic_number for g in self.groups)
+        self.num_neighbours = {g.model.config.num_neighbours for g in self.groups}
 
     @classmethod
     def from_files(cls, paths, device: str = 'cpu') -> 'EnsemblePredictor':
@@ -67,10 +85,10 @@ class EnsemblePredictor:
 
     @property
     def num_members(self) -> int:
-        return sum(len(g.models) for g in self.groups)
+        return sum(len(g.states) for g in self.groups)
 
     def sigma_scale(self, method: str) -> float:
-        weights = [len(g.models) for g in self.groups]
+        weights = [len(g.states) for g in self.groups]
         scales = [float(g.sigma_scale.get(method, 1.0)) for g in self.groups]
         return float(np.average(scales, weights=weights))
 
@@ -84,14 +102,14 @@ class EnsemblePredictor:
     def sample(self, graphs, batch_size: int = 64, method: str = 'ensemble', mc_samples: int = 10) -> np.ndarray:
         """Predictions in physical units, shape (n_samples, n_graphs): one row per member (and
         per dropout sample with the MC-dropout methods)."""
-        from .crysformer import enable_mc_dropout
-
         rows = []
         numbers = [g.numbers for g in graphs]
         for group in self.groups:
             offset = element_reference_offsets(numbers, group.element_reference)
             mean, std = group.normalization['mean'], group.normalization['std']
-            for model in group.models:
+            model = group.model
+            for state in group.states:
+                model.load_state_dict(state)
                 repeats = mc_samples if method in MC_DROPOUT_METHODS else 1
                 enable_mc_dropout(model, method in MC_DROPOUT_METHODS, readout_only=method == 'mc_dropout_readout')
                 outputs = [np.empty(len(graphs)) for _ in range(repeats)]
