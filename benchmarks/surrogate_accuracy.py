@@ -275,11 +275,17 @@ def ship(args) -> None:
 
 # -- report ----------------------------------------------------------------------------------------
 def report(args) -> dict:
+    """Baselines and the given runs into surrogate_accuracy.json; a target without a ``--model`` run
+    keeps the Crysformer entry it already has there (so one target can be updated alone)."""
     base = json.loads(BASELINES_FILE.read_text())
+    previous = json.loads(RESULTS_FILE.read_text())['targets'] if RESULTS_FILE.exists() else {}
     result = {'dataset': base['dataset'], 'split': base['split'], 'machine': base.get('machine'), 'targets': {}}
     models = dict(item.split('=', 1) for item in (args.model or []))
     for target, units in TARGETS.items():
         entry = {'units': units, 'target_mae': TARGET_MAE[target], **base['targets'][target]}
+        if target not in models and 'crysformer' in previous.get(target, {}):
+            entry['crysformer'] = previous[target]['crysformer']
+            entry['meets_target'] = bool(entry['crysformer']['test_mae'] <= TARGET_MAE[target])
         if target in models:
             folder = pathlib.Path(models[target])
             metrics = json.loads((folder / 'metrics.json').read_text())
