@@ -222,6 +222,10 @@ def recalibrate(args) -> None:
             checkpoint['metrics'][name][method] = values
         print(json.dumps({method: {**record['methods'][method],
                                    'test': checkpoint['metrics']['test'][method]}}, indent=1), flush=True)
+    if predictor.num_members == 1 and 'mc_dropout' in record['methods']:
+        # as in training: a single member's 'ensemble' scale is its MC-dropout scale (what pooling
+        # several one-member files averages before the pooled ensemble is recalibrated)
+        checkpoint['sigma_scale']['ensemble'] = checkpoint['sigma_scale']['mc_dropout']
     output = pathlib.Path(args.output or path)
     sha = save_checkpoint(checkpoint, output)
     beside = path.with_suffix('.json')
