@@ -51,8 +51,8 @@ class EnsemblePredictor:
     """Mean and sigma from the pooled members of one or more checkpoints.
 
     Members of one architecture are evaluated by a single network that loads each member's
-    parameters in turn: building a network (e3nn generates code for every layer) costs a third
-    of a second, loading parameters a millisecond."""
+    parameters in turn: building a network (e3nn generates code for every layer) takes about
+    0.2 s, loading a member's parameters into it a few milliseconds."""
 
     def __init__(self, checkpoints: list[dict], device: str = 'cpu'):
         if not checkpoints:
