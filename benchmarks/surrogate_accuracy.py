@@ -161,7 +161,10 @@ def merge(args) -> None:
     for folder in args.members:
         histories.extend(json.loads((pathlib.Path(folder) / 'metrics.json').read_text())['history'])
     first = checkpoints[0]
-    if any(c['target'] != args.target or c['normalization'] != first['normalization'] for c in checkpoints):
+    # the normalisation is recomputed by each run: equal up to the order of a float sum
+    if any(c['target'] != args.target or not all(np.isclose(c['normalization'][key], value, rtol=1e-12, atol=0.0)
+                                                 for key, value in first['normalization'].items())
+           for c in checkpoints):
         raise SystemExit('member checkpoints differ in target or normalisation: not one ensemble')
     members = [state for c in checkpoints for state in c['members']]
     model_config = model_config_of(first)
