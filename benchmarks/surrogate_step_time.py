@@ -147,9 +147,9 @@ def main(argv=None) -> None:
                 order = list(trees) if repeat % 2 == 0 else list(reversed(trees))
                 for name in order:
                     runs[name].append(_run_in(trees[name], args, structures))
-                    print(f'repeat {repeat} {name}: train step {runs[name][-1]["train_step_seconds"]:.3f} s, '
-                          f'forward {runs[name][-1]["forward_seconds"]:.3f} s, graphs {runs[name][-1]["graph_seconds"]:.3f} s',
-                          flush=True)
+                    last = runs[name][-1]
+                    print(f'repeat {repeat} {name}: train step {last["train_step_seconds"]:.3f} s, '
+                          f'forward {last["forward_seconds"]:.3f} s, graphs {last["graph_seconds"]:.3f} s', flush=True)
         finally:
             if args.baseline_rev:
                 subprocess.run(['git', 'worktree', 'remove', '--force', str(trees[args.baseline_rev])], cwd=REPO,

@@ -114,6 +114,7 @@ def main(argv=None) -> None:
     import torch
 
     from aiida_hpcai.models.checkpoint import load_checkpoint, pretrained_path, save_checkpoint
+    from aiida_hpcai.models.inference import default_batch_size
     from surrogate_accuracy import default_source
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,7 +123,7 @@ def main(argv=None) -> None:
     parser.add_argument('--max-atoms', type=int, default=20)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=2)
-    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--batch-size', type=int, default=None, help="default: the program's (24 on a CPU)")
     parser.add_argument('--checkpoint', type=pathlib.Path, action='append',
                         help='a checkpoint to time (repeatable; default: the shipped formation-energy model)')
     parser.add_argument('--mc-dropout', action='store_true', help='also time MC dropout (10 samples per member)')
@@ -133,7 +134,7 @@ def main(argv=None) -> None:
 
     arrays = select_structures(pathlib.Path(args.data), args.count, args.max_atoms)
     checkpoints = args.checkpoint or [pretrained_path('formation_energy_per_atom')]
-    options = {'batch_size': args.batch_size}
+    options = {} if args.batch_size is None else {'batch_size': args.batch_size}
     with tempfile.TemporaryDirectory() as tmp:
         load_before = os.getloadavg()
         cases, models = [], []
@@ -167,7 +168,7 @@ def main(argv=None) -> None:
     result = {
         'structures': {'source': 'mp_cgcnn test split, first ids with <= %d atoms' % args.max_atoms,
                        'count': len(arrays), 'mean_atoms': float(arrays.natoms.mean())},
-        'threads': args.threads, 'batch_size': args.batch_size,
+        'threads': args.threads, 'batch_size': args.batch_size or default_batch_size('cpu'),
         'machine': {'processor': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
                     'load_average_before': load_before, 'load_average_after': load_after,
                     'torch': torch.__version__},

@@ -56,11 +56,12 @@ class PredictCalculation(ModelProgramCalculation):
                              help='One or more checkpoints of the same target; all their members form one '
                                   'ensemble whose spread is the uncertainty.')
         spec.input('parameters', valid_type=orm.Dict, required=False, validator=validate_predict_parameters,
-                   help=f'Optional program settings: {sorted(PREDICT_PARAMETERS)} (defaults: batch_size 64, '
-                        'uncertainty `ensemble`, mc_samples 10). `ensemble` takes the spread over every member of '
-                        'every checkpoint (one checkpoint file can hold a whole ensemble); `mc_dropout` samples '
-                        'each member `mc_samples` times with dropout active; `mc_dropout_readout` samples only '
-                        'the readout\'s dropout, at about the cost of one plain prediction.')
+                   help=f'Optional program settings: {sorted(PREDICT_PARAMETERS)} (defaults: batch_size 24 on a '
+                        'CPU and 64 on a GPU, uncertainty `ensemble`, mc_samples 10). `ensemble` takes the spread '
+                        'over every member of every checkpoint (one checkpoint file can hold a whole ensemble); '
+                        '`mc_dropout` samples each member `mc_samples` times with dropout active; '
+                        '`mc_dropout_readout` samples only the readout\'s dropout, at about the cost of one plain '
+                        'prediction.')
         spec.inputs['metadata']['options']['parser_name'].default = 'hpcai.predict'
 
         spec.output('predictions', valid_type=orm.ArrayData,
@@ -77,9 +78,11 @@ class PredictCalculation(ModelProgramCalculation):
 
     def build_config(self) -> dict:
         parameters = self.inputs.parameters.get_dict() if 'parameters' in self.inputs else {}
-        return {
+        config = {
             'models': [checkpoint_entry(node, target) for node, target in self.model_files()],
-            'batch_size': parameters.get('batch_size', 64),
             'uncertainty': parameters.get('uncertainty', 'ensemble'),
             'mc_samples': parameters.get('mc_samples', 10),
         }
+        if 'batch_size' in parameters:  # otherwise the program's default for its device
+            config['batch_size'] = parameters['batch_size']
+        return config

@@ -162,7 +162,8 @@ def prediction_rows(structures, predictions) -> list[dict]:
 @click.option('--code', 'code_label', default=DEFAULT_CODE, show_default=True,
               help='Code running the hpcai-model program.')
 @click.option('--device', default='cpu', show_default=True, help='cpu, cuda or cuda:<index>.')
-@click.option('--batch-size', type=int, default=None, help='Structures per batch (default of the program: 64).')
+@click.option('--batch-size', type=int, default=None,
+              help='Structures per batch (default of the program: 24 on a CPU, 64 on a GPU).')
 @click.option('--uncertainty', type=click.Choice(UNCERTAINTY_METHODS), default=None,
               help='How sigma is estimated (default of the program: ensemble, or MC dropout for one member); '
                    'mc_dropout_readout costs about one plain prediction.')

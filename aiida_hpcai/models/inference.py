@@ -21,6 +21,16 @@ from .structure_io import StructureArrays, read_npz
 from .uncertainty import MC_DROPOUT_METHODS, UNCERTAINTY_METHODS, spread
 
 
+# Structures per batch when the caller does not say: on a CPU small batches stay in cache (24 gave
+# a third more structures/s than 64 on 2 threads, 8 and 32 less than 24;
+# benchmarks/results/surrogate_throughput_vs_0d371cb.json); a GPU wants large ones
+DEFAULT_BATCH_SIZE = {'cpu': 24, 'cuda': 64}
+
+
+def default_batch_size(device: str | torch.device) -> int:
+    return DEFAULT_BATCH_SIZE.get(torch.device(device).type, DEFAULT_BATCH_SIZE['cpu'])
+
+
 class IncompatibleModels(ValueError):
     """Checkpoints that cannot be pooled (different targets or units)."""
 
@@ -99,9 +109,11 @@ class EnsemblePredictor:
         return 'mc_dropout' if method == 'ensemble' and self.num_members < 2 else method
 
     @torch.no_grad()
-    def sample(self, graphs, batch_size: int = 64, method: str = 'ensemble', mc_samples: int = 10) -> np.ndarray:
+    def sample(self, graphs, batch_size: int | None = None, method: str = 'ensemble',
+               mc_samples: int = 10) -> np.ndarray:
         """Predictions in physical units, shape (n_samples, n_graphs): one row per member (and
-        per dropout sample with the MC-dropout methods)."""
+        per dropout sample with the MC-dropout methods). ``batch_size`` None: the device's default."""
+        batch_size = batch_size or default_batch_size(self.device)
         rows = []
         numbers = [g.numbers for g in graphs]
         for group in self.groups:
@@ -127,7 +139,7 @@ class EnsemblePredictor:
                 rows.extend(output * std + mean + offset for output in outputs)
         return np.stack(rows)
 
-    def predict_graphs(self, graphs, batch_size: int = 64, method: str = 'ensemble',
+    def predict_graphs(self, graphs, batch_size: int | None = None, method: str = 'ensemble',
                        mc_samples: int = 10) -> tuple[np.ndarray, np.ndarray]:
         method = self.resolve_method(method)
         if not graphs:
@@ -135,7 +147,7 @@ class EnsemblePredictor:
         mean, sigma = spread(self.sample(graphs, batch_size, method, mc_samples))
         return mean, sigma * self.sigma_scale(method)
 
-    def predict(self, arrays: StructureArrays, batch_size: int = 64, method: str = 'ensemble',
+    def predict(self, arrays: StructureArrays, batch_size: int | None = None, method: str = 'ensemble',
                 mc_samples: int = 10) -> dict[str, np.ndarray]:
         """Predict every structure; those the model cannot handle are marked failed, with a reason."""
         n = len(arrays)
@@ -206,7 +218,8 @@ def run_predict(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path)
         raise TaskError('incompatible_models', str(exc)) from exc
     arrays = read_npz(input_dir / 'structures.npz')
     method = predictor.resolve_method(config.get('uncertainty', 'ensemble'))
-    result = predictor.predict(arrays, int(config.get('batch_size', 64)), method, int(config.get('mc_samples', 10)))
+    batch_size = config.get('batch_size')
+    result = predictor.predict(arrays, batch_size and int(batch_size), method, int(config.get('mc_samples', 10)))
     seconds = time.perf_counter() - start
     np.savez(output_dir / 'predictions.npz', mean=result['mean'].astype(np.float64),
              sigma=result['sigma'].astype(np.float64), status=result['status'], reason=result['reason'])

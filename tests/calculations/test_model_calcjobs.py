@@ -77,7 +77,7 @@ def test_predict_defaults(code, structure_set):
     inputs = {'code': code, 'structures': structure_set, 'models': {'only': _model(b'single')}}
     _, config, _ = _prepare(PredictCalculation, inputs)
     assert config == {'models': [{'file': 'models/only.pt', 'sha256': inputs['models']['only'].sha256}],
-                      'device': 'cpu', 'batch_size': 64, 'uncertainty': 'ensemble', 'mc_samples': 10}
+                      'device': 'cpu', 'uncertainty': 'ensemble', 'mc_samples': 10}
 
 
 def test_predict_dry_run_puts_files_in_place(code, structure_set):
