@@ -373,8 +373,9 @@ def _plain_test_mae(checkpoint: pathlib.Path, args) -> float:
     arrays, _ = load_filtered(pathlib.Path(args.data))
     test = arrays.subset(get_split(arrays)['test'])
     graphs, _ = graphs_from_arrays(test)  # errors raise: the test split has no failures
-    predictions = EnsemblePredictor.from_files([checkpoint]).sample(graphs, 64, 'ensemble')
-    return float(np.mean(np.abs(predictions.mean(axis=0) - test.labels[args.target])))
+    predictor = EnsemblePredictor.from_files([checkpoint])
+    mean, _ = predictor.summarize(predictor.sample(graphs, 64, 'ensemble'))
+    return float(np.mean(np.abs(mean - test.labels[args.target])))
 
 
 def collect_equal_budget(args, out: pathlib.Path, load_before=None) -> dict:

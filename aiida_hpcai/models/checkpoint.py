@@ -7,6 +7,8 @@ Layout (a plain dict; only tensors, numbers, strings, lists and dicts, so that
     architecture       'crysformer'
     hyperparameters    {'model': <CrysformerConfig dict>, 'training': {...}}
     target, units      e.g. 'formation_energy_per_atom', 'eV/atom'
+    lower_bound        None or the target's physical lower bound (LOWER_BOUNDS, e.g. 0 eV for a
+                       band gap): predicted means are never below it (absent in older files: None)
     members            [state_dict, ...]   one per ensemble member (same architecture)
     normalization      {'mean': float, 'std': float}   of the (residual) target on the train split
     element_reference  None or {'coefficients': [float] * 101, 'ridge_alpha': float}
@@ -34,6 +36,8 @@ PRETRAINED_FILES = {
     'formation_energy_per_atom': 'crysformer_mp_formation_energy.pt',
     'band_gap': 'crysformer_mp_band_gap.pt',
 }
+# Physical lower bounds of targets: a band gap is never negative (40% of mp_cgcnn's are exactly 0)
+LOWER_BOUNDS = {'band_gap': 0.0}
 REQUIRED_KEYS = ('format_version', 'architecture', 'hyperparameters', 'target', 'units', 'members',
                  'normalization')
 
@@ -66,6 +70,7 @@ def make_checkpoint(members: list[dict], model_config: CrysformerConfig, target:
         'hyperparameters': {'model': model_config.to_dict(), 'training': dict(training or {})},
         'target': target,
         'units': units,
+        'lower_bound': LOWER_BOUNDS.get(target),
         'members': [{key: value.detach().cpu().clone() for key, value in state.items()} for state in members],
         'normalization': {'mean': float(normalization['mean']), 'std': float(normalization['std'])},
         'element_reference': element_reference,

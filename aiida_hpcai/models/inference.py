@@ -86,6 +86,8 @@ class EnsemblePredictor:
             self.groups.append(_MemberGroup(networks[key], states, checkpoint['normalization'],
                                             checkpoint.get('element_reference'),
                                             dict(checkpoint.get('sigma_scale') or {})))
+        bounds = {c.get('lower_bound') for c in checkpoints} - {None}
+        self.lower_bound = max(bounds) if bounds else None
         self.max_atomic_number = min(g.model.max_atomic_number for g in self.groups)
         self.num_neighbours = {g.model.config.num_neighbours for g in self.groups}
 
@@ -139,12 +141,23 @@ class EnsemblePredictor:
                 rows.extend(output * std + mean + offset for output in outputs)
         return np.stack(rows)
 
+    def bounded(self, values: np.ndarray) -> np.ndarray:
+        """``values`` raised to the target's physical lower bound, if it has one."""
+        return values if self.lower_bound is None else np.maximum(values, self.lower_bound)
+
+    def summarize(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Point prediction and uncalibrated sigma of the rows of ``sample``. With a lower bound the point
+        prediction is the median of the predictive distribution censored at the bound, max(mean, bound):
+        the value with the least expected absolute error; sigma is the spread of the uncensored samples."""
+        mean, sigma = spread(samples)
+        return self.bounded(mean), sigma
+
     def predict_graphs(self, graphs, batch_size: int | None = None, method: str = 'ensemble',
                        mc_samples: int = 10) -> tuple[np.ndarray, np.ndarray]:
         method = self.resolve_method(method)
         if not graphs:
             return np.zeros(0), np.zeros(0)
-        mean, sigma = spread(self.sample(graphs, batch_size, method, mc_samples))
+        mean, sigma = self.summarize(self.sample(graphs, batch_size, method, mc_samples))
         return mean, sigma * self.sigma_scale(method)
 
     def predict(self, arrays: StructureArrays, batch_size: int | None = None, method: str = 'ensemble',

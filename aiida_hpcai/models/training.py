@@ -34,7 +34,7 @@ from .crysformer import Crysformer, CrysformerConfig, count_parameters, resolve_
 from .graph import collate, graphs_from_arrays
 from .inference import EnsemblePredictor, element_reference_offsets
 from .structure_io import StructureArrays
-from .uncertainty import fit_sigma_scale, spread, uncertainty_metrics
+from .uncertainty import fit_sigma_scale, uncertainty_metrics
 
 STATE_FILE = 'training_state.pt'
 DEFAULT_UNITS = {'formation_energy_per_atom': 'eV/atom', 'band_gap': 'eV', 'energy_per_atom': 'eV/atom'}
@@ -388,7 +388,7 @@ def calibrate_method(predictor: EnsemblePredictor, splits: dict, method: str, ba
     """One uncertainty estimator on ``splits`` (``{'val': (graphs, true values), 'test': ...}``, val
     required): its sigma scale fitted on val, each split's uncalibrated ``(mean, sigma)``, and each
     split's metrics with the scale applied. Returns ``(scale, stats, metrics)``."""
-    stats = {name: spread(predictor.sample(graphs, batch_size, method, mc_samples))
+    stats = {name: predictor.summarize(predictor.sample(graphs, batch_size, method, mc_samples))
              for name, (graphs, _) in splits.items()}
     mean_val, sigma_val = stats['val']
     scale = fit_sigma_scale(mean_val - splits['val'][1], sigma_val)
@@ -421,7 +421,8 @@ def evaluate(predictor: EnsemblePredictor, data: dict, config: TrainingConfig):
     for name in ('val', 'test'):
         if data[name].graphs and predictor.num_members > 1:
             members = predictor.sample(data[name].graphs, config.batch_size, 'ensemble')
-            metrics[name]['member_mae'] = [float(np.mean(np.abs(row - data[name].raw))) for row in members]
+            metrics[name]['member_mae'] = [float(np.mean(np.abs(predictor.bounded(row) - data[name].raw)))
+                                           for row in members]
     return metrics, test_predictions
 
 
