@@ -396,6 +396,10 @@ def calibrate_method(predictor: EnsemblePredictor, splits: dict, method: str, ba
     return scale, stats, metrics
 
 
+def _mae(predicted: np.ndarray, true: np.ndarray) -> float:
+    return float(np.mean(np.abs(predicted - true)))
+
+
 def evaluate(predictor: EnsemblePredictor, data: dict, config: TrainingConfig):
     """Val/test metrics for the ensemble and both MC-dropout estimators, with sigma scales fitted on val."""
     metrics: dict = {'val': {}, 'test': {}, 'sigma_scale': {}}
@@ -412,7 +416,7 @@ def evaluate(predictor: EnsemblePredictor, data: dict, config: TrainingConfig):
             metrics[name][method] = values
         if method == methods[0]:
             for name, (mean, _) in stats.items():
-                metrics[name]['mae'] = float(np.mean(np.abs(mean - data[name].raw)))
+                metrics[name]['mae'] = _mae(mean, data[name].raw)
             key = 'test' if 'test' in stats else 'val'
             test_predictions = (stats[key][0], stats[key][1] * scale)
     if 'ensemble' not in metrics['sigma_scale']:
@@ -421,8 +425,11 @@ def evaluate(predictor: EnsemblePredictor, data: dict, config: TrainingConfig):
     for name in ('val', 'test'):
         if data[name].graphs and predictor.num_members > 1:
             members = predictor.sample(data[name].graphs, config.batch_size, 'ensemble')
-            metrics[name]['member_mae'] = [float(np.mean(np.abs(predictor.bounded(row) - data[name].raw)))
-                                           for row in members]
+            metrics[name]['member_mae'] = [_mae(predictor.bounded(row), data[name].raw) for row in members]
+            if predictor.lower_bound is not None:  # what the bound gains: the same predictions without it
+                metrics[name]['without_lower_bound'] = {
+                    'mae': _mae(members.mean(axis=0), data[name].raw),
+                    'member_mae': [_mae(row, data[name].raw) for row in members]}
     return metrics, test_predictions
 
 

@@ -146,6 +146,15 @@ def test_a_bounded_target_is_never_predicted_below_its_bound(trained):
     assert np.any(free['mean'] < 0) and np.any(free['mean'] > 0)
     np.testing.assert_array_equal(bounded['mean'], np.maximum(free['mean'], 0.0))
     np.testing.assert_array_equal(bounded['sigma'], free['sigma'])
+    # evaluation records what the bound gains on labels that respect it
+    data = {'val': training_module.PreparedData(training_module.graphs_from_arrays(arrays)[0], None,
+                                                np.maximum(arrays.labels['energy'], 0.0), list(arrays.ids)),
+            'test': training_module.PreparedData([], None, np.zeros(0), [])}
+    metrics, _ = training_module.evaluate(EnsemblePredictor([{**checkpoint, 'lower_bound': 0.0}]), data,
+                                          training_module.TrainingConfig(mc_samples=2))
+    unbounded = metrics['val']['without_lower_bound']
+    assert metrics['val']['mae'] < unbounded['mae'] and len(unbounded['member_mae']) == 2
+    assert all(b <= u for b, u in zip(metrics['val']['member_mae'], unbounded['member_mae']))
 
 
 def test_fine_tuning_keeps_frozen_blocks_and_output_space(trained, tmp_path):
