@@ -308,6 +308,7 @@ def report(args) -> dict:
                 'ensemble_size': metadata['n_members'],
                 'test_mae': test['mae'], 'val_mae': metrics['val']['mae'],
                 'member_test_mae': test.get('member_mae'),
+                'without_lower_bound_test': test.get('without_lower_bound'),  # bounded targets only
                 'uncertainty_test': {k: test[k] for k in UNCERTAINTY_METHODS if k in test},
                 'sigma_scale': metrics['sigma_scale'],
                 'epochs_run': [len(h) for h in histories],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from aiida_hpcai.models import program
-from aiida_hpcai.models.checkpoint import load_checkpoint, pretrained_path, sha256_file
+from aiida_hpcai.models.checkpoint import LOWER_BOUNDS, load_checkpoint, pretrained_path, sha256_file
 from aiida_hpcai.models.structure_io import StructureArrays, read_npz, write_npz
 
 
@@ -171,6 +171,7 @@ def test_pretrained_models_load_and_predict_on_cpu(target, low, high):
 
     checkpoint = load_checkpoint(pretrained_path(target))
     assert checkpoint['target'] == target and len(checkpoint['members']) >= 1
+    assert checkpoint.get('lower_bound') == LOWER_BOUNDS.get(target)  # a shipped band gap is never negative
     lif = Structure.from_spacegroup('Fm-3m', Lattice.cubic(4.03), ['Li', 'F'], [[0, 0, 0], [0.5, 0.5, 0.5]])
     result = EnsemblePredictor([checkpoint]).predict(from_pymatgen([lif]))
     assert result['status'][0] == 'ok'
