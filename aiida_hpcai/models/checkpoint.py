@@ -36,7 +36,7 @@ PRETRAINED_FILES = {
     'formation_energy_per_atom': 'crysformer_mp_formation_energy.pt',
     'band_gap': 'crysformer_mp_band_gap.pt',
 }
-# Physical lower bounds of targets: a band gap is never negative (40% of mp_cgcnn's are exactly 0)
+# Physical lower bounds of targets: a band gap is never negative (about 40% of mp_cgcnn's are exactly 0)
 LOWER_BOUNDS = {'band_gap': 0.0}
 REQUIRED_KEYS = ('format_version', 'architecture', 'hyperparameters', 'target', 'units', 'members',
                  'normalization')

@@ -146,9 +146,10 @@ class EnsemblePredictor:
         return values if self.lower_bound is None else np.maximum(values, self.lower_bound)
 
     def summarize(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Point prediction and uncalibrated sigma of the rows of ``sample``. With a lower bound the point
-        prediction is the median of the predictive distribution censored at the bound, max(mean, bound):
-        the value with the least expected absolute error; sigma is the spread of the uncensored samples."""
+        """Point prediction and uncalibrated sigma of the rows that :meth:`sample` returns. With a lower
+        bound the point prediction is the median of the predictive distribution censored at the bound,
+        max(mean, bound): the value with the least expected absolute error; sigma is the spread of the
+        uncensored samples."""
         mean, sigma = spread(samples)
         return self.bounded(mean), sigma
 
