@@ -18,6 +18,9 @@ Sub-commands (each writes into ``benchmarks/results/`` unless told otherwise)::
                          at the same time with the same threads and wall-clock budget -> surrogate_equal_budget.json
     size-curve           test MAE against training-set size (seeded subsets of the training ids), one ``cpu``
                          member per size, all at once with equal threads and budget -> surrogate_size_curve.json/.png
+    thresholds           what a sigma threshold of ``hpcai.surrogate`` keeps: for several thresholds, the
+                         fraction of val/test structures called confident and the MAE of both parts, per
+                         shipped model -> surrogate_thresholds.json
     all                  baselines, train both targets on this machine, report (slow on a CPU)
 
 Example (what produced the shipped pretrained models, see docs/source/surrogate_model.md)::
@@ -55,6 +58,7 @@ BASELINES_FILE = RESULTS_DIR / 'surrogate_baselines.json'
 RESULTS_FILE = RESULTS_DIR / 'surrogate_accuracy.json'
 EQUAL_BUDGET_FILE = RESULTS_DIR / 'surrogate_equal_budget.json'
 SIZE_CURVE_FILE = RESULTS_DIR / 'surrogate_size_curve.json'
+THRESHOLDS_FILE = RESULTS_DIR / 'surrogate_thresholds.json'
 
 
 def thread_environment(threads: int) -> dict[str, str]:
@@ -478,6 +482,44 @@ def size_curve(args) -> dict:
     return result
 
 
+def thresholds(args) -> dict:
+    """Confident fraction and MAE of the confident and the other structures of the val and test splits,
+    for the shipped model of each target and several sigma thresholds (``sigma <= threshold``, calibrated
+    sigma of ``args.method``, as ``hpcai.surrogate`` decides)."""
+    import torch
+
+    from aiida_hpcai.models.checkpoint import pretrained_path
+    from aiida_hpcai.models.graph import graphs_from_arrays
+    from aiida_hpcai.models.inference import EnsemblePredictor
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # MC dropout samples at random
+    arrays, _ = load_filtered(pathlib.Path(args.data))
+    split = get_split(arrays)
+    result = {'method': args.method, 'rule': 'confident when sigma <= threshold', 'targets': {}}
+    for target, values in (('formation_energy_per_atom', args.fe_thresholds), ('band_gap', args.bg_thresholds)):
+        path = pretrained_path(target)
+        predictor = EnsemblePredictor.from_files([path])
+        entry = {'model': str(path.relative_to(REPO)), 'units': TARGETS[target], 'splits': {}}
+        for name in ('val', 'test'):
+            subset = arrays.subset(split[name])
+            graphs, _ = graphs_from_arrays(subset)  # errors raise: the splits have no failures
+            mean, sigma = predictor.predict_graphs(graphs, method=args.method)
+            error = np.abs(mean - subset.labels[target])
+            rows = []
+            for threshold in values:
+                confident = sigma <= threshold
+                rows.append({'threshold': threshold, 'confident_fraction': float(confident.mean()),
+                             'mae_confident': float(error[confident].mean()) if confident.any() else None,
+                             'mae_not_confident': float(error[~confident].mean()) if (~confident).any() else None})
+            entry['splits'][name] = {'n': len(error), 'mae': float(error.mean()), 'rows': rows}
+            print(target, name, json.dumps(rows), flush=True)
+        result['targets'][target] = entry
+    THRESHOLDS_FILE.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def _parity_figure(models: dict, result: dict) -> None:
     """One figure with the test parity plots of both targets (copied from each run's parity.png data)."""
     import shutil
@@ -554,11 +596,20 @@ def main(argv=None) -> None:
     command.add_argument('--run', required=True, help='a finished train/merge folder (model.pt, metrics.json)')
     command.add_argument('--training-device', required=True, help='where and how it was trained (recorded)')
     command.add_argument('--trained-with', required=True, help='the command that trained it (recorded)')
+    command = sub.add_parser('thresholds')
+    command.add_argument('--data', default=str(default_source()))
+    command.add_argument('--method', choices=UNCERTAINTY_METHODS, default='ensemble')
+    command.add_argument('--fe-thresholds', type=float, nargs='+', default=[0.03, 0.06, 0.09, 0.12, 0.2, 0.3])
+    command.add_argument('--bg-thresholds', type=float, nargs='+', default=[0.1, 0.2, 0.3, 0.4, 0.6, 1.0])
+    command.add_argument('--threads', type=int, default=0)
     command = sub.add_parser('report')
     command.add_argument('--model', action='append', help='TARGET=FOLDER with model.pt, metrics.json, metadata.json')
     command.add_argument('--training-device', default=None, help='where the models were trained (recorded)')
     args = parser.parse_args(argv)
 
+    if args.command == 'thresholds':
+        thresholds(args)
+        return
     if args.command == 'report':
         args.model_file = {}
         report(args)

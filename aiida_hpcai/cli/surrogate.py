@@ -158,7 +158,7 @@ def prediction_rows(structures, predictions) -> list[dict]:
               help='Property, used to pick the pretrained model when no --model is given.')
 @click.option('--threshold', type=float, default=None,
               help='Confident when sigma <= this (model units). Default: per target (0.12 eV/atom for formation '
-                   'energy).')
+                   'energy, 0.6 eV for band gap).')
 @click.option('--code', 'code_label', default=DEFAULT_CODE, show_default=True,
               help='Code running the hpcai-model program.')
 @click.option('--device', default='cpu', show_default=True, help='cpu, cuda or cuda:<index>.')

@@ -104,7 +104,7 @@ class SurrogateWorkChain(WorkChain):
                              help='The checkpoints (one, or several forming an ensemble) of one target.')
         spec.input('sigma_threshold', valid_type=orm.Float, required=False,
                    help='A prediction is confident when its sigma is at most this (model units). Default: '
-                        'per target in `surrogate.yaml` (formation_energy_per_atom: 0.12 eV/atom).')
+                        'per target in `surrogate.yaml` (formation_energy_per_atom: 0.12 eV/atom, band_gap: 0.6 eV).')
         spec.inputs.validator = validate_inputs
 
         spec.outline(
