@@ -498,14 +498,15 @@ def thresholds(args) -> dict:
     arrays, _ = load_filtered(pathlib.Path(args.data))
     split = get_split(arrays)
     result = {'method': args.method, 'rule': 'confident when sigma <= threshold', 'targets': {}}
+    subsets = {name: arrays.subset(split[name]) for name in ('val', 'test')}
+    # both targets' models predict from the same graphs; errors raise: the splits have no failures
+    graphs = {name: graphs_from_arrays(subset)[0] for name, subset in subsets.items()}
     for target, values in (('formation_energy_per_atom', args.fe_thresholds), ('band_gap', args.bg_thresholds)):
         path = pretrained_path(target)
         predictor = EnsemblePredictor.from_files([path])
         entry = {'model': str(path.relative_to(REPO)), 'units': TARGETS[target], 'splits': {}}
-        for name in ('val', 'test'):
-            subset = arrays.subset(split[name])
-            graphs, _ = graphs_from_arrays(subset)  # errors raise: the splits have no failures
-            mean, sigma = predictor.predict_graphs(graphs, method=args.method)
+        for name, subset in subsets.items():
+            mean, sigma = predictor.predict_graphs(graphs[name], method=args.method)
             error = np.abs(mean - subset.labels[target])
             rows = []
             for threshold in values:
