@@ -11,6 +11,8 @@ with ensemble uncertainty (when it has more than one), its first member with rea
 dropout (10 samples on one pass of the blocks), that member alone with one sample (no uncertainty:
 the cost of a single network) and, with ``--mc-dropout``, all members with full MC dropout (10
 samples per member). The 1,000 structures are the first test-split ids with <= 20 atoms.
+With ``--device cuda`` the program runs the network on the GPU; it still builds the graphs on
+its CPU threads (``benchmarks/gpu_check.sh`` runs this on a lent GPU machine).
 
 With ``--peer-python`` (the interpreter of the peers venv, see ``benchmarks/peers/README.md``), the same
 structures are then predicted by CHGNet (pretrained, batch 16) and ALIGNN (``ALIGNNAtomWisePure``, batch 64;
@@ -54,7 +56,8 @@ def select_structures(data: pathlib.Path, count: int, max_atoms: int):
     return arrays.subset(chosen)
 
 
-def run_case(name: str, arrays, checkpoints: list[pathlib.Path], options: dict, threads: int, repeats: int) -> dict:
+def run_case(name: str, arrays, checkpoints: list[pathlib.Path], options: dict, threads: int, repeats: int,
+             device: str) -> dict:
     import shutil
 
     from aiida_hpcai.models.checkpoint import sha256_file
@@ -70,7 +73,7 @@ def run_case(name: str, arrays, checkpoints: list[pathlib.Path], options: dict, 
                 shutil.copyfile(path, tmp / 'in' / 'models' / f'm{n}.pt')
                 entries.append({'file': f'models/m{n}.pt', 'sha256': sha256_file(path)})
             write_npz(arrays, tmp / 'in' / 'structures.npz')
-            (tmp / 'in' / 'config.json').write_text(json.dumps({'models': entries, 'device': 'cpu', **options}))
+            (tmp / 'in' / 'config.json').write_text(json.dumps({'models': entries, 'device': device, **options}))
             env = {**os.environ, **thread_environment(threads)}
             cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
@@ -123,7 +126,8 @@ def main(argv=None) -> None:
     parser.add_argument('--max-atoms', type=int, default=20)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=2)
-    parser.add_argument('--batch-size', type=int, default=None, help="default: the program's (24 on a CPU)")
+    parser.add_argument('--device', default='cpu', help='where the program runs the network (cpu, cuda)')
+    parser.add_argument('--batch-size', type=int, default=None, help="default: the program's (24 on a CPU, 64 on a GPU)")
     parser.add_argument('--checkpoint', type=pathlib.Path, action='append',
                         help='a checkpoint to time (repeatable; default: the shipped formation-energy model)')
     parser.add_argument('--mc-dropout', action='store_true', help='also time MC dropout (10 samples per member)')
@@ -148,15 +152,17 @@ def main(argv=None) -> None:
             label = path.name
             if models[-1]['n_members'] > 1:
                 cases.append(run_case(f'{label}: ensemble of {models[-1]["n_members"]}', arrays, [path],
-                                      {**options, 'uncertainty': 'ensemble'}, args.threads, args.repeats))
+                                      {**options, 'uncertainty': 'ensemble'}, args.threads, args.repeats, args.device))
             cases.append(run_case(f'{label}: one member, readout MC dropout x10', arrays, [single],
                                   {**options, 'uncertainty': 'mc_dropout_readout', 'mc_samples': 10},
-                                  args.threads, args.repeats))
+                                  args.threads, args.repeats, args.device))
             cases.append(run_case(f'{label}: one member, one pass (no uncertainty)', arrays, [single],
-                                  {**options, 'uncertainty': 'mc_dropout', 'mc_samples': 1}, args.threads, args.repeats))
+                                  {**options, 'uncertainty': 'mc_dropout', 'mc_samples': 1}, args.threads, args.repeats,
+                                  args.device))
             if args.mc_dropout:
                 cases.append(run_case(f'{label}: all members, MC dropout x10', arrays, [path],
-                                      {**options, 'uncertainty': 'mc_dropout', 'mc_samples': 10}, args.threads, 1))
+                                      {**options, 'uncertainty': 'mc_dropout', 'mc_samples': 10}, args.threads, 1,
+                                      args.device))
         peers = {}
         if args.peer_python:
             structures = pathlib.Path(tmp) / 'structures.json'
@@ -168,10 +174,12 @@ def main(argv=None) -> None:
     result = {
         'structures': {'source': 'mp_cgcnn test split, first ids with <= %d atoms' % args.max_atoms,
                        'count': len(arrays), 'mean_atoms': float(arrays.natoms.mean())},
-        'threads': args.threads, 'batch_size': args.batch_size or default_batch_size('cpu'),
+        'threads': args.threads, 'device': args.device,
+        'batch_size': args.batch_size or default_batch_size(args.device),
         'machine': {'processor': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
                     'load_average_before': load_before, 'load_average_after': load_after,
-                    'torch': torch.__version__},
+                    'torch': torch.__version__,
+                    'gpu': torch.cuda.get_device_name() if args.device.startswith('cuda') else None},
         'models': models,
         'cases': cases,
         'peers': peers,
