@@ -326,7 +326,7 @@ def report(args) -> dict:
         result['targets'][target] = entry
     RESULTS_FILE.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2)[:4000])
-    _parity_figure(models, result)
+    _copy_figures(models)
     return result
 
 
@@ -521,14 +521,15 @@ def thresholds(args) -> dict:
     return result
 
 
-def _parity_figure(models: dict, result: dict) -> None:
-    """One figure with the test parity plots of both targets (copied from each run's parity.png data)."""
+def _copy_figures(models: dict) -> None:
+    """Each reported run's test parity plot and learning curves, as surrogate_{parity,learning_curve}_TARGET.png."""
     import shutil
 
     for target, folder in models.items():
-        source = pathlib.Path(folder) / 'parity.png'
-        if source.exists():
-            shutil.copyfile(source, RESULTS_DIR / f'surrogate_parity_{target}.png')
+        for figure in ('parity', 'learning_curve'):
+            source = pathlib.Path(folder) / f'{figure}.png'
+            if source.exists():
+                shutil.copyfile(source, RESULTS_DIR / f'surrogate_{figure}_{target}.png')
 
 
 def main(argv=None) -> None:
