@@ -56,8 +56,8 @@ def select_structures(data: pathlib.Path, count: int, max_atoms: int):
     return arrays.subset(chosen)
 
 
-def run_case(name: str, arrays, checkpoints: list[pathlib.Path], options: dict, threads: int, repeats: int,
-             device: str) -> dict:
+def run_case(name: str, arrays, checkpoints: list[pathlib.Path], options: dict, threads: int, repeats: int) -> dict:
+    """Time ``hpcai-model predict`` on ``arrays``; ``options`` go into its config.json beside the models."""
     import shutil
 
     from aiida_hpcai.models.checkpoint import sha256_file
@@ -73,7 +73,7 @@ def run_case(name: str, arrays, checkpoints: list[pathlib.Path], options: dict, 
                 shutil.copyfile(path, tmp / 'in' / 'models' / f'm{n}.pt')
                 entries.append({'file': f'models/m{n}.pt', 'sha256': sha256_file(path)})
             write_npz(arrays, tmp / 'in' / 'structures.npz')
-            (tmp / 'in' / 'config.json').write_text(json.dumps({'models': entries, 'device': device, **options}))
+            (tmp / 'in' / 'config.json').write_text(json.dumps({'models': entries, **options}))
             env = {**os.environ, **thread_environment(threads)}
             cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
@@ -138,7 +138,9 @@ def main(argv=None) -> None:
 
     arrays = select_structures(pathlib.Path(args.data), args.count, args.max_atoms)
     checkpoints = args.checkpoint or [pretrained_path('formation_energy_per_atom')]
-    options = {} if args.batch_size is None else {'batch_size': args.batch_size}
+    options = {'device': args.device}
+    if args.batch_size is not None:
+        options['batch_size'] = args.batch_size
     with tempfile.TemporaryDirectory() as tmp:
         load_before = os.getloadavg()
         cases, models = [], []
@@ -152,17 +154,15 @@ def main(argv=None) -> None:
             label = path.name
             if models[-1]['n_members'] > 1:
                 cases.append(run_case(f'{label}: ensemble of {models[-1]["n_members"]}', arrays, [path],
-                                      {**options, 'uncertainty': 'ensemble'}, args.threads, args.repeats, args.device))
+                                      {**options, 'uncertainty': 'ensemble'}, args.threads, args.repeats))
             cases.append(run_case(f'{label}: one member, readout MC dropout x10', arrays, [single],
                                   {**options, 'uncertainty': 'mc_dropout_readout', 'mc_samples': 10},
-                                  args.threads, args.repeats, args.device))
+                                  args.threads, args.repeats))
             cases.append(run_case(f'{label}: one member, one pass (no uncertainty)', arrays, [single],
-                                  {**options, 'uncertainty': 'mc_dropout', 'mc_samples': 1}, args.threads, args.repeats,
-                                  args.device))
+                                  {**options, 'uncertainty': 'mc_dropout', 'mc_samples': 1}, args.threads, args.repeats))
             if args.mc_dropout:
                 cases.append(run_case(f'{label}: all members, MC dropout x10', arrays, [path],
-                                      {**options, 'uncertainty': 'mc_dropout', 'mc_samples': 10}, args.threads, 1,
-                                      args.device))
+                                      {**options, 'uncertainty': 'mc_dropout', 'mc_samples': 10}, args.threads, 1))
         peers = {}
         if args.peer_python:
             structures = pathlib.Path(tmp) / 'structures.json'
