@@ -440,6 +440,51 @@ def _equal_budget_figure(result: dict, path: pathlib.Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def summarize_runs(args) -> dict:
+    """Collect finished ``train`` runs (each ``NAME=FOLDER``) into one JSON with a validation-curve
+    figure beside it: configuration, parameters, device and budget, epochs and seconds per epoch,
+    best validation and test MAE. Used for runs made elsewhere (a lent GPU machine)."""
+    runs = {}
+    for item in args.run:
+        name, folder = item.split('=', 1)
+        metrics = json.loads((pathlib.Path(folder) / 'metrics.json').read_text())
+        training = json.loads((pathlib.Path(folder) / 'metadata.json').read_text())['hyperparameters']['training']
+        if len(metrics['history']) != 1:
+            raise SystemExit(f'{folder}: not a one-member run (train --member K)')
+        history = metrics['history'][0]
+        minutes = np.cumsum([epoch['seconds'] for epoch in history]) / 60.0
+        runs[name] = {
+            'folder': pathlib.Path(folder).name, 'n_parameters': metrics['n_parameters'],
+            'device': training['device'], 'max_minutes': training['max_minutes'], 'seed': training['seed'],
+            'batch_size': training['batch_size'], 'learning_rate': training['learning_rate'],
+            'training_seconds': metrics['training_seconds'], 'epochs': len(history),
+            'median_epoch_seconds': float(np.median([epoch['seconds'] for epoch in history[:-1] or history])),
+            'val_mae': metrics['val']['mae'], 'test_mae': metrics['test']['mae'],
+            'val_curve': {'minutes': minutes.round(3).tolist(), 'val_mae': [epoch['val_mae'] for epoch in history]}}
+    result = {'target': args.target, 'units': TARGETS[args.target], 'conditions': args.note, 'runs': runs}
+    output = pathlib.Path(args.result)
+    output.write_text(json.dumps(result, indent=2))
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    for name, run in runs.items():
+        axes.plot(run['val_curve']['minutes'], run['val_curve']['val_mae'], 'o-', markersize=3,
+                  label=f"{name}: test {run['test_mae']:.3f}")
+    axes.axhline(TARGET_MAE.get(args.target, np.nan), color='grey', linestyle=':', label='cpu-config target')
+    axes.set_yscale('log')
+    axes.set_xlabel('training wall time (min)')
+    axes.set_ylabel(f"validation MAE ({result['units']})")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(output.with_suffix('.png'), dpi=120)
+    print(json.dumps({name: {k: run[k] for k in ('epochs', 'median_epoch_seconds', 'val_mae', 'test_mae')}
+                      for name, run in runs.items()}, indent=1))
+    return result
+
+
 def size_curve(args) -> dict:
     """One ``cpu`` member per training fraction, trained at the same time (``--threads`` each, same budget).
 
@@ -604,6 +649,11 @@ def main(argv=None) -> None:
     command.add_argument('--fe-thresholds', type=float, nargs='+', default=[0.03, 0.06, 0.09, 0.12, 0.2, 0.3])
     command.add_argument('--bg-thresholds', type=float, nargs='+', default=[0.1, 0.2, 0.3, 0.4, 0.6, 1.0])
     command.add_argument('--threads', type=int, default=0)
+    command = sub.add_parser('summarize')
+    command.add_argument('--run', action='append', required=True, help='NAME=FOLDER of a finished train run')
+    command.add_argument('--target', choices=sorted(TARGETS), default='formation_energy_per_atom')
+    command.add_argument('--note', required=True, help='where and how the runs were made (recorded as "conditions")')
+    command.add_argument('--result', required=True, help='the JSON to write (the .png goes beside it)')
     command = sub.add_parser('report')
     command.add_argument('--model', action='append', help='TARGET=FOLDER with model.pt, metrics.json, metadata.json')
     command.add_argument('--training-device', default=None, help='where the models were trained (recorded)')
@@ -627,6 +677,9 @@ def main(argv=None) -> None:
         return
     if args.command == 'ship':
         ship(args)
+        return
+    if args.command == 'summarize':
+        summarize_runs(args)
         return
     if args.command == 'recalibrate':
         recalibrate(args)
