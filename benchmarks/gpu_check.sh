@@ -19,7 +19,7 @@
 #   # device call, with .hpcai_device and .whl carried:
 #   DATA=.hpcai_device/mp_cgcnn_filtered.npz bash benchmarks/gpu_check.sh
 #
-# DEVICE=cpu CONFIG=tiny MINUTES=0.2 COUNT=50 CPU_MEMBERS=1 runs the same steps on a CPU (to try it before a lease).
+# DEVICE=cpu CONFIG=tiny MINUTES=0.2 COUNT=50 CPU_MEMBERS=0 runs the same steps on a CPU (to try it before a lease).
 set -u
 export PYTHONUNBUFFERED=1
 DATA=${DATA:?the filtered dataset npz written by surrogate_accuracy.py export-npz}
@@ -68,6 +68,6 @@ wait $(jobs -p | grep -v "^${SAMPLER:-none}$")
 tail -n 2 "$RUNS"/*.log
 runs=()
 for folder in "$RUNS"/*/; do [ -f "$folder/metrics.json" ] && runs+=(--run "$(basename "$folder")=$folder"); done
-[ ${#runs[@]} -gt 0 ] && python3 benchmarks/surrogate_accuracy.py summarize "${runs[@]}" --result "$OUT/surrogate_gpu_training.json" \
+[ ${#runs[@]} -gt 0 ] && python3 benchmarks/surrogate_accuracy.py summarize "${runs[@]}" --data "$DATA" --device "$DEVICE" --result "$OUT/surrogate_gpu_training.json" \
   --note "benchmarks/gpu_check.sh on $(head -n 2 "$OUT/gpu.txt" | tail -n 1): $CPU_MEMBERS cpu-config members and one $CONFIG member side by side, $MINUTES min each, $(date -u '+%Y-%m-%d %H:%M UTC')"
 tar czf "$OUT/runs.tar.gz" --exclude training_state.pt -C "$(dirname "$RUNS")" "$(basename "$RUNS")"

@@ -378,7 +378,7 @@ def _plain_test_mae(checkpoint: pathlib.Path, args) -> float:
     arrays, _ = load_filtered(pathlib.Path(args.data))
     test = arrays.subset(get_split(arrays)['test'])
     graphs, _ = graphs_from_arrays(test)  # errors raise: the test split has no failures
-    predictor = EnsemblePredictor.from_files([checkpoint])
+    predictor = EnsemblePredictor.from_files([checkpoint], getattr(args, 'device', 'cpu'))
     mean, _ = predictor.summarize(predictor.sample(graphs, 64, 'ensemble'))
     return float(np.mean(np.abs(mean - test.labels[args.target])))
 
@@ -422,28 +422,40 @@ def collect_equal_budget(args, out: pathlib.Path, load_before=None) -> dict:
 
 
 def _equal_budget_figure(result: dict, path: pathlib.Path) -> None:
+    curves = {f"{label}: test {result[name]['test_mae']:.3f}": result[name]['val_curve']
+              for name, label in (('crysformer', 'Crysformer cpu (1 member)'), ('alignn', 'ALIGNN-pure'))}
+    _validation_curves_figure(curves, result['units'], path,
+                              title=f"{result['budget_minutes']:g} min, {result['threads_each']} thread(s) each")
+
+
+def _validation_curves_figure(curves: dict, units: str, path: pathlib.Path, title: str | None = None,
+                              target: float | None = None) -> None:
+    """Validation MAE against training wall time, one line per ``label: {'minutes', 'val_mae'}``."""
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(4.5, 3.5))
-    for name, label in (('crysformer', 'Crysformer cpu (1 member)'), ('alignn', 'ALIGNN-pure')):
-        curve = result[name]['val_curve']
-        axes.plot(curve['minutes'], curve['val_mae'], 'o-', label=f"{label}: test {result[name]['test_mae']:.3f}")
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    for label, curve in curves.items():
+        axes.plot(curve['minutes'], curve['val_mae'], 'o-', markersize=3, label=label)
+    if target is not None:
+        axes.axhline(target, color='grey', linestyle=':', label='cpu-config target')
     axes.set_yscale('log')
     axes.set_xlabel('training wall time (min)')
-    axes.set_ylabel(f"validation MAE ({result['units']})")
-    axes.set_title(f"{result['budget_minutes']:g} min, {result['threads_each']} thread(s) each")
-    axes.legend(fontsize=8)
+    axes.set_ylabel(f'validation MAE ({units})')
+    if title:
+        axes.set_title(title)
+    axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
 def summarize_runs(args) -> dict:
-    """Collect finished ``train`` runs (each ``NAME=FOLDER``) into one JSON with a validation-curve
-    figure beside it: configuration, parameters, device and budget, epochs and seconds per epoch,
-    best validation and test MAE. Used for runs made elsewhere (a lent GPU machine)."""
+    """Collect finished ``train --member K`` runs (each ``NAME=FOLDER``) into one JSON with a
+    validation-curve figure beside it: parameters, device and budget, epochs and seconds per epoch,
+    the kept epoch's validation MAE and the plain test MAE (dropout off; a one-member run's own
+    metrics hold the mean of its MC-dropout samples). Used for runs made elsewhere (a lent GPU)."""
     runs = {}
     for item in args.run:
         name, folder = item.split('=', 1)
@@ -459,28 +471,16 @@ def summarize_runs(args) -> dict:
             'batch_size': training['batch_size'], 'learning_rate': training['learning_rate'],
             'training_seconds': metrics['training_seconds'], 'epochs': len(history),
             'median_epoch_seconds': float(np.median([epoch['seconds'] for epoch in history[:-1] or history])),
-            'val_mae': metrics['val']['mae'], 'test_mae': metrics['test']['mae'],
+            'best_val_mae': min(epoch['val_mae'] for epoch in history),
+            'test_mae': _plain_test_mae(pathlib.Path(folder) / 'model.pt', args),
+            'test_mae_mc_dropout_mean': metrics['test']['mae'], 'mc_samples': training['mc_samples'],
             'val_curve': {'minutes': minutes.round(3).tolist(), 'val_mae': [epoch['val_mae'] for epoch in history]}}
     result = {'target': args.target, 'units': TARGETS[args.target], 'conditions': args.note, 'runs': runs}
     output = pathlib.Path(args.result)
     output.write_text(json.dumps(result, indent=2))
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(5, 3.5))
-    for name, run in runs.items():
-        axes.plot(run['val_curve']['minutes'], run['val_curve']['val_mae'], 'o-', markersize=3,
-                  label=f"{name}: test {run['test_mae']:.3f}")
-    axes.axhline(TARGET_MAE.get(args.target, np.nan), color='grey', linestyle=':', label='cpu-config target')
-    axes.set_yscale('log')
-    axes.set_xlabel('training wall time (min)')
-    axes.set_ylabel(f"validation MAE ({result['units']})")
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(output.with_suffix('.png'), dpi=120)
-    print(json.dumps({name: {k: run[k] for k in ('epochs', 'median_epoch_seconds', 'val_mae', 'test_mae')}
+    _validation_curves_figure({f"{name}: test {run['test_mae']:.3f}": run['val_curve'] for name, run in runs.items()},
+                              result['units'], output.with_suffix('.png'), target=TARGET_MAE.get(args.target))
+    print(json.dumps({name: {k: run[k] for k in ('epochs', 'median_epoch_seconds', 'best_val_mae', 'test_mae')}
                       for name, run in runs.items()}, indent=1))
     return result
 
@@ -651,6 +651,8 @@ def main(argv=None) -> None:
     command.add_argument('--threads', type=int, default=0)
     command = sub.add_parser('summarize')
     command.add_argument('--run', action='append', required=True, help='NAME=FOLDER of a finished train run')
+    command.add_argument('--data', default=str(default_source()))
+    command.add_argument('--device', default='cpu', help='where the test predictions run')
     command.add_argument('--target', choices=sorted(TARGETS), default='formation_energy_per_atom')
     command.add_argument('--note', required=True, help='where and how the runs were made (recorded as "conditions")')
     command.add_argument('--result', required=True, help='the JSON to write (the .png goes beside it)')
