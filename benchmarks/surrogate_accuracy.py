@@ -370,17 +370,24 @@ def equal_budget(args) -> dict:
     return collect_equal_budget(args, out, load_before)
 
 
-def _plain_test_mae(checkpoint: pathlib.Path, args) -> float:
-    """Test MAE of a trained checkpoint's plain prediction (evaluation mode, dropout off)."""
+def _test_graphs(args) -> tuple[list, np.ndarray]:
+    """The test split's graphs and ``args.target`` labels."""
     from aiida_hpcai.models.graph import graphs_from_arrays
-    from aiida_hpcai.models.inference import EnsemblePredictor
 
     arrays, _ = load_filtered(pathlib.Path(args.data))
     test = arrays.subset(get_split(arrays)['test'])
     graphs, _ = graphs_from_arrays(test)  # errors raise: the test split has no failures
-    predictor = EnsemblePredictor.from_files([checkpoint], getattr(args, 'device', 'cpu'))
+    return graphs, test.labels[args.target]
+
+
+def _plain_test_mae(checkpoint: pathlib.Path, test: tuple[list, np.ndarray], device: str = 'cpu') -> float:
+    """Test MAE of a trained checkpoint's plain prediction (evaluation mode, dropout off)."""
+    from aiida_hpcai.models.inference import EnsemblePredictor
+
+    graphs, labels = test
+    predictor = EnsemblePredictor.from_files([checkpoint], device)
     mean, _ = predictor.summarize(predictor.sample(graphs, 64, 'ensemble'))
-    return float(np.mean(np.abs(mean - test.labels[args.target])))
+    return float(np.mean(np.abs(mean - labels)))
 
 
 def collect_equal_budget(args, out: pathlib.Path, load_before=None) -> dict:
@@ -395,7 +402,7 @@ def collect_equal_budget(args, out: pathlib.Path, load_before=None) -> dict:
         'machine': {'processor': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
                     'load_average_before': load_before, 'load_average_after': os.getloadavg()},
         'crysformer': {
-            'test_mae': _plain_test_mae(out / 'crysformer' / 'model.pt', args),
+            'test_mae': _plain_test_mae(out / 'crysformer' / 'model.pt', _test_graphs(args)),
             'test_mae_mc_dropout_mean': metrics['test']['mae'], 'val_mae_mc_dropout_mean': metrics['val']['mae'],
             'n_parameters': metrics['n_parameters'], 'training_seconds': metrics.get('training_seconds'),
             'epochs_run': len(history), 'train_loss_last_epoch': history[-1]['train_loss'],
@@ -456,6 +463,7 @@ def summarize_runs(args) -> dict:
     validation-curve figure beside it: parameters, device and budget, epochs and seconds per epoch,
     the kept epoch's validation MAE and the plain test MAE (dropout off; a one-member run's own
     metrics hold the mean of its MC-dropout samples). Used for runs made elsewhere (a lent GPU)."""
+    test = _test_graphs(args)
     runs = {}
     for item in args.run:
         name, folder = item.split('=', 1)
@@ -472,7 +480,7 @@ def summarize_runs(args) -> dict:
             'training_seconds': metrics['training_seconds'], 'epochs': len(history),
             'median_epoch_seconds': float(np.median([epoch['seconds'] for epoch in history[:-1] or history])),
             'best_val_mae': min(epoch['val_mae'] for epoch in history),
-            'test_mae': _plain_test_mae(pathlib.Path(folder) / 'model.pt', args),
+            'test_mae': _plain_test_mae(pathlib.Path(folder) / 'model.pt', test, args.device),
             'test_mae_mc_dropout_mean': metrics['test']['mae'], 'mc_samples': training['mc_samples'],
             'val_curve': {'minutes': minutes.round(3).tolist(), 'val_mae': [epoch['val_mae'] for epoch in history]}}
     result = {'target': args.target, 'units': TARGETS[args.target], 'conditions': args.note, 'runs': runs}
