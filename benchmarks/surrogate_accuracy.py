@@ -10,6 +10,8 @@ Sub-commands (each writes into ``benchmarks/results/`` unless told otherwise)::
     export-npz OUT       the filtered dataset as one structure-set npz (to carry to a GPU machine)
     train                train one ensemble (or one member with --member K) for one target
     merge                pool member checkpoints of one target into one ensemble and evaluate it
+    pools                val and test MAE of every pool of the given members (plain prediction), ranked by val:
+                         which members to merge -> --result JSON
     ship                 copy a finished run into the package as its target's pretrained model, record beside it
     recalibrate          refit a checkpoint's sigma scales on the validation split (after a change of the
                          fitting rule) and rewrite its uncertainty metrics, without retraining
@@ -59,6 +61,7 @@ RESULTS_FILE = RESULTS_DIR / 'surrogate_accuracy.json'
 EQUAL_BUDGET_FILE = RESULTS_DIR / 'surrogate_equal_budget.json'
 SIZE_CURVE_FILE = RESULTS_DIR / 'surrogate_size_curve.json'
 THRESHOLDS_FILE = RESULTS_DIR / 'surrogate_thresholds.json'
+MEMBERS_HELP = 'train/merge folders or shipped .pt files, each optionally #K,... to take only members K'
 
 
 def thread_environment(threads: int) -> dict[str, str]:
@@ -158,36 +161,110 @@ def _same_normalization(one: dict, other: dict) -> bool:
     return one.keys() == other.keys() and all(np.isclose(one[key], other[key], rtol=1e-12, atol=0.0) for key in one)
 
 
+def load_members(spec: str) -> dict:
+    """Members of a trained model, named ``PATH`` or ``PATH#K,...`` (only members K): PATH is a train or
+    merge folder (``model.pt`` and ``metrics.json``) or a checkpoint file with its record beside it
+    (``X.pt`` and ``X.json``, as ``ship`` writes them), so a shipped member can join a new pool. Returns
+    the checkpoint, the chosen member indices and states, their epoch histories and training
+    hyperparameters, and the training seconds of the source."""
+    from aiida_hpcai.models.checkpoint import load_checkpoint
+
+    path, _, picked = spec.partition('#')
+    path = pathlib.Path(path)
+    if path.is_dir():
+        checkpoint = load_checkpoint(path / 'model.pt')
+        record = json.loads((path / 'metrics.json').read_text())
+        seconds = record.get('training_seconds')
+    else:
+        checkpoint = load_checkpoint(path)
+        record = json.loads(path.with_suffix('.json').read_text())
+        seconds = record['training'].get('seconds_all_members')
+    indices = [int(k) for k in picked.split(',')] if picked else list(range(len(checkpoint['members'])))
+    training = checkpoint['hyperparameters']['training']
+    # a pooled source records each member's own recipe; a trained one has one recipe for all
+    recipes = training.get('members') or [training] * len(checkpoint['members'])
+    return {'checkpoint': checkpoint, 'indices': indices, 'states': [checkpoint['members'][k] for k in indices],
+            'histories': [record['history'][k] for k in indices],
+            'training': [{key: value for key, value in recipes[k].items() if key != 'members'} for k in indices],
+            'seconds': seconds}
+
+
 def merge(args) -> None:
-    """Pool single-member runs (same target, split and data) into one ensemble checkpoint."""
-    from aiida_hpcai.models.checkpoint import load_checkpoint, model_config_of
+    """Pool members of finished runs (same target, split and data) into one ensemble checkpoint."""
+    from aiida_hpcai.models.checkpoint import model_config_of
     from aiida_hpcai.models.training import TrainingConfig, finalize_ensemble, prepare_splits
 
     arrays, info = load_filtered(pathlib.Path(args.data))
     split = get_split(arrays)
-    checkpoints = [load_checkpoint(pathlib.Path(d) / 'model.pt') for d in args.members]
-    histories = []
-    for folder in args.members:
-        histories.extend(json.loads((pathlib.Path(folder) / 'metrics.json').read_text())['history'])
+    sources = [load_members(spec) for spec in args.members]
+    checkpoints = [source['checkpoint'] for source in sources]
     first = checkpoints[0]
     if any(c['target'] != args.target or not _same_normalization(c['normalization'], first['normalization'])
-           for c in checkpoints):
-        raise SystemExit('member checkpoints differ in target or normalisation: not one ensemble')
-    members = [state for c in checkpoints for state in c['members']]
+           or model_config_of(c) != model_config_of(first) for c in checkpoints):
+        raise SystemExit('member checkpoints differ in target, normalisation or model: not one ensemble')
+    members = [state for source in sources for state in source['states']]
+    histories = [history for source in sources for history in source['histories']]
+    recipes = [recipe for source in sources for recipe in source['training']]
     model_config = model_config_of(first)
-    training = dict(first['hyperparameters']['training'])
+    training = dict(recipes[0])
     training.update({'device': args.device, 'ensemble_size': len(members), 'mc_samples': args.mc_samples})
     config = TrainingConfig.from_dict(training)
+
+    def recipe(options):  # what shapes a member besides its seed (not how it was pooled or shown)
+        return {key: value for key, value in options.items()
+                if key not in ('seed', 'ensemble_size', 'mc_samples', 'progress', 'graph_workers')}
+
+    mixed = any(recipe(options) != recipe(recipes[0]) for options in recipes)
     data, normalization, failures = prepare_splits(arrays, args.target, split, first['element_reference'],
                                                    first['normalization'], model_config.num_neighbours)
-    seconds = []
-    for folder in args.members:
-        seconds.append(json.loads((pathlib.Path(folder) / 'metrics.json').read_text()).get('training_seconds'))
     _, metrics = finalize_ensemble(members, histories, model_config, config, args.target, TARGETS[args.target],
                                    normalization, first['element_reference'], data, failures, args.out,
-                                   {**first['dataset'], **info}, training_seconds=max(s or 0 for s in seconds))
+                                   {**first['dataset'], **info},
+                                   training_seconds=max(source['seconds'] or 0 for source in sources),
+                                   member_training=recipes if mixed else None)
     print(json.dumps({'target': args.target, 'test_mae': metrics['test']['mae'],
                       'member_mae': metrics['test'].get('member_mae')}))
+
+
+def pools(args) -> dict:
+    """Plain (dropout off) val and test predictions of every given member, and the MAE of the mean of
+    every pool of two or more of them, ranked by validation MAE: which members to ``merge``, chosen on
+    val, with the test MAE beside it for the record -> ``args.result``."""
+    import itertools
+
+    import torch
+
+    from aiida_hpcai.models.graph import graphs_from_arrays
+    from aiida_hpcai.models.inference import EnsemblePredictor
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    arrays, _ = load_filtered(pathlib.Path(args.data))
+    split = get_split(arrays)
+    subsets = {name: arrays.subset(split[name]) for name in ('val', 'test')}
+    graphs = {name: graphs_from_arrays(subset)[0] for name, subset in subsets.items()}  # no failures here
+    names, predictions = [], {'val': [], 'test': []}
+    for spec in args.members:
+        source = load_members(spec)
+        predictor = EnsemblePredictor([{**source['checkpoint'], 'members': source['states']}])
+        for name in ('val', 'test'):
+            predictions[name].extend(predictor.sample(graphs[name], 64, 'ensemble'))  # one row per member
+        names.extend(f'{spec.partition("#")[0]}#{k}' for k in source['indices'])
+    labels = {name: subsets[name].labels[args.target] for name in ('val', 'test')}
+
+    def mae(name, members):  # as the pooled model predicts: the mean, raised to the target's bound
+        mean = predictor.bounded(np.mean([predictions[name][k] for k in members], axis=0))
+        return float(np.mean(np.abs(mean - labels[name])))
+
+    rows = [{'members': [names[k] for k in chosen], 'val_mae': mae('val', chosen), 'test_mae': mae('test', chosen)}
+            for size in range(1, len(names) + 1) for chosen in itertools.combinations(range(len(names)), size)]
+    rows.sort(key=lambda row: row['val_mae'])
+    result = {'target': args.target, 'units': TARGETS[args.target], 'rule': 'the pool of lowest val MAE',
+              'prediction': 'plain (dropout off), mean over the pool', 'pools': rows}
+    pathlib.Path(args.result).write_text(json.dumps(result, indent=2))
+    for row in rows[:10]:
+        print(json.dumps(row))
+    return result
 
 
 def recalibrate(args) -> None:
@@ -600,7 +677,7 @@ def main(argv=None) -> None:
             command.add_argument('--target', choices=sorted(TARGETS), required=True)
             command.add_argument('--out', required=True)
         if name == 'merge':
-            command.add_argument('--members', nargs='+', required=True)
+            command.add_argument('--members', nargs='+', required=True, help=MEMBERS_HELP)
         if name in ('train', 'all'):
             command.add_argument('--config', default='cpu', help='preset name or JSON dict')
             command.add_argument('--member', type=int, default=None, help='train only member K (seed + K)')
@@ -657,6 +734,12 @@ def main(argv=None) -> None:
     command.add_argument('--fe-thresholds', type=float, nargs='+', default=[0.03, 0.06, 0.09, 0.12, 0.2, 0.3])
     command.add_argument('--bg-thresholds', type=float, nargs='+', default=[0.1, 0.2, 0.3, 0.4, 0.6, 1.0])
     command.add_argument('--threads', type=int, default=0)
+    command = sub.add_parser('pools')
+    command.add_argument('--members', nargs='+', required=True, help=MEMBERS_HELP)
+    command.add_argument('--data', default=str(default_source()))
+    command.add_argument('--target', choices=sorted(TARGETS), default='formation_energy_per_atom')
+    command.add_argument('--threads', type=int, default=0)
+    command.add_argument('--result', required=True, help='the JSON to write')
     command = sub.add_parser('summarize')
     command.add_argument('--run', action='append', required=True, help='NAME=FOLDER of a finished train run')
     command.add_argument('--data', default=str(default_source()))
@@ -690,6 +773,9 @@ def main(argv=None) -> None:
         return
     if args.command == 'summarize':
         summarize_runs(args)
+        return
+    if args.command == 'pools':
+        pools(args)
         return
     if args.command == 'recalibrate':
         recalibrate(args)

@@ -325,12 +325,17 @@ def train_ensemble(arrays: StructureArrays, target: str, split: dict[str, np.nda
 def finalize_ensemble(members: list[dict], histories: list[list], model_config: CrysformerConfig,
                       config: TrainingConfig, target: str, units: str, normalization: dict, reference: dict | None,
                       data: dict, failures: dict, output_dir, dataset: dict | None = None,
-                      training_seconds: float | None = None) -> tuple[dict, dict]:
+                      training_seconds: float | None = None,
+                      member_training: list[dict] | None = None) -> tuple[dict, dict]:
     """Evaluate the members as one ensemble (sigma scales fitted on val), then write model.pt,
-    metadata.json, metrics.json, learning_curve.png and parity.png into ``output_dir``."""
+    metadata.json, metrics.json, learning_curve.png and parity.png into ``output_dir``.
+    ``member_training``: each member's own training options, recorded when they differ (a pool of runs)."""
     output_dir = pathlib.Path(output_dir)
     state_path = output_dir / STATE_FILE
-    checkpoint = make_checkpoint(members, model_config, target, units, normalization, training=config.to_dict(),
+    training = config.to_dict()
+    if member_training:
+        training['members'] = member_training
+    checkpoint = make_checkpoint(members, model_config, target, units, normalization, training=training,
                                  element_reference=reference)
     predictor = EnsemblePredictor([checkpoint], config.device)
     metrics, test_predictions = evaluate(predictor, data, config)
