@@ -5,7 +5,8 @@ Layout (a plain dict; only tensors, numbers, strings, lists and dicts, so that
 
     format_version     int (FORMAT_VERSION)
     architecture       'crysformer'
-    hyperparameters    {'model': <CrysformerConfig dict>, 'training': {...}}
+    hyperparameters    {'model': <CrysformerConfig dict>, 'training': {...}}; a pool of members trained
+                       with different options also lists each one's in training['members']
     target, units      e.g. 'formation_energy_per_atom', 'eV/atom'
     lower_bound        None or the target's physical lower bound (LOWER_BOUNDS, e.g. 0 eV for a
                        band gap): predicted means are never below it (absent in older files: None)
