@@ -228,32 +228,32 @@ def merge(args) -> None:
 
 def pools(args) -> dict:
     """Plain (dropout off) val and test predictions of every given member, and the MAE of the mean of
-    every pool of two or more of them, ranked by validation MAE: which members to ``merge``, chosen on
+    every pool of one or more of them, ranked by validation MAE: which members to ``merge``, chosen on
     val, with the test MAE beside it for the record -> ``args.result``."""
     import itertools
 
     import torch
 
-    from aiida_hpcai.models.graph import graphs_from_arrays
     from aiida_hpcai.models.inference import EnsemblePredictor
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    arrays, _ = load_filtered(pathlib.Path(args.data))
-    split = get_split(arrays)
-    subsets = {name: arrays.subset(split[name]) for name in ('val', 'test')}
-    graphs = {name: graphs_from_arrays(subset)[0] for name, subset in subsets.items()}  # no failures here
+    subsets, graphs = _split_graphs(load_filtered(pathlib.Path(args.data))[0])
     names, predictions = [], {'val': [], 'test': []}
     for spec in args.members:
         source = load_members(spec)
+        if source['checkpoint']['target'] != args.target:
+            raise SystemExit(f'{spec} predicts {source["checkpoint"]["target"]}, not {args.target}')
         predictor = EnsemblePredictor([{**source['checkpoint'], 'members': source['states']}])
         for name in ('val', 'test'):
             predictions[name].extend(predictor.sample(graphs[name], 64, 'ensemble'))  # one row per member
         names.extend(f'{spec.partition("#")[0]}#{k}' for k in source['indices'])
     labels = {name: subsets[name].labels[args.target] for name in ('val', 'test')}
 
+    bounded = predictor.bounded  # every member predicts args.target: one bound
+
     def mae(name, members):  # as the pooled model predicts: the mean, raised to the target's bound
-        mean = predictor.bounded(np.mean([predictions[name][k] for k in members], axis=0))
+        mean = bounded(np.mean([predictions[name][k] for k in members], axis=0))
         return float(np.mean(np.abs(mean - labels[name])))
 
     rows = [{'members': [names[k] for k in chosen], 'val_mae': mae('val', chosen), 'test_mae': mae('test', chosen)}
@@ -447,14 +447,19 @@ def equal_budget(args) -> dict:
     return collect_equal_budget(args, out, load_before)
 
 
-def _test_graphs(args) -> tuple[list, np.ndarray]:
-    """The test split's graphs and ``args.target`` labels."""
+def _split_graphs(arrays: StructureArrays, names=('val', 'test')) -> tuple[dict, dict]:
+    """The structures and the graphs of each named split (errors raise: val and test have no failures)."""
     from aiida_hpcai.models.graph import graphs_from_arrays
 
-    arrays, _ = load_filtered(pathlib.Path(args.data))
-    test = arrays.subset(get_split(arrays)['test'])
-    graphs, _ = graphs_from_arrays(test)  # errors raise: the test split has no failures
-    return graphs, test.labels[args.target]
+    split = get_split(arrays)
+    subsets = {name: arrays.subset(split[name]) for name in names}
+    return subsets, {name: graphs_from_arrays(subset)[0] for name, subset in subsets.items()}
+
+
+def _test_graphs(args) -> tuple[list, np.ndarray]:
+    """The test split's graphs and ``args.target`` labels."""
+    subsets, graphs = _split_graphs(load_filtered(pathlib.Path(args.data))[0], ('test',))
+    return graphs['test'], subsets['test'].labels[args.target]
 
 
 def _plain_test_mae(checkpoint: pathlib.Path, test: tuple[list, np.ndarray], device: str = 'cpu') -> float:
@@ -619,18 +624,13 @@ def thresholds(args) -> dict:
     import torch
 
     from aiida_hpcai.models.checkpoint import pretrained_path
-    from aiida_hpcai.models.graph import graphs_from_arrays
     from aiida_hpcai.models.inference import EnsemblePredictor
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # MC dropout samples at random
-    arrays, _ = load_filtered(pathlib.Path(args.data))
-    split = get_split(arrays)
     result = {'method': args.method, 'rule': 'confident when sigma <= threshold', 'targets': {}}
-    subsets = {name: arrays.subset(split[name]) for name in ('val', 'test')}
-    # both targets' models predict from the same graphs; errors raise: the splits have no failures
-    graphs = {name: graphs_from_arrays(subset)[0] for name, subset in subsets.items()}
+    subsets, graphs = _split_graphs(load_filtered(pathlib.Path(args.data))[0])  # one set for both targets
     for target, values in (('formation_energy_per_atom', args.fe_thresholds), ('band_gap', args.bg_thresholds)):
         path = pretrained_path(target)
         predictor = EnsemblePredictor.from_files([path])
