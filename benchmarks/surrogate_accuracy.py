@@ -9,6 +9,7 @@ Sub-commands (each writes into ``benchmarks/results/`` unless told otherwise)::
     baselines            mean predictor and ridge regression on element fractions, both targets
     export-npz OUT       the filtered dataset as one structure-set npz (to carry to a GPU machine)
     train                train one ensemble (or one member with --member K) for one target
+                         (--init PATH#K: start from one finished member and train it on, a warm restart)
     merge                pool member checkpoints of one target into one ensemble and evaluate it
     pools                val and test MAE of every pool of the given members (plain prediction), ranked by val:
                          which members to merge -> --result JSON
@@ -148,10 +149,18 @@ def train(args) -> None:
                 'patience': args.patience, 'ensemble_size': 1 if args.member is not None else args.ensemble_size,
                 'element_reference': not args.no_element_reference, 'mc_samples': args.mc_samples,
                 'progress': not args.no_progress, 'graph_workers': args.graph_workers}
+    dataset = {**info, 'split_dir': str(SPLIT_DIR.relative_to(REPO)), 'train_fraction': args.train_fraction}
+    parent = None
+    if args.init:  # go on training one finished member: its weights, normalisation and element reference
+        source = load_members(args.init)
+        if len(source['states']) != 1:
+            raise SystemExit(f'--init names {len(source["states"])} members; name one, as PATH#K')
+        parent = {**source['checkpoint'], 'members': source['states']}
+        dataset['initialized_from'] = {'member': args.init, 'epochs': len(source['histories'][0]),
+                                       'training': source['training'][0]}
     started = time.time()
     _, metrics = train_ensemble(arrays, args.target, split, args.out, model_config=model_config, training=training,
-                                units=TARGETS[args.target], dataset={**info, 'split_dir': str(SPLIT_DIR.relative_to(REPO)),
-                                                                     'train_fraction': args.train_fraction})
+                                units=TARGETS[args.target], dataset=dataset, parent=parent)
     print(json.dumps({'target': args.target, 'test_mae': metrics['test']['mae'], 'val_mae': metrics['val']['mae'],
                       'seconds': time.time() - started}))
 
@@ -693,6 +702,9 @@ def main(argv=None) -> None:
             command.add_argument('--no-element-reference', action='store_true')
             command.add_argument('--no-progress', action='store_true')
             command.add_argument('--graph-workers', type=int, default=0)
+        if name == 'train':
+            command.add_argument('--init', default=None, metavar='PATH#K',
+                                 help='start from one finished member (a train folder or shipped .pt, #K) and train it further')
     command = sub.add_parser('equal-budget')
     command.add_argument('--data', default=str(default_source()))
     command.add_argument('--peer-python', required=True, help='python of the peers venv (benchmarks/peers/README.md)')
@@ -802,7 +814,7 @@ def main(argv=None) -> None:
         runs = REPO / 'benchmarks' / 'results' / 'tmp'
         models = []
         for target in TARGETS:
-            args.target, args.out, args.member = target, str(runs / target), None
+            args.target, args.out, args.member, args.init = target, str(runs / target), None, None
             train(args)
             models.append(f'{target}={runs / target}')
         report(argparse.Namespace(model=models, training_device=args.device, model_file={}))
