@@ -190,8 +190,11 @@ def load_members(spec: str) -> dict:
         seconds = record['training'].get('seconds_all_members')
     indices = [int(k) for k in picked.split(',')] if picked else list(range(len(checkpoint['members'])))
     training = checkpoint['hyperparameters']['training']
-    # a pooled source records each member's own recipe; a trained one has one recipe for all
-    recipes = training.get('members') or [training] * len(checkpoint['members'])
+    # a pooled source records each member's own recipe; a trained one has one recipe for all, and the
+    # member it went on from (train --init) belongs to that recipe, so a pool keeps each member's start
+    start = checkpoint['dataset'].get('initialized_from')
+    recipes = training.get('members') or \
+        [{**training, 'initialized_from': start} if start else training] * len(checkpoint['members'])
     return {'checkpoint': checkpoint, 'indices': indices, 'states': [checkpoint['members'][k] for k in indices],
             'histories': [record['history'][k] for k in indices],
             'training': [{key: value for key, value in recipes[k].items() if key != 'members'} for k in indices],
@@ -228,7 +231,8 @@ def merge(args) -> None:
                                                    first['normalization'], model_config.num_neighbours)
     _, metrics = finalize_ensemble(members, histories, model_config, config, args.target, TARGETS[args.target],
                                    normalization, first['element_reference'], data, failures, args.out,
-                                   {**first['dataset'], **info},
+                                   {**{key: value for key, value in first['dataset'].items()
+                                       if key != 'initialized_from'}, **info},  # each member's start is in its recipe
                                    training_seconds=max(source['seconds'] or 0 for source in sources),
                                    member_training=recipes if mixed else None)
     print(json.dumps({'target': args.target, 'test_mae': metrics['test']['mae'],
