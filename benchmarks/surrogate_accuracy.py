@@ -218,7 +218,7 @@ def merge(args) -> None:
     histories = [history for source in sources for history in source['histories']]
     recipes = [recipe for source in sources for recipe in source['training']]
     model_config = model_config_of(first)
-    training = dict(recipes[0])
+    training = {key: value for key, value in recipes[0].items() if key != 'initialized_from'}  # a record, no option
     training.update({'device': args.device, 'ensemble_size': len(members), 'mc_samples': args.mc_samples})
     config = TrainingConfig.from_dict(training)
 
