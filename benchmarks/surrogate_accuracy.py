@@ -11,8 +11,9 @@ Sub-commands (each writes into ``benchmarks/results/`` unless told otherwise)::
     train                train one ensemble (or one member with --member K) for one target
                          (--init PATH#K: start from one finished member and train it on, a warm restart)
     merge                pool member checkpoints of one target into one ensemble and evaluate it
-    pools                val and test MAE of every pool of the given members (plain prediction), ranked by val:
-                         which members to merge -> --result JSON
+    pools                val and test MAE of every pool of the given members (plain prediction), ranked by val,
+                         and the pool to merge (best on val of --min-members or more, one state of each member)
+                         -> --result JSON
     ship                 copy a finished run into the package as its target's pretrained model, record beside it
     recalibrate          refit a checkpoint's sigma scales on the validation split (after a change of the
                          fitting rule) and rewrite its uncertainty metrics, without retraining
@@ -151,18 +152,27 @@ def train(args) -> None:
                 'progress': not args.no_progress, 'graph_workers': args.graph_workers}
     dataset = {**info, 'split_dir': str(SPLIT_DIR.relative_to(REPO)), 'train_fraction': args.train_fraction}
     parent = None
-    if args.init:  # go on training one finished member: its weights, normalisation and element reference
-        source = load_members(args.init)
-        if len(source['states']) != 1:
-            raise SystemExit(f'--init names {len(source["states"])} members; name one, as PATH#K')
-        parent = {**source['checkpoint'], 'members': source['states']}
-        dataset['initialized_from'] = {'member': args.init, 'epochs': len(source['histories'][0]),
-                                       'training': source['training'][0]}
+    if args.init:
+        parent, dataset['initialized_from'] = warm_start(args.init)
     started = time.time()
     _, metrics = train_ensemble(arrays, args.target, split, args.out, model_config=model_config, training=training,
                                 units=TARGETS[args.target], dataset=dataset, parent=parent)
     print(json.dumps({'target': args.target, 'test_mae': metrics['test']['mae'], 'val_mae': metrics['val']['mae'],
                       'seconds': time.time() - started}))
+
+
+def warm_start(spec: str) -> tuple[dict, dict]:
+    """One finished member (``PATH#K``) to train on (``train --init``): the parent checkpoint (its
+    weights, normalisation and element reference) and the record of where the new run starts: the
+    member, its epochs and recipe, and its line (``_lineage``: the root it goes back to, its seconds)."""
+    source = load_members(spec)
+    if len(source['states']) != 1:
+        raise SystemExit(f'--init names {len(source["states"])} members; name one, as PATH#K')
+    parent = {**source['checkpoint'], 'members': source['states']}
+    record = {'member': spec, 'epochs': len(source['histories'][0]),
+              'training': {key: value for key, value in source['training'][0].items() if key != 'initialized_from'},
+              **source['lineages'][0]}
+    return parent, record
 
 
 def _same_normalization(one: dict, other: dict) -> bool:
@@ -175,7 +185,7 @@ def load_members(spec: str) -> dict:
     merge folder (``model.pt`` and ``metrics.json``) or a checkpoint file with its record beside it
     (``X.pt`` and ``X.json``, as ``ship`` writes them), so a shipped member can join a new pool. Returns
     the checkpoint, the chosen member indices and states, their epoch histories and training
-    hyperparameters, and the training seconds of the source."""
+    hyperparameters, and each one's line (``_lineage``)."""
     from aiida_hpcai.models.checkpoint import load_checkpoint
 
     path, _, picked = spec.partition('#')
@@ -183,11 +193,9 @@ def load_members(spec: str) -> dict:
     if path.is_dir():
         checkpoint = load_checkpoint(path / 'model.pt')
         record = json.loads((path / 'metrics.json').read_text())
-        seconds = record.get('training_seconds')
     else:
         checkpoint = load_checkpoint(path)
         record = json.loads(path.with_suffix('.json').read_text())
-        seconds = record['training'].get('seconds_all_members')
     indices = [int(k) for k in picked.split(',')] if picked else list(range(len(checkpoint['members'])))
     training = checkpoint['hyperparameters']['training']
     # a pooled source records each member's own recipe; a trained one has one recipe for all, and the
@@ -198,7 +206,35 @@ def load_members(spec: str) -> dict:
     return {'checkpoint': checkpoint, 'indices': indices, 'states': [checkpoint['members'][k] for k in indices],
             'histories': [record['history'][k] for k in indices],
             'training': [{key: value for key, value in recipes[k].items() if key != 'members'} for k in indices],
-            'seconds': seconds}
+            'lineages': [_lineage(record['history'][k], recipes[k]) for k in indices]}
+
+
+def _lineage(history: list[dict], recipe: dict) -> dict:
+    """One member's line: ``root``, a name of the member trained from scratch that it goes back to
+    through its warm restarts (``train --init``), the same wherever its files were copied (a digest of
+    that member's first epoch), and ``seconds``, the training seconds of the whole line (its epochs and
+    those of every run it went on from). Records written before lines were stored are followed through
+    the files they name; ``None`` where one of those is gone."""
+    import hashlib
+
+    from aiida_hpcai.models.checkpoint import CheckpointError
+
+    own = float(sum(row['seconds'] for row in history))
+    start = recipe.get('initialized_from')
+    if not start:
+        return {'root': hashlib.sha256(json.dumps(history[0], sort_keys=True).encode()).hexdigest()[:12],
+                'seconds': own}
+    if 'root' not in start:
+        try:
+            start = {**start, **load_members(start['member'])['lineages'][0]}
+        except (CheckpointError, FileNotFoundError):  # the checkpoint or the record beside it is gone
+            return {'root': f'unknown (started from {start["member"]}, no longer there)', 'seconds': None}
+    return {'root': start['root'], 'seconds': None if start['seconds'] is None else own + start['seconds']}
+
+
+def _sum_or_none(values) -> float | None:
+    values = list(values)
+    return None if any(value is None for value in values) else float(sum(values))
 
 
 def merge(args) -> None:
@@ -233,7 +269,8 @@ def merge(args) -> None:
                                    normalization, first['element_reference'], data, failures, args.out,
                                    {**{key: value for key, value in first['dataset'].items()
                                        if key != 'initialized_from'}, **info},  # each member's start is in its recipe
-                                   training_seconds=max(source['seconds'] or 0 for source in sources),
+                                   training_seconds=_sum_or_none(lineage['seconds'] for source in sources
+                                                                 for lineage in source['lineages']),
                                    member_training=recipes if mixed else None)
     print(json.dumps({'target': args.target, 'test_mae': metrics['test']['mae'],
                       'member_mae': metrics['test'].get('member_mae')}))
@@ -241,8 +278,11 @@ def merge(args) -> None:
 
 def pools(args) -> dict:
     """Plain (dropout off) val and test predictions of every given member, and the MAE of the mean of
-    every pool of one or more of them, ranked by validation MAE: which members to ``merge``, chosen on
-    val, with the test MAE beside it for the record -> ``args.result``."""
+    every pool of one or more of them, ranked by validation MAE, with the test MAE beside it for the
+    record -> ``args.result``. The pool to ``merge`` (``chosen``) is the best on val of those with at
+    least ``--min-members`` members, at most one state of each member: a member and a state it was
+    trained on from (``train --init``) are one network at two times, not two members of a deep
+    ensemble, and two members give no usable spread."""
     import itertools
 
     import torch
@@ -252,7 +292,7 @@ def pools(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     subsets, graphs = _split_graphs(load_filtered(pathlib.Path(args.data))[0])
-    names, predictions = [], {'val': [], 'test': []}
+    names, roots, predictions = [], [], {'val': [], 'test': []}
     for spec in args.members:
         source = load_members(spec)
         if source['checkpoint']['target'] != args.target:
@@ -261,6 +301,7 @@ def pools(args) -> dict:
         for name in ('val', 'test'):
             predictions[name].extend(predictor.sample(graphs[name], 64, 'ensemble'))  # one row per member
         names.extend(f'{spec.partition("#")[0]}#{k}' for k in source['indices'])
+        roots.extend(lineage['root'] for lineage in source['lineages'])
     labels = {name: subsets[name].labels[args.target] for name in ('val', 'test')}
 
     bounded = predictor.bounded  # every member predicts args.target: one bound
@@ -269,14 +310,20 @@ def pools(args) -> dict:
         mean = bounded(np.mean([predictions[name][k] for k in members], axis=0))
         return float(np.mean(np.abs(mean - labels[name])))
 
-    rows = [{'members': [names[k] for k in chosen], 'val_mae': mae('val', chosen), 'test_mae': mae('test', chosen)}
+    rows = [{'members': [names[k] for k in chosen], 'val_mae': mae('val', chosen), 'test_mae': mae('test', chosen),
+             'one_state_per_member': len({roots[k] for k in chosen}) == len(chosen)}
             for size in range(1, len(names) + 1) for chosen in itertools.combinations(range(len(names)), size)]
     rows.sort(key=lambda row: row['val_mae'])
-    result = {'target': args.target, 'units': TARGETS[args.target], 'rule': 'the pool of lowest val MAE',
-              'prediction': 'plain (dropout off), mean over the pool', 'pools': rows}
+    eligible = [row for row in rows if row['one_state_per_member'] and len(row['members']) >= args.min_members]
+    result = {'target': args.target, 'units': TARGETS[args.target],
+              'rule': f'chosen: the pool of lowest val MAE among those of {args.min_members} or more members holding '
+                      'at most one state of each member (states of one member share the root of their warm restarts)',
+              'prediction': 'plain (dropout off), mean over the pool',
+              'roots': dict(zip(names, roots)), 'chosen': eligible[0] if eligible else None, 'pools': rows}
     pathlib.Path(args.result).write_text(json.dumps(result, indent=2))
     for row in rows[:10]:
         print(json.dumps(row))
+    print('chosen:', json.dumps(result['chosen']))
     return result
 
 
@@ -370,6 +417,8 @@ def ship(args) -> None:
         'metrics': checkpoint['metrics'], 'sigma_scale': checkpoint['sigma_scale'],
         'normalization': checkpoint['normalization'],
         'training': {'device': args.training_device, 'seconds_all_members': metrics.get('training_seconds'),
+                     # each member's whole line: the runs it went on from (train --init) included
+                     'seconds_per_member': [line['seconds'] for line in load_members(str(folder))['lineages']],
                      'epochs_per_member': [len(h) for h in metrics['history']], 'command': args.trained_with},
         'history': metrics['history'],
     }
@@ -407,7 +456,7 @@ def report(args) -> dict:
                 'sigma_scale': metrics['sigma_scale'],
                 'epochs_run': [len(h) for h in histories],
                 'best_epoch': [int(np.argmin([row['val_mae'] for row in h])) for h in histories],
-                'training_seconds_per_member': metrics.get('training_seconds'),
+                'training_seconds_per_member': [line['seconds'] for line in load_members(str(folder))['lineages']],
                 'training_device': args.training_device,
                 'n_structures': metrics['n_structures'],
             }
@@ -756,6 +805,7 @@ def main(argv=None) -> None:
     command.add_argument('--target', choices=sorted(TARGETS), default='formation_energy_per_atom')
     command.add_argument('--threads', type=int, default=0)
     command.add_argument('--result', required=True, help='the JSON to write')
+    command.add_argument('--min-members', type=int, default=3, help='the fewest members of the chosen pool')
     command = sub.add_parser('summarize')
     command.add_argument('--run', action='append', required=True, help='NAME=FOLDER of a finished train run')
     command.add_argument('--data', default=str(default_source()))
