@@ -203,32 +203,43 @@ def load_members(spec: str) -> dict:
     start = checkpoint['dataset'].get('initialized_from')
     recipes = training.get('members') or \
         [{**training, 'initialized_from': start} if start else training] * len(checkpoint['members'])
+    recipes = [{**recipe, 'initialized_from': _started_from(recipe)} if recipe.get('initialized_from') else recipe
+               for recipe in recipes]
     return {'checkpoint': checkpoint, 'indices': indices, 'states': [checkpoint['members'][k] for k in indices],
             'histories': [record['history'][k] for k in indices],
             'training': [{key: value for key, value in recipes[k].items() if key != 'members'} for k in indices],
             'lineages': [_lineage(record['history'][k], recipes[k]) for k in indices]}
 
 
+def _started_from(recipe: dict) -> dict | None:
+    """The record of the member a run went on from (``train --init``), with that member's line
+    (``root``, ``seconds``), or None for a run from scratch. Records written before lines were stored
+    are completed by following the files they name (``seconds`` None where those are gone), so a
+    pool merged from them carries its lines wherever it is copied."""
+    from aiida_hpcai.models.checkpoint import CheckpointError
+
+    start = recipe.get('initialized_from')
+    if not start or 'root' in start:
+        return start
+    try:
+        line = load_members(start['member'])['lineages'][0]
+    except (CheckpointError, FileNotFoundError):  # the checkpoint or the record beside it is gone
+        line = {'root': f'unknown (started from {start["member"]}, no longer there)', 'seconds': None}
+    return {**start, **line}
+
+
 def _lineage(history: list[dict], recipe: dict) -> dict:
     """One member's line: ``root``, a name of the member trained from scratch that it goes back to
     through its warm restarts (``train --init``), the same wherever its files were copied (a digest of
     that member's first epoch), and ``seconds``, the training seconds of the whole line (its epochs and
-    those of every run it went on from). Records written before lines were stored are followed through
-    the files they name; ``None`` where one of those is gone."""
+    those of every run it went on from). ``recipe``'s start record is a completed one (``_started_from``)."""
     import hashlib
-
-    from aiida_hpcai.models.checkpoint import CheckpointError
 
     own = float(sum(row['seconds'] for row in history))
     start = recipe.get('initialized_from')
     if not start:
         return {'root': hashlib.sha256(json.dumps(history[0], sort_keys=True).encode()).hexdigest()[:12],
                 'seconds': own}
-    if 'root' not in start:
-        try:
-            start = {**start, **load_members(start['member'])['lineages'][0]}
-        except (CheckpointError, FileNotFoundError):  # the checkpoint or the record beside it is gone
-            return {'root': f'unknown (started from {start["member"]}, no longer there)', 'seconds': None}
     return {'root': start['root'], 'seconds': None if start['seconds'] is None else own + start['seconds']}
 
 

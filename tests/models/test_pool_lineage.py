@@ -40,9 +40,9 @@ def test_a_warm_restart_keeps_the_line_of_the_member_it_went_on_from(accuracy, t
     assert line['root'] == scratch[1]['root']
     assert line['seconds'] == pytest.approx(_epoch_seconds(first, 1) + _epoch_seconds(second, 0))
 
-    # a record from before lines were stored names only the member: followed through its files
-    history = json.loads((second / 'metrics.json').read_text())['history'][0]
-    old = accuracy._lineage(history, {'initialized_from': {'member': f'{first}#1'}})
-    assert old == line
-    gone = accuracy._lineage([{'seconds': 1.0}], {'initialized_from': {'member': str(tmp_path / 'gone#0')}})
+    # a record from before lines were stored names only the member: completed through its files
+    old = accuracy._started_from({'initialized_from': {'member': f'{first}#1'}})
+    assert (old['root'], old['seconds']) == (scratch[1]['root'], pytest.approx(scratch[1]['seconds']))
+    gone = accuracy._started_from({'initialized_from': {'member': str(tmp_path / 'gone#0')}})
     assert gone['seconds'] is None and 'no longer there' in gone['root']
+    assert accuracy._lineage([{'seconds': 1.0}], {'initialized_from': gone})['seconds'] is None
