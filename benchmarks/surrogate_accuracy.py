@@ -243,6 +243,11 @@ def _lineage(history: list[dict], recipe: dict) -> dict:
     return {'root': start['root'], 'seconds': None if start['seconds'] is None else own + start['seconds']}
 
 
+def _seconds_per_member(path) -> list[float | None]:
+    """The training seconds of each member's whole line (``_lineage``) of a run folder or shipped file."""
+    return [line['seconds'] for line in load_members(str(path))['lineages']]
+
+
 def _sum_or_none(values) -> float | None:
     values = list(values)
     return None if any(value is None for value in values) else float(sum(values))
@@ -429,7 +434,7 @@ def ship(args) -> None:
         'normalization': checkpoint['normalization'],
         'training': {'device': args.training_device, 'seconds_all_members': metrics.get('training_seconds'),
                      # each member's whole line: the runs it went on from (train --init) included
-                     'seconds_per_member': [line['seconds'] for line in load_members(str(folder))['lineages']],
+                     'seconds_per_member': _seconds_per_member(folder),
                      'epochs_per_member': [len(h) for h in metrics['history']], 'command': args.trained_with},
         'history': metrics['history'],
     }
@@ -453,8 +458,7 @@ def report(args) -> dict:
             entry['crysformer'] = previous[target]['crysformer']
             shipped = PRETRAINED_DIR / PRETRAINED_FILES[target]
             if entry['crysformer'].get('sha256') == sha256_file(shipped):  # its members' lines, from the shipped file
-                entry['crysformer']['training_seconds_per_member'] = \
-                    [line['seconds'] for line in load_members(str(shipped))['lineages']]
+                entry['crysformer']['training_seconds_per_member'] = _seconds_per_member(shipped)
         if target in models:
             folder = pathlib.Path(models[target])
             metrics = json.loads((folder / 'metrics.json').read_text())
@@ -473,7 +477,7 @@ def report(args) -> dict:
                 'sigma_scale': metrics['sigma_scale'],
                 'epochs_run': [len(h) for h in histories],
                 'best_epoch': [int(np.argmin([row['val_mae'] for row in h])) for h in histories],
-                'training_seconds_per_member': [line['seconds'] for line in load_members(str(folder))['lineages']],
+                'training_seconds_per_member': _seconds_per_member(folder),
                 'training_device': args.training_device,
                 'n_structures': metrics['n_structures'],
             }
