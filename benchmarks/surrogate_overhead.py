@@ -107,6 +107,12 @@ def program_config(model_entries: list[dict], args) -> dict:
             'mc_samples': args.mc_samples, 'device': 'cpu'}
 
 
+def children_cpu_seconds() -> float:
+    """CPU used so far by this process's children that have exited and been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 # -- bare ---------------------------------------------------------------------------------------
 def run_bare(executable: str, arrays, checkpoint: pathlib.Path, args) -> dict:
     from aiida_hpcai.models.checkpoint import sha256_file
@@ -123,21 +129,20 @@ def run_bare(executable: str, arrays, checkpoint: pathlib.Path, args) -> dict:
         inputs_seconds = time.perf_counter() - started
 
         env = {**os.environ, **thread_environment(args.threads)}
-        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_before = children_cpu_seconds()
         started = time.perf_counter()
         with open(workdir / 'hpcai-model.out', 'w') as stdout, open(workdir / 'hpcai-model.err', 'w') as stderr:
             process = subprocess.run([executable, 'predict', '--input', '.', '--output', 'outputs'],
                                      cwd=workdir, env=env, stdout=stdout, stderr=stderr,
                                      preexec_fn=_pin(args.program_cores))
         wall = time.perf_counter() - started
-        children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = children_cpu_seconds() - cpu_before
         if process.returncode != 0:
             raise SystemExit(f'bare hpcai-model failed ({process.returncode}):\n'
                              f'{(workdir / "hpcai-model.err").read_text()[-3000:]}')
         summary = json.loads((workdir / 'outputs' / 'summary.json').read_text())
         with np.load(workdir / 'outputs' / 'predictions.npz') as result:
             predictions = {name: result[name] for name in ('mean', 'status')}
-    cpu = (children_after.ru_utime + children_after.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
     return {'inputs_seconds': inputs_seconds, 'program_wall_seconds': wall, 'program_cpu_seconds': cpu,
             'in_program_seconds': summary['seconds'],
             'n_ok': summary['n_ok'], 'n_members': summary['n_members'], 'uncertainty': summary['uncertainty'],
@@ -157,8 +162,8 @@ def make_profile() -> dict:
     from aiida_hpcai.cli.setup import MODEL_CODE_LABEL, SetupReport, ensure_code, ensure_localhost, ensure_profile
 
     report = SetupReport()
-    profile = ensure_profile('hpcai-overhead', report)
-    computer = ensure_localhost(report)
+    profile, new_profile = ensure_profile('hpcai-overhead', report)
+    computer = ensure_localhost(report, new_profile)
     executable = shutil.which('hpcai-model') or str(pathlib.Path(sys.executable).parent / 'hpcai-model')
     ensure_code(MODEL_CODE_LABEL, executable, computer, report)
     return {'name': profile.name, 'created': True}
@@ -212,8 +217,10 @@ def run_aiida(code, model, arrays, args) -> dict:
         started_epoch = time.time()
         started = time.perf_counter()
         runner_cpu_before = time.process_time()
+        commands_cpu_before = children_cpu_seconds()
         _, node = run_get_node(SurrogateWorkChain, **inputs)
         runner_cpu = time.process_time() - runner_cpu_before
+        commands_cpu = children_cpu_seconds() - commands_cpu_before
         wall = time.perf_counter() - started
         finished_epoch = time.time()
     if not node.is_finished_ok:
@@ -233,6 +240,9 @@ def run_aiida(code, model, arrays, args) -> dict:
         'program_cpu_seconds': program_cpu,
         # CPU used by this process (the runner: WorkChain steps, upload, polling, parsing) meanwhile
         'runner_cpu_seconds': runner_cpu,
+        # CPU of the shell commands the runner ran through the transport (submission, scheduler polls);
+        # not the job's: the direct scheduler detaches it, so it is never this process's waited-for child
+        'runner_commands_cpu_seconds': commands_cpu,
         'in_program_seconds': summary['seconds'],
         'before_program_seconds': program_start - started_epoch,
         'after_program_seconds': finished_epoch - program_end,
@@ -240,6 +250,27 @@ def run_aiida(code, model, arrays, args) -> dict:
         'workchain_pk': node.pk, 'calcjob_pk': calculation.pk,
         '_predictions': {'mean': predictions.get_array('mean'), 'status': predictions.get_array('status')},
     }
+
+
+def transport_command_cost(repeats: int = 20) -> dict:
+    """CPU and wall of one command through the local transport, with and without a login shell.
+
+    A scheduler poll of ``core.direct`` is one such command (``ps``); side by side here, because
+    what a login shell costs depends on the user's shell start-up files.
+    """
+    from aiida.transports.plugins.local import LocalTransport
+
+    cost = {}
+    for login_shell in (True, False):
+        with LocalTransport(use_login_shell=login_shell) as transport:
+            cpu_before, started = children_cpu_seconds(), time.perf_counter()
+            for _ in range(repeats):
+                transport.exec_command_wait('ps -o pid,stat,user,time -p 1')
+            cost['login_shell' if login_shell else 'no_login_shell'] = {
+                'cpu_seconds': (children_cpu_seconds() - cpu_before) / repeats,
+                'wall_seconds': (time.perf_counter() - started) / repeats}
+    cost['command'] = f'ps -o pid,stat,user,time -p 1 ({repeats} times each)'
+    return cost
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -290,6 +321,7 @@ def summarize(runs: list[dict]) -> dict:
         'program_cpu_seconds_in_job': total('aiida', 'program_cpu_seconds') / pairs,
         'program_wall_seconds_in_job': program_in_aiida / pairs,
         'runner_cpu_seconds': total('aiida', 'runner_cpu_seconds') / pairs,
+        'runner_commands_cpu_seconds': total('aiida', 'runner_commands_cpu_seconds') / pairs,
         'target_overhead_percent': TARGET_OVERHEAD_PERCENT,
     }
     for suffix in ('', '_within_run', '_with_inputs'):
@@ -329,6 +361,8 @@ def main(argv=None) -> None:
     parser.add_argument('--repeats', type=int, default=1, help='bare/AiiDA pairs (order alternates)')
     parser.add_argument('--job-poll-interval', type=float, default=None,
                         help='seconds between scheduler polls of the computer (default: as aiida-hpcai setup leaves it)')
+    parser.add_argument('--login-shell', choices=('yes', 'no'), default=None,
+                        help='run the transport commands in a login shell (default: as aiida-hpcai setup leaves it)')
     parser.add_argument('--program-cores', type=int, nargs='+', default=None,
                         help='run the program (bare and in the job) on these CPU cores only and this process '
                              '(the AiiDA runner) on the others: the daemon off the compute cores')
@@ -388,6 +422,9 @@ def benchmark(args) -> dict:
         computer = code.computer
         if args.job_poll_interval is not None:
             computer.set_minimum_job_poll_interval(args.job_poll_interval)
+        if args.login_shell is not None:
+            computer.configure(**{**computer.get_configuration(), 'use_login_shell': args.login_shell == 'yes'})
+        command_cost = transport_command_cost()
         executable = str(code.filepath_executable)
 
         started = time.perf_counter()
@@ -413,7 +450,8 @@ def benchmark(args) -> dict:
                          **overheads(bare, aiida_run)})
             print(f"repeat {repeat}: bare {bare['program_wall_seconds']:.1f} s ({bare['program_cpu_seconds']:.1f} CPU s), "
                   f"WorkChain {aiida_run['workchain_wall_seconds']:.1f} s (program {aiida_run['program_wall_seconds']:.1f} s, "
-                  f"{aiida_run['program_cpu_seconds']:.1f} CPU s; runner {aiida_run['runner_cpu_seconds']:.1f} CPU s), "
+                  f"{aiida_run['program_cpu_seconds']:.1f} CPU s; runner {aiida_run['runner_cpu_seconds']:.1f} CPU s, "
+                  f"its commands {aiida_run['runner_commands_cpu_seconds']:.1f} CPU s), "
                   f"overhead {runs[-1]['overhead_seconds']:.2f} s ({runs[-1]['overhead_percent']:.1f}%)", file=sys.stderr)
         load_after = os.getloadavg()
     finally:
@@ -438,6 +476,8 @@ def benchmark(args) -> dict:
                   'computer': computer.label, 'scheduler': computer.scheduler_type,
                   'transport': computer.transport_type,
                   'minimum_job_poll_interval_s': computer.get_minimum_job_poll_interval(),
+                  'use_login_shell': computer.get_configuration().get('use_login_shell', True),
+                  'transport_command_cost': command_cost,
                   'code': code.full_label, 'executable': executable, 'caching': 'disabled',
                   'how_run': 'run_get_node in this process'},
         'not_counted': {'profile_setup_seconds': setup_seconds, 'model_node_seconds': model_seconds,

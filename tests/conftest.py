@@ -29,3 +29,13 @@ def shared_pseudos_dir() -> pathlib.Path:
     if not path.is_dir():
         pytest.skip(f'shared pseudopotential folder {path} not found (set HPCAI_PSEUDO_DIR)')
     return path
+
+
+@pytest.fixture
+def aiida_localhost(aiida_computer_local):
+    """aiida's ``localhost`` fixture, its transport configured as ``aiida-hpcai setup`` configures it."""
+    from aiida_hpcai.cli.setup import LOCALHOST_TRANSPORT
+
+    computer = aiida_computer_local(label='localhost', configure=False)
+    computer.configure(**LOCALHOST_TRANSPORT)
+    return computer

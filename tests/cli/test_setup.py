@@ -1,5 +1,6 @@
 """`aiida-hpcai setup`: fresh machine (creates an embedded profile) and an existing profile, each twice."""
 import os
+import re
 import shutil
 import subprocess
 
@@ -27,6 +28,10 @@ def test_setup_on_a_fresh_machine_twice(tmp_path, shared_pseudos_dir):
     assert 'created' not in second.stdout
     for item in ('profile', 'code hpcai-model@localhost', f'pseudo family {DEFAULT_PSEUDO_FAMILY}'):
         assert item in second.stdout
+    # the profile is new, so its localhost is ours: polls and submissions without a login shell
+    transport = subprocess.run(['verdi', 'computer', 'configure', 'show', 'localhost'], env=env,
+                               capture_output=True, text=True, check=True)
+    assert re.search(r'use_login_shell\s+False', transport.stdout), transport.stdout
     codes = subprocess.run(['verdi', 'code', 'list', '-a'], env=env, capture_output=True, text=True, check=True)
     assert 'hpcai-model@localhost' in codes.stdout
     if shutil.which('pw.x'):

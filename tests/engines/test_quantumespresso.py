@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from aiida import orm
 
+from aiida_hpcai.cli.setup import LOCALHOST_TRANSPORT
 from aiida_hpcai.engines import get_engine
 from aiida_hpcai.engines.base import band_gap_from_eigenvalues, merge_overrides, protocol_digest
 from aiida_hpcai.engines.quantumespresso import QuantumEspressoEngine
@@ -48,7 +49,7 @@ def pw_code(aiida_profile, tmp_path_factory):
         computer.set_mpirun_command(mpirun)
         computer.set_default_mpiprocs_per_machine(2)
         computer.set_prepend_text('export OMP_NUM_THREADS=1')
-        computer.configure()
+        computer.configure(**LOCALHOST_TRANSPORT)
     try:
         return orm.load_code(f'pw@{label}')
     except Exception:  # noqa: BLE001
