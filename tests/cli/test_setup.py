@@ -62,3 +62,23 @@ def test_setup_uses_the_current_profile(aiida_profile, shared_pseudos_dir, monke
 def test_help(args):
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0 and 'Usage' in result.output
+
+
+def test_localhost_login_shell(aiida_localhost):
+    """A localhost setup did not make keeps its login shell (with a hint); on a new profile setup turns it off."""
+    from aiida_hpcai.cli.setup import LOCALHOST_TRANSPORT, SetupReport, ensure_localhost
+
+    aiida_localhost.configure(safe_interval=0, use_login_shell=True)
+    try:
+        report = SetupReport()
+        ensure_localhost(report, new_profile=False)
+        assert aiida_localhost.get_configuration()['use_login_shell'] is True
+        (detail,) = [detail for item, status, detail in report.rows if status == 'found']
+        assert '--use-login-shell False' in detail
+
+        report = SetupReport()
+        ensure_localhost(report, new_profile=True)
+        assert aiida_localhost.get_configuration()['use_login_shell'] is False
+        assert ('computer localhost', 'updated') in [(item, status) for item, status, _ in report.rows]
+    finally:
+        aiida_localhost.configure(**LOCALHOST_TRANSPORT)
