@@ -166,7 +166,7 @@ def make_profile() -> dict:
     computer = ensure_localhost(report, new_profile)
     executable = shutil.which('hpcai-model') or str(pathlib.Path(sys.executable).parent / 'hpcai-model')
     ensure_code(MODEL_CODE_LABEL, executable, computer, report)
-    return {'name': profile.name, 'created': True}
+    return {'name': profile.name, 'created': new_profile}
 
 
 def model_node(path: pathlib.Path):
@@ -400,6 +400,7 @@ def main(argv=None) -> None:
 def benchmark(args) -> dict:
     import torch
 
+    from aiida_hpcai.cli.setup import uses_login_shell
     from aiida_hpcai.models.checkpoint import pretrained_path
 
     arrays, taken, data_info = select_structures(pathlib.Path(args.data), args.count, args.max_atoms)
@@ -476,7 +477,7 @@ def benchmark(args) -> dict:
                   'computer': computer.label, 'scheduler': computer.scheduler_type,
                   'transport': computer.transport_type,
                   'minimum_job_poll_interval_s': computer.get_minimum_job_poll_interval(),
-                  'use_login_shell': computer.get_configuration().get('use_login_shell', True),
+                  'use_login_shell': uses_login_shell(computer),
                   'transport_command_cost': command_cost,
                   'code': code.full_label, 'executable': executable, 'caching': 'disabled',
                   'how_run': 'run_get_node in this process'},

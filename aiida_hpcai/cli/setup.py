@@ -86,6 +86,11 @@ def ensure_profile(profile_name: str, report: SetupReport):
 LOCALHOST_TRANSPORT = {'safe_interval': 0, 'use_login_shell': False}
 
 
+def uses_login_shell(computer) -> bool:
+    """Whether the computer's transport runs its commands in a login shell (AiiDA's default when unset)."""
+    return computer.get_configuration().get('use_login_shell', True)
+
+
 def ensure_localhost(report: SetupReport, new_profile: bool = False):
     """The ``localhost`` computer; on a profile created just now (``verdi presto`` made it) configured our way."""
     from aiida import orm
@@ -108,7 +113,7 @@ def ensure_localhost(report: SetupReport, new_profile: bool = False):
         if new_profile or not computer.is_configured:
             computer.configure(**LOCALHOST_TRANSPORT)
             report.add('computer localhost', 'updated', f'{computer.get_workdir()}; configured without a login shell')
-        elif computer.get_configuration().get('use_login_shell', True):  # someone else's: a hint only
+        elif uses_login_shell(computer):  # someone else's: a hint only
             report.add('computer localhost', 'found', f'{computer.get_workdir()}; it polls in a login shell, running '
                        'your shell start-up files at every poll: `verdi computer configure core.local localhost '
                        '--use-login-shell False` makes that cheaper')
