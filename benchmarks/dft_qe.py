@@ -14,6 +14,7 @@ Needs a profile prepared by ``aiida-hpcai setup`` (pw@localhost, the SSSP subset
 
     python benchmarks/dft_qe.py [--count 10] [--protocol fast] [--num-mpiprocs 2] [--seed 0] [--resume]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,16 @@ def main():
     parser.add_argument('--code', default='pw@localhost')
     parser.add_argument('--num-mpiprocs', type=int, default=2)
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--data-dir', type=pathlib.Path, default=pathlib.Path(os.environ.get('HPCAI_DATA_DIR', REPO_ROOT.parent / 'shared' / 'data')))
-    parser.add_argument('--pseudo-dir', type=pathlib.Path, default=pathlib.Path(os.environ.get('HPCAI_PSEUDO_DIR', REPO_ROOT.parent / 'shared' / 'pseudos')))
+    parser.add_argument(
+        '--data-dir',
+        type=pathlib.Path,
+        default=pathlib.Path(os.environ.get('HPCAI_DATA_DIR', REPO_ROOT.parent / 'shared' / 'data')),
+    )
+    parser.add_argument(
+        '--pseudo-dir',
+        type=pathlib.Path,
+        default=pathlib.Path(os.environ.get('HPCAI_PSEUDO_DIR', REPO_ROOT.parent / 'shared' / 'pseudos')),
+    )
     parser.add_argument('--output', type=pathlib.Path, default=RESULTS)
     parser.add_argument(
         '--resume', action='store_true', help='keep the structures already in --output and run only the others'
@@ -157,7 +166,7 @@ def write_results(args, records, references, elapsed, complete):
     )
     result = {
         'description': 'hpcai.dft (Quantum ESPRESSO) relax + SCF + formation energy on mp_cgcnn structures',
-        'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        'date': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
         'complete': complete,
         'machine': {'platform': platform.platform(), 'cpu_count': os.cpu_count(), 'mpi_processes': args.num_mpiprocs},
         'protocol': args.protocol,

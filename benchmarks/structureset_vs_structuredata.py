@@ -7,6 +7,7 @@ it measures the storage users get from `verdi presto`, and leaves no trace in yo
 
 Writes benchmarks/results/structureset_vs_structuredata.json.
 """
+
 import argparse
 import json
 import os
@@ -39,8 +40,13 @@ def main():
     arrays = arrays.subset(range(args.count))
     structures = list(arrays.iter_pymatgen())
 
-    profile = create_profile(get_config(create=True), name='bench', email='bench@localhost',
-                             storage_backend='core.sqlite_dos', storage_config={'filepath': f'{workdir}/storage'})
+    profile = create_profile(
+        get_config(create=True),
+        name='bench',
+        email='bench@localhost',
+        storage_backend='core.sqlite_dos',
+        storage_config={'filepath': f'{workdir}/storage'},
+    )
     load_profile(profile.name, allow_switch=True)
 
     load_before = os.getloadavg()

@@ -34,6 +34,7 @@ Example (what produced the shipped pretrained models, see docs/source/surrogate_
     python benchmarks/surrogate_accuracy.py merge --target band_gap --members runs/bg_m0 runs/bg_m1 --out runs/bg
     python benchmarks/surrogate_accuracy.py report --model formation_energy_per_atom=runs/fe --model band_gap=runs/bg
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,8 +87,13 @@ def load_filtered(source: pathlib.Path) -> tuple[StructureArrays, dict]:
         arrays = dataset.arrays
         info = {'source': str(source.name), 'n_loaded': len(arrays), 'n_skipped_by_loader': len(dataset.skipped)}
     keep = np.nonzero(arrays.labels['formation_energy_per_atom'] >= MIN_FORMATION_ENERGY)[0]
-    info.update({'name': 'mp_cgcnn', 'n_dropped_formation_energy_below_-5': int(len(arrays) - len(keep)),
-                 'n_structures': int(len(keep))})
+    info.update(
+        {
+            'name': 'mp_cgcnn',
+            'n_dropped_formation_energy_below_-5': int(len(arrays) - len(keep)),
+            'n_structures': int(len(keep)),
+        }
+    )
     return arrays.subset(keep), info
 
 
@@ -125,7 +131,9 @@ def baselines(arrays: StructureArrays, split: dict[str, np.ndarray]) -> dict:
         results[target] = {
             'units': TARGETS[target],
             'mean_predictor_test_mae': float(np.mean(np.abs(mean - y['test']))),
-            'ridge_element_fractions_test_mae': float(np.mean(np.abs((x['test'] - x_mean) @ coef + y_mean - y['test']))),
+            'ridge_element_fractions_test_mae': float(
+                np.mean(np.abs((x['test'] - x_mean) @ coef + y_mean - y['test']))
+            ),
             'ridge_alpha_per_sample': float(alpha),
         }
     return results
@@ -143,22 +151,50 @@ def train(args) -> None:
     split = get_split(arrays)
     if args.train_fraction < 1.0:  # learning curve: a seeded subset of the training ids
         rng = np.random.default_rng(args.seed)
-        split['train'] = np.sort(rng.permutation(split['train'])[:int(round(args.train_fraction * len(split['train'])))])
+        split['train'] = np.sort(
+            rng.permutation(split['train'])[: int(round(args.train_fraction * len(split['train'])))]
+        )
     model_config = json.loads(args.config) if args.config.startswith('{') else args.config
-    training = {'epochs': args.epochs, 'batch_size': args.batch_size, 'learning_rate': args.learning_rate,
-                'seed': args.seed + (args.member or 0), 'device': args.device, 'max_minutes': args.max_minutes,
-                'patience': args.patience, 'ensemble_size': 1 if args.member is not None else args.ensemble_size,
-                'element_reference': not args.no_element_reference, 'mc_samples': args.mc_samples,
-                'progress': not args.no_progress, 'graph_workers': args.graph_workers}
+    training = {
+        'epochs': args.epochs,
+        'batch_size': args.batch_size,
+        'learning_rate': args.learning_rate,
+        'seed': args.seed + (args.member or 0),
+        'device': args.device,
+        'max_minutes': args.max_minutes,
+        'patience': args.patience,
+        'ensemble_size': 1 if args.member is not None else args.ensemble_size,
+        'element_reference': not args.no_element_reference,
+        'mc_samples': args.mc_samples,
+        'progress': not args.no_progress,
+        'graph_workers': args.graph_workers,
+    }
     dataset = {**info, 'split_dir': str(SPLIT_DIR.relative_to(REPO)), 'train_fraction': args.train_fraction}
     parent = None
     if args.init:
         parent, dataset['initialized_from'] = warm_start(args.init)
     started = time.time()
-    _, metrics = train_ensemble(arrays, args.target, split, args.out, model_config=model_config, training=training,
-                                units=TARGETS[args.target], dataset=dataset, parent=parent)
-    print(json.dumps({'target': args.target, 'test_mae': metrics['test']['mae'], 'val_mae': metrics['val']['mae'],
-                      'seconds': time.time() - started}))
+    _, metrics = train_ensemble(
+        arrays,
+        args.target,
+        split,
+        args.out,
+        model_config=model_config,
+        training=training,
+        units=TARGETS[args.target],
+        dataset=dataset,
+        parent=parent,
+    )
+    print(
+        json.dumps(
+            {
+                'target': args.target,
+                'test_mae': metrics['test']['mae'],
+                'val_mae': metrics['val']['mae'],
+                'seconds': time.time() - started,
+            }
+        )
+    )
 
 
 def warm_start(spec: str) -> tuple[dict, dict]:
@@ -169,9 +205,12 @@ def warm_start(spec: str) -> tuple[dict, dict]:
     if len(source['states']) != 1:
         raise SystemExit(f'--init names {len(source["states"])} members; name one, as PATH#K')
     parent = {**source['checkpoint'], 'members': source['states']}
-    record = {'member': spec, 'epochs': len(source['histories'][0]),
-              'training': {key: value for key, value in source['training'][0].items() if key != 'initialized_from'},
-              **source['lineages'][0]}
+    record = {
+        'member': spec,
+        'epochs': len(source['histories'][0]),
+        'training': {key: value for key, value in source['training'][0].items() if key != 'initialized_from'},
+        **source['lineages'][0],
+    }
     return parent, record
 
 
@@ -201,14 +240,21 @@ def load_members(spec: str) -> dict:
     # a pooled source records each member's own recipe; a trained one has one recipe for all, and the
     # member it went on from (train --init) belongs to that recipe, so a pool keeps each member's start
     start = checkpoint['dataset'].get('initialized_from')
-    recipes = training.get('members') or \
-        [{**training, 'initialized_from': start} if start else training] * len(checkpoint['members'])
-    recipes = [{**recipe, 'initialized_from': _started_from(recipe)} if recipe.get('initialized_from') else recipe
-               for recipe in recipes]
-    return {'checkpoint': checkpoint, 'indices': indices, 'states': [checkpoint['members'][k] for k in indices],
-            'histories': [record['history'][k] for k in indices],
-            'training': [{key: value for key, value in recipes[k].items() if key != 'members'} for k in indices],
-            'lineages': [_lineage(record['history'][k], recipes[k]) for k in indices]}
+    recipes = training.get('members') or [{**training, 'initialized_from': start} if start else training] * len(
+        checkpoint['members']
+    )
+    recipes = [
+        {**recipe, 'initialized_from': _started_from(recipe)} if recipe.get('initialized_from') else recipe
+        for recipe in recipes
+    ]
+    return {
+        'checkpoint': checkpoint,
+        'indices': indices,
+        'states': [checkpoint['members'][k] for k in indices],
+        'histories': [record['history'][k] for k in indices],
+        'training': [{key: value for key, value in recipes[k].items() if key != 'members'} for k in indices],
+        'lineages': [_lineage(record['history'][k], recipes[k]) for k in indices],
+    }
 
 
 def _started_from(recipe: dict) -> dict | None:
@@ -238,8 +284,10 @@ def _lineage(history: list[dict], recipe: dict) -> dict:
     own = float(sum(row['seconds'] for row in history))
     start = recipe.get('initialized_from')
     if not start:
-        return {'root': hashlib.sha256(json.dumps(history[0], sort_keys=True).encode()).hexdigest()[:12],
-                'seconds': own}
+        return {
+            'root': hashlib.sha256(json.dumps(history[0], sort_keys=True).encode()).hexdigest()[:12],
+            'seconds': own,
+        }
     return {'root': start['root'], 'seconds': None if start['seconds'] is None else own + start['seconds']}
 
 
@@ -263,8 +311,12 @@ def merge(args) -> None:
     sources = [load_members(spec) for spec in args.members]
     checkpoints = [source['checkpoint'] for source in sources]
     first = checkpoints[0]
-    if any(c['target'] != args.target or not _same_normalization(c['normalization'], first['normalization'])
-           or model_config_of(c) != model_config_of(first) for c in checkpoints):
+    if any(
+        c['target'] != args.target
+        or not _same_normalization(c['normalization'], first['normalization'])
+        or model_config_of(c) != model_config_of(first)
+        for c in checkpoints
+    ):
         raise SystemExit('member checkpoints differ in target, normalisation or model: not one ensemble')
     members = [state for source in sources for state in source['states']]
     histories = [history for source in sources for history in source['histories']]
@@ -275,21 +327,40 @@ def merge(args) -> None:
     config = TrainingConfig.from_dict(training)
 
     def recipe(options):  # what shapes a member besides its seed (not how it was pooled or shown)
-        return {key: value for key, value in options.items()
-                if key not in ('seed', 'ensemble_size', 'mc_samples', 'progress', 'graph_workers')}
+        return {
+            key: value
+            for key, value in options.items()
+            if key not in ('seed', 'ensemble_size', 'mc_samples', 'progress', 'graph_workers')
+        }
 
     mixed = any(recipe(options) != recipe(recipes[0]) for options in recipes)
-    data, normalization, failures = prepare_splits(arrays, args.target, split, first['element_reference'],
-                                                   first['normalization'], model_config.num_neighbours)
-    _, metrics = finalize_ensemble(members, histories, model_config, config, args.target, TARGETS[args.target],
-                                   normalization, first['element_reference'], data, failures, args.out,
-                                   {**{key: value for key, value in first['dataset'].items()
-                                       if key != 'initialized_from'}, **info},  # each member's start is in its recipe
-                                   training_seconds=_sum_or_none(lineage['seconds'] for source in sources
-                                                                 for lineage in source['lineages']),
-                                   member_training=recipes if mixed else None)
-    print(json.dumps({'target': args.target, 'test_mae': metrics['test']['mae'],
-                      'member_mae': metrics['test'].get('member_mae')}))
+    data, normalization, failures = prepare_splits(
+        arrays, args.target, split, first['element_reference'], first['normalization'], model_config.num_neighbours
+    )
+    _, metrics = finalize_ensemble(
+        members,
+        histories,
+        model_config,
+        config,
+        args.target,
+        TARGETS[args.target],
+        normalization,
+        first['element_reference'],
+        data,
+        failures,
+        args.out,
+        {
+            **{key: value for key, value in first['dataset'].items() if key != 'initialized_from'},
+            **info,
+        },  # each member's start is in its recipe
+        training_seconds=_sum_or_none(lineage['seconds'] for source in sources for lineage in source['lineages']),
+        member_training=recipes if mixed else None,
+    )
+    print(
+        json.dumps(
+            {'target': args.target, 'test_mae': metrics['test']['mae'], 'member_mae': metrics['test'].get('member_mae')}
+        )
+    )
 
 
 def pools(args) -> dict:
@@ -326,16 +397,28 @@ def pools(args) -> dict:
         mean = bounded(np.mean([predictions[name][k] for k in members], axis=0))
         return float(np.mean(np.abs(mean - labels[name])))
 
-    rows = [{'members': [names[k] for k in chosen], 'val_mae': mae('val', chosen), 'test_mae': mae('test', chosen),
-             'one_state_per_member': len({roots[k] for k in chosen}) == len(chosen)}
-            for size in range(1, len(names) + 1) for chosen in itertools.combinations(range(len(names)), size)]
+    rows = [
+        {
+            'members': [names[k] for k in chosen],
+            'val_mae': mae('val', chosen),
+            'test_mae': mae('test', chosen),
+            'one_state_per_member': len({roots[k] for k in chosen}) == len(chosen),
+        }
+        for size in range(1, len(names) + 1)
+        for chosen in itertools.combinations(range(len(names)), size)
+    ]
     rows.sort(key=lambda row: row['val_mae'])
     eligible = [row for row in rows if row['one_state_per_member'] and len(row['members']) >= args.min_members]
-    result = {'target': args.target, 'units': TARGETS[args.target],
-              'rule': f'chosen: the pool of lowest val MAE among those of {args.min_members} or more members holding '
-                      'at most one state of each member (states of one member share the root of their warm restarts)',
-              'prediction': 'plain (dropout off), mean over the pool',
-              'roots': dict(zip(names, roots)), 'chosen': eligible[0] if eligible else None, 'pools': rows}
+    result = {
+        'target': args.target,
+        'units': TARGETS[args.target],
+        'rule': f'chosen: the pool of lowest val MAE among those of {args.min_members} or more members holding '
+        'at most one state of each member (states of one member share the root of their warm restarts)',
+        'prediction': 'plain (dropout off), mean over the pool',
+        'roots': dict(zip(names, roots)),
+        'chosen': eligible[0] if eligible else None,
+        'pools': rows,
+    }
     pathlib.Path(args.result).write_text(json.dumps(result, indent=2))
     for row in rows[:10]:
         print(json.dumps(row))
@@ -368,8 +451,9 @@ def recalibrate(args) -> None:
     mc_samples = args.mc_samples or int(checkpoint['hyperparameters']['training'].get('mc_samples', 10))
     splits = {}
     for name in ('val', 'test'):
-        graphs, _ = graphs_from_arrays(arrays, split[name], num_neighbours=max(predictor.num_neighbours),
-                                       errors='collect')
+        graphs, _ = graphs_from_arrays(
+            arrays, split[name], num_neighbours=max(predictor.num_neighbours), errors='collect'
+        )
         kept = [i for i, graph in zip(split[name], graphs) if graph is not None]
         if id_digest([str(arrays.ids[i]) for i in kept]) != checkpoint['split'][name]:
             raise SystemExit(f'the {name} split differs from the one this checkpoint was evaluated on')
@@ -378,13 +462,20 @@ def recalibrate(args) -> None:
     # one member has no ensemble spread (prediction falls back to MC dropout)
     for method in [m for m in args.methods if m != 'ensemble' or predictor.num_members > 1]:
         scale, _, metrics = calibrate_method(predictor, splits, method, args.batch_size, mc_samples)
-        record['methods'][method] = {'old_scale': checkpoint['sigma_scale'].get(method), 'new_scale': scale,
-                                     'mc_samples_per_member': mc_samples if method != 'ensemble' else None}
+        record['methods'][method] = {
+            'old_scale': checkpoint['sigma_scale'].get(method),
+            'new_scale': scale,
+            'mc_samples_per_member': mc_samples if method != 'ensemble' else None,
+        }
         checkpoint['sigma_scale'][method] = scale
         for name, values in metrics.items():
             checkpoint['metrics'][name][method] = values
-        print(json.dumps({method: {**record['methods'][method],
-                                   'test': checkpoint['metrics']['test'][method]}}, indent=1), flush=True)
+        print(
+            json.dumps(
+                {method: {**record['methods'][method], 'test': checkpoint['metrics']['test'][method]}}, indent=1
+            ),
+            flush=True,
+        )
     if predictor.num_members == 1 and 'mc_dropout' in record['methods']:
         # as in training: a single member's 'ensemble' scale is its MC-dropout scale (what pooling
         # several one-member files averages before the pooled ensemble is recalibrated)
@@ -394,8 +485,14 @@ def recalibrate(args) -> None:
     beside = path.with_suffix('.json')
     if beside.exists():
         payload = json.loads(beside.read_text())
-        payload.update({'sha256': sha, 'metrics': checkpoint['metrics'], 'sigma_scale': checkpoint['sigma_scale'],
-                        'recalibrated': record})
+        payload.update(
+            {
+                'sha256': sha,
+                'metrics': checkpoint['metrics'],
+                'sigma_scale': checkpoint['sigma_scale'],
+                'recalibrated': record,
+            }
+        )
         output.with_suffix('.json').write_text(json.dumps(payload, indent=2))
     # the accuracy report quotes this checkpoint's uncertainty: keep it in step when it was rewritten in place
     if output.resolve() == path.resolve() and RESULTS_FILE.exists():
@@ -403,8 +500,14 @@ def recalibrate(args) -> None:
         entry = result['targets'].get(checkpoint['target'], {}).get('crysformer', {})
         if entry.get('sha256') == old_sha:
             test = checkpoint['metrics']['test']
-            entry.update({'sha256': sha, 'sigma_scale': checkpoint['sigma_scale'], 'recalibrated': record,
-                          'uncertainty_test': {k: test[k] for k in UNCERTAINTY_METHODS if k in test}})
+            entry.update(
+                {
+                    'sha256': sha,
+                    'sigma_scale': checkpoint['sigma_scale'],
+                    'recalibrated': record,
+                    'uncertainty_test': {k: test[k] for k in UNCERTAINTY_METHODS if k in test},
+                }
+            )
             RESULTS_FILE.write_text(json.dumps(result, indent=2))
 
 
@@ -421,21 +524,34 @@ def ship(args) -> None:
     metrics = json.loads((folder / 'metrics.json').read_text())
     destination = PRETRAINED_DIR / PRETRAINED_FILES[checkpoint['target']]
     shutil.copyfile(folder / 'model.pt', destination)
-    dataset = {'name': 'mp_cgcnn', 'source': 'shared/data/mp_cgcnn/mp_cgcnn.csv.gz (Materials Project snapshot of '
-               'the CGCNN work, CC-BY 4.0)', 'filter': f'formation_energy_per_atom >= {MIN_FORMATION_ENERGY:g} eV/atom',
-               'n_structures': checkpoint['dataset'].get('n_structures')}
+    dataset = {
+        'name': 'mp_cgcnn',
+        'source': 'shared/data/mp_cgcnn/mp_cgcnn.csv.gz (Materials Project snapshot of the CGCNN work, CC-BY 4.0)',
+        'filter': f'formation_energy_per_atom >= {MIN_FORMATION_ENERGY:g} eV/atom',
+        'n_structures': checkpoint['dataset'].get('n_structures'),
+    }
     record = {
-        'file': destination.name, 'sha256': sha256_file(destination), 'architecture': checkpoint['architecture'],
-        'target': checkpoint['target'], 'units': checkpoint['units'], 'n_members': len(checkpoint['members']),
-        'n_parameters_per_member': metrics['n_parameters'], 'hyperparameters': checkpoint['hyperparameters'],
+        'file': destination.name,
+        'sha256': sha256_file(destination),
+        'architecture': checkpoint['architecture'],
+        'target': checkpoint['target'],
+        'units': checkpoint['units'],
+        'n_members': len(checkpoint['members']),
+        'n_parameters_per_member': metrics['n_parameters'],
+        'hyperparameters': checkpoint['hyperparameters'],
         'dataset': dataset,
         'split': {'files': f'{SPLIT_DIR.relative_to(REPO)}/{{train,val,test}}.txt', 'digests': checkpoint['split']},
-        'metrics': checkpoint['metrics'], 'sigma_scale': checkpoint['sigma_scale'],
+        'metrics': checkpoint['metrics'],
+        'sigma_scale': checkpoint['sigma_scale'],
         'normalization': checkpoint['normalization'],
-        'training': {'device': args.training_device, 'seconds_all_members': metrics.get('training_seconds'),
-                     # each member's whole line: the runs it went on from (train --init) included
-                     'seconds_per_member': _seconds_per_member(folder),
-                     'epochs_per_member': [len(h) for h in metrics['history']], 'command': args.trained_with},
+        'training': {
+            'device': args.training_device,
+            'seconds_all_members': metrics.get('training_seconds'),
+            # each member's whole line: the runs it went on from (train --init) included
+            'seconds_per_member': _seconds_per_member(folder),
+            'epochs_per_member': [len(h) for h in metrics['history']],
+            'command': args.trained_with,
+        },
         'history': metrics['history'],
     }
     destination.with_suffix('.json').write_text(json.dumps(record, indent=2))
@@ -470,7 +586,8 @@ def report(args) -> dict:
                 'config': metadata['hyperparameters']['model'],
                 'n_parameters': metrics['n_parameters'],
                 'ensemble_size': metadata['n_members'],
-                'test_mae': test['mae'], 'val_mae': metrics['val']['mae'],
+                'test_mae': test['mae'],
+                'val_mae': metrics['val']['mae'],
                 'member_test_mae': test.get('member_mae'),
                 'without_lower_bound_test': test.get('without_lower_bound'),  # bounded targets only
                 'uncertainty_test': {k: test[k] for k in UNCERTAINTY_METHODS if k in test},
@@ -492,9 +609,28 @@ def report(args) -> dict:
 
 def _cpu_member_command(args, folder: pathlib.Path, *extra: str) -> list[str]:
     """This script's ``train`` of one ``cpu`` member under ``args``' target, budget, threads and MC samples."""
-    return [sys.executable, str(pathlib.Path(__file__).resolve()), 'train', '--data', args.data, '--target', args.target,
-            '--config', 'cpu', '--member', '0', '--max-minutes', str(args.max_minutes), '--threads', str(args.threads),
-            '--mc-samples', str(args.mc_samples), '--out', str(folder), *extra]
+    return [
+        sys.executable,
+        str(pathlib.Path(__file__).resolve()),
+        'train',
+        '--data',
+        args.data,
+        '--target',
+        args.target,
+        '--config',
+        'cpu',
+        '--member',
+        '0',
+        '--max-minutes',
+        str(args.max_minutes),
+        '--threads',
+        str(args.threads),
+        '--mc-samples',
+        str(args.mc_samples),
+        '--out',
+        str(folder),
+        *extra,
+    ]
 
 
 def _run_side_by_side(jobs: dict[str, list[str]], out: pathlib.Path, threads: int) -> None:
@@ -504,8 +640,10 @@ def _run_side_by_side(jobs: dict[str, list[str]], out: pathlib.Path, threads: in
     env = {**os.environ, **thread_environment(threads)}
     logs = {name: open(out / f'{name}.log', 'w') for name in jobs}
     try:
-        processes = [subprocess.Popen(command, env=env, stdout=logs[name], stderr=subprocess.STDOUT, cwd=REPO)
-                     for name, command in jobs.items()]
+        processes = [
+            subprocess.Popen(command, env=env, stdout=logs[name], stderr=subprocess.STDOUT, cwd=REPO)
+            for name, command in jobs.items()
+        ]
         failed = [process.wait() for process in processes]
     finally:
         for log in logs.values():
@@ -523,8 +661,15 @@ def equal_budget(args) -> dict:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     common = ['--target', args.target, '--max-minutes', str(args.max_minutes), '--threads', str(args.threads)]
-    peer = [args.peer_python, str(REPO / 'benchmarks' / 'peers' / 'train_alignn.py'), '--out', str(out / 'alignn'),
-            '--output', str(out / 'alignn.json'), *common]
+    peer = [
+        args.peer_python,
+        str(REPO / 'benchmarks' / 'peers' / 'train_alignn.py'),
+        '--out',
+        str(out / 'alignn'),
+        '--output',
+        str(out / 'alignn.json'),
+        *common,
+    ]
     load_before = os.getloadavg()
     _run_side_by_side({'crysformer': _cpu_member_command(args, out / 'crysformer'), 'alignn': peer}, out, args.threads)
     return collect_equal_budget(args, out, load_before)
@@ -561,22 +706,43 @@ def collect_equal_budget(args, out: pathlib.Path, load_before=None) -> dict:
     alignn = json.loads((out / 'alignn.json').read_text())
     result = {
         'description': 'Crysformer cpu (one member) and ALIGNN-pure trained side by side with equal threads '
-                       'and wall-clock budget on the mp_cgcnn split',
-        'target': args.target, 'units': TARGETS[args.target],
-        'budget_minutes': args.max_minutes, 'threads_each': args.threads,
-        'machine': {'processor': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
-                    'load_average_before': load_before, 'load_average_after': os.getloadavg()},
+        'and wall-clock budget on the mp_cgcnn split',
+        'target': args.target,
+        'units': TARGETS[args.target],
+        'budget_minutes': args.max_minutes,
+        'threads_each': args.threads,
+        'machine': {
+            'processor': platform.processor() or platform.machine(),
+            'cpus': os.cpu_count(),
+            'load_average_before': load_before,
+            'load_average_after': os.getloadavg(),
+        },
         'crysformer': {
             'test_mae': _plain_test_mae(out / 'crysformer' / 'model.pt', _test_graphs(args)),
-            'test_mae_mc_dropout_mean': metrics['test']['mae'], 'val_mae_mc_dropout_mean': metrics['val']['mae'],
-            'n_parameters': metrics['n_parameters'], 'training_seconds': metrics.get('training_seconds'),
-            'epochs_run': len(history), 'train_loss_last_epoch': history[-1]['train_loss'],
+            'test_mae_mc_dropout_mean': metrics['test']['mae'],
+            'val_mae_mc_dropout_mean': metrics['val']['mae'],
+            'n_parameters': metrics['n_parameters'],
+            'training_seconds': metrics.get('training_seconds'),
+            'epochs_run': len(history),
+            'train_loss_last_epoch': history[-1]['train_loss'],
             'note': 'test_mae: the plain prediction (dropout off), as ALIGNN predicts; the training run itself '
-                    f'reports the mean of {args.mc_samples} MC-dropout samples (a single member has no ensemble)',
+            f'reports the mean of {args.mc_samples} MC-dropout samples (a single member has no ensemble)',
         },
-        'alignn': {key: alignn.get(key) for key in ('test_mae', 'val_mae', 'n_parameters', 'training_seconds',
-                                                    'epochs_run', 'complete_epochs', 'seconds_per_complete_epoch',
-                                                    'stopped_by', 'versions', 'model_config')},
+        'alignn': {
+            key: alignn.get(key)
+            for key in (
+                'test_mae',
+                'val_mae',
+                'n_parameters',
+                'training_seconds',
+                'epochs_run',
+                'complete_epochs',
+                'seconds_per_complete_epoch',
+                'stopped_by',
+                'versions',
+                'model_config',
+            )
+        },
     }
     if args.note:
         result['conditions'] = args.note
@@ -584,8 +750,10 @@ def collect_equal_budget(args, out: pathlib.Path, load_before=None) -> dict:
     # validation MAE after each epoch against the training wall time so far (validation passes included)
     curves = {'crysformer': history, 'alignn': alignn['history']}
     for name, rows in curves.items():
-        result[name]['val_curve'] = {'minutes': list(np.cumsum([row['seconds'] for row in rows]) / 60.0),
-                                     'val_mae': [row['val_mae'] for row in rows]}
+        result[name]['val_curve'] = {
+            'minutes': list(np.cumsum([row['seconds'] for row in rows]) / 60.0),
+            'val_mae': [row['val_mae'] for row in rows],
+        }
     result_file = pathlib.Path(args.result)
     result_file.write_text(json.dumps(result, indent=2))
     _equal_budget_figure(result, result_file.with_suffix('.png'))
@@ -594,14 +762,21 @@ def collect_equal_budget(args, out: pathlib.Path, load_before=None) -> dict:
 
 
 def _equal_budget_figure(result: dict, path: pathlib.Path) -> None:
-    curves = {f"{label}: test {result[name]['test_mae']:.3f}": result[name]['val_curve']
-              for name, label in (('crysformer', 'Crysformer cpu (1 member)'), ('alignn', 'ALIGNN-pure'))}
-    _validation_curves_figure(curves, result['units'], path,
-                              title=f"{result['budget_minutes']:g} min, {result['threads_each']} thread(s) each")
+    curves = {
+        f'{label}: test {result[name]["test_mae"]:.3f}': result[name]['val_curve']
+        for name, label in (('crysformer', 'Crysformer cpu (1 member)'), ('alignn', 'ALIGNN-pure'))
+    }
+    _validation_curves_figure(
+        curves,
+        result['units'],
+        path,
+        title=f'{result["budget_minutes"]:g} min, {result["threads_each"]} thread(s) each',
+    )
 
 
-def _validation_curves_figure(curves: dict, units: str, path: pathlib.Path, title: str | None = None,
-                              target: float | None = None) -> None:
+def _validation_curves_figure(
+    curves: dict, units: str, path: pathlib.Path, title: str | None = None, target: float | None = None
+) -> None:
     """Validation MAE against training wall time, one line per ``label: {'minutes', 'val_mae'}``."""
     import matplotlib
 
@@ -639,22 +814,40 @@ def summarize_runs(args) -> dict:
         history = metrics['history'][0]
         minutes = np.cumsum([epoch['seconds'] for epoch in history]) / 60.0
         runs[name] = {
-            'folder': pathlib.Path(folder).name, 'n_parameters': metrics['n_parameters'],
-            'device': training['device'], 'max_minutes': training['max_minutes'], 'seed': training['seed'],
-            'batch_size': training['batch_size'], 'learning_rate': training['learning_rate'],
-            'training_seconds': metrics['training_seconds'], 'epochs': len(history),
+            'folder': pathlib.Path(folder).name,
+            'n_parameters': metrics['n_parameters'],
+            'device': training['device'],
+            'max_minutes': training['max_minutes'],
+            'seed': training['seed'],
+            'batch_size': training['batch_size'],
+            'learning_rate': training['learning_rate'],
+            'training_seconds': metrics['training_seconds'],
+            'epochs': len(history),
             'median_epoch_seconds': float(np.median([epoch['seconds'] for epoch in history[:-1] or history])),
             'best_val_mae': min(epoch['val_mae'] for epoch in history),
             'test_mae': _plain_test_mae(pathlib.Path(folder) / 'model.pt', test, args.device),
-            'test_mae_mc_dropout_mean': metrics['test']['mae'], 'mc_samples': training['mc_samples'],
-            'val_curve': {'minutes': minutes.round(3).tolist(), 'val_mae': [epoch['val_mae'] for epoch in history]}}
+            'test_mae_mc_dropout_mean': metrics['test']['mae'],
+            'mc_samples': training['mc_samples'],
+            'val_curve': {'minutes': minutes.round(3).tolist(), 'val_mae': [epoch['val_mae'] for epoch in history]},
+        }
     result = {'target': args.target, 'units': TARGETS[args.target], 'conditions': args.note, 'runs': runs}
     output = pathlib.Path(args.result)
     output.write_text(json.dumps(result, indent=2))
-    _validation_curves_figure({f"{name}: test {run['test_mae']:.3f}": run['val_curve'] for name, run in runs.items()},
-                              result['units'], output.with_suffix('.png'), target=TARGET_MAE.get(args.target))
-    print(json.dumps({name: {k: run[k] for k in ('epochs', 'median_epoch_seconds', 'best_val_mae', 'test_mae')}
-                      for name, run in runs.items()}, indent=1))
+    _validation_curves_figure(
+        {f'{name}: test {run["test_mae"]:.3f}': run['val_curve'] for name, run in runs.items()},
+        result['units'],
+        output.with_suffix('.png'),
+        target=TARGET_MAE.get(args.target),
+    )
+    print(
+        json.dumps(
+            {
+                name: {k: run[k] for k in ('epochs', 'median_epoch_seconds', 'best_val_mae', 'test_mae')}
+                for name, run in runs.items()
+            },
+            indent=1,
+        )
+    )
     return result
 
 
@@ -676,18 +869,33 @@ def size_curve(args) -> dict:
     for fraction in args.fractions:
         if fraction not in runs:
             runs[fraction] = out / f'fraction_{fraction:g}'
-            jobs[f'fraction_{fraction:g}'] = _cpu_member_command(args, runs[fraction], '--train-fraction', str(fraction),
-                                                                 '--no-progress')
+            jobs[f'fraction_{fraction:g}'] = _cpu_member_command(
+                args, runs[fraction], '--train-fraction', str(fraction), '--no-progress'
+            )
     _run_side_by_side(jobs, out, args.threads)
     points = []
     for fraction in sorted(runs):
         metrics = json.loads((runs[fraction] / 'metrics.json').read_text())
-        points.append({'train_fraction': fraction, 'n_train': metrics['n_structures']['train'],
-                       'test_mae': metrics['test']['mae'], 'val_mae': metrics['val']['mae'],
-                       'epochs_run': len(metrics['history'][0]), 'training_seconds': metrics.get('training_seconds')})
-    result = {'target': args.target, 'units': TARGETS[args.target], 'config': 'cpu', 'members': 1,
-              'budget_minutes': args.max_minutes, 'threads_each': args.threads,
-              'machine': {'cpus': os.cpu_count(), 'load_average_after': os.getloadavg()}, 'points': points}
+        points.append(
+            {
+                'train_fraction': fraction,
+                'n_train': metrics['n_structures']['train'],
+                'test_mae': metrics['test']['mae'],
+                'val_mae': metrics['val']['mae'],
+                'epochs_run': len(metrics['history'][0]),
+                'training_seconds': metrics.get('training_seconds'),
+            }
+        )
+    result = {
+        'target': args.target,
+        'units': TARGETS[args.target],
+        'config': 'cpu',
+        'members': 1,
+        'budget_minutes': args.max_minutes,
+        'threads_each': args.threads,
+        'machine': {'cpus': os.cpu_count(), 'load_average_after': os.getloadavg()},
+        'points': points,
+    }
     SIZE_CURVE_FILE.write_text(json.dumps(result, indent=2))
     figure, axes = plt.subplots(figsize=(4.5, 3.5))
     axes.loglog([p['n_train'] for p in points], [p['test_mae'] for p in points], 'o-', label='Crysformer cpu')
@@ -724,9 +932,14 @@ def thresholds(args) -> dict:
             rows = []
             for threshold in values:
                 confident = sigma <= threshold
-                rows.append({'threshold': threshold, 'confident_fraction': float(confident.mean()),
-                             'mae_confident': float(error[confident].mean()) if confident.any() else None,
-                             'mae_not_confident': float(error[~confident].mean()) if (~confident).any() else None})
+                rows.append(
+                    {
+                        'threshold': threshold,
+                        'confident_fraction': float(confident.mean()),
+                        'mae_confident': float(error[confident].mean()) if confident.any() else None,
+                        'mae_not_confident': float(error[~confident].mean()) if (~confident).any() else None,
+                    }
+                )
             entry['splits'][name] = {'n': len(error), 'mae': float(error.mean()), 'rows': rows}
             print(target, name, json.dumps(rows), flush=True)
         result['targets'][target] = entry
@@ -777,8 +990,12 @@ def main(argv=None) -> None:
             command.add_argument('--no-progress', action='store_true')
             command.add_argument('--graph-workers', type=int, default=0)
         if name == 'train':
-            command.add_argument('--init', default=None, metavar='PATH#K',
-                                 help='start from one finished member (a train folder or shipped .pt, #K) and train it further')
+            command.add_argument(
+                '--init',
+                default=None,
+                metavar='PATH#K',
+                help='start from one finished member (a train folder or shipped .pt, #K) and train it further',
+            )
     command = sub.add_parser('equal-budget')
     command.add_argument('--data', default=str(default_source()))
     command.add_argument('--peer-python', required=True, help='python of the peers venv (benchmarks/peers/README.md)')
@@ -789,8 +1006,11 @@ def main(argv=None) -> None:
     command.add_argument('--out', required=True)
     command.add_argument('--collect-only', action='store_true', help='only summarise the runs already in --out')
     command.add_argument('--result', default=str(EQUAL_BUDGET_FILE), help='where the JSON (and the .png beside it) go')
-    command.add_argument('--note', default=None, help='how the runs were made, recorded as "conditions" '
-                                                      '(for --collect-only on runs not made side by side)')
+    command.add_argument(
+        '--note',
+        default=None,
+        help='how the runs were made, recorded as "conditions" (for --collect-only on runs not made side by side)',
+    )
     command = sub.add_parser('size-curve')
     command.add_argument('--data', default=str(default_source()))
     command.add_argument('--target', choices=sorted(TARGETS), default='formation_energy_per_atom')
@@ -879,9 +1099,12 @@ def main(argv=None) -> None:
         return
     arrays, info = load_filtered(pathlib.Path(args.data))
     split = get_split(arrays)
-    payload = {'dataset': info, 'split': {name: int(len(idx)) for name, idx in split.items()},
-               'machine': {'processor': platform.processor() or platform.machine(), 'cpus': os.cpu_count()},
-               'targets': baselines(arrays, split)}
+    payload = {
+        'dataset': info,
+        'split': {name: int(len(idx)) for name, idx in split.items()},
+        'machine': {'processor': platform.processor() or platform.machine(), 'cpus': os.cpu_count()},
+        'targets': baselines(arrays, split),
+    }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     BASELINES_FILE.write_text(json.dumps(payload, indent=2))
     print(json.dumps(payload, indent=2))

@@ -37,6 +37,7 @@ order, until ``--count`` (default 10,000); optionally only those with at most ``
 
 Writes benchmarks/results/surrogate_overhead.json (or ``--output``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
 
-from aiida_hpcai.models.uncertainty import UNCERTAINTY_METHODS  # noqa: E402
 from surrogate_accuracy import thread_environment  # noqa: E402
+
+from aiida_hpcai.models.uncertainty import UNCERTAINTY_METHODS  # noqa: E402
 
 RESULTS_FILE = REPO / 'benchmarks' / 'results' / 'surrogate_overhead.json'
 TARGET_OVERHEAD_PERCENT = 10.0
@@ -76,7 +78,7 @@ def select_structures(data: pathlib.Path, count: int, max_atoms: int | None):
     chosen, taken = [], {}
     for name in SPLIT_ORDER:
         candidates = [int(i) for i in split[name] if max_atoms is None or arrays.natoms[i] <= max_atoms]
-        picked = candidates[:count - len(chosen)]
+        picked = candidates[: count - len(chosen)]
         chosen.extend(picked)
         taken[name] = len(picked)
     if len(chosen) < count:
@@ -103,8 +105,13 @@ def checkpoint_file(target: str, members: int | None, folder: pathlib.Path) -> t
 
 def program_config(model_entries: list[dict], args) -> dict:
     """What ``PredictCalculation.build_config`` writes for these parameters (plus the device)."""
-    return {'models': model_entries, 'batch_size': args.batch_size, 'uncertainty': args.uncertainty,
-            'mc_samples': args.mc_samples, 'device': 'cpu'}
+    return {
+        'models': model_entries,
+        'batch_size': args.batch_size,
+        'uncertainty': args.uncertainty,
+        'mc_samples': args.mc_samples,
+        'device': 'cpu',
+    }
 
 
 def children_cpu_seconds() -> float:
@@ -132,21 +139,33 @@ def run_bare(executable: str, arrays, checkpoint: pathlib.Path, args) -> dict:
         cpu_before = children_cpu_seconds()
         started = time.perf_counter()
         with open(workdir / 'hpcai-model.out', 'w') as stdout, open(workdir / 'hpcai-model.err', 'w') as stderr:
-            process = subprocess.run([executable, 'predict', '--input', '.', '--output', 'outputs'],
-                                     cwd=workdir, env=env, stdout=stdout, stderr=stderr,
-                                     preexec_fn=_pin(args.program_cores))
+            process = subprocess.run(
+                [executable, 'predict', '--input', '.', '--output', 'outputs'],
+                cwd=workdir,
+                env=env,
+                stdout=stdout,
+                stderr=stderr,
+                preexec_fn=_pin(args.program_cores),
+            )
         wall = time.perf_counter() - started
         cpu = children_cpu_seconds() - cpu_before
         if process.returncode != 0:
-            raise SystemExit(f'bare hpcai-model failed ({process.returncode}):\n'
-                             f'{(workdir / "hpcai-model.err").read_text()[-3000:]}')
+            raise SystemExit(
+                f'bare hpcai-model failed ({process.returncode}):\n{(workdir / "hpcai-model.err").read_text()[-3000:]}'
+            )
         summary = json.loads((workdir / 'outputs' / 'summary.json').read_text())
         with np.load(workdir / 'outputs' / 'predictions.npz') as result:
             predictions = {name: result[name] for name in ('mean', 'status')}
-    return {'inputs_seconds': inputs_seconds, 'program_wall_seconds': wall, 'program_cpu_seconds': cpu,
-            'in_program_seconds': summary['seconds'],
-            'n_ok': summary['n_ok'], 'n_members': summary['n_members'], 'uncertainty': summary['uncertainty'],
-            '_predictions': predictions}
+    return {
+        'inputs_seconds': inputs_seconds,
+        'program_wall_seconds': wall,
+        'program_cpu_seconds': cpu,
+        'in_program_seconds': summary['seconds'],
+        'n_ok': summary['n_ok'],
+        'n_members': summary['n_members'],
+        'uncertainty': summary['uncertainty'],
+        '_predictions': predictions,
+    }
 
 
 def _pin(cores: list[int] | None):
@@ -176,8 +195,13 @@ def model_node(path: pathlib.Path):
 
     content = load_checkpoint(path)
     node, _ = ModelData.get_or_create(
-        path, architecture=content['architecture'], hyperparameters=content['hyperparameters'],
-        target=content['target'], units=content['units'], metrics=content.get('metrics', {}))
+        path,
+        architecture=content['architecture'],
+        hyperparameters=content['hyperparameters'],
+        target=content['target'],
+        units=content['units'],
+        metrics=content.get('metrics', {}),
+    )
     return node
 
 
@@ -197,18 +221,24 @@ def run_aiida(code, model, arrays, args) -> dict:
         'environment_variables': thread_environment(args.threads),
         # wall clock of the program inside the job, to split the AiiDA time (two `date` calls), and
         # the CPU time of the job script's children (bash `times`), to compare with the bare run's
-        'prepend_text': (f'taskset -cp {",".join(map(str, args.program_cores))} $$ > /dev/null\n'
-                         if args.program_cores else '') + 'hpcai_program_start=$(date +%s.%N)',
+        'prepend_text': (
+            f'taskset -cp {",".join(map(str, args.program_cores))} $$ > /dev/null\n' if args.program_cores else ''
+        )
+        + 'hpcai_program_start=$(date +%s.%N)',
         'append_text': f'echo "$hpcai_program_start $(date +%s.%N)" > {PROGRAM_TIMES_FILENAME}; '
-                       f'times >> {PROGRAM_TIMES_FILENAME}',
+        f'times >> {PROGRAM_TIMES_FILENAME}',
         'additional_retrieve_list': [PROGRAM_TIMES_FILENAME],
     }
     parameters = {'batch_size': args.batch_size, 'uncertainty': args.uncertainty, 'mc_samples': args.mc_samples}
     inputs = {
         'structures': structures,
         'models': {'model': model},
-        'predict': {'code': code, 'device': orm.Str('cpu'), 'parameters': orm.Dict(parameters),
-                    'metadata': {'options': options}},
+        'predict': {
+            'code': code,
+            'device': orm.Str('cpu'),
+            'parameters': orm.Dict(parameters),
+            'metadata': {'options': options},
+        },
     }
     if args.sigma_threshold is not None:
         inputs['sigma_threshold'] = orm.Float(args.sigma_threshold)
@@ -230,8 +260,9 @@ def run_aiida(code, model, arrays, args) -> dict:
     times = calculation.outputs.retrieved.base.repository.get_object_content(PROGRAM_TIMES_FILENAME).splitlines()
     program_start, program_end = map(float, times[0].split())
     # `times`: the shell's user/system time, then its children's (the program): e.g. '1m30.200s 0m2.100s'
-    program_cpu = sum(int(minutes) * 60 + float(seconds)
-                      for minutes, seconds in re.findall(r'(\d+)m([\d.]+)s', times[2]))
+    program_cpu = sum(
+        int(minutes) * 60 + float(seconds) for minutes, seconds in re.findall(r'(\d+)m([\d.]+)s', times[2])
+    )
     predictions = node.outputs.predictions
     return {
         'structureset_store_seconds': store_seconds,
@@ -246,8 +277,11 @@ def run_aiida(code, model, arrays, args) -> dict:
         'in_program_seconds': summary['seconds'],
         'before_program_seconds': program_start - started_epoch,
         'after_program_seconds': finished_epoch - program_end,
-        'n_ok': summary['n_ok'], 'n_members': summary.get('n_members'), 'uncertainty': summary.get('uncertainty'),
-        'workchain_pk': node.pk, 'calcjob_pk': calculation.pk,
+        'n_ok': summary['n_ok'],
+        'n_members': summary.get('n_members'),
+        'uncertainty': summary.get('uncertainty'),
+        'workchain_pk': node.pk,
+        'calcjob_pk': calculation.pk,
         '_predictions': {'mean': predictions.get_array('mean'), 'status': predictions.get_array('status')},
     }
 
@@ -268,7 +302,8 @@ def transport_command_cost(repeats: int = 20) -> dict:
                 transport.exec_command_wait('ps -o pid,stat,user,time -p 1')
             cost['login_shell' if login_shell else 'no_login_shell'] = {
                 'cpu_seconds': (children_cpu_seconds() - cpu_before) / repeats,
-                'wall_seconds': (time.perf_counter() - started) / repeats}
+                'wall_seconds': (time.perf_counter() - started) / repeats,
+            }
     cost['command'] = f'ps -o pid,stat,user,time -p 1 ({repeats} times each)'
     return cost
 
@@ -279,8 +314,9 @@ def overheads(bare: dict, aiida: dict) -> dict:
     model_time = bare['program_wall_seconds']
     between_runs = aiida['workchain_wall_seconds'] - model_time
     within_run = aiida['workchain_wall_seconds'] - aiida['program_wall_seconds']
-    end_to_end = (aiida['structureset_store_seconds'] + aiida['workchain_wall_seconds']
-                  - bare['inputs_seconds'] - model_time)
+    end_to_end = (
+        aiida['structureset_store_seconds'] + aiida['workchain_wall_seconds'] - bare['inputs_seconds'] - model_time
+    )
     return {
         'model_time_seconds': model_time,
         'overhead_seconds': between_runs,
@@ -295,6 +331,7 @@ def overheads(bare: dict, aiida: dict) -> dict:
 
 def summarize(runs: list[dict]) -> dict:
     """Overheads pooled over all pairs (sums of times: alternating order cancels a steady drift in load)."""
+
     def total(side, key):
         return sum(run[side][key] for run in runs)
 
@@ -302,8 +339,9 @@ def summarize(runs: list[dict]) -> dict:
     workchain = total('aiida', 'workchain_wall_seconds')
     program_in_aiida = total('aiida', 'program_wall_seconds')
     # also counting how the structures reach the program: StructureSet storage vs writing the npz
-    with_inputs = (total('aiida', 'structureset_store_seconds') + workchain
-                   - total('bare', 'inputs_seconds') - model_time)
+    with_inputs = (
+        total('aiida', 'structureset_store_seconds') + workchain - total('bare', 'inputs_seconds') - model_time
+    )
     pairs = len(runs)
     summary = {
         'pairs': pairs,
@@ -330,14 +368,18 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def agreement(bare: dict, aiida: dict, method: str) -> dict:
-    same_status = bool(np.array_equal(bare['_predictions']['status'].astype(str),
-                                      aiida['_predictions']['status'].astype(str)))
+    same_status = bool(
+        np.array_equal(bare['_predictions']['status'].astype(str), aiida['_predictions']['status'].astype(str))
+    )
     both = np.isfinite(bare['_predictions']['mean']) & np.isfinite(aiida['_predictions']['mean'])
     difference = np.abs(bare['_predictions']['mean'][both] - aiida['_predictions']['mean'][both])
-    return {'same_status': same_status,
-            'max_abs_mean_difference': float(difference.max()) if difference.size else None,
-            'note': 'MC dropout samples at random: means differ between runs' if method == 'mc_dropout' else
-                    'deterministic ensemble: means should agree to float precision'}
+    return {
+        'same_status': same_status,
+        'max_abs_mean_difference': float(difference.max()) if difference.size else None,
+        'note': 'MC dropout samples at random: means differ between runs'
+        if method == 'mc_dropout'
+        else 'deterministic ensemble: means should agree to float precision',
+    }
 
 
 def main(argv=None) -> None:
@@ -347,25 +389,48 @@ def main(argv=None) -> None:
     parser.add_argument('--data', default=str(default_source()), help='mp_cgcnn.csv.gz or an exported npz')
     parser.add_argument('--count', type=int, default=10000)
     parser.add_argument('--max-atoms', type=int, default=None, help='only structures with at most this many atoms')
-    parser.add_argument('--target', default='formation_energy_per_atom',
-                        choices=('formation_energy_per_atom', 'band_gap'), help='which pretrained model')
-    parser.add_argument('--members', type=int, default=None,
-                        help='use only the first N members of the pretrained model (default: all)')
-    parser.add_argument('--uncertainty', default='ensemble', choices=UNCERTAINTY_METHODS,
-                        help='program option (one member falls back to mc_dropout)')
+    parser.add_argument(
+        '--target',
+        default='formation_energy_per_atom',
+        choices=('formation_energy_per_atom', 'band_gap'),
+        help='which pretrained model',
+    )
+    parser.add_argument(
+        '--members', type=int, default=None, help='use only the first N members of the pretrained model (default: all)'
+    )
+    parser.add_argument(
+        '--uncertainty',
+        default='ensemble',
+        choices=UNCERTAINTY_METHODS,
+        help='program option (one member falls back to mc_dropout)',
+    )
     parser.add_argument('--mc-samples', type=int, default=10, help='program option')
     parser.add_argument('--batch-size', type=int, default=64, help='program option')
-    parser.add_argument('--sigma-threshold', type=float, default=None,
-                        help='WorkChain input (default: per target; band_gap needs one)')
+    parser.add_argument(
+        '--sigma-threshold', type=float, default=None, help='WorkChain input (default: per target; band_gap needs one)'
+    )
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=1, help='bare/AiiDA pairs (order alternates)')
-    parser.add_argument('--job-poll-interval', type=float, default=None,
-                        help='seconds between scheduler polls of the computer (default: as aiida-hpcai setup leaves it)')
-    parser.add_argument('--login-shell', choices=('yes', 'no'), default=None,
-                        help='run the transport commands in a login shell (default: as aiida-hpcai setup leaves it)')
-    parser.add_argument('--program-cores', type=int, nargs='+', default=None,
-                        help='run the program (bare and in the job) on these CPU cores only and this process '
-                             '(the AiiDA runner) on the others: the daemon off the compute cores')
+    parser.add_argument(
+        '--job-poll-interval',
+        type=float,
+        default=None,
+        help='seconds between scheduler polls of the computer (default: as aiida-hpcai setup leaves it)',
+    )
+    parser.add_argument(
+        '--login-shell',
+        choices=('yes', 'no'),
+        default=None,
+        help='run the transport commands in a login shell (default: as aiida-hpcai setup leaves it)',
+    )
+    parser.add_argument(
+        '--program-cores',
+        type=int,
+        nargs='+',
+        default=None,
+        help='run the program (bare and in the job) on these CPU cores only and this process '
+        '(the AiiDA runner) on the others: the daemon off the compute cores',
+    )
     parser.add_argument('--profile', default=None, help='use this existing profile instead of a throw-away one')
     parser.add_argument('--code', default='hpcai-model@localhost', help='with --profile: the model program code')
     parser.add_argument('--keep', action='store_true', help='keep the throw-away AIIDA_PATH (printed)')
@@ -443,49 +508,86 @@ def benchmark(args) -> dict:
                 aiida_run = run_aiida(code, model, arrays, args)
                 bare = run_bare(executable, arrays, checkpoint, args)
             method = bare['uncertainty']
-            runs.append({'order': 'bare first' if repeat % 2 == 0 else 'aiida first',
-                         'load_average_after': os.getloadavg(),
-                         'bare': {k: v for k, v in bare.items() if not k.startswith('_')},
-                         'aiida': {k: v for k, v in aiida_run.items() if not k.startswith('_')},
-                         'predictions_agree': agreement(bare, aiida_run, method),
-                         **overheads(bare, aiida_run)})
-            print(f"repeat {repeat}: bare {bare['program_wall_seconds']:.1f} s ({bare['program_cpu_seconds']:.1f} CPU s), "
-                  f"WorkChain {aiida_run['workchain_wall_seconds']:.1f} s (program {aiida_run['program_wall_seconds']:.1f} s, "
-                  f"{aiida_run['program_cpu_seconds']:.1f} CPU s; runner {aiida_run['runner_cpu_seconds']:.1f} CPU s, "
-                  f"its commands {aiida_run['runner_commands_cpu_seconds']:.1f} CPU s), "
-                  f"overhead {runs[-1]['overhead_seconds']:.2f} s ({runs[-1]['overhead_percent']:.1f}%)", file=sys.stderr)
+            runs.append(
+                {
+                    'order': 'bare first' if repeat % 2 == 0 else 'aiida first',
+                    'load_average_after': os.getloadavg(),
+                    'bare': {k: v for k, v in bare.items() if not k.startswith('_')},
+                    'aiida': {k: v for k, v in aiida_run.items() if not k.startswith('_')},
+                    'predictions_agree': agreement(bare, aiida_run, method),
+                    **overheads(bare, aiida_run),
+                }
+            )
+            print(
+                f'repeat {repeat}: bare {bare["program_wall_seconds"]:.1f} s ({bare["program_cpu_seconds"]:.1f} CPU s), '
+                f'WorkChain {aiida_run["workchain_wall_seconds"]:.1f} s (program {aiida_run["program_wall_seconds"]:.1f} s, '
+                f'{aiida_run["program_cpu_seconds"]:.1f} CPU s; runner {aiida_run["runner_cpu_seconds"]:.1f} CPU s, '
+                f'its commands {aiida_run["runner_commands_cpu_seconds"]:.1f} CPU s), '
+                f'overhead {runs[-1]["overhead_seconds"]:.2f} s ({runs[-1]["overhead_percent"]:.1f}%)',
+                file=sys.stderr,
+            )
         load_after = os.getloadavg()
     finally:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     return {
         'benchmark': 'surrogate_overhead',
-        'structures': {'source': data_info['source'], 'count': len(arrays), 'from_splits': taken,
-                       'split_order': list(SPLIT_ORDER), 'max_atoms': args.max_atoms,
-                       'mean_atoms': float(arrays.natoms.mean()), 'total_atoms': int(arrays.natoms.sum())},
-        'model': {'target': args.target, 'pretrained_file': pretrained_path(args.target).name,
-                  'n_members_used': n_members, 'sha256': model.sha256},
-        'program_options': {'batch_size': args.batch_size, 'uncertainty': args.uncertainty,
-                            'uncertainty_used': runs[0]['bare']['uncertainty'], 'mc_samples': args.mc_samples,
-                            'device': 'cpu', 'threads': args.threads,
-                            'program_cores': args.program_cores,
-                            'runner_cores': sorted(os.sched_getaffinity(0)) if args.program_cores else None},
-        'aiida': {'version': aiida.__version__, 'profile': profile_info['name'],
-                  'throw_away_profile': profile_info['created'], 'storage_backend': profile.storage_backend,
-                  'broker': profile.process_control_backend,
-                  'runner_poll_interval_s': profile.get_option('runner.poll.interval'),
-                  'computer': computer.label, 'scheduler': computer.scheduler_type,
-                  'transport': computer.transport_type,
-                  'minimum_job_poll_interval_s': computer.get_minimum_job_poll_interval(),
-                  'use_login_shell': uses_login_shell(computer),
-                  'transport_command_cost': command_cost,
-                  'code': code.full_label, 'executable': executable, 'caching': 'disabled',
-                  'how_run': 'run_get_node in this process'},
-        'not_counted': {'profile_setup_seconds': setup_seconds, 'model_node_seconds': model_seconds,
-                        'note': 'Python/AiiDA start-up, profile creation or loading, storing the ModelData'},
-        'machine': {'processor': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
-                    'load_average_before': load_before, 'load_average_after': load_after,
-                    'python': platform.python_version(), 'torch': torch.__version__},
+        'structures': {
+            'source': data_info['source'],
+            'count': len(arrays),
+            'from_splits': taken,
+            'split_order': list(SPLIT_ORDER),
+            'max_atoms': args.max_atoms,
+            'mean_atoms': float(arrays.natoms.mean()),
+            'total_atoms': int(arrays.natoms.sum()),
+        },
+        'model': {
+            'target': args.target,
+            'pretrained_file': pretrained_path(args.target).name,
+            'n_members_used': n_members,
+            'sha256': model.sha256,
+        },
+        'program_options': {
+            'batch_size': args.batch_size,
+            'uncertainty': args.uncertainty,
+            'uncertainty_used': runs[0]['bare']['uncertainty'],
+            'mc_samples': args.mc_samples,
+            'device': 'cpu',
+            'threads': args.threads,
+            'program_cores': args.program_cores,
+            'runner_cores': sorted(os.sched_getaffinity(0)) if args.program_cores else None,
+        },
+        'aiida': {
+            'version': aiida.__version__,
+            'profile': profile_info['name'],
+            'throw_away_profile': profile_info['created'],
+            'storage_backend': profile.storage_backend,
+            'broker': profile.process_control_backend,
+            'runner_poll_interval_s': profile.get_option('runner.poll.interval'),
+            'computer': computer.label,
+            'scheduler': computer.scheduler_type,
+            'transport': computer.transport_type,
+            'minimum_job_poll_interval_s': computer.get_minimum_job_poll_interval(),
+            'use_login_shell': uses_login_shell(computer),
+            'transport_command_cost': command_cost,
+            'code': code.full_label,
+            'executable': executable,
+            'caching': 'disabled',
+            'how_run': 'run_get_node in this process',
+        },
+        'not_counted': {
+            'profile_setup_seconds': setup_seconds,
+            'model_node_seconds': model_seconds,
+            'note': 'Python/AiiDA start-up, profile creation or loading, storing the ModelData',
+        },
+        'machine': {
+            'processor': platform.processor() or platform.machine(),
+            'cpus': os.cpu_count(),
+            'load_average_before': load_before,
+            'load_average_after': load_after,
+            'python': platform.python_version(),
+            'torch': torch.__version__,
+        },
         'runs': runs,
         'summary': summarize(runs),
     }

@@ -11,6 +11,7 @@ the difference says whether a checkpoint's predictions depend on the floating-po
 Writes ``benchmarks/results/surrogate_precision.json``: per checkpoint and member, the median, 99th
 percentile and maximum of |float32 - float64| (physical units) and the five worst structures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,7 @@ def member_differences(checkpoint_path: str, graphs, batch_size: int) -> list[np
         single, double = [], []
         with torch.no_grad():
             for start in range(0, len(graphs), batch_size):
-                chunk = graphs[start:start + batch_size]
+                chunk = graphs[start : start + batch_size]
                 single.append(model.float()(collate(chunk)).double().numpy())
                 double.append(model.double()(collate(chunk, dtype=torch.float64)).numpy())
         differences.append(np.abs(np.concatenate(single) - np.concatenate(double)) * std)
@@ -50,9 +51,9 @@ def member_differences(checkpoint_path: str, graphs, batch_size: int) -> list[np
 
 def main(argv=None) -> None:
     import torch
+    from surrogate_accuracy import default_source, get_split, load_filtered
 
     from aiida_hpcai.models.graph import graphs_from_arrays
-    from surrogate_accuracy import default_source, get_split, load_filtered
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', action='append', required=True, help='LABEL=CHECKPOINT')
@@ -66,15 +67,23 @@ def main(argv=None) -> None:
     arrays, _ = load_filtered(pathlib.Path(args.data))
     test = arrays.subset(get_split(arrays)['test'])
     graphs, _ = graphs_from_arrays(test)
-    result = {'description': '|float32 - float64| of plain (evaluation-mode) predictions on the mp_cgcnn test split',
-              'n_structures': len(graphs), 'models': {}}
+    result = {
+        'description': '|float32 - float64| of plain (evaluation-mode) predictions on the mp_cgcnn test split',
+        'n_structures': len(graphs),
+        'models': {},
+    }
     for label, path in (item.split('=', 1) for item in args.model):
         members = []
         for difference in member_differences(path, graphs, args.batch_size):
             worst = np.argsort(difference)[::-1][:5]
-            members.append({'median': float(np.median(difference)), 'p99': float(np.percentile(difference, 99)),
-                            'max': float(difference.max()),
-                            'worst': [{'id': str(test.ids[i]), 'difference': float(difference[i])} for i in worst]})
+            members.append(
+                {
+                    'median': float(np.median(difference)),
+                    'p99': float(np.percentile(difference, 99)),
+                    'max': float(difference.max()),
+                    'worst': [{'id': str(test.ids[i]), 'difference': float(difference[i])} for i in worst],
+                }
+            )
         result['models'][label] = {'checkpoint': str(path), 'members': members}
         print(label, [(round(m['median'], 8), round(m['max'], 5)) for m in members])
     RESULTS_FILE.write_text(json.dumps(result, indent=2))

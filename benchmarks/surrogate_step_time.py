@@ -15,6 +15,7 @@ the JSON records whether the two models' parameters and their predictions on the
 (float64) agree, and whether the two built the same graphs (edge sets, vectors to 1e-4 A), so
 a speed-up is only reported together with evidence that the numbers are the same.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,7 @@ def measure(structures: pathlib.Path, preset: str, threads: int, steps: int, bat
         # 1e-4 A so that float noise cannot flip a digit
         edges = np.column_stack([graph.target, graph.source, np.round(graph.vectors, 4) + 0.0])
         graph_digest.update(edges[np.lexsort(edges.T[::-1])].tobytes())
-    batches = [collate(graphs[start:start + batch_size]) for start in range(0, len(graphs), batch_size)]
+    batches = [collate(graphs[start : start + batch_size]) for start in range(0, len(graphs), batch_size)]
     torch.manual_seed(0)
     model = Crysformer(preset)
     digest = hashlib.sha256()
@@ -73,7 +74,7 @@ def measure(structures: pathlib.Path, preset: str, threads: int, steps: int, bat
     def step(index: int) -> None:
         batch = batches[index % len(batches)]
         start = (index % len(batches)) * batch_size
-        loss = torch.nn.functional.l1_loss(model(batch), targets[start:start + batch.num_graphs])
+        loss = torch.nn.functional.l1_loss(model(batch), targets[start : start + batch.num_graphs])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -91,21 +92,38 @@ def measure(structures: pathlib.Path, preset: str, threads: int, steps: int, bat
         for batch in batches:
             model(batch)
         forward = time.perf_counter() - started
-    return {'package': str(pathlib.Path(aiida_hpcai.__file__).parent), 'train_step_seconds': train_step,
-            'forward_seconds': forward, 'graph_seconds': min(graph_seconds), 'graphs_sha256': graph_digest.hexdigest(),
-            'forward_structures_per_second': len(graphs) / forward,
-            'train_structures_per_second': batch_size / train_step, 'edges_per_structure':
-            float(np.mean([len(g.source) for g in graphs])), 'parameters_sha256': digest.hexdigest(),
-            'float64_predictions_first_batch': reference}
+    return {
+        'package': str(pathlib.Path(aiida_hpcai.__file__).parent),
+        'train_step_seconds': train_step,
+        'forward_seconds': forward,
+        'graph_seconds': min(graph_seconds),
+        'graphs_sha256': graph_digest.hexdigest(),
+        'forward_structures_per_second': len(graphs) / forward,
+        'train_structures_per_second': batch_size / train_step,
+        'edges_per_structure': float(np.mean([len(g.source) for g in graphs])),
+        'parameters_sha256': digest.hexdigest(),
+        'float64_predictions_first_batch': reference,
+    }
 
 
 def _run_in(tree: pathlib.Path, args, structures: pathlib.Path) -> dict:
     from surrogate_accuracy import thread_environment
 
     env = {**os.environ, 'PYTHONPATH': str(tree), **thread_environment(args.threads)}
-    command = [sys.executable, str(pathlib.Path(__file__).resolve()), '--measure', str(structures),
-               '--preset', args.preset, '--threads', str(args.threads), '--steps', str(args.steps),
-               '--batch-size', str(args.batch_size)]
+    command = [
+        sys.executable,
+        str(pathlib.Path(__file__).resolve()),
+        '--measure',
+        str(structures),
+        '--preset',
+        args.preset,
+        '--threads',
+        str(args.threads),
+        '--steps',
+        str(args.steps),
+        '--batch-size',
+        str(args.batch_size),
+    ]
     output = subprocess.run(command, env=env, check=True, capture_output=True, text=True, cwd=tree).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -139,8 +157,12 @@ def main(argv=None) -> None:
         trees = {'this tree': REPO}
         if args.baseline_rev:
             trees[args.baseline_rev] = scratch / 'baseline'
-            subprocess.run(['git', 'worktree', 'add', '--detach', str(trees[args.baseline_rev]), args.baseline_rev],
-                           cwd=REPO, check=True, capture_output=True)
+            subprocess.run(
+                ['git', 'worktree', 'add', '--detach', str(trees[args.baseline_rev]), args.baseline_rev],
+                cwd=REPO,
+                check=True,
+                capture_output=True,
+            )
         runs: dict[str, list[dict]] = {name: [] for name in trees}
         try:
             for repeat in range(args.repeats):
@@ -148,42 +170,71 @@ def main(argv=None) -> None:
                 for name in order:
                     runs[name].append(_run_in(trees[name], args, structures))
                     last = runs[name][-1]
-                    print(f'repeat {repeat} {name}: train step {last["train_step_seconds"]:.3f} s, '
-                          f'forward {last["forward_seconds"]:.3f} s, graphs {last["graph_seconds"]:.3f} s', flush=True)
+                    print(
+                        f'repeat {repeat} {name}: train step {last["train_step_seconds"]:.3f} s, '
+                        f'forward {last["forward_seconds"]:.3f} s, graphs {last["graph_seconds"]:.3f} s',
+                        flush=True,
+                    )
         finally:
             if args.baseline_rev:
-                subprocess.run(['git', 'worktree', 'remove', '--force', str(trees[args.baseline_rev])], cwd=REPO,
-                               check=False, capture_output=True)
+                subprocess.run(
+                    ['git', 'worktree', 'remove', '--force', str(trees[args.baseline_rev])],
+                    cwd=REPO,
+                    check=False,
+                    capture_output=True,
+                )
 
     def best(name: str) -> dict:
         rows = runs[name]
-        return {'package': rows[0]['package'], 'train_step_seconds': min(r['train_step_seconds'] for r in rows),
-                'forward_seconds': min(r['forward_seconds'] for r in rows),
-                'graph_seconds': min(r['graph_seconds'] for r in rows),
-                'train_step_seconds_all': [r['train_step_seconds'] for r in rows],
-                'forward_seconds_all': [r['forward_seconds'] for r in rows],
-                'parameters_sha256': rows[0]['parameters_sha256'], 'graphs_sha256': rows[0]['graphs_sha256'],
-                'edges_per_structure': rows[0]['edges_per_structure']}
+        return {
+            'package': rows[0]['package'],
+            'train_step_seconds': min(r['train_step_seconds'] for r in rows),
+            'forward_seconds': min(r['forward_seconds'] for r in rows),
+            'graph_seconds': min(r['graph_seconds'] for r in rows),
+            'train_step_seconds_all': [r['train_step_seconds'] for r in rows],
+            'forward_seconds_all': [r['forward_seconds'] for r in rows],
+            'parameters_sha256': rows[0]['parameters_sha256'],
+            'graphs_sha256': rows[0]['graphs_sha256'],
+            'edges_per_structure': rows[0]['edges_per_structure'],
+        }
 
-    result = {'benchmark': 'surrogate_step_time', 'preset': args.preset, 'structures': args.count,
-              'max_atoms': 20, 'batch_size': args.batch_size, 'threads': args.threads, 'steps': args.steps,
-              'repeats': args.repeats, 'machine': {'processor': platform.processor() or platform.machine(),
-                                                   'cpus': os.cpu_count(), 'load_average_after': os.getloadavg()},
-              'trees': {name: best(name) for name in trees}}
+    result = {
+        'benchmark': 'surrogate_step_time',
+        'preset': args.preset,
+        'structures': args.count,
+        'max_atoms': 20,
+        'batch_size': args.batch_size,
+        'threads': args.threads,
+        'steps': args.steps,
+        'repeats': args.repeats,
+        'machine': {
+            'processor': platform.processor() or platform.machine(),
+            'cpus': os.cpu_count(),
+            'load_average_after': os.getloadavg(),
+        },
+        'trees': {name: best(name) for name in trees},
+    }
     if args.baseline_rev:
         import numpy as np
 
         this, other = runs['this tree'][0], runs[args.baseline_rev][0]
         result['same_parameters'] = this['parameters_sha256'] == other['parameters_sha256']
         result['same_graphs'] = this.get('graphs_sha256') == other.get('graphs_sha256')
-        result['max_abs_float64_prediction_difference'] = float(np.max(np.abs(
-            np.subtract(this['float64_predictions_first_batch'], other['float64_predictions_first_batch']))))
-        result['speedup_train_step'] = (result['trees'][args.baseline_rev]['train_step_seconds']
-                                        / result['trees']['this tree']['train_step_seconds'])
-        result['speedup_forward'] = (result['trees'][args.baseline_rev]['forward_seconds']
-                                     / result['trees']['this tree']['forward_seconds'])
-        result['speedup_graphs'] = (result['trees'][args.baseline_rev]['graph_seconds']
-                                    / result['trees']['this tree']['graph_seconds'])
+        result['max_abs_float64_prediction_difference'] = float(
+            np.max(
+                np.abs(np.subtract(this['float64_predictions_first_batch'], other['float64_predictions_first_batch']))
+            )
+        )
+        result['speedup_train_step'] = (
+            result['trees'][args.baseline_rev]['train_step_seconds']
+            / result['trees']['this tree']['train_step_seconds']
+        )
+        result['speedup_forward'] = (
+            result['trees'][args.baseline_rev]['forward_seconds'] / result['trees']['this tree']['forward_seconds']
+        )
+        result['speedup_graphs'] = (
+            result['trees'][args.baseline_rev]['graph_seconds'] / result['trees']['this tree']['graph_seconds']
+        )
     args.output.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != 'trees'}, indent=2))
 

@@ -23,6 +23,7 @@ and forward passes, like our in-program figure (ours reads the npz instead of pa
 The machine's load average is recorded next to the numbers: on a shared machine the wall figures
 are lower bounds of what an idle one gives, so the CPU time of the program is recorded too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,9 +79,21 @@ def run_case(name: str, arrays, checkpoints: list[pathlib.Path], options: dict, 
             cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             # the console script's code path (``python -m`` would load program.py twice)
-            subprocess.run([sys.executable, '-c', 'import sys; from aiida_hpcai.models.program import main; '
-                            'sys.exit(main())', 'predict', '--input',
-                            str(tmp / 'in'), '--output', str(tmp / 'out')], check=True, env=env, cwd=REPO)
+            subprocess.run(
+                [
+                    sys.executable,
+                    '-c',
+                    'import sys; from aiida_hpcai.models.program import main; sys.exit(main())',
+                    'predict',
+                    '--input',
+                    str(tmp / 'in'),
+                    '--output',
+                    str(tmp / 'out'),
+                ],
+                check=True,
+                env=env,
+                cwd=REPO,
+            )
             walls.append(time.perf_counter() - started)
             cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu.append((cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime))
@@ -90,9 +103,15 @@ def run_case(name: str, arrays, checkpoints: list[pathlib.Path], options: dict, 
                 n_ok = int((result['status'] == 'ok').sum())
     best_wall, best_inner = min(walls), min(inner)
     return {
-        'case': name, 'n_structures': len(arrays), 'n_ok': n_ok, 'options': options,
-        'n_members': summary['n_members'], 'uncertainty': summary['uncertainty'],
-        'wall_seconds': walls, 'in_program_seconds': inner, 'cpu_seconds': cpu,
+        'case': name,
+        'n_structures': len(arrays),
+        'n_ok': n_ok,
+        'options': options,
+        'n_members': summary['n_members'],
+        'uncertainty': summary['uncertainty'],
+        'wall_seconds': walls,
+        'in_program_seconds': inner,
+        'cpu_seconds': cpu,
         'structures_per_second_wall': len(arrays) / best_wall,
         'structures_per_second_in_program': len(arrays) / best_inner,
         # what the process would reach with its threads to itself: n / (CPU seconds / threads);
@@ -101,11 +120,22 @@ def run_case(name: str, arrays, checkpoints: list[pathlib.Path], options: dict, 
     }
 
 
-def run_peer(python: str, model: str, structures: pathlib.Path, threads: int, repeats: int,
-             checkpoint: str | None) -> dict:
+def run_peer(
+    python: str, model: str, structures: pathlib.Path, threads: int, repeats: int, checkpoint: str | None
+) -> dict:
     """One peer model's prediction of the same structures, in its own venv (see benchmarks/peers)."""
-    command = [python, str(REPO / 'benchmarks' / 'peers' / 'predict_peers.py'), '--model', model,
-               '--structures', str(structures), '--threads', str(threads), '--repeats', str(repeats)]
+    command = [
+        python,
+        str(REPO / 'benchmarks' / 'peers' / 'predict_peers.py'),
+        '--model',
+        model,
+        '--structures',
+        str(structures),
+        '--threads',
+        str(threads),
+        '--repeats',
+        str(repeats),
+    ]
     if checkpoint:
         command += ['--checkpoint', checkpoint]
     env = {**os.environ, **thread_environment(threads)}
@@ -115,10 +145,10 @@ def run_peer(python: str, model: str, structures: pathlib.Path, threads: int, re
 
 def main(argv=None) -> None:
     import torch
+    from surrogate_accuracy import default_source
 
     from aiida_hpcai.models.checkpoint import load_checkpoint, pretrained_path, save_checkpoint
     from aiida_hpcai.models.inference import default_batch_size
-    from surrogate_accuracy import default_source
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data', default=str(default_source()))
@@ -127,9 +157,15 @@ def main(argv=None) -> None:
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=2)
     parser.add_argument('--device', default='cpu', help='where the program runs the network (cpu, cuda)')
-    parser.add_argument('--batch-size', type=int, default=None, help="default: the program's (24 on a CPU, 64 on a GPU)")
-    parser.add_argument('--checkpoint', type=pathlib.Path, action='append',
-                        help='a checkpoint to time (repeatable; default: the shipped formation-energy model)')
+    parser.add_argument(
+        '--batch-size', type=int, default=None, help="default: the program's (24 on a CPU, 64 on a GPU)"
+    )
+    parser.add_argument(
+        '--checkpoint',
+        type=pathlib.Path,
+        action='append',
+        help='a checkpoint to time (repeatable; default: the shipped formation-energy model)',
+    )
     parser.add_argument('--mc-dropout', action='store_true', help='also time MC dropout (10 samples per member)')
     parser.add_argument('--peer-python', help='python of the peers venv: also time CHGNet and ALIGNN')
     parser.add_argument('--alignn-checkpoint', help='ALIGNN checkpoint folder written by train_alignn.py')
@@ -146,40 +182,90 @@ def main(argv=None) -> None:
         cases, models = [], []
         for index, path in enumerate(checkpoints):
             checkpoint = load_checkpoint(path)
-            models.append({'file': str(path), 'n_members': len(checkpoint['members']),
-                           'config': checkpoint['hyperparameters']['model']})
+            models.append(
+                {
+                    'file': str(path),
+                    'n_members': len(checkpoint['members']),
+                    'config': checkpoint['hyperparameters']['model'],
+                }
+            )
             single = pathlib.Path(tmp) / f'single{index}.pt'
             checkpoint['members'] = checkpoint['members'][:1]
             save_checkpoint(checkpoint, single)
             label = path.name
             if models[-1]['n_members'] > 1:
-                cases.append(run_case(f'{label}: ensemble of {models[-1]["n_members"]}', arrays, [path],
-                                      {**options, 'uncertainty': 'ensemble'}, args.threads, args.repeats))
-            cases.append(run_case(f'{label}: one member, readout MC dropout x10', arrays, [single],
-                                  {**options, 'uncertainty': 'mc_dropout_readout', 'mc_samples': 10},
-                                  args.threads, args.repeats))
-            cases.append(run_case(f'{label}: one member, one pass (no uncertainty)', arrays, [single],
-                                  {**options, 'uncertainty': 'mc_dropout', 'mc_samples': 1}, args.threads, args.repeats))
+                cases.append(
+                    run_case(
+                        f'{label}: ensemble of {models[-1]["n_members"]}',
+                        arrays,
+                        [path],
+                        {**options, 'uncertainty': 'ensemble'},
+                        args.threads,
+                        args.repeats,
+                    )
+                )
+            cases.append(
+                run_case(
+                    f'{label}: one member, readout MC dropout x10',
+                    arrays,
+                    [single],
+                    {**options, 'uncertainty': 'mc_dropout_readout', 'mc_samples': 10},
+                    args.threads,
+                    args.repeats,
+                )
+            )
+            cases.append(
+                run_case(
+                    f'{label}: one member, one pass (no uncertainty)',
+                    arrays,
+                    [single],
+                    {**options, 'uncertainty': 'mc_dropout', 'mc_samples': 1},
+                    args.threads,
+                    args.repeats,
+                )
+            )
             if args.mc_dropout:
-                cases.append(run_case(f'{label}: all members, MC dropout x10', arrays, [path],
-                                      {**options, 'uncertainty': 'mc_dropout', 'mc_samples': 10}, args.threads, 1))
+                cases.append(
+                    run_case(
+                        f'{label}: all members, MC dropout x10',
+                        arrays,
+                        [path],
+                        {**options, 'uncertainty': 'mc_dropout', 'mc_samples': 10},
+                        args.threads,
+                        1,
+                    )
+                )
         peers = {}
         if args.peer_python:
             structures = pathlib.Path(tmp) / 'structures.json'
             structures.write_text(json.dumps([arrays.to_pymatgen(i).as_dict() for i in range(len(arrays))]))
             for model in ('chgnet', 'alignn'):
-                peers[model] = run_peer(args.peer_python, model, structures, args.threads, args.repeats,
-                                        args.alignn_checkpoint if model == 'alignn' else None)
+                peers[model] = run_peer(
+                    args.peer_python,
+                    model,
+                    structures,
+                    args.threads,
+                    args.repeats,
+                    args.alignn_checkpoint if model == 'alignn' else None,
+                )
         load_after = os.getloadavg()
     result = {
-        'structures': {'source': 'mp_cgcnn test split, first ids with <= %d atoms' % args.max_atoms,
-                       'count': len(arrays), 'mean_atoms': float(arrays.natoms.mean())},
-        'threads': args.threads, 'device': args.device,
+        'structures': {
+            'source': f'mp_cgcnn test split, first ids with <= {args.max_atoms} atoms',
+            'count': len(arrays),
+            'mean_atoms': float(arrays.natoms.mean()),
+        },
+        'threads': args.threads,
+        'device': args.device,
         'batch_size': args.batch_size or default_batch_size(args.device),
-        'machine': {'processor': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
-                    'load_average_before': load_before, 'load_average_after': load_after,
-                    'torch': torch.__version__,
-                    'gpu': torch.cuda.get_device_name() if args.device.startswith('cuda') else None},
+        'machine': {
+            'processor': platform.processor() or platform.machine(),
+            'cpus': os.cpu_count(),
+            'load_average_before': load_before,
+            'load_average_after': load_after,
+            'torch': torch.__version__,
+            'gpu': torch.cuda.get_device_name() if args.device.startswith('cuda') else None,
+        },
         'models': models,
         'cases': cases,
         'peers': peers,

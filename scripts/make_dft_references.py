@@ -14,6 +14,7 @@ The JSON is derived metadata (ids and a few structures), not the dataset. Run:
 
     python scripts/make_dft_references.py [--data-dir ../shared/data] [--pseudo-dir ../shared/pseudos]
 """
+
 import argparse
 import datetime
 import json
@@ -46,7 +47,9 @@ def main():
     parser.add_argument('--output', type=pathlib.Path, default=OUTPUT)
     args = parser.parse_args()
 
-    cutoffs = json.loads((args.pseudo_dir / 'sssp_pbe_efficiency_1.3.0_subset' / 'sssp_efficiency_subset.json').read_text())
+    cutoffs = json.loads(
+        (args.pseudo_dir / 'sssp_pbe_efficiency_1.3.0_subset' / 'sssp_efficiency_subset.json').read_text()
+    )
     elements = sorted(key for key, value in cutoffs.items() if isinstance(value, dict))
 
     frame = pd.read_csv(args.data_dir / 'mp_cgcnn' / 'mp_cgcnn.csv.gz')

@@ -3,5 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-python3 -m pytest -q -p no:cacheprovider "$@"
+# style first: a lint or formatting error fails the run before the slow tests
+python3 -m ruff check .
+python3 -m ruff format --check .
+python3 -m pytest -q -rs -p no:cacheprovider "$@"
 python3 -m sphinx -W --keep-going -q -b html docs/source docs/build/html

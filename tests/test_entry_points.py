@@ -1,4 +1,5 @@
 """Every entry point declared in pyproject.toml is installed, loads, and `verdi plugin list` shows it."""
+
 import subprocess
 import tomllib
 from importlib.metadata import entry_points

@@ -12,6 +12,7 @@ they are not stored a second time. Large output files (checkpoints, predictions,
 retrieved with ``retrieve_temporary_list``: the parser turns them into nodes, and the
 ``retrieved`` folder keeps only the small JSON reports and the program's stdout/stderr.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,31 +86,53 @@ class ModelProgramCalculation(CalcJob):
     def define(cls, spec):
         super().define(spec)
         spec.input('structures', valid_type=StructureSet, help='The structures, as one StructureSet node.')
-        spec.input('device', valid_type=orm.Str, default=lambda: orm.Str('cpu'), validator=validate_device,
-                   help='Torch device the program runs on: `cpu`, `cuda` or `cuda:<index>`. A GPU run also needs '
-                        'scheduler options that give the job a GPU (see the documentation).')
+        spec.input(
+            'device',
+            valid_type=orm.Str,
+            default=lambda: orm.Str('cpu'),
+            validator=validate_device,
+            help='Torch device the program runs on: `cpu`, `cuda` or `cuda:<index>`. A GPU run also needs '
+            'scheduler options that give the job a GPU (see the documentation).',
+        )
         spec.inputs['metadata']['options']['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
         spec.inputs['metadata']['options']['withmpi'].default = False
 
         # 300-329: the job ran but its results are missing or unreadable.
-        spec.exit_code(300, 'ERROR_OUTPUT_FILES_MISSING',
-                       message='The program wrote no `{filename}`: it probably crashed or was killed; see '
-                               f'`{STDERR_FILENAME}` in the retrieved folder.')
-        spec.exit_code(301, 'ERROR_OUTPUT_FILES_UNREADABLE', message='The output file `{filename}` could not be '
-                       'read: {exception}')
+        spec.exit_code(
+            300,
+            'ERROR_OUTPUT_FILES_MISSING',
+            message='The program wrote no `{filename}`: it probably crashed or was killed; see '
+            f'`{STDERR_FILENAME}` in the retrieved folder.',
+        )
+        spec.exit_code(
+            301, 'ERROR_OUTPUT_FILES_UNREADABLE', message='The output file `{filename}` could not be read: {exception}'
+        )
         spec.exit_code(302, 'ERROR_OUTPUT_INCONSISTENT', message='The program output is inconsistent: {message}')
         # 330-369: failures the program reported itself in `error.json`.
         spec.exit_code(330, 'ERROR_PROGRAM_UNEXPECTED', message='The program failed unexpectedly: {message}')
-        spec.exit_code(331, 'ERROR_PROGRAM_UNKNOWN_ERROR', message='The program reported an error code this plugin '
-                       'does not know, `{code}`: {message}')
+        spec.exit_code(
+            331,
+            'ERROR_PROGRAM_UNKNOWN_ERROR',
+            message='The program reported an error code this plugin does not know, `{code}`: {message}',
+        )
         spec.exit_code(332, 'ERROR_INVALID_CONFIG', message='The program refused `config.json`: {message}')
-        spec.exit_code(340, 'ERROR_CHECKPOINT_MISMATCH',
-                       message='A checkpoint does not match its recorded sha256 or cannot be loaded: {message}')
-        spec.exit_code(341, 'ERROR_INCOMPATIBLE_MODELS',
-                       message='The models cannot be combined (different targets, units or input features): {message}')
+        spec.exit_code(
+            340,
+            'ERROR_CHECKPOINT_MISMATCH',
+            message='A checkpoint does not match its recorded sha256 or cannot be loaded: {message}',
+        )
+        spec.exit_code(
+            341,
+            'ERROR_INCOMPATIBLE_MODELS',
+            message='The models cannot be combined (different targets, units or input features): {message}',
+        )
         spec.exit_code(350, 'ERROR_NAN_OUTPUT', message='The model produced NaN or infinite values: {message}')
-        spec.exit_code(351, 'ERROR_OUT_OF_MEMORY', invalidates_cache=True,
-                       message='The program ran out of (GPU) memory; try a smaller `batch_size`: {message}')
+        spec.exit_code(
+            351,
+            'ERROR_OUT_OF_MEMORY',
+            invalidates_cache=True,
+            message='The program ran out of (GPU) memory; try a smaller `batch_size`: {message}',
+        )
         spec.exit_code(360, 'ERROR_MISSING_LABEL', message='The structures lack the label to train on: {message}')
         spec.exit_code(361, 'ERROR_INVALID_SPLIT', message='The train/val/test split cannot be used: {message}')
 

@@ -1,4 +1,5 @@
 """``hpcai.predict``: predict a property, with an uncertainty, for every structure of a StructureSet."""
+
 from __future__ import annotations
 
 from aiida import orm
@@ -52,26 +53,45 @@ class PredictCalculation(ModelProgramCalculation):
     @classmethod
     def define(cls, spec):
         super().define(spec)
-        spec.input_namespace('models', valid_type=ModelData, dynamic=True, validator=validate_models,
-                             help='One or more checkpoints of the same target; all their members form one '
-                                  'ensemble whose spread is the uncertainty.')
-        spec.input('parameters', valid_type=orm.Dict, required=False, validator=validate_predict_parameters,
-                   help=f'Optional program settings: {sorted(PREDICT_PARAMETERS)} (defaults: batch_size 24 on a '
-                        'CPU and 64 on a GPU, uncertainty `ensemble`, mc_samples 10). `ensemble` takes the spread '
-                        'over every member of every checkpoint (one checkpoint file can hold a whole ensemble); '
-                        '`mc_dropout` samples each member `mc_samples` times with dropout active; '
-                        '`mc_dropout_readout` samples only the readout\'s dropout, at about the cost of one plain '
-                        'prediction.')
+        spec.input_namespace(
+            'models',
+            valid_type=ModelData,
+            dynamic=True,
+            validator=validate_models,
+            help='One or more checkpoints of the same target; all their members form one '
+            'ensemble whose spread is the uncertainty.',
+        )
+        spec.input(
+            'parameters',
+            valid_type=orm.Dict,
+            required=False,
+            validator=validate_predict_parameters,
+            help=f'Optional program settings: {sorted(PREDICT_PARAMETERS)} (defaults: batch_size 24 on a '
+            'CPU and 64 on a GPU, uncertainty `ensemble`, mc_samples 10). `ensemble` takes the spread '
+            'over every member of every checkpoint (one checkpoint file can hold a whole ensemble); '
+            '`mc_dropout` samples each member `mc_samples` times with dropout active; '
+            "`mc_dropout_readout` samples only the readout's dropout, at about the cost of one plain "
+            'prediction.',
+        )
         spec.inputs['metadata']['options']['parser_name'].default = 'hpcai.predict'
 
-        spec.output('predictions', valid_type=orm.ArrayData,
-                    help='Aligned with `structures`: arrays `mean`, `sigma` (float64; NaN where failed), `status` '
-                         "('ok' or 'failed') and `reason` (empty where ok).")
-        spec.output('summary', valid_type=orm.Dict,
-                    help='target, units, n_structures, n_ok, n_failed, seconds, structures_per_second, device.')
+        spec.output(
+            'predictions',
+            valid_type=orm.ArrayData,
+            help='Aligned with `structures`: arrays `mean`, `sigma` (float64; NaN where failed), `status` '
+            "('ok' or 'failed') and `reason` (empty where ok).",
+        )
+        spec.output(
+            'summary',
+            valid_type=orm.Dict,
+            help='target, units, n_structures, n_ok, n_failed, seconds, structures_per_second, device.',
+        )
 
-        spec.exit_code(310, 'ERROR_NO_STRUCTURE_PREDICTED',
-                       message='None of the {n_structures} structures could be predicted; first reasons: {reasons}')
+        spec.exit_code(
+            310,
+            'ERROR_NO_STRUCTURE_PREDICTED',
+            message='None of the {n_structures} structures could be predicted; first reasons: {reasons}',
+        )
 
     def model_files(self):
         return [(self.inputs.models[key], f'models/{key}.pt') for key in sorted(self.inputs.models)]

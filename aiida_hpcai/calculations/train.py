@@ -1,4 +1,5 @@
 """``hpcai.train``: train (or fine-tune) a property model on a labelled StructureSet."""
+
 from __future__ import annotations
 
 from aiida import orm
@@ -11,10 +12,27 @@ from .base import ModelProgramCalculation, checkpoint_entry, validate_parameter_
 __all__ = ('TrainCalculation',)
 
 TRAIN_PARAMETERS = {
-    'target', 'units', 'model_config', 'ensemble_size', 'epochs', 'batch_size', 'learning_rate', 'seed',
-    'max_minutes', 'patience', 'split', 'freeze_blocks', 'element_reference',
+    'target',
+    'units',
+    'model_config',
+    'ensemble_size',
+    'epochs',
+    'batch_size',
+    'learning_rate',
+    'seed',
+    'max_minutes',
+    'patience',
+    'split',
+    'freeze_blocks',
+    'element_reference',
     # finer training knobs the program also reads (aiida_hpcai.models.training.TrainingConfig)
-    'weight_decay', 'warmup_fraction', 'min_lr_ratio', 'ridge_alpha', 'gradient_clip', 'mc_samples', 'dataset_name',
+    'weight_decay',
+    'warmup_fraction',
+    'min_lr_ratio',
+    'ridge_alpha',
+    'gradient_clip',
+    'mc_samples',
+    'dataset_name',
 }
 MODEL_CONFIGS = ('tiny', 'cpu', 'paper')
 PARENT_TARGET = 'models/parent.pt'
@@ -67,20 +85,35 @@ class TrainCalculation(ModelProgramCalculation):
     @classmethod
     def define(cls, spec):
         super().define(spec)
-        spec.input('parameters', valid_type=orm.Dict, validator=validate_train_parameters,
-                   help=f'Training settings: {sorted(TRAIN_PARAMETERS)}. `target` (a label of `structures`) is '
-                        'required; the program documents the defaults of the others.')
-        spec.input('parent_model', valid_type=ModelData, required=False,
-                   help='Checkpoint to fine-tune instead of training from scratch.')
+        spec.input(
+            'parameters',
+            valid_type=orm.Dict,
+            validator=validate_train_parameters,
+            help=f'Training settings: {sorted(TRAIN_PARAMETERS)}. `target` (a label of `structures`) is '
+            'required; the program documents the defaults of the others.',
+        )
+        spec.input(
+            'parent_model',
+            valid_type=ModelData,
+            required=False,
+            help='Checkpoint to fine-tune instead of training from scratch.',
+        )
         spec.inputs.validator = validate_train_inputs
         spec.inputs['metadata']['options']['parser_name'].default = 'hpcai.train'
 
-        spec.output('model', valid_type=ModelData,
-                    help='The trained checkpoint; its attributes record architecture, hyperparameters, target, units, '
-                         'metrics and the uuid of the training set.')
+        spec.output(
+            'model',
+            valid_type=ModelData,
+            help='The trained checkpoint; its attributes record architecture, hyperparameters, target, units, '
+            'metrics and the uuid of the training set.',
+        )
         spec.output('metrics', valid_type=orm.Dict, help='Errors on the train/val/test splits and training history.')
-        spec.output('plots', valid_type=orm.FolderData, required=False,
-                    help='`learning_curve.png` and `parity.png`, where the program wrote them.')
+        spec.output(
+            'plots',
+            valid_type=orm.FolderData,
+            required=False,
+            help='`learning_curve.png` and `parity.png`, where the program wrote them.',
+        )
 
     def model_files(self):
         if 'parent_model' in self.inputs:

@@ -1,4 +1,5 @@
 """The ``aiida-hpcai`` console script (plugins cannot add top-level ``verdi`` commands)."""
+
 import click
 from aiida.cmdline.groups import VerdiCommandGroup
 from aiida.cmdline.params import options, types
@@ -15,4 +16,4 @@ def cli():
 
 
 # Sub-commands register themselves on `cli` when imported.
-from . import data, setup, surrogate, dft  # noqa: E402,F401
+from . import data, dft, setup, surrogate  # noqa: E402,F401

@@ -1,4 +1,5 @@
 """``aiida-hpcai data ...``: bring structure datasets into the profile as StructureSet nodes."""
+
 from __future__ import annotations
 
 import pathlib
@@ -16,12 +17,21 @@ def data():
 
 @data.command('import')
 @click.argument('path', type=click.Path(exists=True, path_type=pathlib.Path))
-@click.option('--format', 'fmt', default='auto', show_default=True,
-              type=click.Choice(['auto', 'csv', 'matbench', 'extxyz', 'cif-folder', 'npz']),
-              help='Dataset format; auto decides by file name.')
+@click.option(
+    '--format',
+    'fmt',
+    default='auto',
+    show_default=True,
+    type=click.Choice(['auto', 'csv', 'matbench', 'extxyz', 'cif-folder', 'npz']),
+    help='Dataset format; auto decides by file name.',
+)
 @click.option('--limit', type=int, default=None, help='Read at most this many rows.')
-@click.option('--target', 'targets', multiple=True,
-              help='Label column to keep (repeatable); rows missing it are skipped. Default: all numeric columns.')
+@click.option(
+    '--target',
+    'targets',
+    multiple=True,
+    help='Label column to keep (repeatable); rows missing it are skipped. Default: all numeric columns.',
+)
 @click.option('--label', default=None, help='Node label; default: the file name.')
 @decorators.with_dbenv()
 def import_dataset(path, fmt, limit, targets, label):

@@ -1,4 +1,5 @@
 """``verdi data hpcai.structures`` and ``verdi data hpcai.model`` (entry points ``aiida.cmdline.data``)."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,9 @@ def _list_nodes(data_class, columns):
     from rich.console import Console
     from rich.table import Table
 
-    query = orm.QueryBuilder().append(data_class, project=['id', 'label', 'ctime'] + [f'attributes.{c}' for c in columns])
+    query = orm.QueryBuilder().append(
+        data_class, project=['id', 'label', 'ctime'] + [f'attributes.{c}' for c in columns]
+    )
     table = Table()
     for name in ['pk', 'label', 'created'] + list(columns):
         table.add_column(name)
@@ -85,8 +88,11 @@ def model_list():
 def model_show(datum):
     """Print the metadata of a ModelData as JSON."""
     attributes = datum.base.attributes.all
-    click.echo(json.dumps({'pk': datum.pk, 'uuid': datum.uuid, 'filename': datum.filename, **attributes},
-                          indent=2, default=str))
+    click.echo(
+        json.dumps(
+            {'pk': datum.pk, 'uuid': datum.uuid, 'filename': datum.filename, **attributes}, indent=2, default=str
+        )
+    )
 
 
 @model.command('export')

@@ -1,4 +1,5 @@
 """``aiida-hpcai dft``: relax, static SCF and formation energy of one structure with ``hpcai.dft``."""
+
 from __future__ import annotations
 
 import pathlib
@@ -30,9 +31,7 @@ def _parse_overrides(ctx, param, value):
 
 @cli.command('dft')
 @click.argument('file', type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path))
-@click.option(
-    '--engine', type=click.Choice(['quantumespresso', 'vasp']), default='quantumespresso', show_default=True
-)
+@click.option('--engine', type=click.Choice(['quantumespresso', 'vasp']), default='quantumespresso', show_default=True)
 @click.option('--protocol', type=click.Choice(['fast', 'balanced', 'precise']), default='balanced', show_default=True)
 @click.option('--code', 'code_label', default=None, help='Code label; default pw@localhost (QE) or vasp@localhost.')
 @click.option(
@@ -47,15 +46,26 @@ def _parse_overrides(ctx, param, value):
 @click.option('--no-standardize', is_flag=True, help='Keep the cell as given instead of its standard primitive cell.')
 @click.option('--submit', is_flag=True, help='Submit to the daemon and return at once, instead of running here.')
 @decorators.with_dbenv()
-def dft(file, engine, protocol, code_label, overrides, num_mpiprocs, max_wallclock_seconds, no_formation_energy,
-        no_standardize, submit):
+def dft(
+    file,
+    engine,
+    protocol,
+    code_label,
+    overrides,
+    num_mpiprocs,
+    max_wallclock_seconds,
+    no_formation_energy,
+    no_standardize,
+    submit,
+):
     """Relax FILE (CIF, POSCAR, anything pymatgen reads), run a static SCF and compute its formation energy.
 
     Prints the results and the pk of the hpcai.dft WorkChain. The first run per engine and protocol also
     computes the elemental references it needs; later runs find them in the profile.
     """
     from aiida import orm
-    from aiida.engine import run_get_node, submit as submit_process
+    from aiida.engine import run_get_node
+    from aiida.engine import submit as submit_process
     from pymatgen.core import Structure
 
     from aiida_hpcai.engines import get_engine
@@ -73,7 +83,9 @@ def dft(file, engine, protocol, code_label, overrides, num_mpiprocs, max_wallclo
     try:
         code = orm.load_code(code_label)
     except Exception as exception:  # noqa: BLE001 -- NotExistent or MultipleObjectsError
-        raise click.BadParameter(f'{code_label}: {exception} (run `aiida-hpcai setup`?)', param_hint='--code')
+        raise click.BadParameter(
+            f'{code_label}: {exception} (run `aiida-hpcai setup`?)', param_hint='--code'
+        ) from exception
 
     options = {'resources': {'num_machines': 1}}
     if num_mpiprocs:

@@ -1,4 +1,5 @@
 """``aiida-hpcai setup``: profile, computer, codes and pseudopotentials, idempotently."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,10 @@ PW_CODE_LABEL = 'pw'
 def default_pseudo_dir() -> pathlib.Path | None:
     """``$HPCAI_PSEUDO_DIR``/<subset>, else ``../shared/pseudos/<subset>`` beside cwd or the checkout."""
     roots = [pathlib.Path(os.environ['HPCAI_PSEUDO_DIR'])] if 'HPCAI_PSEUDO_DIR' in os.environ else []
-    roots += [pathlib.Path.cwd().parent / 'shared' / 'pseudos',
-              pathlib.Path(__file__).resolve().parents[3] / 'shared' / 'pseudos']
+    roots += [
+        pathlib.Path.cwd().parent / 'shared' / 'pseudos',
+        pathlib.Path(__file__).resolve().parents[3] / 'shared' / 'pseudos',
+    ]
     return next((root / PSEUDO_SUBSET_DIRNAME for root in roots if (root / PSEUDO_SUBSET_DIRNAME).is_dir()), None)
 
 
@@ -59,12 +62,16 @@ def ensure_profile(profile_name: str, report: SetupReport):
     manager = get_manager()
     if manager.get_profile() is not None:
         profile = manager.get_profile()
-        report.add('profile', 'found', f'{profile.name} ({profile.storage_backend}, broker {profile.process_control_backend})')
+        report.add(
+            'profile', 'found', f'{profile.name} ({profile.storage_backend}, broker {profile.process_control_backend})'
+        )
         return profile, False
     config = get_config(create=True)
     if config.default_profile_name is not None:
         profile = load_profile(config.default_profile_name)
-        report.add('profile', 'found', f'{profile.name} ({profile.storage_backend}, broker {profile.process_control_backend})')
+        report.add(
+            'profile', 'found', f'{profile.name} ({profile.storage_backend}, broker {profile.process_control_backend})'
+        )
         return profile, False
     # `verdi presto` is the reference for an embedded profile: SQLite storage and, without a RabbitMQ
     # server, the built-in ZeroMQ broker. Running it keeps our profile identical to the documented one.
@@ -74,8 +81,11 @@ def ensure_profile(profile_name: str, report: SetupReport):
         raise click.ClickException(f'`verdi presto` failed:\n{result.stdout}\n{result.stderr}')
     reset_config()  # the subprocess wrote a new config file; read it again
     profile = load_profile(profile_name, allow_switch=True)
-    report.add('profile', 'created', f'{profile.name} ({profile.storage_backend}, broker {profile.process_control_backend}) '
-                                     'with `verdi presto`')
+    report.add(
+        'profile',
+        'created',
+        f'{profile.name} ({profile.storage_backend}, broker {profile.process_control_backend}) with `verdi presto`',
+    )
     return profile, True
 
 
@@ -102,9 +112,14 @@ def ensure_localhost(report: SetupReport, new_profile: bool = False):
         from aiida.manage.configuration import get_config
 
         workdir = pathlib.Path(get_config().dirpath) / 'scratch' / orm.User.collection.get_default().email
-        computer = orm.Computer(label='localhost', hostname='localhost', description='this machine',
-                                transport_type='core.local', scheduler_type='core.direct',
-                                workdir=str(workdir)).store()
+        computer = orm.Computer(
+            label='localhost',
+            hostname='localhost',
+            description='this machine',
+            transport_type='core.local',
+            scheduler_type='core.direct',
+            workdir=str(workdir),
+        ).store()
         computer.configure(**LOCALHOST_TRANSPORT)
         computer.set_minimum_job_poll_interval(1)
         computer.set_default_mpiprocs_per_machine(1)
@@ -114,9 +129,13 @@ def ensure_localhost(report: SetupReport, new_profile: bool = False):
             computer.configure(**LOCALHOST_TRANSPORT)
             report.add('computer localhost', 'updated', f'{computer.get_workdir()}; configured without a login shell')
         elif uses_login_shell(computer):  # someone else's: a hint only
-            report.add('computer localhost', 'found', f'{computer.get_workdir()}; it polls in a login shell, running '
-                       'your shell start-up files at every poll: `verdi computer configure core.local localhost '
-                       '--use-login-shell False` makes that cheaper')
+            report.add(
+                'computer localhost',
+                'found',
+                f'{computer.get_workdir()}; it polls in a login shell, running '
+                'your shell start-up files at every poll: `verdi computer configure core.local localhost '
+                '--use-login-shell False` makes that cheaper',
+            )
         else:
             report.add('computer localhost', 'found', computer.get_workdir())
     # Open MPI refuses to run as root unless told; the containers and CI machines we run on are root.
@@ -134,14 +153,22 @@ def ensure_code(label: str, executable: str, computer, report: SetupReport, plug
     try:
         code = orm.load_code(full_label)
     except NotExistent:
-        code = orm.InstalledCode(label=label, computer=computer, filepath_executable=executable,
-                                 default_calc_job_plugin=plugin, description=f'{label} registered by aiida-hpcai setup')
+        code = orm.InstalledCode(
+            label=label,
+            computer=computer,
+            filepath_executable=executable,
+            default_calc_job_plugin=plugin,
+            description=f'{label} registered by aiida-hpcai setup',
+        )
         code.store()
         report.add(f'code {full_label}', 'created', executable)
         return code
     if str(code.filepath_executable) != executable:
-        report.add(f'code {full_label}', 'found', f'{code.filepath_executable} (this environment has {executable}; '
-                                                    'kept the registered one)')
+        report.add(
+            f'code {full_label}',
+            'found',
+            f'{code.filepath_executable} (this environment has {executable}; kept the registered one)',
+        )
     else:
         report.add(f'code {full_label}', 'found', executable)
     return code
@@ -166,19 +193,33 @@ def install_pseudo_family(folder: str | os.PathLike, label: str = DEFAULT_PSEUDO
             shutil.copy(upf, tmp)
         family = CutoffsPseudoPotentialFamily.create_from_folder(pathlib.Path(tmp), label, pseudo_type=UpfData)
     cutoffs = json.loads((folder / CUTOFFS_FILENAME).read_text())
-    family.set_cutoffs({element: {'cutoff_wfc': float(values['cutoff_wfc_Ry']), 'cutoff_rho': float(values['cutoff_rho_Ry'])}
-                        for element, values in cutoffs.items() if element in family.elements},
-                       stringency='normal', unit='Ry')
+    family.set_cutoffs(
+        {
+            element: {'cutoff_wfc': float(values['cutoff_wfc_Ry']), 'cutoff_rho': float(values['cutoff_rho_Ry'])}
+            for element, values in cutoffs.items()
+            if element in family.elements
+        },
+        stringency='normal',
+        unit='Ry',
+    )
     family.description = f'SSSP PBE efficiency 1.3.0 subset from {folder}'
     return family, True
 
 
 @cli.command('setup')
-@click.option('--profile-name', default=DEFAULT_PROFILE_NAME, show_default=True,
-              help='Name of the profile created when none exists yet.')
-@click.option('--pseudo-dir', type=click.Path(exists=True, file_okay=False, path_type=pathlib.Path), default=None,
-              help='Folder of UPF files (+ sssp_efficiency_subset.json) to install as the pseudopotential family. '
-                   f'Default: $HPCAI_PSEUDO_DIR/{PSEUDO_SUBSET_DIRNAME} or ../shared/pseudos/{PSEUDO_SUBSET_DIRNAME}.')
+@click.option(
+    '--profile-name',
+    default=DEFAULT_PROFILE_NAME,
+    show_default=True,
+    help='Name of the profile created when none exists yet.',
+)
+@click.option(
+    '--pseudo-dir',
+    type=click.Path(exists=True, file_okay=False, path_type=pathlib.Path),
+    default=None,
+    help='Folder of UPF files (+ sssp_efficiency_subset.json) to install as the pseudopotential family. '
+    f'Default: $HPCAI_PSEUDO_DIR/{PSEUDO_SUBSET_DIRNAME} or ../shared/pseudos/{PSEUDO_SUBSET_DIRNAME}.',
+)
 @click.option('--pseudo-family', default=DEFAULT_PSEUDO_FAMILY, show_default=True, help='Label of that family.')
 def setup(profile_name, pseudo_dir, pseudo_family):
     """Create or reuse everything aiida-hpcai needs; safe to run any number of times.
@@ -206,6 +247,9 @@ def setup(profile_name, pseudo_dir, pseudo_family):
         report.add(f'pseudo family {pseudo_family}', 'skipped', 'no pseudopotential folder found (--pseudo-dir)')
     else:
         family, created = install_pseudo_family(folder, pseudo_family)
-        report.add(f'pseudo family {pseudo_family}', 'created' if created else 'found',
-                   f'{len(family.nodes)} elements: {" ".join(sorted(family.elements))}')
+        report.add(
+            f'pseudo family {pseudo_family}',
+            'created' if created else 'found',
+            f'{len(family.nodes)} elements: {" ".join(sorted(family.elements))}',
+        )
     report.print()

@@ -3,6 +3,7 @@
 Both run the real processes (``hpcai.train`` CalcJob, ``hpcai.surrogate`` WorkChain) in this
 shell with ``run_get_node``, so every result is in the profile's provenance graph.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,8 +56,9 @@ def read_structure_files(paths):
     if len(set(ids)) != len(ids):
         raise click.BadParameter('two structures have the same id; ids must be unique', param_hint='FILES')
     common = set.intersection(*(set(label) for label in labels))
-    return StructureSet.from_pymatgen(structures, ids=ids, skipped=skipped,
-                                      labels={name: [label[name] for label in labels] for name in common})
+    return StructureSet.from_pymatgen(
+        structures, ids=ids, skipped=skipped, labels={name: [label[name] for label in labels] for name in common}
+    )
 
 
 def _read_one_file(path: pathlib.Path) -> list[tuple]:
@@ -78,8 +80,11 @@ def _read_one_file(path: pathlib.Path) -> list[tuple]:
 def _numeric_info(atoms) -> dict:
     # ASE moves known keys (energy, ...) from the comment line into a calculator; read both.
     values = {**(atoms.calc.results if atoms.calc is not None else {}), **atoms.info}
-    info = {key: float(value) for key, value in values.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != 'id'}
+    info = {
+        key: float(value)
+        for key, value in values.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != 'id'
+    }
     if 'id' in atoms.info:
         info['id'] = str(atoms.info['id'])
     return info
@@ -96,8 +101,12 @@ def pretrained_model(target: str):
         return existing
     content = checkpoint.load_checkpoint(path)
     node, _ = ModelData.get_or_create(
-        path, architecture=content['architecture'], hyperparameters=content['hyperparameters'],
-        target=content['target'], units=content['units'], metrics=content.get('metrics', {}),
+        path,
+        architecture=content['architecture'],
+        hyperparameters=content['hyperparameters'],
+        target=content['target'],
+        units=content['units'],
+        metrics=content.get('metrics', {}),
     )
     return node
 
@@ -116,8 +125,9 @@ def load_models(identifiers, target: str) -> dict:
     for identifier in identifiers:
         node = load_node(identifier)
         if not isinstance(node, ModelData):
-            raise click.BadParameter(f'node {identifier} is a {type(node).__name__}, not a ModelData',
-                                     param_hint='--model')
+            raise click.BadParameter(
+                f'node {identifier} is a {type(node).__name__}, not a ModelData', param_hint='--model'
+            )
         models[f'model_{node.pk}'] = node
     return models
 
@@ -151,29 +161,54 @@ def prediction_rows(structures, predictions) -> list[dict]:
 
 @cli.command('predict')
 @click.argument('files', nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path))
-@click.option('--model', 'models', multiple=True, metavar='PK_OR_UUID',
-              help='ModelData node to predict with (repeatable: several form an ensemble). '
-                   'Default: the pretrained model shipped for --target.')
-@click.option('--target', default=DEFAULT_TARGET, show_default=True,
-              help='Property, used to pick the pretrained model when no --model is given.')
-@click.option('--threshold', type=float, default=None,
-              help='Confident when sigma <= this (model units). Default: per target (0.12 eV/atom for formation '
-                   'energy, 0.6 eV for band gap).')
-@click.option('--code', 'code_label', default=DEFAULT_CODE, show_default=True,
-              help='Code running the hpcai-model program.')
+@click.option(
+    '--model',
+    'models',
+    multiple=True,
+    metavar='PK_OR_UUID',
+    help='ModelData node to predict with (repeatable: several form an ensemble). '
+    'Default: the pretrained model shipped for --target.',
+)
+@click.option(
+    '--target',
+    default=DEFAULT_TARGET,
+    show_default=True,
+    help='Property, used to pick the pretrained model when no --model is given.',
+)
+@click.option(
+    '--threshold',
+    type=float,
+    default=None,
+    help='Confident when sigma <= this (model units). Default: per target (0.12 eV/atom for formation '
+    'energy, 0.6 eV for band gap).',
+)
+@click.option(
+    '--code', 'code_label', default=DEFAULT_CODE, show_default=True, help='Code running the hpcai-model program.'
+)
 @click.option('--device', default='cpu', show_default=True, help='cpu, cuda or cuda:<index>.')
-@click.option('--batch-size', type=int, default=None,
-              help='Structures per batch (default of the program: 24 on a CPU, 64 on a GPU).')
-@click.option('--uncertainty', type=click.Choice(UNCERTAINTY_METHODS), default=None,
-              help='How sigma is estimated (default of the program: ensemble, or MC dropout for one member); '
-                   'mc_dropout_readout costs about one plain prediction.')
+@click.option(
+    '--batch-size',
+    type=int,
+    default=None,
+    help='Structures per batch (default of the program: 24 on a CPU, 64 on a GPU).',
+)
+@click.option(
+    '--uncertainty',
+    type=click.Choice(UNCERTAINTY_METHODS),
+    default=None,
+    help='How sigma is estimated (default of the program: ensemble, or MC dropout for one member); '
+    'mc_dropout_readout costs about one plain prediction.',
+)
 @click.option('--mc-samples', type=int, default=None, help='Samples per member for the MC-dropout methods (10).')
 @click.option('--json', 'as_json', is_flag=True, help='Print machine-readable JSON instead of a table.')
-@click.option('--output', type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
-              help='Also write the rows to this CSV file.')
+@click.option(
+    '--output',
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    default=None,
+    help='Also write the rows to this CSV file.',
+)
 @decorators.with_dbenv()
-def predict(files, models, target, threshold, code_label, device, batch_size, uncertainty, mc_samples, as_json,
-            output):
+def predict(files, models, target, threshold, code_label, device, batch_size, uncertainty, mc_samples, as_json, output):
     """Predict a property with an uncertainty for the structures in FILES (CIF, POSCAR, extxyz).
 
     Runs the hpcai.surrogate WorkChain: structures whose sigma exceeds the threshold, or that the
@@ -187,8 +222,11 @@ def predict(files, models, target, threshold, code_label, device, batch_size, un
     model_nodes = load_models(models, target)
     code = _load_code(code_label)
     predict_inputs = {'code': code, 'device': orm.Str(device)}
-    parameters = {key: value for key, value in
-                  (('batch_size', batch_size), ('uncertainty', uncertainty), ('mc_samples', mc_samples)) if value is not None}
+    parameters = {
+        key: value
+        for key, value in (('batch_size', batch_size), ('uncertainty', uncertainty), ('mc_samples', mc_samples))
+        if value is not None
+    }
     if parameters:
         predict_inputs['parameters'] = orm.Dict(parameters)
     inputs = {'structures': structures, 'models': model_nodes, 'predict': predict_inputs}
@@ -198,8 +236,9 @@ def predict(files, models, target, threshold, code_label, device, batch_size, un
     with _process_reports_to_stderr(enabled=as_json):
         node = _run(SurrogateWorkChain, inputs)
     if not node.is_finished_ok:
-        echo.echo_critical(f'SurrogateWorkChain<{node.pk}> failed with exit status {node.exit_status}: '
-                           f'{node.exit_message}')
+        echo.echo_critical(
+            f'SurrogateWorkChain<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}'
+        )
 
     summary = node.outputs.summary.get_dict()
     rows = prediction_rows(structures, node.outputs.predictions)
@@ -209,8 +248,13 @@ def predict(files, models, target, threshold, code_label, device, batch_size, un
             writer.writeheader()
             writer.writerows(rows)
     if as_json:
-        payload = {'process_pk': node.pk, 'target': summary['target'], 'units': summary['units'],
-                   'sigma_threshold': summary['sigma_threshold'], 'rows': rows}
+        payload = {
+            'process_pk': node.pk,
+            'target': summary['target'],
+            'units': summary['units'],
+            'sigma_threshold': summary['sigma_threshold'],
+            'rows': rows,
+        }
         click.echo(json.dumps(payload, indent=2))
         return
     _print_prediction_table(rows, summary, node)
@@ -241,29 +285,37 @@ def _print_prediction_table(rows, summary, node) -> None:
     from rich.table import Table
 
     units = summary.get('units') or ''
-    table = Table(title=f"{summary.get('target')} ({units}), confident when sigma <= {summary['sigma_threshold']}")
+    table = Table(title=f'{summary.get("target")} ({units}), confident when sigma <= {summary["sigma_threshold"]}')
     with_reference = 'reference' in rows[0]
     for column in ('id', 'formula', 'mean ± sigma', 'confident', 'status') + (('reference',) if with_reference else ()):
         table.add_column(column)
     for row in rows:
-        value = '-' if row['mean'] is None else f"{row['mean']:.4f} ± {row['sigma']:.4f}"
-        status = row['status'] if not row['reason'] else f"{row['status']}: {row['reason']}"
+        value = '-' if row['mean'] is None else f'{row["mean"]:.4f} ± {row["sigma"]:.4f}'
+        status = row['status'] if not row['reason'] else f'{row["status"]}: {row["reason"]}'
         cells = [row['id'], row['formula'], value, 'yes' if row['confident'] else 'no', status]
         if with_reference:
-            cells.append('-' if row['reference'] is None else f"{row['reference']:.4f}")
+            cells.append('-' if row['reference'] is None else f'{row["reference"]:.4f}')
         table.add_row(*cells)
     console = Console()
     console.print(table)
-    console.print(f"{summary['n_confident']} of {summary['n_structures']} confident, {summary['n_needs_dft']} need "
-                  f'DFT. SurrogateWorkChain<{node.pk}> (needs_dft: StructureSet<{node.outputs.needs_dft.pk}>)')
+    console.print(
+        f'{summary["n_confident"]} of {summary["n_structures"]} confident, {summary["n_needs_dft"]} need '
+        f'DFT. SurrogateWorkChain<{node.pk}> (needs_dft: StructureSet<{node.outputs.needs_dft.pk}>)'
+    )
 
 
 @cli.command('train')
 @click.argument('source')
 @click.option('--target', required=True, help='Label to train on (a label of the set, or a column of the file).')
 @click.option('--units', default=None, help='Units of the target, recorded in the model (e.g. eV/atom).')
-@click.option('--config', 'model_config', type=click.Choice(['tiny', 'cpu', 'paper']), default='cpu',
-              show_default=True, help='Model size: tiny (tests), cpu (a laptop), paper (the published model, GPU).')
+@click.option(
+    '--config',
+    'model_config',
+    type=click.Choice(['tiny', 'cpu', 'paper']),
+    default='cpu',
+    show_default=True,
+    help='Model size: tiny (tests), cpu (a laptop), paper (the published model, GPU).',
+)
 @click.option('--epochs', type=int, default=None, help='Training epochs (program default if omitted).')
 @click.option('--ensemble-size', type=int, default=None, help='Ensemble members trained (they give the sigma).')
 @click.option('--batch-size', type=int, default=None)
@@ -273,12 +325,28 @@ def _print_prediction_table(rows, summary, node) -> None:
 @click.option('--patience', type=int, default=None, help='Early stopping after this many epochs without gain.')
 @click.option('--parent', default=None, metavar='PK_OR_UUID', help='ModelData to fine-tune instead of starting fresh.')
 @click.option('--limit', type=int, default=None, help='When SOURCE is a file: read at most this many rows.')
-@click.option('--code', 'code_label', default=DEFAULT_CODE, show_default=True,
-              help='Code running the hpcai-model program.')
+@click.option(
+    '--code', 'code_label', default=DEFAULT_CODE, show_default=True, help='Code running the hpcai-model program.'
+)
 @click.option('--device', default='cpu', show_default=True, help='cpu, cuda or cuda:<index>.')
 @decorators.with_dbenv()
-def train(source, target, units, model_config, epochs, ensemble_size, batch_size, learning_rate, seed, max_minutes,
-          patience, parent, limit, code_label, device):
+def train(
+    source,
+    target,
+    units,
+    model_config,
+    epochs,
+    ensemble_size,
+    batch_size,
+    learning_rate,
+    seed,
+    max_minutes,
+    patience,
+    parent,
+    limit,
+    code_label,
+    device,
+):
     """Train a model on SOURCE: a StructureSet (pk or uuid) or a dataset file the loaders read.
 
     Runs the hpcai.train CalcJob and prints the metrics and the pk of the new ModelData.
@@ -289,19 +357,32 @@ def train(source, target, units, model_config, epochs, ensemble_size, batch_size
 
     structures = _load_structure_source(source, target, limit)
     parameters = {'target': target, 'model_config': model_config}
-    optional = {'units': units, 'epochs': epochs, 'ensemble_size': ensemble_size, 'batch_size': batch_size,
-                'learning_rate': learning_rate, 'seed': seed, 'max_minutes': max_minutes, 'patience': patience}
+    optional = {
+        'units': units,
+        'epochs': epochs,
+        'ensemble_size': ensemble_size,
+        'batch_size': batch_size,
+        'learning_rate': learning_rate,
+        'seed': seed,
+        'max_minutes': max_minutes,
+        'patience': patience,
+    }
     parameters.update({key: value for key, value in optional.items() if value is not None})
-    inputs = {'code': _load_code(code_label), 'structures': structures, 'parameters': orm.Dict(parameters),
-              'device': orm.Str(device)}
+    inputs = {
+        'code': _load_code(code_label),
+        'structures': structures,
+        'parameters': orm.Dict(parameters),
+        'device': orm.Str(device),
+    }
     if parent is not None:
         inputs['parent_model'] = orm.load_node(parent)
 
     echo.echo_report(f'training on StructureSet<{structures.pk}> ({structures.count} structures), target {target}')
     node = _run(TrainCalculation, inputs)
     if not node.is_finished_ok:
-        echo.echo_critical(f'TrainCalculation<{node.pk}> failed with exit status {node.exit_status}: '
-                           f'{node.exit_message}')
+        echo.echo_critical(
+            f'TrainCalculation<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}'
+        )
     _print_metrics(node.outputs.metrics.get_dict())
     model = node.outputs.model
     echo.echo_success(f'ModelData<{model.pk}> ({model.uuid}) from TrainCalculation<{node.pk}>')

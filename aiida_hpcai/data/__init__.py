@@ -1,4 +1,5 @@
 """AiiDA data types of aiida-hpcai: StructureSet (``hpcai.structures``) and ModelData (``hpcai.model``)."""
+
 from .model import ModelData
 from .structure_set import StructureSet
 

@@ -1,4 +1,5 @@
 """``hpcai.model``: one trained model checkpoint plus what it is and how it was made."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,25 +27,36 @@ class ModelData(orm.SinglefileData):
     so a shipped pretrained model and a re-import of it are one node in the provenance graph.
     """
 
-    def __init__(self, file, filename: str | None = None, architecture: str = 'unknown',
-                 hyperparameters: dict | None = None, target: str | None = None, units: str | None = None,
-                 training_set_uuid: str | None = None, metrics: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        file,
+        filename: str | None = None,
+        architecture: str = 'unknown',
+        hyperparameters: dict | None = None,
+        target: str | None = None,
+        units: str | None = None,
+        training_set_uuid: str | None = None,
+        metrics: dict | None = None,
+        **kwargs,
+    ):
         content = _read_bytes(file)
         if filename is None and isinstance(file, (str, pathlib.Path)):
             filename = pathlib.Path(file).name
         super().__init__(io.BytesIO(content), filename=filename or 'model.pt', **kwargs)
-        self.base.attributes.set_many({
-            'sha256': sha256_of_bytes(content),
-            'architecture': architecture,
-            'hyperparameters': hyperparameters or {},
-            'target': target,
-            'units': units,
-            'training_set_uuid': training_set_uuid,
-            'metrics': metrics or {},
-        })
+        self.base.attributes.set_many(
+            {
+                'sha256': sha256_of_bytes(content),
+                'architecture': architecture,
+                'hyperparameters': hyperparameters or {},
+                'target': target,
+                'units': units,
+                'training_set_uuid': training_set_uuid,
+                'metrics': metrics or {},
+            }
+        )
 
     @classmethod
-    def get_or_create(cls, file, **kwargs) -> tuple['ModelData', bool]:
+    def get_or_create(cls, file, **kwargs) -> tuple[ModelData, bool]:
         """Return ``(node, created)``: the stored node with these exact bytes, or a new stored one."""
         content = _read_bytes(file)
         existing = cls.find_by_sha256(sha256_of_bytes(content))
@@ -55,7 +67,7 @@ class ModelData(orm.SinglefileData):
         return cls(content, **kwargs).store(), True
 
     @classmethod
-    def find_by_sha256(cls, sha256: str) -> 'ModelData | None':
+    def find_by_sha256(cls, sha256: str) -> ModelData | None:
         query = orm.QueryBuilder().append(cls, filters={'attributes.sha256': sha256}, project='*')
         query.order_by({cls: {'id': 'asc'}}).limit(1)
         result = query.first()
@@ -94,8 +106,9 @@ class ModelData(orm.SinglefileData):
         content = self.get_content(mode='rb')
         actual = sha256_of_bytes(content)
         if actual != self.sha256:
-            raise ChecksumMismatchError(f'ModelData<{self.pk}>: checkpoint sha256 {actual} does not match the '
-                                        f'recorded {self.sha256}')
+            raise ChecksumMismatchError(
+                f'ModelData<{self.pk}>: checkpoint sha256 {actual} does not match the recorded {self.sha256}'
+            )
         return content
 
     def export(self, path) -> pathlib.Path:

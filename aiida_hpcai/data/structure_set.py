@@ -4,6 +4,7 @@ One AiiDA node per structure costs a database row, a repository entry and about 
 process; a dataset of 30,000 structures or a batch of generated candidates travels instead as a
 single npz file (see :mod:`aiida_hpcai.models.structure_io`) in this node's repository.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,9 @@ class StructureSet(orm.Data):
     FILENAME = 'structures.npz'
     SKIPPED_FILENAME = 'skipped.json'
 
-    def __init__(self, arrays: structure_io.StructureArrays | None = None,
-                 skipped: Sequence[dict] | None = None, **kwargs):
+    def __init__(
+        self, arrays: structure_io.StructureArrays | None = None, skipped: Sequence[dict] | None = None, **kwargs
+    ):
         super().__init__(**kwargs)
         if arrays is not None:
             self._set_arrays(arrays)
@@ -40,16 +42,26 @@ class StructureSet(orm.Data):
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_pymatgen(cls, structures: Iterable, ids: Sequence[str] | None = None,
-                      labels: dict[str, Sequence[float]] | None = None, **kwargs) -> 'StructureSet':
+    def from_pymatgen(
+        cls,
+        structures: Iterable,
+        ids: Sequence[str] | None = None,
+        labels: dict[str, Sequence[float]] | None = None,
+        **kwargs,
+    ) -> StructureSet:
         """From pymatgen ``Structure`` or ASE ``Atoms`` objects."""
         return cls(structure_io.from_pymatgen(structures, ids=ids, labels=labels), **kwargs)
 
     from_ase = from_pymatgen
 
     @classmethod
-    def from_structuredata(cls, nodes: Sequence[orm.StructureData], ids: Sequence[str] | None = None,
-                           labels: dict[str, Sequence[float]] | None = None, **kwargs) -> 'StructureSet':
+    def from_structuredata(
+        cls,
+        nodes: Sequence[orm.StructureData],
+        ids: Sequence[str] | None = None,
+        labels: dict[str, Sequence[float]] | None = None,
+        **kwargs,
+    ) -> StructureSet:
         """From ``StructureData`` nodes; ids default to the nodes' UUIDs."""
         nodes = list(nodes)
         if ids is None:
@@ -57,7 +69,7 @@ class StructureSet(orm.Data):
         return cls.from_pymatgen([node.get_ase() for node in nodes], ids=ids, labels=labels, **kwargs)
 
     @classmethod
-    def from_file(cls, path, fmt: str = 'auto', **loader_kwargs) -> 'StructureSet':
+    def from_file(cls, path, fmt: str = 'auto', **loader_kwargs) -> StructureSet:
         """From any dataset file or folder :func:`aiida_hpcai.models.datasets.load_dataset` reads.
 
         Rows the loader refuses are kept in the node as ``skipped.json`` with their reasons.
@@ -72,24 +84,27 @@ class StructureSet(orm.Data):
         structure_io.write_npz(arrays, buffer)
         buffer.seek(0)
         self.base.repository.put_object_from_filelike(buffer, self.FILENAME)
-        self.base.attributes.set_many({
-            'format_version': structure_io.FORMAT_VERSION,
-            'count': len(arrays),
-            'natoms_total': int(arrays.natoms.sum()),
-            'elements': arrays.elements(),
-            'formulae_digest': arrays.formulae_digest(),
-            'label_names': sorted(arrays.labels),
-            'skipped_count': 0,
-            'skipped_reasons': {},
-        })
+        self.base.attributes.set_many(
+            {
+                'format_version': structure_io.FORMAT_VERSION,
+                'count': len(arrays),
+                'natoms_total': int(arrays.natoms.sum()),
+                'elements': arrays.elements(),
+                'formulae_digest': arrays.formulae_digest(),
+                'label_names': sorted(arrays.labels),
+                'skipped_count': 0,
+                'skipped_reasons': {},
+            }
+        )
         self._cached_arrays = arrays
 
     def _set_skipped(self, skipped: Sequence[dict]) -> None:
         reasons: dict[str, int] = {}
         for row in skipped:
             reasons[row['reason']] = reasons.get(row['reason'], 0) + 1
-        self.base.repository.put_object_from_filelike(io.BytesIO(json.dumps(list(skipped)).encode()),
-                                                      self.SKIPPED_FILENAME)
+        self.base.repository.put_object_from_filelike(
+            io.BytesIO(json.dumps(list(skipped)).encode()), self.SKIPPED_FILENAME
+        )
         self.base.attributes.set('skipped_count', len(skipped))
         self.base.attributes.set('skipped_reasons', reasons)
 
@@ -154,7 +169,7 @@ class StructureSet(orm.Data):
         atoms = ase.Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
         return orm.StructureData(ase=atoms)
 
-    def subset(self, indices: Sequence[int]) -> 'StructureSet':
+    def subset(self, indices: Sequence[int]) -> StructureSet:
         """A new (unstored) set with the structures at ``indices``, labels and ids carried along."""
         return StructureSet(self.arrays.subset(indices))
 

@@ -38,6 +38,7 @@ Engines register in :data:`ENGINES` as ``'module:Class'`` strings, imported only
 a missing optional engine plugin does not break the others. An adapter is stateless: it is instantiated
 with no arguments and may be created anew at every step of a WorkChain.
 """
+
 from __future__ import annotations
 
 import abc
@@ -47,7 +48,8 @@ import hashlib
 import importlib
 import json
 import pathlib
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import yaml
@@ -62,7 +64,7 @@ ENGINES: dict[str, str] = {
 MAGNETIC_ELEMENTS: frozenset[str] = frozenset({'V', 'Cr', 'Mn', 'Fe', 'Co', 'Ni'})
 
 
-def get_engine(name: str) -> 'EngineAdapter':
+def get_engine(name: str) -> EngineAdapter:
     """Return an instance of the adapter registered under ``name``; ``ValueError`` for an unknown name."""
     try:
         target = ENGINES[name]

@@ -7,6 +7,7 @@ cutoffs come from our pseudopotential family (installed by ``aiida-hpcai setup``
 made cheap enough for CI. Smearing is always on: the engine does not know in advance whether a
 structure is a metal, and the band gap is read from the occupations of the static run.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -134,9 +135,7 @@ class QuantumEspressoEngine(EngineAdapter):
             'pseudo_family': protocol['pseudo_family'],
         }
 
-    def get_relax_builder(
-        self, structure, code, protocol, options=None, magnetic_moments=None, relax_cell=True
-    ):
+    def get_relax_builder(self, structure, code, protocol, options=None, magnetic_moments=None, relax_cell=True):
         from aiida_quantumespresso.workflows.pw.relax import PwRelaxWorkChain
 
         relax = protocol['relax']

@@ -10,6 +10,7 @@ pseudopotential family; see ``EngineAdapter.identity``). Every later WorkChain w
 finds it with :func:`find_reference` and links its ``energy_per_atom`` output into its formation-energy
 calcfunction, so a reference is computed once per identity and its use is visible in the provenance graph.
 """
+
 from __future__ import annotations
 
 import functools

@@ -20,13 +20,13 @@ What differs from running the set's files by hand, and why:
   POTCAR in (consecutive *kinds* of the ``StructureData``), so they stay aligned for any kind naming.
 * pymatgen's pseudo-tag ``EDIFF_PER_ATOM`` is turned into ``EDIFF`` by pymatgen and then dropped.
 """
+
 from __future__ import annotations
 
 import itertools
 import pathlib
 
 import numpy as np
-
 from aiida import orm
 
 from .base import EngineAdapter, ScfResult, band_gap_from_eigenvalues, merge_overrides, protocol_digest

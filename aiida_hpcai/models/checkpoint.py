@@ -20,6 +20,7 @@ Layout (a plain dict; only tensors, numbers, strings, lists and dicts, so that
     split              {'train': {'count', 'sha256'}, 'val': ..., 'test': ...}  digests of id lists
     dataset            {'name', 'source', 'n_structures'}
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,7 @@ PRETRAINED_FILES = {
 }
 # Physical lower bounds of targets: a band gap is never negative (about 40% of mp_cgcnn's are exactly 0)
 LOWER_BOUNDS = {'band_gap': 0.0}
-REQUIRED_KEYS = ('format_version', 'architecture', 'hyperparameters', 'target', 'units', 'members',
-                 'normalization')
+REQUIRED_KEYS = ('format_version', 'architecture', 'hyperparameters', 'target', 'units', 'members', 'normalization')
 
 
 class CheckpointError(ValueError):
@@ -61,10 +61,19 @@ def id_digest(ids) -> dict:
     return {'count': len(ids), 'sha256': hashlib.sha256('\n'.join(ids).encode()).hexdigest()}
 
 
-def make_checkpoint(members: list[dict], model_config: CrysformerConfig, target: str, units: str,
-                    normalization: dict, training: dict | None = None, element_reference: dict | None = None,
-                    sigma_scale: dict | None = None, metrics: dict | None = None, split: dict | None = None,
-                    dataset: dict | None = None) -> dict:
+def make_checkpoint(
+    members: list[dict],
+    model_config: CrysformerConfig,
+    target: str,
+    units: str,
+    normalization: dict,
+    training: dict | None = None,
+    element_reference: dict | None = None,
+    sigma_scale: dict | None = None,
+    metrics: dict | None = None,
+    split: dict | None = None,
+    dataset: dict | None = None,
+) -> dict:
     return {
         'format_version': FORMAT_VERSION,
         'architecture': ARCHITECTURE,
@@ -108,9 +117,9 @@ def validate_checkpoint(checkpoint, name: str = 'checkpoint') -> None:
     if missing:
         raise CheckpointError(f'{name}: missing keys {missing}')
     if checkpoint['architecture'] != ARCHITECTURE:
-        raise CheckpointError(f"{name}: architecture {checkpoint['architecture']!r} is not {ARCHITECTURE!r}")
+        raise CheckpointError(f'{name}: architecture {checkpoint["architecture"]!r} is not {ARCHITECTURE!r}')
     if checkpoint['format_version'] > FORMAT_VERSION:
-        raise CheckpointError(f"{name}: format version {checkpoint['format_version']} is newer than this code")
+        raise CheckpointError(f'{name}: format version {checkpoint["format_version"]} is newer than this code')
     if not checkpoint['members']:
         raise CheckpointError(f'{name}: holds no ensemble members')
 

@@ -30,6 +30,7 @@ Dropout acts on the attention weights and in the readout MLP; :func:`enable_mc_d
 it on at prediction time for MC-dropout uncertainty (everywhere, or in the readout only, whose
 samples then share one pass of the blocks: :meth:`Crysformer.atom_scalars`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,7 +72,7 @@ class CrysformerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> 'CrysformerConfig':
+    def from_dict(cls, values: dict) -> CrysformerConfig:
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f'unknown Crysformer config keys: {sorted(unknown)}')
@@ -80,17 +81,34 @@ class CrysformerConfig:
 
 PRESETS: dict[str, CrysformerConfig] = {
     # tests: a forward pass on a handful of structures in milliseconds
-    'tiny': CrysformerConfig(irreps_hidden='16x0e+4x1o+2x2e', num_blocks=2, num_heads=2, num_basis=8,
-                             radial_hidden=16, attention_channels=4, readout_hidden=16, dropout=0.1,
-                             norm_floor=0.01),
+    'tiny': CrysformerConfig(
+        irreps_hidden='16x0e+4x1o+2x2e',
+        num_blocks=2,
+        num_heads=2,
+        num_basis=8,
+        radial_hidden=16,
+        attention_channels=4,
+        readout_hidden=16,
+        dropout=0.1,
+        norm_floor=0.01,
+    ),
     # trainable on a 2-core CPU; also what the shipped pretrained models use
     'cpu': CrysformerConfig(norm_floor=0.01),
     # the seed paper's size: 128x0e+64x1o+32x2e, 6 blocks, 4 heads, l_max 2
     # (3.4M parameters, near the seed paper's ~3.5M; its FFN/radial widths are not given, ours
     # were chosen to reach that count)
-    'paper': CrysformerConfig(irreps_hidden='128x0e+64x1o+32x2e', num_blocks=6, num_heads=4, num_basis=32,
-                              radial_hidden=128, attention_channels=32, ffn_multiplier=4, readout_hidden=256,
-                              dropout=0.1, norm_floor=0.01),
+    'paper': CrysformerConfig(
+        irreps_hidden='128x0e+64x1o+32x2e',
+        num_blocks=6,
+        num_heads=4,
+        num_basis=32,
+        radial_hidden=128,
+        attention_channels=32,
+        ffn_multiplier=4,
+        readout_hidden=256,
+        dropout=0.1,
+        norm_floor=0.01,
+    ),
 }
 
 
@@ -127,8 +145,9 @@ class GaussianBasis(nn.Module):
 class RadialMLP(nn.Module):
     def __init__(self, num_basis: int, hidden: int, num_out: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(num_basis, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, num_out))
+        self.net = nn.Sequential(
+            nn.Linear(num_basis, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, num_out)
+        )
 
     def forward(self, basis: torch.Tensor) -> torch.Tensor:
         return self.net(basis)
@@ -198,16 +217,16 @@ def _depthwise_tensor_product(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, l_max:
     irreps_mid = o3.Irreps(irreps_mid)
     irreps_sorted, permutation, _ = irreps_mid.sort()
     instructions = [(i, j, permutation[k], mode, train) for i, j, k, mode, train in instructions]
-    return o3.TensorProduct(irreps_in, irreps_sh, irreps_sorted, instructions, internal_weights=False,
-                            shared_weights=False)
+    return o3.TensorProduct(
+        irreps_in, irreps_sh, irreps_sorted, instructions, internal_weights=False, shared_weights=False
+    )
 
 
 def segment_softmax(logits: torch.Tensor, segments: torch.Tensor, num_segments: int) -> torch.Tensor:
     """Softmax of ``logits`` (n_edges, heads) over edges that share a segment (target atom)."""
     heads = logits.shape[1]
     maximum = torch.full((num_segments, heads), -torch.inf, dtype=logits.dtype, device=logits.device)
-    maximum = maximum.scatter_reduce(0, segments[:, None].expand(-1, heads), logits, reduce='amax',
-                                     include_self=True)
+    maximum = maximum.scatter_reduce(0, segments[:, None].expand(-1, heads), logits, reduce='amax', include_self=True)
     weights = torch.exp(logits - maximum[segments].detach())
     total = torch.zeros((num_segments, heads), dtype=logits.dtype, device=logits.device)
     total.index_add_(0, segments, weights)
@@ -232,10 +251,12 @@ class GraphAttention(nn.Module):
         self.radial = RadialMLP(config.num_basis, config.radial_hidden, self.tensor_product.weight_numel)
         gate_in, self.gate = _gate(irreps)
         self.num_logit_scalars = config.num_heads * config.attention_channels
-        self.linear_message = o3.Linear(self.tensor_product.irreps_out.simplify(),
-                                        o3.Irreps(f'{self.num_logit_scalars}x0e') + gate_in)
-        self.attention_vector = nn.Parameter(torch.randn(config.num_heads, config.attention_channels)
-                                             / math.sqrt(config.attention_channels))
+        self.linear_message = o3.Linear(
+            self.tensor_product.irreps_out.simplify(), o3.Irreps(f'{self.num_logit_scalars}x0e') + gate_in
+        )
+        self.attention_vector = nn.Parameter(
+            torch.randn(config.num_heads, config.attention_channels) / math.sqrt(config.attention_channels)
+        )
         self.linear_value = o3.Linear(irreps, irreps)
         self.attention_dropout = nn.Dropout(config.dropout)
         self.linear_out = o3.Linear(irreps, irreps)
@@ -246,9 +267,12 @@ class GraphAttention(nn.Module):
 
     def forward(self, blocks: Blocks, edge_sh, edge_basis, source, target) -> Blocks:
         num_nodes = blocks[0].shape[0]
-        message = [from_source.index_select(0, source) + from_target.index_select(0, target)
-                   for from_source, from_target in zip(linear_blocks(self.linear_source, blocks),
-                                                       linear_blocks(self.linear_target, blocks))]
+        message = [
+            from_source.index_select(0, source) + from_target.index_select(0, target)
+            for from_source, from_target in zip(
+                linear_blocks(self.linear_source, blocks), linear_blocks(self.linear_target, blocks)
+            )
+        ]
         coupled = self.coupling(message, edge_sh, self.radial(edge_basis))
         logit_scalars, *gate_in = linear_blocks(self.linear_message, coupled)
         logit_scalars = logit_scalars.reshape(-1, self.num_heads, self.attention_vector.shape[1])
@@ -256,8 +280,10 @@ class GraphAttention(nn.Module):
         attention = self.attention_dropout(segment_softmax(logits, target, num_nodes))
         values = linear_blocks(self.linear_value, self.gate(gate_in))
         # each head weights its contiguous group of channels of every irrep
-        weighted = [(block.reshape(*block.shape[:2], self.num_heads, -1) * attention[:, None, :, None])
-                    .reshape(block.shape) for block in values]
+        weighted = [
+            (block.reshape(*block.shape[:2], self.num_heads, -1) * attention[:, None, :, None]).reshape(block.shape)
+            for block in values
+        ]
         aggregated = [block.new_zeros(num_nodes, *block.shape[1:]).index_add_(0, target, block) for block in weighted]
         return linear_blocks(self.linear_out, aggregated)
 
@@ -322,12 +348,14 @@ class Crysformer(nn.Module):
         self.register_buffer('element_features', torch.from_numpy(element_table()), persistent=False)
         self.embedding = nn.Linear(NUM_FEATURES, self.num_scalars)
         self.basis = GaussianBasis(self.config.num_basis, self.config.cutoff)
-        self.blocks = nn.ModuleList(TransformerBlock(irreps, self.irreps_sh, self.config)
-                                    for _ in range(self.config.num_blocks))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(irreps, self.irreps_sh, self.config) for _ in range(self.config.num_blocks)
+        )
         self.norm_out = EquivariantLayerNorm(irreps, floor=config.norm_floor)
         hidden = self.config.readout_hidden
-        self.readout = nn.Sequential(nn.Linear(self.num_scalars, hidden), nn.SiLU(), nn.Dropout(self.config.dropout),
-                                     nn.Linear(hidden, 1))
+        self.readout = nn.Sequential(
+            nn.Linear(self.num_scalars, hidden), nn.SiLU(), nn.Dropout(self.config.dropout), nn.Linear(hidden, 1)
+        )
         # which block of the (sorted, simplified) features holds the 0e channels
         self.scalar_block = next(i for i, (_, ir) in enumerate(irreps) if ir == o3.Irrep('0e'))
 
@@ -345,8 +373,10 @@ class Crysformer(nn.Module):
         edge_sh = o3.spherical_harmonics(self.irreps_sh, vectors, normalize=True, normalization='component')
         edge_basis = self.basis(distances)
         scalars = self.embedding(self.element_features[graph.numbers].to(vectors.dtype))
-        features = [scalars.unsqueeze(1) if i == self.scalar_block else scalars.new_zeros(len(scalars), ir.dim, mul)
-                    for i, (mul, ir) in enumerate(self.irreps)]
+        features = [
+            scalars.unsqueeze(1) if i == self.scalar_block else scalars.new_zeros(len(scalars), ir.dim, mul)
+            for i, (mul, ir) in enumerate(self.irreps)
+        ]
         for block in self.blocks:
             features = block(features, edge_sh, edge_basis, graph.source, graph.target)
         return self.norm_out(features)[self.scalar_block].squeeze(1)
@@ -355,7 +385,8 @@ class Crysformer(nn.Module):
         """The readout MLP per atom, averaged over each structure's atoms."""
         per_atom = self.readout(atom_scalars).squeeze(-1)
         total = torch.zeros(graph.num_graphs, dtype=per_atom.dtype, device=per_atom.device).index_add_(
-            0, graph.batch, per_atom)
+            0, graph.batch, per_atom
+        )
         counts = torch.bincount(graph.batch, minlength=graph.num_graphs).clamp_min(1)
         return total / counts
 

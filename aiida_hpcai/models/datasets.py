@@ -14,6 +14,7 @@ Formats (``fmt='auto'`` picks by name):
 Every row that cannot become a valid structure is skipped with a reason (:data:`SKIP_REASONS`)
 and counted; nothing is dropped silently.
 """
+
 from __future__ import annotations
 
 import collections
@@ -113,9 +114,11 @@ def _shortest_periodic_distance(positions: np.ndarray, cell: np.ndarray) -> floa
 
 
 # -- CIF parsing --------------------------------------------------------------------------------
-_P1_MARKERS = ("_symmetry_space_group_name_H-M   'P 1'", '_space_group_name_H-M_alt   \'P 1\'')
-_CELL_RE = {key: re.compile(rf'^_cell_{key}\s+([-+0-9.eE()]+)', re.M)
-            for key in ('length_a', 'length_b', 'length_c', 'angle_alpha', 'angle_beta', 'angle_gamma')}
+_P1_MARKERS = ("_symmetry_space_group_name_H-M   'P 1'", "_space_group_name_H-M_alt   'P 1'")
+_CELL_RE = {
+    key: re.compile(rf'^_cell_{key}\s+([-+0-9.eE()]+)', re.M)
+    for key in ('length_a', 'length_b', 'length_c', 'angle_alpha', 'angle_beta', 'angle_gamma')
+}
 
 
 def parse_cif(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -219,8 +222,9 @@ def _read_csv(path: pathlib.Path) -> Iterator[RawRow]:
         reader = csv.DictReader(handle)
         if 'cif' not in (reader.fieldnames or []):
             raise ValueError(f'{path}: a structure CSV needs a "cif" column, found {reader.fieldnames}')
-        label_columns = [name for name in reader.fieldnames if name not in _NON_LABEL_COLUMNS
-                         and not name.startswith('Unnamed')]
+        label_columns = [
+            name for name in reader.fieldnames if name not in _NON_LABEL_COLUMNS and not name.startswith('Unnamed')
+        ]
         for number, row in enumerate(reader):
             row_id = row.get('material_id') or str(number)
             labels = {name: _label_value(row[name]) for name in label_columns}
@@ -235,8 +239,9 @@ def _read_matbench(path: pathlib.Path) -> Iterator[RawRow]:
     columns = payload['columns']
     structure_column = columns.index('structure')
     for row_id, values in zip(payload['index'], payload['data']):
-        labels = {name: _label_value(value) for i, (name, value) in enumerate(zip(columns, values))
-                  if i != structure_column}
+        labels = {
+            name: _label_value(value) for i, (name, value) in enumerate(zip(columns, values)) if i != structure_column
+        }
 
         def atoms(entry=values[structure_column]):
             try:
@@ -255,9 +260,13 @@ def _read_extxyz(path: pathlib.Path) -> Iterator[RawRow]:
         row_id = str(atoms.info.get('id', atoms.info.get('material_id', number)))
         # ASE moves keys it knows (energy, free_energy, ...) from the comment line into a calculator.
         values = {**(atoms.calc.results if atoms.calc is not None else {}), **atoms.info}
-        labels = {key: float(value) for key, value in values.items()
-                  if key not in ('id', 'material_id') and isinstance(value, (int, float, np.floating, np.integer))
-                  and not isinstance(value, bool)}
+        labels = {
+            key: float(value)
+            for key, value in values.items()
+            if key not in ('id', 'material_id')
+            and isinstance(value, (int, float, np.floating, np.integer))
+            and not isinstance(value, bool)
+        }
         yield row_id, (lambda a=atoms: (a.get_atomic_numbers(), a.get_positions(), np.asarray(a.get_cell()))), labels
 
 
@@ -268,8 +277,9 @@ def _read_cif_folder(path: pathlib.Path) -> Iterator[RawRow]:
         with open(id_prop, encoding='utf-8') as handle:
             for row in csv.reader(handle):
                 if row:
-                    labels_by_id[row[0]] = {f'property_{i}' if i else 'target': _label_value(v)
-                                            for i, v in enumerate(row[1:])}
+                    labels_by_id[row[0]] = {
+                        f'property_{i}' if i else 'target': _label_value(v) for i, v in enumerate(row[1:])
+                    }
     for cif in sorted(path.glob('*.cif')):
         yield cif.stem, (lambda f=cif: parse_cif(f.read_text(errors='replace'))), labels_by_id.get(cif.stem, {})
 
@@ -292,9 +302,14 @@ def detect_format(path: pathlib.Path) -> str:
 _READERS = {'csv': _read_csv, 'matbench': _read_matbench, 'extxyz': _read_extxyz, 'cif-folder': _read_cif_folder}
 
 
-def load_dataset(path: str | os.PathLike, fmt: str = 'auto', limit: int | None = None,
-                 targets: Sequence[str] | None = None, cache: bool = False,
-                 progress: bool = False) -> Dataset:
+def load_dataset(
+    path: str | os.PathLike,
+    fmt: str = 'auto',
+    limit: int | None = None,
+    targets: Sequence[str] | None = None,
+    cache: bool = False,
+    progress: bool = False,
+) -> Dataset:
     """Load a structure dataset, validating every row.
 
     :param limit: read at most this many rows (accepted or skipped) from the start of the file.
@@ -380,8 +395,17 @@ def _load_rows(rows: Iterable[RawRow], limit, targets, source, fmt, progress) ->
 
 def _cache_file(path: pathlib.Path, fmt, limit, targets) -> pathlib.Path:
     stat = path.stat()
-    key = json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, fmt, limit,
-                      list(targets) if targets is not None else None, 'v1'])
+    key = json.dumps(
+        [
+            str(path.resolve()),
+            stat.st_size,
+            stat.st_mtime_ns,
+            fmt,
+            limit,
+            list(targets) if targets is not None else None,
+            'v1',
+        ]
+    )
     root = pathlib.Path(os.environ.get('HPCAI_CACHE_DIR', pathlib.Path.home() / '.cache' / 'aiida-hpcai'))
     return root / f'{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz'
 
@@ -417,7 +441,9 @@ def write_extxyz(arrays: StructureArrays, path: str | os.PathLike) -> None:
 SPLIT_NAMES = ('train', 'val', 'test')
 
 
-def split_by_id(ids: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> dict[str, list[str]]:
+def split_by_id(
+    ids: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, list[str]]:
     """Deterministic split of unique ids: sorted, permuted by ``seed``, cut by ``fractions``.
 
     The same ids, fractions and seed give the same split on every machine and numpy version
@@ -430,7 +456,11 @@ def split_by_id(ids: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1)
     n_train = int(round(fractions[0] * len(unique)))
     n_val = int(round(fractions[1] * len(unique)))
     shuffled = [unique[i] for i in order]
-    return {'train': shuffled[:n_train], 'val': shuffled[n_train:n_train + n_val], 'test': shuffled[n_train + n_val:]}
+    return {
+        'train': shuffled[:n_train],
+        'val': shuffled[n_train : n_train + n_val],
+        'test': shuffled[n_train + n_val :],
+    }
 
 
 def write_split(folder: str | os.PathLike, split: dict[str, Sequence[str]]) -> None:
@@ -448,14 +478,18 @@ def read_split(folder: str | os.PathLike) -> dict[str, list[str]]:
 def split_indices(ids: Sequence[str], split: dict[str, Sequence[str]]) -> dict[str, np.ndarray]:
     """Positions of each split's ids in ``ids`` (ids absent from ``ids`` are ignored)."""
     position = {str(i): n for n, i in enumerate(ids)}
-    return {name: np.array([position[i] for i in members if i in position], dtype=np.int64)
-            for name, members in split.items()}
+    return {
+        name: np.array([position[i] for i in members if i in position], dtype=np.int64)
+        for name, members in split.items()
+    }
 
 
 def default_data_dir() -> pathlib.Path | None:
     """``$HPCAI_DATA_DIR``, else ``../shared/data`` beside the working directory or the checkout."""
     if 'HPCAI_DATA_DIR' in os.environ:
         return pathlib.Path(os.environ['HPCAI_DATA_DIR'])
-    candidates = [pathlib.Path.cwd().parent / 'shared' / 'data',
-                  pathlib.Path(__file__).resolve().parents[3] / 'shared' / 'data']
+    candidates = [
+        pathlib.Path.cwd().parent / 'shared' / 'data',
+        pathlib.Path(__file__).resolve().parents[3] / 'shared' / 'data',
+    ]
     return next((c for c in candidates if c.is_dir()), None)

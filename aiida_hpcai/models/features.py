@@ -22,6 +22,7 @@ vector. The table is computed once with pymatgen and shipped as ``element_featur
 this module, so that the model program on a compute node needs no pymatgen and no per-structure
 look-ups; :func:`build_element_table` regenerates it (a test checks the two agree).
 """
+
 from __future__ import annotations
 
 import functools
@@ -70,8 +71,9 @@ def _valence_electrons(element) -> int | None:
         return min(group, 12)
     if block == 'f':
         try:
-            electrons = sum(count for (_, orbital, count) in element.full_electronic_structure[-3:]
-                            if orbital in ('s', 'd', 'f'))
+            electrons = sum(
+                count for (_, orbital, count) in element.full_electronic_structure[-3:] if orbital in ('s', 'd', 'f')
+            )
         except Exception:  # noqa: BLE001 - pymatgen lacks data for a few heavy elements
             return None
         return min(electrons, 12)

@@ -10,10 +10,11 @@ random samples every time one is built (half of a model's build time); here each
 estimated once per process with e3nn's own :class:`~e3nn.math.normalize2mom` (a fixed-seed sample,
 so the same value). A test compares the output with e3nn's Gate.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from e3nn import o3
@@ -34,8 +35,13 @@ def second_moment_scale(activation: Callable[[torch.Tensor], torch.Tensor]) -> f
 class BlockGate(nn.Module):
     """e3nn's Gate with ``num_scalars`` ``0e`` scalars and one ``0e`` gate per gated irrep."""
 
-    def __init__(self, num_scalars: int, irreps_gated: o3.Irreps,
-                 scalar_activation=nn.functional.silu, gate_activation=torch.sigmoid):
+    def __init__(
+        self,
+        num_scalars: int,
+        irreps_gated: o3.Irreps,
+        scalar_activation=nn.functional.silu,
+        gate_activation=torch.sigmoid,
+    ):
         super().__init__()
         irreps_gated = o3.Irreps(irreps_gated)
         if any(ir.l == 0 for _, ir in irreps_gated):
@@ -60,5 +66,7 @@ class BlockGate(nn.Module):
             return [self.scalar_activation(scalars_and_gates) * self.scalar_scale]
         scalars, gates = scalars_and_gates.split([self.irreps_scalars.dim, sum(self.gated_muls)], dim=2)
         gates = (self.gate_activation(gates) * self.gate_scale).split(self.gated_muls, dim=2)
-        return [self.scalar_activation(scalars) * self.scalar_scale,
-                *(block * gate for block, gate in zip(gated, gates))]
+        return [
+            self.scalar_activation(scalars) * self.scalar_scale,
+            *(block * gate for block, gate in zip(gated, gates)),
+        ]

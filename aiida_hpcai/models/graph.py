@@ -18,6 +18,7 @@ the <= 20-atom cells of Materials Project a graph takes about 0.16 ms (``surroga
 Edges point from a neighbour (``source``, ``j``) to the centre atom (``target``, ``i``); the
 edge vector is ``r_ij = r_j + T - r_i`` with ``T`` a lattice translation.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,8 +55,14 @@ class CrystalGraph:
         return len(self.source)
 
 
-def neighbour_graph(numbers, positions, cell, pbc=(True, True, True), num_neighbours: int = DEFAULT_NUM_NEIGHBOURS,
-                    tie_tolerance: float = DEFAULT_TIE_TOLERANCE) -> CrystalGraph:
+def neighbour_graph(
+    numbers,
+    positions,
+    cell,
+    pbc=(True, True, True),
+    num_neighbours: int = DEFAULT_NUM_NEIGHBOURS,
+    tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
+) -> CrystalGraph:
     """Build the k-nearest-neighbour graph of one structure (see the module docstring)."""
     numbers = np.asarray(numbers, dtype=np.int64)
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
@@ -104,7 +111,8 @@ def _neighbours_within(positions, cell, pbc, radius, k, tie_tolerance):
     ``radius``; None if the radius was too small for one of the atoms. Edges are ordered by
     centre, then distance (deterministic; the model does not depend on it)."""
     centre, neighbour, images, distances = find_points_in_spheres(
-        positions, positions, float(radius), pbc.astype(np.int64), cell, tol=1e-8)
+        positions, positions, float(radius), pbc.astype(np.int64), cell, tol=1e-8
+    )
     centre, neighbour = centre.astype(np.int64), neighbour.astype(np.int64)
     not_self = (centre != neighbour) | np.any(images != 0, axis=1)
     order = np.lexsort((distances[not_self], centre[not_self]))
@@ -121,8 +129,14 @@ def _neighbours_within(positions, cell, pbc, radius, k, tie_tolerance):
     return centre[keep], neighbour[keep], images[keep], distances[keep]
 
 
-def graphs_from_arrays(arrays, indices: Sequence[int] | None = None, num_neighbours: int = DEFAULT_NUM_NEIGHBOURS,
-                       tie_tolerance: float = DEFAULT_TIE_TOLERANCE, errors: str = 'raise', workers: int = 0):
+def graphs_from_arrays(
+    arrays,
+    indices: Sequence[int] | None = None,
+    num_neighbours: int = DEFAULT_NUM_NEIGHBOURS,
+    tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
+    errors: str = 'raise',
+    workers: int = 0,
+):
     """Graphs of the structures of a :class:`~aiida_hpcai.models.structure_io.StructureArrays`.
 
     With ``errors='collect'`` a structure that fails gives ``None`` in the list and its reason
@@ -133,7 +147,7 @@ def graphs_from_arrays(arrays, indices: Sequence[int] | None = None, num_neighbo
     if workers > 1 and len(indices) > 1000:
         import multiprocessing
 
-        chunks = [indices[start:start + 500] for start in range(0, len(indices), 500)]
+        chunks = [indices[start : start + 500] for start in range(0, len(indices), 500)]
         context = multiprocessing.get_context('fork')
         with context.Pool(workers, initializer=_set_worker_arrays, initargs=(arrays,)) as pool:
             parts = pool.starmap(_worker_graphs, [(chunk, num_neighbours, tie_tolerance, errors) for chunk in chunks])
@@ -176,10 +190,13 @@ class GraphBatch:
     batch: torch.Tensor  # (n_atoms,) long
     num_graphs: int
 
-    def to(self, device=None, dtype=None) -> 'GraphBatch':
+    def to(self, device=None, dtype=None) -> GraphBatch:
         return GraphBatch(
-            numbers=self.numbers.to(device), source=self.source.to(device), target=self.target.to(device),
-            vectors=self.vectors.to(device=device, dtype=dtype), batch=self.batch.to(device),
+            numbers=self.numbers.to(device),
+            source=self.source.to(device),
+            target=self.target.to(device),
+            vectors=self.vectors.to(device=device, dtype=dtype),
+            batch=self.batch.to(device),
             num_graphs=self.num_graphs,
         )
 

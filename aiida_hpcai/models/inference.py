@@ -4,6 +4,7 @@ Several checkpoint files can be pooled into one ensemble: each file keeps its ow
 normalisation and element reference, so members are de-standardised per file and then pooled.
 All files must predict the same target in the same units.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +20,6 @@ from .crysformer import Crysformer, enable_mc_dropout
 from .graph import GraphError, collate, neighbour_graph
 from .structure_io import StructureArrays, read_npz
 from .uncertainty import MC_DROPOUT_METHODS, UNCERTAINTY_METHODS, spread
-
 
 # Structures per batch when the caller does not say: on a CPU small batches stay in cache (24 gave
 # a third more structures/s than 64 on 2 threads, 8 and 32 less than 24;
@@ -79,20 +79,27 @@ class EnsemblePredictor:
             key = json.dumps(config.to_dict(), sort_keys=True)
             if key not in networks:
                 networks[key] = Crysformer(config).to(self.device).eval()
-            states = [{name: tensor.to(self.device) for name, tensor in state.items()}
-                      for state in checkpoint['members']]
+            states = [
+                {name: tensor.to(self.device) for name, tensor in state.items()} for state in checkpoint['members']
+            ]
             for state in states:
                 networks[key].load_state_dict(state)  # fails here, not mid-prediction, on a mismatch
-            self.groups.append(_MemberGroup(networks[key], states, checkpoint['normalization'],
-                                            checkpoint.get('element_reference'),
-                                            dict(checkpoint.get('sigma_scale') or {})))
+            self.groups.append(
+                _MemberGroup(
+                    networks[key],
+                    states,
+                    checkpoint['normalization'],
+                    checkpoint.get('element_reference'),
+                    dict(checkpoint.get('sigma_scale') or {}),
+                )
+            )
         bounds = {c.get('lower_bound') for c in checkpoints} - {None}
         self.lower_bound = max(bounds) if bounds else None
         self.max_atomic_number = min(g.model.max_atomic_number for g in self.groups)
         self.num_neighbours = {g.model.config.num_neighbours for g in self.groups}
 
     @classmethod
-    def from_files(cls, paths, device: str = 'cpu') -> 'EnsemblePredictor':
+    def from_files(cls, paths, device: str = 'cpu') -> EnsemblePredictor:
         return cls([load_checkpoint(p) for p in paths], device)
 
     @property
@@ -111,8 +118,9 @@ class EnsemblePredictor:
         return 'mc_dropout' if method == 'ensemble' and self.num_members < 2 else method
 
     @torch.no_grad()
-    def sample(self, graphs, batch_size: int | None = None, method: str = 'ensemble',
-               mc_samples: int = 10) -> np.ndarray:
+    def sample(
+        self, graphs, batch_size: int | None = None, method: str = 'ensemble', mc_samples: int = 10
+    ) -> np.ndarray:
         """Predictions in physical units, shape (n_samples, n_graphs): one row per member (and
         per dropout sample with the MC-dropout methods). ``batch_size`` None: the device's default."""
         batch_size = batch_size or default_batch_size(self.device)
@@ -128,15 +136,16 @@ class EnsemblePredictor:
                 enable_mc_dropout(model, method in MC_DROPOUT_METHODS, readout_only=method == 'mc_dropout_readout')
                 outputs = [np.empty(len(graphs)) for _ in range(repeats)]
                 for start in range(0, len(graphs), batch_size):
-                    batch = collate(graphs[start:start + batch_size]).to(self.device)
+                    batch = collate(graphs[start : start + batch_size]).to(self.device)
                     if method == 'mc_dropout_readout':
                         atom_scalars = model.atom_scalars(batch)
                         for repeat in range(repeats):
-                            outputs[repeat][start:start + batch_size] = (
-                                model.readout_mean(atom_scalars, batch).double().cpu().numpy())
+                            outputs[repeat][start : start + batch_size] = (
+                                model.readout_mean(atom_scalars, batch).double().cpu().numpy()
+                            )
                         continue
                     for repeat in range(repeats):
-                        outputs[repeat][start:start + batch_size] = model(batch).double().cpu().numpy()
+                        outputs[repeat][start : start + batch_size] = model(batch).double().cpu().numpy()
                 model.eval()
                 rows.extend(output * std + mean + offset for output in outputs)
         return np.stack(rows)
@@ -153,16 +162,18 @@ class EnsemblePredictor:
         mean, sigma = spread(samples)
         return self.bounded(mean), sigma
 
-    def predict_graphs(self, graphs, batch_size: int | None = None, method: str = 'ensemble',
-                       mc_samples: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def predict_graphs(
+        self, graphs, batch_size: int | None = None, method: str = 'ensemble', mc_samples: int = 10
+    ) -> tuple[np.ndarray, np.ndarray]:
         method = self.resolve_method(method)
         if not graphs:
             return np.zeros(0), np.zeros(0)
         mean, sigma = self.summarize(self.sample(graphs, batch_size, method, mc_samples))
         return mean, sigma * self.sigma_scale(method)
 
-    def predict(self, arrays: StructureArrays, batch_size: int | None = None, method: str = 'ensemble',
-                mc_samples: int = 10) -> dict[str, np.ndarray]:
+    def predict(
+        self, arrays: StructureArrays, batch_size: int | None = None, method: str = 'ensemble', mc_samples: int = 10
+    ) -> dict[str, np.ndarray]:
         """Predict every structure; those the model cannot handle are marked failed, with a reason."""
         n = len(arrays)
         status = np.full(n, 'ok', dtype=object)
@@ -235,14 +246,25 @@ def run_predict(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path)
     batch_size = config.get('batch_size')
     result = predictor.predict(arrays, batch_size and int(batch_size), method, int(config.get('mc_samples', 10)))
     seconds = time.perf_counter() - start
-    np.savez(output_dir / 'predictions.npz', mean=result['mean'].astype(np.float64),
-             sigma=result['sigma'].astype(np.float64), status=result['status'], reason=result['reason'])
+    np.savez(
+        output_dir / 'predictions.npz',
+        mean=result['mean'].astype(np.float64),
+        sigma=result['sigma'].astype(np.float64),
+        status=result['status'],
+        reason=result['reason'],
+    )
     n_ok = int((result['status'] == 'ok').sum())
     summary = {
-        'target': predictor.target, 'units': predictor.units, 'n_structures': len(arrays), 'n_ok': n_ok,
-        'n_failed': len(arrays) - n_ok, 'seconds': seconds,
-        'structures_per_second': len(arrays) / seconds if seconds > 0 else None, 'device': device,
-        'uncertainty': method, 'n_members': predictor.num_members,
+        'target': predictor.target,
+        'units': predictor.units,
+        'n_structures': len(arrays),
+        'n_ok': n_ok,
+        'n_failed': len(arrays) - n_ok,
+        'seconds': seconds,
+        'structures_per_second': len(arrays) / seconds if seconds > 0 else None,
+        'device': device,
+        'uncertainty': method,
+        'n_members': predictor.num_members,
     }
     (output_dir / 'summary.json').write_text(json.dumps(summary, indent=2))
     if len(arrays) and n_ok == 0 and np.all(~np.isfinite(result['mean'])):

@@ -13,6 +13,7 @@ parameters and checkpoints are unchanged; a test compares both against e3nn.
 The depthwise tensor product also skips the paths whose outputs no later layer reads (``1e`` and
 ``2o`` for ``0e+1o+2e`` features): e3nn computes them and the message linear discards them.
 """
+
 from __future__ import annotations
 
 from math import prod
@@ -53,14 +54,16 @@ def linear_blocks(linear: o3.Linear, blocks: list[torch.Tensor | PartedBlock | N
         start, mixed = 0, out[ins.i_out]
         for part in parts:
             mul_in = part.shape[2]
-            part_weight = weight[start:start + mul_in]
+            part_weight = weight[start : start + mul_in]
             start += mul_in
             part = part.reshape(rows * dim, mul_in)
             mixed = part @ part_weight if mixed is None else mixed.addmm_(part, part_weight)
         out[ins.i_out] = mixed
     like = next(part for part in out if part is not None)
-    return [block.view(rows, ir.dim, mul) if block is not None else like.new_zeros(rows, ir.dim, mul)
-            for block, (mul, ir) in zip(out, linear.irreps_out)]
+    return [
+        block.view(rows, ir.dim, mul) if block is not None else like.new_zeros(rows, ir.dim, mul)
+        for block, (mul, ir) in zip(out, linear.irreps_out)
+    ]
 
 
 def check_bias_free(linear: o3.Linear) -> None:
@@ -83,7 +86,7 @@ class DepthwiseCoupling(nn.Module):
             raise ValueError('the second input (spherical harmonics) must have multiplicity 1')
         # which simplified output each (sorted, unsimplified) output of the tensor product joins
         simplified, merged_into = [], []
-        for mul, ir in tp.irreps_out:
+        for _mul, ir in tp.irreps_out:
             if not simplified or simplified[-1] != ir:
                 simplified.append(ir)
             merged_into.append(len(simplified) - 1)
@@ -95,15 +98,19 @@ class DepthwiseCoupling(nn.Module):
         # coefficients of all of them contracted with the harmonics in one matrix
         self.paths: list[list[tuple[int, int, int, int]]] = []  # (instruction, output, simplified output, dim)
         for i, (_, ir_in) in enumerate(tp.irreps_in1):
-            used = sorted((ins.i_out, n) for n, ins in enumerate(tp.instructions)
-                          if ins.i_in1 == i and merged_into[ins.i_out] in used_outputs)
+            used = sorted(
+                (ins.i_out, n)
+                for n, ins in enumerate(tp.instructions)
+                if ins.i_in1 == i and merged_into[ins.i_out] in used_outputs
+            )
             paths, blocks_cg = [], []
             for i_out, n in used:
                 ins = tp.instructions[n]
                 l_sh, ir_out = tp.irreps_in2[ins.i_in2].ir.l, tp.irreps_out[i_out].ir
                 cg = torch.zeros(ir_in.dim, dim_sh, ir_out.dim, dtype=torch.float64)
-                cg[:, sh_offsets[ins.i_in2]:sh_offsets[ins.i_in2] + 2 * l_sh + 1] = (
-                    o3.wigner_3j(ir_in.l, l_sh, ir_out.l, dtype=torch.float64) * ins.path_weight)
+                cg[:, sh_offsets[ins.i_in2] : sh_offsets[ins.i_in2] + 2 * l_sh + 1] = (
+                    o3.wigner_3j(ir_in.l, l_sh, ir_out.l, dtype=torch.float64) * ins.path_weight
+                )
                 paths.append((n, i_out, merged_into[i_out], ir_out.dim))
                 blocks_cg.append(cg)
             self.paths.append(paths)

@@ -1,4 +1,5 @@
 """Learning-curve and parity figures written beside a trained checkpoint (matplotlib, Agg)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -33,8 +34,15 @@ def learning_curve(histories: list[list[dict]], path: str | pathlib.Path, units:
     plt.close(figure)
 
 
-def parity(true: np.ndarray, predicted: np.ndarray, sigma: np.ndarray | None, path: str | pathlib.Path,
-           label: str = '', units: str = '', title: str = '') -> None:
+def parity(
+    true: np.ndarray,
+    predicted: np.ndarray,
+    sigma: np.ndarray | None,
+    path: str | pathlib.Path,
+    label: str = '',
+    units: str = '',
+    title: str = '',
+) -> None:
     """Predicted vs true on the test split; points coloured by sigma when there is one."""
     plt = _pyplot()
     true, predicted = np.asarray(true, float), np.asarray(predicted, float)

@@ -12,6 +12,7 @@ the parsers turn the code into an AiiDA exit code.
 
 The program imports only torch, e3nn, numpy and pymatgen: no AiiDA on compute nodes.
 """
+
 from __future__ import annotations
 
 import argparse

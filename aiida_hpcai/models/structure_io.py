@@ -13,6 +13,7 @@ Layout (all arrays, ``allow_pickle=False``):
 - ``ids``      (n_structures,) unicode  identifiers (material ids, file names, ...)
 - ``label__<name>`` (n_structures,) float64  optional per-structure labels, NaN where unknown
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,7 +79,7 @@ class StructureArrays:
         for index in range(len(self)):
             yield self.to_pymatgen(index)
 
-    def subset(self, indices: Sequence[int]) -> 'StructureArrays':
+    def subset(self, indices: Sequence[int]) -> StructureArrays:
         """Return a new set holding the structures at ``indices``, in that order."""
         indices = np.asarray(indices, dtype=np.int64)
         pieces = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in indices]
@@ -123,8 +124,9 @@ def _hill_formula(counts: dict[str, int]) -> str:
     return ''.join(f'{s}{counts[s] if counts[s] != 1 else ""}' for s in order)
 
 
-def from_pymatgen(structures: Iterable, ids: Sequence[str] | None = None,
-                  labels: dict[str, Sequence[float]] | None = None) -> StructureArrays:
+def from_pymatgen(
+    structures: Iterable, ids: Sequence[str] | None = None, labels: dict[str, Sequence[float]] | None = None
+) -> StructureArrays:
     """Build a set from pymatgen ``Structure`` (or ASE ``Atoms``) objects.
 
     Disordered sites (partial occupancies) are refused: every model and DFT code here needs one
@@ -183,8 +185,13 @@ def read_npz(source: str | os.PathLike | io.IOBase) -> StructureArrays:
         version = int(data['format_version'])
         if version != FORMAT_VERSION:
             raise ValueError(f'unsupported structure-set format version {version}')
-        labels = {key[len(_LABEL_PREFIX):]: data[key] for key in data.files if key.startswith(_LABEL_PREFIX)}
+        labels = {key[len(_LABEL_PREFIX) :]: data[key] for key in data.files if key.startswith(_LABEL_PREFIX)}
         return StructureArrays(
-            numbers=data['numbers'], positions=data['positions'], cells=data['cells'], pbc=data['pbc'],
-            offsets=data['offsets'], ids=data['ids'], labels=labels,
+            numbers=data['numbers'],
+            positions=data['positions'],
+            cells=data['cells'],
+            pbc=data['pbc'],
+            offsets=data['offsets'],
+            ids=data['ids'],
+            labels=labels,
         )

@@ -16,6 +16,7 @@ running again with the same folder continues from there, and a wall-clock budget
 the time the epochs already took counts against it (a cluster job stopped at its wall time and
 submitted again ends its schedule where an uninterrupted run would have).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,7 +66,7 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> 'TrainingConfig':
+    def from_dict(cls, values: dict) -> TrainingConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -102,10 +103,12 @@ class PreparedData:
     ids: list[str]
 
 
-def _prepare(arrays: StructureArrays, indices, target: str, reference: dict | None, num_neighbours: int,
-             workers: int = 0):
-    graphs, failures = graphs_from_arrays(arrays, indices, num_neighbours=num_neighbours, errors='collect',
-                                          workers=workers)
+def _prepare(
+    arrays: StructureArrays, indices, target: str, reference: dict | None, num_neighbours: int, workers: int = 0
+):
+    graphs, failures = graphs_from_arrays(
+        arrays, indices, num_neighbours=num_neighbours, errors='collect', workers=workers
+    )
     keep = [n for n, g in enumerate(graphs) if g is not None]
     graphs = [graphs[n] for n in keep]
     index_kept = np.asarray(indices, dtype=np.int64)[keep]
@@ -135,27 +138,42 @@ def _evaluate_mae(model, data: PreparedData, normalization: dict, batch_size: in
     predictions = []
     with torch.no_grad():
         for start in range(0, len(data.graphs), batch_size):
-            predictions.append(model(collate(data.graphs[start:start + batch_size]).to(device)).double().cpu().numpy())
+            predictions.append(
+                model(collate(data.graphs[start : start + batch_size]).to(device)).double().cpu().numpy()
+            )
     predicted = np.concatenate(predictions) * normalization['std']
     return float(np.mean(np.abs(predicted - data.targets * normalization['std'])))
 
 
-def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, budget_used: float,
-                         warmup_fraction: float, min_ratio: float) -> float:
+def learning_rate_factor(
+    step: int, warmup_steps: int, total_steps: int, budget_used: float, warmup_fraction: float, min_ratio: float
+) -> float:
     """Linear warm-up, then cosine decay to ``min_ratio``, each over the steps or over the wall-clock
     budget (``budget_used`` in 0..1; 0 without a budget), whichever runs out first: a budget shorter
     than the warm-up epochs still reaches the peak learning rate, and still ends at a low one."""
     if step < warmup_steps and budget_used < warmup_fraction:
         return max((step + 1) / warmup_steps, budget_used / warmup_fraction)
-    progress = max((step - warmup_steps) / max(1, total_steps - warmup_steps),
-                   (budget_used - warmup_fraction) / (1.0 - warmup_fraction))
+    progress = max(
+        (step - warmup_steps) / max(1, total_steps - warmup_steps),
+        (budget_used - warmup_fraction) / (1.0 - warmup_fraction),
+    )
     progress = min(1.0, max(0.0, progress))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def train_member(model: Crysformer, train: PreparedData, val: PreparedData, normalization: dict,
-                 config: TrainingConfig, seed: int, budget: _Budget, state_path: pathlib.Path | None = None,
-                 resume_state: dict | None = None, save_extra: dict | None = None, label: str = '') -> tuple[dict, list]:
+def train_member(
+    model: Crysformer,
+    train: PreparedData,
+    val: PreparedData,
+    normalization: dict,
+    config: TrainingConfig,
+    seed: int,
+    budget: _Budget,
+    state_path: pathlib.Path | None = None,
+    resume_state: dict | None = None,
+    save_extra: dict | None = None,
+    label: str = '',
+) -> tuple[dict, list]:
     """Train one member; returns (best state_dict, per-epoch history)."""
     device = torch.device(config.device)
     model.to(device)
@@ -171,7 +189,11 @@ def train_member(model: Crysformer, train: PreparedData, val: PreparedData, norm
     if resume_state is not None:
         model.load_state_dict(resume_state['model'])
         optimizer.load_state_dict(resume_state['optimizer'])
-        best_state, best_val, best_epoch = resume_state['best_state'], resume_state['best_val'], resume_state['best_epoch']
+        best_state, best_val, best_epoch = (
+            resume_state['best_state'],
+            resume_state['best_val'],
+            resume_state['best_epoch'],
+        )
         history, first_epoch, step = resume_state['history'], resume_state['epoch'] + 1, resume_state['step']
 
     def set_learning_rate() -> float:
@@ -198,7 +220,7 @@ def train_member(model: Crysformer, train: PreparedData, val: PreparedData, norm
         order = generator.permutation(len(train.graphs))
         losses = []
         for start in range(0, len(order), config.batch_size):
-            chosen = order[start:start + config.batch_size]
+            chosen = order[start : start + config.batch_size]
             batch = collate([train.graphs[i] for i in chosen]).to(device)
             loss = torch.nn.functional.l1_loss(model(batch), targets[chosen].to(device))
             optimizer.zero_grad(set_to_none=True)
@@ -212,8 +234,15 @@ def train_member(model: Crysformer, train: PreparedData, val: PreparedData, norm
             if budget.exhausted():
                 break
         val_mae = _evaluate_mae(model, val, normalization, config.batch_size, device)
-        history.append({'epoch': epoch, 'train_loss': float(np.mean(losses)), 'val_mae': val_mae,
-                        'lr': optimizer.param_groups[0]['lr'], 'seconds': time.monotonic() - started})
+        history.append(
+            {
+                'epoch': epoch,
+                'train_loss': float(np.mean(losses)),
+                'val_mae': val_mae,
+                'lr': optimizer.param_groups[0]['lr'],
+                'seconds': time.monotonic() - started,
+            }
+        )
         if val_mae < best_val:
             best_val, best_epoch = val_mae, epoch
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -221,10 +250,20 @@ def train_member(model: Crysformer, train: PreparedData, val: PreparedData, norm
             bar.set_postfix(loss=f'{history[-1]["train_loss"]:.4f}', val_mae=f'{val_mae:.4g}', best=f'{best_val:.4g}')
         stop = budget.exhausted() or epoch - best_epoch >= config.patience
         if state_path is not None:
-            torch.save({**(save_extra or {}), 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                        'step': step, 'best_state': best_state, 'best_val': best_val,
-                        'best_epoch': best_epoch, 'history': history,
-                        'epoch': config.epochs - 1 if stop else epoch}, state_path)
+            torch.save(
+                {
+                    **(save_extra or {}),
+                    'model': model.state_dict(),
+                    'optimizer': optimizer.state_dict(),
+                    'step': step,
+                    'best_state': best_state,
+                    'best_val': best_val,
+                    'best_epoch': best_epoch,
+                    'history': history,
+                    'epoch': config.epochs - 1 if stop else epoch,
+                },
+                state_path,
+            )
         if stop:
             break
     if bar is not None:
@@ -247,10 +286,18 @@ def _freeze(model: Crysformer, count: int) -> None:
             parameter.requires_grad_(False)
 
 
-def train_ensemble(arrays: StructureArrays, target: str, split: dict[str, np.ndarray], output_dir,
-                   model_config: str | dict | CrysformerConfig = 'cpu', training: TrainingConfig | dict | None = None,
-                   units: str | None = None, parent: dict | None = None, dataset: dict | None = None,
-                   resume: bool = True) -> tuple[dict, dict]:
+def train_ensemble(
+    arrays: StructureArrays,
+    target: str,
+    split: dict[str, np.ndarray],
+    output_dir,
+    model_config: str | dict | CrysformerConfig = 'cpu',
+    training: TrainingConfig | dict | None = None,
+    units: str | None = None,
+    parent: dict | None = None,
+    dataset: dict | None = None,
+    resume: bool = True,
+) -> tuple[dict, dict]:
     """Train (or fine-tune from ``parent``) an ensemble; write model.pt, metadata.json,
     metrics.json and the figures into ``output_dir``; return (checkpoint, metrics)."""
     output_dir = pathlib.Path(output_dir)
@@ -262,10 +309,9 @@ def train_ensemble(arrays: StructureArrays, target: str, split: dict[str, np.nda
             config.learning_rate = 1e-4
         units = units or parent['units']
         if parent['target'] != target:
-            raise ValueError(f"parent predicts {parent['target']!r}, not {target!r}")
+            raise ValueError(f'parent predicts {parent["target"]!r}, not {target!r}')
     model_config = resolve_config(model_config)
     units = units or DEFAULT_UNITS.get(target, '')
-    device = torch.device(config.device)
     started = time.monotonic()
 
     if parent is not None:
@@ -273,15 +319,22 @@ def train_ensemble(arrays: StructureArrays, target: str, split: dict[str, np.nda
         normalization = dict(parent['normalization'])
     else:
         train_numbers = [arrays.atoms_of(int(i))[0] for i in split['train']]
-        reference = (fit_element_reference(train_numbers, arrays.labels[target][split['train']], config.ridge_alpha)
-                     if config.element_reference else None)
+        reference = (
+            fit_element_reference(train_numbers, arrays.labels[target][split['train']], config.ridge_alpha)
+            if config.element_reference
+            else None
+        )
         normalization = None
 
-    data, normalization, failures = prepare_splits(arrays, target, split, reference, normalization,
-                                                   model_config.num_neighbours, config.graph_workers)
+    data, normalization, failures = prepare_splits(
+        arrays, target, split, reference, normalization, model_config.num_neighbours, config.graph_workers
+    )
     if config.progress:
-        print(f'graphs of {sum(len(d.graphs) for d in data.values())} structures built in '
-              f'{time.monotonic() - started:.1f} s', flush=True)
+        print(
+            f'graphs of {sum(len(d.graphs) for d in data.values())} structures built in '
+            f'{time.monotonic() - started:.1f} s',
+            flush=True,
+        )
 
     state_path = output_dir / STATE_FILE
     saved = torch.load(state_path, map_location='cpu', weights_only=True) if resume and state_path.exists() else None
@@ -299,34 +352,83 @@ def train_ensemble(arrays: StructureArrays, target: str, split: dict[str, np.nda
             _freeze(model, config.freeze_blocks)
         resume_state = saved if saved is not None and saved.get('member') == member and 'model' in saved else None
         if resume_state is not None and config.max_minutes is not None and resume_state.get('member_budget_minutes'):
-            member_budget = _Budget(resume_state['member_budget_minutes'],
-                                    sum(row['seconds'] for row in resume_state['history']))
+            member_budget = _Budget(
+                resume_state['member_budget_minutes'], sum(row['seconds'] for row in resume_state['history'])
+            )
         else:
-            member_budget = _Budget(None if config.max_minutes is None else
-                                    max(0.0, (budget.deadline - time.monotonic()) / 60.0) / (config.ensemble_size - member))
-        extra = {'signature': _signature(config, model_config, target, data), 'member': member,
-                 'finished_members': members, 'finished_histories': histories,
-                 'member_budget_minutes': member_budget.minutes}
-        best_state, history = train_member(model, data['train'], data['val'], normalization, config, seed,
-                                           member_budget, state_path, resume_state, extra,
-                                           label=f'member {member + 1}/{config.ensemble_size}')
+            member_budget = _Budget(
+                None
+                if config.max_minutes is None
+                else max(0.0, (budget.deadline - time.monotonic()) / 60.0) / (config.ensemble_size - member)
+            )
+        extra = {
+            'signature': _signature(config, model_config, target, data),
+            'member': member,
+            'finished_members': members,
+            'finished_histories': histories,
+            'member_budget_minutes': member_budget.minutes,
+        }
+        best_state, history = train_member(
+            model,
+            data['train'],
+            data['val'],
+            normalization,
+            config,
+            seed,
+            member_budget,
+            state_path,
+            resume_state,
+            extra,
+            label=f'member {member + 1}/{config.ensemble_size}',
+        )
         members.append(best_state)
         histories.append(history)
         # a finished member is safe: a crash in the next one does not train it again
-        torch.save({'signature': extra['signature'], 'member': member + 1, 'finished_members': members,
-                    'finished_histories': histories}, state_path)
+        torch.save(
+            {
+                'signature': extra['signature'],
+                'member': member + 1,
+                'finished_members': members,
+                'finished_histories': histories,
+            },
+            state_path,
+        )
     training_seconds = time.monotonic() - started
     if config.progress:
         print(f'trained {len(members)} member(s) in {training_seconds:.1f} s; evaluating', flush=True)
-    return finalize_ensemble(members, histories, model_config, config, target, units, normalization, reference,
-                             data, failures, output_dir, dataset, training_seconds)
+    return finalize_ensemble(
+        members,
+        histories,
+        model_config,
+        config,
+        target,
+        units,
+        normalization,
+        reference,
+        data,
+        failures,
+        output_dir,
+        dataset,
+        training_seconds,
+    )
 
 
-def finalize_ensemble(members: list[dict], histories: list[list], model_config: CrysformerConfig,
-                      config: TrainingConfig, target: str, units: str, normalization: dict, reference: dict | None,
-                      data: dict, failures: dict, output_dir, dataset: dict | None = None,
-                      training_seconds: float | None = None,
-                      member_training: list[dict] | None = None) -> tuple[dict, dict]:
+def finalize_ensemble(
+    members: list[dict],
+    histories: list[list],
+    model_config: CrysformerConfig,
+    config: TrainingConfig,
+    target: str,
+    units: str,
+    normalization: dict,
+    reference: dict | None,
+    data: dict,
+    failures: dict,
+    output_dir,
+    dataset: dict | None = None,
+    training_seconds: float | None = None,
+    member_training: list[dict] | None = None,
+) -> tuple[dict, dict]:
     """Evaluate the members as one ensemble (sigma scales fitted on val), then write model.pt,
     metadata.json, metrics.json, learning_curve.png and parity.png into ``output_dir``.
     ``member_training``: each member's own training options, recorded when they differ (a pool of runs)."""
@@ -335,38 +437,66 @@ def finalize_ensemble(members: list[dict], histories: list[list], model_config: 
     training = config.to_dict()
     if member_training:
         training['members'] = member_training
-    checkpoint = make_checkpoint(members, model_config, target, units, normalization, training=training,
-                                 element_reference=reference)
+    checkpoint = make_checkpoint(
+        members, model_config, target, units, normalization, training=training, element_reference=reference
+    )
     predictor = EnsemblePredictor([checkpoint], config.device)
     metrics, test_predictions = evaluate(predictor, data, config)
     checkpoint['sigma_scale'] = metrics.pop('sigma_scale')
-    metrics.update({
-        'history': histories, 'training_seconds': training_seconds,
-        'n_parameters': count_parameters(Crysformer(model_config)),
-        'n_structures': {name: len(d.graphs) for name, d in data.items()}, 'graph_failures': failures,
-        'sigma_scale': checkpoint['sigma_scale'], 'normalization': normalization,
-    })
+    metrics.update(
+        {
+            'history': histories,
+            'training_seconds': training_seconds,
+            'n_parameters': count_parameters(Crysformer(model_config)),
+            'n_structures': {name: len(d.graphs) for name, d in data.items()},
+            'graph_failures': failures,
+            'sigma_scale': checkpoint['sigma_scale'],
+            'normalization': normalization,
+        }
+    )
     checkpoint['metrics'] = {split_name: metrics[split_name] for split_name in ('val', 'test')}
     checkpoint['split'] = {name: id_digest(d.ids) for name, d in data.items()}
     checkpoint['dataset'] = dict(dataset or {})
     sha = save_checkpoint(checkpoint, output_dir / 'model.pt')
-    metadata = {'architecture': checkpoint['architecture'], 'hyperparameters': checkpoint['hyperparameters'],
-                'target': target, 'units': units, 'metrics': checkpoint['metrics'], 'sha256': sha,
-                'n_members': len(members), 'dataset': checkpoint['dataset'], 'split': checkpoint['split']}
+    metadata = {
+        'architecture': checkpoint['architecture'],
+        'hyperparameters': checkpoint['hyperparameters'],
+        'target': target,
+        'units': units,
+        'metrics': checkpoint['metrics'],
+        'sha256': sha,
+        'n_members': len(members),
+        'dataset': checkpoint['dataset'],
+        'split': checkpoint['split'],
+    }
     (output_dir / 'metadata.json').write_text(json.dumps(metadata, indent=2))
     (output_dir / 'metrics.json').write_text(json.dumps(metrics, indent=2))
     plots.learning_curve(histories, output_dir / 'learning_curve.png', units)
     test = data['test'] if data['test'].graphs else data['val']
     mean, sigma = test_predictions
-    plots.parity(test.raw, mean, sigma, output_dir / 'parity.png', target, units,
-                 title='test split' if data['test'].graphs else 'validation split')
+    plots.parity(
+        test.raw,
+        mean,
+        sigma,
+        output_dir / 'parity.png',
+        target,
+        units,
+        title='test split' if data['test'].graphs else 'validation split',
+    )
     if state_path.exists():
         state_path.unlink()  # finished: nothing left to resume
     return checkpoint, metrics
 
 
-def prepare_splits(arrays: StructureArrays, target: str, split: dict[str, np.ndarray], reference: dict | None,
-                   normalization: dict | None, num_neighbours: int, workers: int = 0) -> tuple[dict, dict, dict]:
+def prepare_splits(
+    arrays: StructureArrays,
+    target: str,
+    split: dict[str, np.ndarray],
+    reference: dict | None,
+    normalization: dict | None,
+    num_neighbours: int,
+    workers: int = 0,
+) -> tuple[dict, dict, dict]:
     """Graphs and standardised targets of each split; returns (data, normalization, graph failures)."""
     prepared, failures = {}, {}
     for name in ('train', 'val', 'test'):
@@ -378,8 +508,10 @@ def prepare_splits(arrays: StructureArrays, target: str, split: dict[str, np.nda
     if normalization is None:
         residual = prepared['train'][2]
         normalization = {'mean': float(residual.mean()), 'std': float(max(residual.std(), 1e-6))}
-    data = {name: PreparedData(graphs, (residual - normalization['mean']) / normalization['std'], raw, ids)
-            for name, (graphs, raw, residual, ids) in prepared.items()}
+    data = {
+        name: PreparedData(graphs, (residual - normalization['mean']) / normalization['std'], raw, ids)
+        for name, (graphs, raw, residual, ids) in prepared.items()
+    }
     return data, normalization, failures
 
 
@@ -393,8 +525,10 @@ def calibrate_method(predictor: EnsemblePredictor, splits: dict, method: str, ba
     """One uncertainty estimator on ``splits`` (``{'val': (graphs, true values), 'test': ...}``, val
     required): its sigma scale fitted on val, each split's uncalibrated ``(mean, sigma)``, and each
     split's metrics with the scale applied. Returns ``(scale, stats, metrics)``."""
-    stats = {name: predictor.summarize(predictor.sample(graphs, batch_size, method, mc_samples))
-             for name, (graphs, _) in splits.items()}
+    stats = {
+        name: predictor.summarize(predictor.sample(graphs, batch_size, method, mc_samples))
+        for name, (graphs, _) in splits.items()
+    }
     mean_val, sigma_val = stats['val']
     scale = fit_sigma_scale(mean_val - splits['val'][1], sigma_val)
     metrics = {name: uncertainty_metrics(mean, sigma * scale, splits[name][1]) for name, (mean, sigma) in stats.items()}
@@ -414,8 +548,7 @@ def evaluate(predictor: EnsemblePredictor, data: dict, config: TrainingConfig):
         methods.insert(0, 'ensemble')
     splits = {name: (data[name].graphs, data[name].raw) for name in ('val', 'test') if data[name].graphs}
     for method in methods:
-        scale, stats, method_metrics = calibrate_method(predictor, splits, method, config.batch_size,
-                                                        config.mc_samples)
+        scale, stats, method_metrics = calibrate_method(predictor, splits, method, config.batch_size, config.mc_samples)
         metrics['sigma_scale'][method] = scale
         for name, values in method_metrics.items():
             metrics[name][method] = values
@@ -434,7 +567,8 @@ def evaluate(predictor: EnsemblePredictor, data: dict, config: TrainingConfig):
             if predictor.lower_bound is not None:  # what the bound gains: the same predictions without it
                 metrics[name]['without_lower_bound'] = {
                     'mae': _mae(members.mean(axis=0), data[name].raw),
-                    'member_mae': [_mae(row, data[name].raw) for row in members]}
+                    'member_mae': [_mae(row, data[name].raw) for row in members],
+                }
     return metrics, test_predictions
 
 
@@ -465,7 +599,9 @@ def run_train(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path) -
     if 'train' in split_config:
         split = {name: list(split_config.get(name, [])) for name in ('train', 'val', 'test')}
     else:
-        split = split_by_id(ids, tuple(split_config.get('fractions', (0.8, 0.1, 0.1))), int(split_config.get('seed', 0)))
+        split = split_by_id(
+            ids, tuple(split_config.get('fractions', (0.8, 0.1, 0.1))), int(split_config.get('seed', 0))
+        )
     indices = split_indices(ids, split)
     if len(indices['train']) == 0 or len(indices['val']) == 0:
         raise TaskError('invalid_split', 'the train and val splits must each hold at least one labelled structure')
@@ -474,10 +610,21 @@ def run_train(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path) -
     training = {key: config[key] for key in _TRAINING_KEYS if key in config}
     training.setdefault('progress', False)
     try:
-        train_ensemble(arrays, target, indices, output_dir, model_config=config.get('model_config', 'cpu'),
-                       training=training, units=config.get('units'), parent=parent,
-                       dataset={'name': config.get('dataset_name', 'structures.npz'), 'n_structures': len(arrays),
-                                'formulae_sha256': arrays.formulae_digest()})
+        train_ensemble(
+            arrays,
+            target,
+            indices,
+            output_dir,
+            model_config=config.get('model_config', 'cpu'),
+            training=training,
+            units=config.get('units'),
+            parent=parent,
+            dataset={
+                'name': config.get('dataset_name', 'structures.npz'),
+                'n_structures': len(arrays),
+                'formulae_sha256': arrays.formulae_digest(),
+            },
+        )
     except ValueError as exc:
         if 'parent predicts' in str(exc):
             raise TaskError('incompatible_models', str(exc)) from exc

@@ -19,6 +19,7 @@ Metrics (all numpy, no scipy needed on a compute node):
 - ``gaussian_nll``: mean negative log-likelihood of the targets under N(mean, sigma^2);
 - ``coverage_90``: fraction of errors inside the central 90% interval (1.645 sigma).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,21 +40,45 @@ def _normal_ppf(p: np.ndarray) -> np.ndarray:
     """Quantile function of the standard normal (Acklam's rational approximation, |err| < 1e-9
     after one Newton step), so that the compute-node program needs no scipy."""
     p = np.asarray(p, dtype=np.float64)
-    a = [-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02, 1.383577518672690e+02,
-         -3.066479806614716e+01, 2.506628277459239e+00]
-    b = [-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02, 6.680131188771972e+01,
-         -1.328068155288572e+01]
-    c = [-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00, -2.549732539343734e+00,
-         4.374664141464968e+00, 2.938163982698783e+00]
-    d = [7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00, 3.754408661907416e+00]
+    a = [
+        -3.969683028665376e01,
+        2.209460984245205e02,
+        -2.759285104469687e02,
+        1.383577518672690e02,
+        -3.066479806614716e01,
+        2.506628277459239e00,
+    ]
+    b = [
+        -5.447609879822406e01,
+        1.615858368580409e02,
+        -1.556989798598866e02,
+        6.680131188771972e01,
+        -1.328068155288572e01,
+    ]
+    c = [
+        -7.784894002430293e-03,
+        -3.223964580411365e-01,
+        -2.400758277161838e00,
+        -2.549732539343734e00,
+        4.374664141464968e00,
+        2.938163982698783e00,
+    ]
+    d = [7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00]
     low = 0.02425
-    q = np.where(p < low, np.sqrt(-2 * np.log(np.maximum(p, 1e-300))),
-                 np.where(p > 1 - low, np.sqrt(-2 * np.log(np.maximum(1 - p, 1e-300))), 0.0))
-    tail = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / \
-        ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
+    q = np.where(
+        p < low,
+        np.sqrt(-2 * np.log(np.maximum(p, 1e-300))),
+        np.where(p > 1 - low, np.sqrt(-2 * np.log(np.maximum(1 - p, 1e-300))), 0.0),
+    )
+    tail = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
+        (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1
+    )
     r = (p - 0.5) ** 2
-    centre = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * (p - 0.5) / \
-        (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+    centre = (
+        (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
+        * (p - 0.5)
+        / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+    )
     x = np.where(p < low, tail, np.where(p > 1 - low, -tail, centre))
     # one Newton step on erf
     erf = np.vectorize(math.erf)
@@ -105,7 +130,7 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
         return float('nan')
     rx, ry = _ranks(x), _ranks(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = math.sqrt(float((rx ** 2).sum() * (ry ** 2).sum()))
+    denominator = math.sqrt(float((rx**2).sum() * (ry**2).sum()))
     return float((rx * ry).sum() / denominator) if denominator > 0 else float('nan')
 
 
@@ -118,7 +143,7 @@ def miscalibration_area(errors: np.ndarray, sigma: np.ndarray) -> float:
 
 def gaussian_nll(errors: np.ndarray, sigma: np.ndarray) -> float:
     errors, sigma = np.asarray(errors, float), np.maximum(np.asarray(sigma, float), 1e-12)
-    return float(np.mean(0.5 * np.log(2 * np.pi * sigma ** 2) + errors ** 2 / (2 * sigma ** 2)))
+    return float(np.mean(0.5 * np.log(2 * np.pi * sigma**2) + errors**2 / (2 * sigma**2)))
 
 
 def uncertainty_metrics(predicted: np.ndarray, sigma: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -127,14 +152,19 @@ def uncertainty_metrics(predicted: np.ndarray, sigma: np.ndarray, true: np.ndarr
     mask = np.isfinite(predicted) & np.isfinite(true)
     errors = predicted[mask] - true[mask]
     sigma = sigma[mask]
-    metrics = {'n': int(mask.sum()), 'mae': float(np.mean(np.abs(errors))) if mask.any() else float('nan'),
-               'rmse': float(np.sqrt(np.mean(errors ** 2))) if mask.any() else float('nan')}
+    metrics = {
+        'n': int(mask.sum()),
+        'mae': float(np.mean(np.abs(errors))) if mask.any() else float('nan'),
+        'rmse': float(np.sqrt(np.mean(errors**2))) if mask.any() else float('nan'),
+    }
     if mask.any() and np.all(np.isfinite(sigma)) and np.any(sigma > 0):
-        metrics.update({
-            'miscalibration_area': miscalibration_area(errors, sigma),
-            'spearman_abs_error_sigma': spearman(np.abs(errors), sigma),
-            'gaussian_nll': gaussian_nll(errors, sigma),
-            'coverage_90': float(np.mean(np.abs(errors) <= Z_90 * sigma)),
-            'mean_sigma': float(np.mean(sigma)),
-        })
+        metrics.update(
+            {
+                'miscalibration_area': miscalibration_area(errors, sigma),
+                'spearman_abs_error_sigma': spearman(np.abs(errors), sigma),
+                'gaussian_nll': gaussian_nll(errors, sigma),
+                'coverage_90': float(np.mean(np.abs(errors) <= Z_90 * sigma)),
+                'mean_sigma': float(np.mean(sigma)),
+            }
+        )
     return metrics

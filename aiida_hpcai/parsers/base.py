@@ -1,4 +1,5 @@
 """What the parsers of ``hpcai-model`` jobs share: finding output files and reading ``error.json`` first."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """``hpcai.predict`` parser: ``predictions.npz`` -> ArrayData, ``summary.json`` -> Dict."""
+
 from __future__ import annotations
 
 import io
@@ -39,7 +40,8 @@ class PredictParser(ModelProgramParser):
         lengths = {name: len(values) for name, values in arrays.items()}
         if set(lengths.values()) != {expected}:
             return self.exit_codes.ERROR_OUTPUT_INCONSISTENT.format(
-                message=f'prediction arrays have lengths {lengths}, the structure set has {expected} structures')
+                message=f'prediction arrays have lengths {lengths}, the structure set has {expected} structures'
+            )
         status = arrays['status'].astype(str)
         unknown = sorted(set(status.tolist()) - {STATUS_OK, STATUS_FAILED})
         if unknown:
@@ -52,21 +54,28 @@ class PredictParser(ModelProgramParser):
         predictions.set_array('reason', arrays['reason'].astype(str))
         # Queryable without opening the arrays.
         n_ok = int((status == STATUS_OK).sum())
-        predictions.base.attributes.set_many({
-            'target': summary.get('target'), 'units': summary.get('units'),
-            'n_structures': expected, 'n_ok': n_ok, 'n_failed': expected - n_ok,
-        })
+        predictions.base.attributes.set_many(
+            {
+                'target': summary.get('target'),
+                'units': summary.get('units'),
+                'n_structures': expected,
+                'n_ok': n_ok,
+                'n_failed': expected - n_ok,
+            }
+        )
         self.out('predictions', predictions)
         self.out('summary', orm.Dict(summary))
 
         requested_device = self.node.inputs.device.value if 'device' in self.node.inputs else 'cpu'
         if summary.get('device') and summary['device'] != requested_device:
-            self.logger.warning(f"requested device {requested_device!r}, but the program ran on {summary['device']!r}")
+            self.logger.warning(f'requested device {requested_device!r}, but the program ran on {summary["device"]!r}')
 
         if expected and n_ok == 0:
             reasons = sorted(set(arrays['reason'].astype(str).tolist()))[:3]
             return self.exit_codes.ERROR_NO_STRUCTURE_PREDICTED.format(n_structures=expected, reasons=reasons)
         if n_ok < expected:
-            self.logger.warning(f'{expected - n_ok} of {expected} structures could not be predicted; '
-                                'see the `status` and `reason` arrays of the `predictions` output')
+            self.logger.warning(
+                f'{expected - n_ok} of {expected} structures could not be predicted; '
+                'see the `status` and `reason` arrays of the `predictions` output'
+            )
         return None

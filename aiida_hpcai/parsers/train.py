@@ -1,4 +1,5 @@
 """``hpcai.train`` parser: checkpoint + metadata -> ModelData, metrics -> Dict, PNGs -> FolderData."""
+
 from __future__ import annotations
 
 import io
@@ -24,20 +25,26 @@ class TrainParser(ModelProgramParser):
             metadata = self.read_json('metadata.json')
             metrics = self.read_json('metrics.json')
         except ValueError as exc:
-            return self.exit_codes.ERROR_OUTPUT_FILES_UNREADABLE.format(filename='metadata.json/metrics.json',
-                                                                        exception=exc)
+            return self.exit_codes.ERROR_OUTPUT_FILES_UNREADABLE.format(
+                filename='metadata.json/metrics.json', exception=exc
+            )
         missing = [key for key in METADATA_KEYS if key not in metadata]
         if missing:
             return self.exit_codes.ERROR_OUTPUT_INCONSISTENT.format(message=f'metadata.json lacks {missing}')
         requested_target = self.node.inputs.parameters.get('target')
         if metadata['target'] != requested_target:
             return self.exit_codes.ERROR_OUTPUT_INCONSISTENT.format(
-                message=f'trained on {metadata["target"]!r}, but {requested_target!r} was requested')
+                message=f'trained on {metadata["target"]!r}, but {requested_target!r} was requested'
+            )
 
         model = ModelData(
-            checkpoint, filename='model.pt',
-            architecture=metadata['architecture'], hyperparameters=metadata['hyperparameters'],
-            target=metadata['target'], units=metadata['units'], metrics=metadata['metrics'],
+            checkpoint,
+            filename='model.pt',
+            architecture=metadata['architecture'],
+            hyperparameters=metadata['hyperparameters'],
+            target=metadata['target'],
+            units=metadata['units'],
+            metrics=metadata['metrics'],
             training_set_uuid=self.node.inputs.structures.uuid,
         )
         self.out('model', model)

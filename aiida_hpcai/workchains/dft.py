@@ -12,6 +12,7 @@ The engine (``quantumespresso`` or ``vasp``) is an input; everything engine-spec
    pseudopotentials: each found by query if some earlier WorkChain computed it, else computed here once
    as a child ``hpcai.dft`` with formation energy off, and tagged for every later WorkChain.
 """
+
 from __future__ import annotations
 
 import collections
@@ -20,8 +21,8 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 
 from ..engines import get_engine
-from ..engines.base import merge_overrides
 from ..engines import references as refs
+from ..engines.base import merge_overrides
 
 
 def validate_inputs(inputs, _):
@@ -127,7 +128,7 @@ class DftWorkChain(WorkChain):
             'molecular_crystal',
             valid_type=orm.Bool,
             default=lambda: orm.Bool(False),
-            help='A molecular crystal (O2, N2, Cl2 references): fixed cell and the engine\'s molecular k-point mesh.',
+            help="A molecular crystal (O2, N2, Cl2 references): fixed cell and the engine's molecular k-point mesh.",
         )
         spec.input(
             'standardize',

@@ -4,6 +4,7 @@ One ``hpcai.predict`` CalcJob predicts every structure (mean and sigma of an ens
 calcfunction then splits the set at ``sigma_threshold``. The structures that were not predicted
 confidently (or not at all) come out as one StructureSet, ``needs_dft``, ready for a DFT WorkChain.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -36,8 +37,7 @@ def structures_from_nodes(**structure_nodes: orm.StructureData) -> StructureSet:
 
 
 @calcfunction
-def classify_predictions(structures: StructureSet, raw_predictions: orm.ArrayData,
-                         sigma_threshold: orm.Float) -> dict:
+def classify_predictions(structures: StructureSet, raw_predictions: orm.ArrayData, sigma_threshold: orm.Float) -> dict:
     """Add the ``confident`` mask to the predictions and collect the structures that need DFT.
 
     Confident means: predicted (status ``ok``), a finite mean, and ``sigma <= sigma_threshold``.
@@ -59,16 +59,23 @@ def classify_predictions(structures: StructureSet, raw_predictions: orm.ArrayDat
         'n_confident': int(confident.sum()),
         'n_needs_dft': len(needs_dft_index),
     }
-    predictions.base.attributes.set_many({
-        **counts, 'sigma_threshold': sigma_threshold.value,
-        'target': raw_predictions.base.attributes.get('target', None),
-        'units': raw_predictions.base.attributes.get('units', None),
-    })
-    summary = orm.Dict({
-        **counts, 'sigma_threshold': sigma_threshold.value,
-        'target': predictions.base.attributes.get('target'), 'units': predictions.base.attributes.get('units'),
-        'needs_dft_ids': [structures.ids[i] for i in needs_dft_index],
-    })
+    predictions.base.attributes.set_many(
+        {
+            **counts,
+            'sigma_threshold': sigma_threshold.value,
+            'target': raw_predictions.base.attributes.get('target', None),
+            'units': raw_predictions.base.attributes.get('units', None),
+        }
+    )
+    summary = orm.Dict(
+        {
+            **counts,
+            'sigma_threshold': sigma_threshold.value,
+            'target': predictions.base.attributes.get('target'),
+            'units': predictions.base.attributes.get('units'),
+            'needs_dft_ids': [structures.ids[i] for i in needs_dft_index],
+        }
+    )
     return {'predictions': predictions, 'needs_dft': structures.subset(needs_dft_index), 'summary': summary}
 
 
@@ -81,8 +88,10 @@ def validate_inputs(inputs, _):
     if 'sigma_threshold' not in inputs:
         targets = {node.target for node in models.values()}
         if len(targets) == 1 and default_sigma_threshold(next(iter(targets))) is None:
-            return (f'there is no default `sigma_threshold` for target {next(iter(targets))!r}; '
-                    'give one in the units of the model')
+            return (
+                f'there is no default `sigma_threshold` for target {next(iter(targets))!r}; '
+                'give one in the units of the model'
+            )
     return None
 
 
@@ -92,19 +101,41 @@ class SurrogateWorkChain(WorkChain):
     @classmethod
     def define(cls, spec):
         super().define(spec)
-        spec.expose_inputs(PredictCalculation, namespace='predict', exclude=('structures', 'models'),
-                           namespace_options={'help': 'Inputs of the `hpcai.predict` CalcJob (code, device, '
-                                                      'parameters, metadata.options).'})
-        spec.input('structures', valid_type=StructureSet, required=False,
-                   help='The structures to predict, as one StructureSet.')
-        spec.input_namespace('structure_nodes', valid_type=orm.StructureData, dynamic=True, required=False,
-                             help='Alternatively, individual StructureData nodes; they are gathered into one '
-                                  'StructureSet by a calcfunction (ids = the namespace keys).')
-        spec.input_namespace('models', valid_type=ModelData, dynamic=True,
-                             help='The checkpoints (one, or several forming an ensemble) of one target.')
-        spec.input('sigma_threshold', valid_type=orm.Float, required=False,
-                   help='A prediction is confident when its sigma is at most this (model units). Default: '
-                        'per target in `surrogate.yaml` (formation_energy_per_atom: 0.12 eV/atom, band_gap: 0.6 eV).')
+        spec.expose_inputs(
+            PredictCalculation,
+            namespace='predict',
+            exclude=('structures', 'models'),
+            namespace_options={
+                'help': 'Inputs of the `hpcai.predict` CalcJob (code, device, parameters, metadata.options).'
+            },
+        )
+        spec.input(
+            'structures',
+            valid_type=StructureSet,
+            required=False,
+            help='The structures to predict, as one StructureSet.',
+        )
+        spec.input_namespace(
+            'structure_nodes',
+            valid_type=orm.StructureData,
+            dynamic=True,
+            required=False,
+            help='Alternatively, individual StructureData nodes; they are gathered into one '
+            'StructureSet by a calcfunction (ids = the namespace keys).',
+        )
+        spec.input_namespace(
+            'models',
+            valid_type=ModelData,
+            dynamic=True,
+            help='The checkpoints (one, or several forming an ensemble) of one target.',
+        )
+        spec.input(
+            'sigma_threshold',
+            valid_type=orm.Float,
+            required=False,
+            help='A prediction is confident when its sigma is at most this (model units). Default: '
+            'per target in `surrogate.yaml` (formation_energy_per_atom: 0.12 eV/atom, band_gap: 0.6 eV).',
+        )
         spec.inputs.validator = validate_inputs
 
         spec.outline(
@@ -114,18 +145,34 @@ class SurrogateWorkChain(WorkChain):
             cls.results,
         )
 
-        spec.output('predictions', valid_type=orm.ArrayData,
-                    help='Aligned with the input structures: mean, sigma, status, reason and the boolean `confident`.')
-        spec.output('needs_dft', valid_type=StructureSet,
-                    help='The structures that were not predicted confidently (may be empty), ids kept.')
-        spec.output('structures', valid_type=StructureSet, required=False,
-                    help='The StructureSet built from `structure_nodes` (only when those were given).')
-        spec.output('summary', valid_type=orm.Dict,
-                    help='Counts (structures, ok, failed, confident, needs DFT), threshold, target, units, and '
-                         'the ids of the structures that need DFT.')
+        spec.output(
+            'predictions',
+            valid_type=orm.ArrayData,
+            help='Aligned with the input structures: mean, sigma, status, reason and the boolean `confident`.',
+        )
+        spec.output(
+            'needs_dft',
+            valid_type=StructureSet,
+            help='The structures that were not predicted confidently (may be empty), ids kept.',
+        )
+        spec.output(
+            'structures',
+            valid_type=StructureSet,
+            required=False,
+            help='The StructureSet built from `structure_nodes` (only when those were given).',
+        )
+        spec.output(
+            'summary',
+            valid_type=orm.Dict,
+            help='Counts (structures, ok, failed, confident, needs DFT), threshold, target, units, and '
+            'the ids of the structures that need DFT.',
+        )
 
-        spec.exit_code(401, 'ERROR_PREDICT_FAILED',
-                       message='The hpcai.predict CalcJob<{pk}> failed with exit status {status}: {message}')
+        spec.exit_code(
+            401,
+            'ERROR_PREDICT_FAILED',
+            message='The hpcai.predict CalcJob<{pk}> failed with exit status {status}: {message}',
+        )
 
     def setup(self):
         if 'structures' in self.inputs:
@@ -157,16 +204,22 @@ class SurrogateWorkChain(WorkChain):
             return None
         # Nothing predicted is still an answer for a surrogate: every structure goes to DFT, with its reason.
         if calculation.exit_status in nothing_predicted and 'predictions' in calculation.outputs:
-            self.report(f'PredictCalculation<{calculation.pk}> predicted no structure ({calculation.exit_message}); '
-                        'all of them need DFT')
+            self.report(
+                f'PredictCalculation<{calculation.pk}> predicted no structure ({calculation.exit_message}); '
+                'all of them need DFT'
+            )
             return None
         return self.exit_codes.ERROR_PREDICT_FAILED.format(
-            pk=calculation.pk, status=calculation.exit_status, message=calculation.exit_message)
+            pk=calculation.pk, status=calculation.exit_status, message=calculation.exit_message
+        )
 
     def results(self):
-        results = classify_predictions(self.ctx.structures, self.ctx.predict.outputs.predictions,
-                                       self.ctx.sigma_threshold)
+        results = classify_predictions(
+            self.ctx.structures, self.ctx.predict.outputs.predictions, self.ctx.sigma_threshold
+        )
         summary = results['summary'].get_dict()
-        self.report(f"{summary['n_confident']} of {summary['n_structures']} structures predicted confidently; "
-                    f"{summary['n_needs_dft']} need DFT ({summary['n_failed']} could not be predicted)")
+        self.report(
+            f'{summary["n_confident"]} of {summary["n_structures"]} structures predicted confidently; '
+            f'{summary["n_needs_dft"]} need DFT ({summary["n_failed"]} could not be predicted)'
+        )
         self.out_many({key: results[key] for key in ('predictions', 'needs_dft', 'summary')})

@@ -5,6 +5,7 @@ measured with their own packages only. Structures travel between the project and
 as files (see ``read_structures``); ALIGNN checkpoints use alignn's own folder layout
 (``config.json`` with a ``model`` section + ``best_model.pt``, as ``alignn.train`` writes them).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -142,8 +143,8 @@ def _read_json(path, limit):
     else:
         dicts, ids, labels = data, None, {}
     dicts = dicts[:limit] if limit else dicts
-    ids = [str(i) for i in ids[:len(dicts)]] if ids else [str(n) for n in range(len(dicts))]
-    labels = {k: [float(x) for x in v[:len(dicts)]] for k, v in labels.items()}
+    ids = [str(i) for i in ids[: len(dicts)]] if ids else [str(n) for n in range(len(dicts))]
+    labels = {k: [float(x) for x in v[: len(dicts)]] for k, v in labels.items()}
     return ids, [Structure.from_dict(d) for d in dicts], labels
 
 
@@ -191,8 +192,12 @@ def jarvis_atoms(structure):
     """pymatgen Structure -> jarvis Atoms (what alignn's graph builder reads)."""
     from jarvis.core.atoms import Atoms
 
-    return Atoms(lattice_mat=structure.lattice.matrix, coords=structure.frac_coords,
-                 elements=[site.specie.symbol for site in structure], cartesian=False)
+    return Atoms(
+        lattice_mat=structure.lattice.matrix,
+        coords=structure.frac_coords,
+        elements=[site.specie.symbol for site in structure],
+        cartesian=False,
+    )
 
 
 def alignn_graph(structure, graph: dict = ALIGNN_GRAPH):
@@ -201,10 +206,15 @@ def alignn_graph(structure, graph: dict = ALIGNN_GRAPH):
     from alignn.torch_graph_builder import build_pure_torch_graph
 
     atoms = jarvis_atoms(structure)
-    g, lg = build_pure_torch_graph(atoms=atoms, two_body_cutoff=graph['cutoff'],
-                                   three_body_cutoff=graph['three_body_cutoff'],
-                                   max_neighbors=graph['max_neighbors'], atom_features=graph['atom_features'],
-                                   use_matscipy_topology=False, compute_line_graph=True)
+    g, lg = build_pure_torch_graph(
+        atoms=atoms,
+        two_body_cutoff=graph['cutoff'],
+        three_body_cutoff=graph['three_body_cutoff'],
+        max_neighbors=graph['max_neighbors'],
+        atom_features=graph['atom_features'],
+        use_matscipy_topology=False,
+        compute_line_graph=True,
+    )
     return g, lg, torch.as_tensor(atoms.lattice_mat, dtype=torch.get_default_dtype())
 
 
@@ -223,8 +233,9 @@ def new_alignn_model(model_config: dict = ALIGNN_MODEL_CONFIG):
     return ALIGNNAtomWisePure(ALIGNNAtomWisePureConfig(**model_config))
 
 
-def save_alignn_checkpoint(folder, model, model_config: dict, graph: dict, extra: dict | None = None,
-                           state: dict | None = None) -> None:
+def save_alignn_checkpoint(
+    folder, model, model_config: dict, graph: dict, extra: dict | None = None, state: dict | None = None
+) -> None:
     """alignn's layout: config.json (graph settings at top level, ``model`` section) + best_model.pt."""
     import torch
 
@@ -250,8 +261,10 @@ def load_alignn_checkpoint(folder):
         state = state['model']
     model.load_state_dict(state)  # strict: a checkpoint of another shape must not load silently
     three_body = config.get('three_body_cutoff')
-    graph = {'cutoff': float(config.get('cutoff', ALIGNN_GRAPH['cutoff'])),
-             'max_neighbors': int(config.get('max_neighbors', ALIGNN_GRAPH['max_neighbors'])),
-             'three_body_cutoff': float(three_body if three_body is not None else config.get('cutoff', 8.0)),
-             'atom_features': config.get('atom_features', 'cgcnn')}
+    graph = {
+        'cutoff': float(config.get('cutoff', ALIGNN_GRAPH['cutoff'])),
+        'max_neighbors': int(config.get('max_neighbors', ALIGNN_GRAPH['max_neighbors'])),
+        'three_body_cutoff': float(three_body if three_body is not None else config.get('cutoff', 8.0)),
+        'atom_features': config.get('atom_features', 'cgcnn'),
+    }
     return model.eval(), model_config, graph

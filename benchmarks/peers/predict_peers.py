@@ -22,6 +22,7 @@ Examples::
     /work/venvs/peers/bin/python benchmarks/peers/predict_peers.py --model alignn \\
         --checkpoint runs/alignn_fe --structures structures.json --output alignn.json --predictions p.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,21 +43,30 @@ import peer_common  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', choices=['chgnet', 'alignn'], required=True)
-    parser.add_argument('--structures', required=True,
-                        help='.json (list of pymatgen Structure dicts, or {"ids","structures","labels"}), '
-                             '.extxyz/.xyz (ASE) or .csv[.gz] with a cif column')
-    parser.add_argument('--checkpoint', default=None,
-                        help='ALIGNN checkpoint folder (config.json + best_model.pt); none: freshly initialised '
-                             'model of the ANCHORS size')
-    parser.add_argument('--chgnet-model', default='0.3.0', help="CHGNet weights shipped in its wheel (default 0.3.0)")
+    parser.add_argument(
+        '--structures',
+        required=True,
+        help='.json (list of pymatgen Structure dicts, or {"ids","structures","labels"}), '
+        '.extxyz/.xyz (ASE) or .csv[.gz] with a cif column',
+    )
+    parser.add_argument(
+        '--checkpoint',
+        default=None,
+        help='ALIGNN checkpoint folder (config.json + best_model.pt); none: freshly initialised '
+        'model of the ANCHORS size',
+    )
+    parser.add_argument('--chgnet-model', default='0.3.0', help='CHGNet weights shipped in its wheel (default 0.3.0)')
     parser.add_argument('--batch-size', type=int, default=None, help='default 16 for CHGNet, 64 for ALIGNN')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--limit', type=int, default=None, help='only the first N structures of the file')
-    parser.add_argument('--repeats', type=int, default=1,
-                        help='repeat parse+graphs+forward in this process; the best repeat is reported')
+    parser.add_argument(
+        '--repeats',
+        type=int,
+        default=1,
+        help='repeat parse+graphs+forward in this process; the best repeat is reported',
+    )
     parser.add_argument('--output', default=None, help='write the summary JSON here (always printed too)')
-    parser.add_argument('--predictions', default=None,
-                        help='write {"ids", "predictions", "units", "failed"} JSON here')
+    parser.add_argument('--predictions', default=None, help='write {"ids", "predictions", "units", "failed"} JSON here')
     parser.add_argument('--seed', type=int, default=0, help='initialisation seed of an ALIGNN without checkpoint')
     parser.add_argument('--allow-network', action='store_true')
     return parser.parse_args(argv)
@@ -141,9 +151,13 @@ def measure(args) -> dict:
 
         model = CHGNet.load(model_name=args.chgnet_model, use_device='cpu', verbose=False)
         model.eval()
-        model_info = {'name': 'CHGNet', 'weights': f'pretrained {args.chgnet_model} (shipped in the chgnet wheel)',
-                      'output': 'energy per atom (eV/atom, MPtrj total energy)', 'units': 'eV/atom',
-                      'n_parameters': sum(p.numel() for p in model.parameters())}
+        model_info = {
+            'name': 'CHGNet',
+            'weights': f'pretrained {args.chgnet_model} (shipped in the chgnet wheel)',
+            'output': 'energy per atom (eV/atom, MPtrj total energy)',
+            'units': 'eV/atom',
+            'n_parameters': sum(p.numel() for p in model.parameters()),
+        }
     else:
         if args.checkpoint:
             model, model_config, graph_settings = peer_common.load_alignn_checkpoint(args.checkpoint)
@@ -155,9 +169,15 @@ def measure(args) -> dict:
             model_config, graph_settings = dict(peer_common.ALIGNN_MODEL_CONFIG), dict(peer_common.ALIGNN_GRAPH)
             model = peer_common.new_alignn_model(model_config).eval()
             weights, target, units = f'freshly initialised (seed {args.seed}): predictions are meaningless', None, None
-        model_info = {'name': 'ALIGNNAtomWisePure (alignn, DGL-free)', 'weights': weights, 'target': target,
-                      'config': model_config, 'graph': graph_settings, 'units': units,
-                      'n_parameters': sum(p.numel() for p in model.parameters())}
+        model_info = {
+            'name': 'ALIGNNAtomWisePure (alignn, DGL-free)',
+            'weights': weights,
+            'target': target,
+            'config': model_config,
+            'graph': graph_settings,
+            'units': units,
+            'n_parameters': sum(p.numel() for p in model.parameters()),
+        }
     model_load = time.perf_counter() - began
 
     runs = []
@@ -191,8 +211,12 @@ def measure(args) -> dict:
         'structures_per_second': count / seconds if seconds else None,
         'seconds_without_model_load': work,
         'structures_per_second_without_model_load': count / work if work else None,
-        'breakdown_seconds': {'model_load': model_load, 'parse': best['parse'], 'graphs': best['graphs'],
-                              'forward': best['forward']},
+        'breakdown_seconds': {
+            'model_load': model_load,
+            'parse': best['parse'],
+            'graphs': best['graphs'],
+            'forward': best['forward'],
+        },
         'cpu_seconds': best['cpu_seconds'],
         'repeats': runs,
         'failed': failed,
@@ -201,9 +225,18 @@ def measure(args) -> dict:
         'machine': {'processor': platform.machine(), 'load_average': list(os.getloadavg())},
     }
     if args.predictions:
-        pathlib.Path(args.predictions).write_text(json.dumps(
-            {'model': args.model, 'units': model_info['units'], 'target': model_info.get('target'),
-             'ids': ids, 'predictions': predictions, 'failed': failed}))
+        pathlib.Path(args.predictions).write_text(
+            json.dumps(
+                {
+                    'model': args.model,
+                    'units': model_info['units'],
+                    'target': model_info.get('target'),
+                    'ids': ids,
+                    'predictions': predictions,
+                    'failed': failed,
+                }
+            )
+        )
     if args.output:
         pathlib.Path(args.output).write_text(json.dumps(summary, indent=2))
     return summary

@@ -27,6 +27,7 @@ Example (the cpu-config comparison; 2 threads)::
     # smoke run
     /work/venvs/peers/bin/python benchmarks/peers/train_alignn.py --limit 500 --max-minutes 2 --out /tmp/alignn_smoke
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,27 +57,46 @@ def default_data() -> pathlib.Path:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--data', default=str(default_data()), help='mp_cgcnn.csv.gz (default: $HPCAI_DATA_DIR or '
-                                                                    '../shared/data beside the checkout)')
+    parser.add_argument(
+        '--data',
+        default=str(default_data()),
+        help='mp_cgcnn.csv.gz (default: $HPCAI_DATA_DIR or ../shared/data beside the checkout)',
+    )
     parser.add_argument('--split-dir', default=str(REPO / 'benchmarks' / 'splits' / 'mp_cgcnn'))
     parser.add_argument('--target', default='formation_energy_per_atom', choices=sorted(UNITS))
-    parser.add_argument('--max-minutes', type=float, default=None,
-                        help='wall-clock budget of the training loop (graph building not included)')
+    parser.add_argument(
+        '--max-minutes',
+        type=float,
+        default=None,
+        help='wall-clock budget of the training loop (graph building not included)',
+    )
     parser.add_argument('--epochs', type=int, default=300, help="upper bound on epochs (alignn's default 300)")
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--learning-rate', type=float, default=1e-3, help='peak of the one-cycle schedule')
     parser.add_argument('--weight-decay', type=float, default=1e-5)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--train-fraction', type=float, default=1.0,
-                        help='a seeded subset of the training ids (the same draw as surrogate_accuracy.py '
-                             '--train-fraction with the same --seed)')
-    parser.add_argument('--limit', type=int, default=None,
-                        help='smoke runs: at most N training structures and N//8 (>= 1) each for val and test')
+    parser.add_argument(
+        '--train-fraction',
+        type=float,
+        default=1.0,
+        help='a seeded subset of the training ids (the same draw as surrogate_accuracy.py '
+        '--train-fraction with the same --seed)',
+    )
+    parser.add_argument(
+        '--limit',
+        type=int,
+        default=None,
+        help='smoke runs: at most N training structures and N//8 (>= 1) each for val and test',
+    )
     parser.add_argument('--out', required=True, help='checkpoint folder (config.json + best_model.pt)')
     parser.add_argument('--output', default=None, help='result JSON (default OUT/result.json)')
-    parser.add_argument('--graph-workers', type=int, default=0,
-                        help='build the graphs in N single-thread processes (before the budget starts)')
+    parser.add_argument(
+        '--graph-workers',
+        type=int,
+        default=0,
+        help='build the graphs in N single-thread processes (before the budget starts)',
+    )
     parser.add_argument('--progress-seconds', type=float, default=60.0, help='print a progress line this often')
     return parser.parse_args(argv)
 
@@ -89,11 +109,11 @@ def choose_ids(args) -> dict[str, list[str]]:
     if args.train_fraction < 1.0:
         # as surrogate_accuracy.py: a seeded permutation of the positions of the training ids, sorted
         chosen = np.random.default_rng(args.seed).permutation(len(split['train']))
-        chosen = np.sort(chosen[:int(round(args.train_fraction * len(split['train'])))])
+        chosen = np.sort(chosen[: int(round(args.train_fraction * len(split['train'])))])
         split['train'] = [split['train'][i] for i in chosen]
     if args.limit:
         small = max(1, args.limit // 8)
-        split = {'train': split['train'][:args.limit], 'val': split['val'][:small], 'test': split['test'][:small]}
+        split = {'train': split['train'][: args.limit], 'val': split['val'][:small], 'test': split['test'][:small]}
     return split
 
 
@@ -172,7 +192,7 @@ def evaluate(model, graphs, targets, batch_size) -> tuple[float, list[float]]:
     predictions = []
     with torch.no_grad():
         for start in range(0, len(graphs), batch_size):
-            out = model(peer_common.alignn_batch(graphs[start:start + batch_size]))['out'].reshape(-1)
+            out = model(peer_common.alignn_batch(graphs[start : start + batch_size]))['out'].reshape(-1)
             predictions.extend(out.tolist())
     mae = sum(abs(p - t) for p, t in zip(predictions, targets)) / max(1, len(targets))
     return mae, predictions
@@ -191,8 +211,11 @@ def main(argv=None) -> dict:
     split = choose_ids(args)
     data, missing, dropped = load_split(args, split)
     parse_seconds = time.monotonic() - started
-    print(f'parsed {sum(len(d[0]) for d in data.values())} structures in {parse_seconds:.1f} s '
-          f'(train {len(data["train"][0])}, val {len(data["val"][0])}, test {len(data["test"][0])})', flush=True)
+    print(
+        f'parsed {sum(len(d[0]) for d in data.values())} structures in {parse_seconds:.1f} s '
+        f'(train {len(data["train"][0])}, val {len(data["val"][0])}, test {len(data["test"][0])})',
+        flush=True,
+    )
 
     graph_settings = dict(peer_common.ALIGNN_GRAPH)
     began = time.monotonic()
@@ -227,7 +250,7 @@ def main(argv=None) -> dict:
         order = generator.permutation(len(train_graphs))
         losses, seen = [], 0
         for start in range(0, len(order), args.batch_size):
-            chosen = order[start:start + args.batch_size]
+            chosen = order[start : start + args.batch_size]
             progress = step / total_steps
             if budget is not None:
                 progress = max(progress, (time.monotonic() - train_started) / budget)
@@ -243,22 +266,40 @@ def main(argv=None) -> dict:
             losses.append(float(loss.detach()))
             now = time.monotonic()
             if now - last_print > args.progress_seconds:
-                print(f'  epoch {epoch} {seen}/{len(order)} loss {np.mean(losses):.4f} '
-                      f'lr {optimizer.param_groups[0]["lr"]:.2e} elapsed {now - train_started:.0f} s', flush=True)
+                print(
+                    f'  epoch {epoch} {seen}/{len(order)} loss {np.mean(losses):.4f} '
+                    f'lr {optimizer.param_groups[0]["lr"]:.2e} elapsed {now - train_started:.0f} s',
+                    flush=True,
+                )
                 last_print = now
             if budget is not None and now - train_started > budget:
                 out_of_time = True
                 break
         train_seconds = time.monotonic() - epoch_started
         val_mae, _ = evaluate(model, val_graphs, val_targets, args.batch_size)
-        history.append({'epoch': epoch, 'train_l1': float(np.mean(losses)), 'val_mae': val_mae,
-                        'lr': optimizer.param_groups[0]['lr'], 'structures_seen': seen, 'complete': seen == len(order),
-                        'train_seconds': train_seconds, 'seconds': time.monotonic() - epoch_started})
+        history.append(
+            {
+                'epoch': epoch,
+                'train_l1': float(np.mean(losses)),
+                'val_mae': val_mae,
+                'lr': optimizer.param_groups[0]['lr'],
+                'structures_seen': seen,
+                'complete': seen == len(order),
+                'train_seconds': train_seconds,
+                'seconds': time.monotonic() - epoch_started,
+            }
+        )
         if val_mae < best['val_mae']:
-            best = {'val_mae': val_mae, 'epoch': epoch,
-                    'state': {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        print(f'epoch {epoch}: train L1 {history[-1]["train_l1"]:.4f}, val MAE {val_mae:.4f} '
-              f'(best {best["val_mae"]:.4f} @ {best["epoch"]}), {history[-1]["seconds"]:.0f} s', flush=True)
+            best = {
+                'val_mae': val_mae,
+                'epoch': epoch,
+                'state': {k: v.detach().clone() for k, v in model.state_dict().items()},
+            }
+        print(
+            f'epoch {epoch}: train L1 {history[-1]["train_l1"]:.4f}, val MAE {val_mae:.4f} '
+            f'(best {best["val_mae"]:.4f} @ {best["epoch"]}), {history[-1]["seconds"]:.0f} s',
+            flush=True,
+        )
         if out_of_time:
             break
     training_seconds = time.monotonic() - train_started
@@ -277,8 +318,11 @@ def main(argv=None) -> dict:
         'best_epoch': best['epoch'],
         'epochs_run': len(history),
         'complete_epochs': sum(1 for h in history if h['complete']),
-        'seconds_per_complete_epoch': (float(np.mean([h['train_seconds'] for h in history if h['complete']]))
-                                       if any(h['complete'] for h in history) else None),
+        'seconds_per_complete_epoch': (
+            float(np.mean([h['train_seconds'] for h in history if h['complete']]))
+            if any(h['complete'] for h in history)
+            else None
+        ),
         'stopped_by': 'budget' if out_of_time else 'epochs',
         'training_seconds': training_seconds,
         'max_minutes': args.max_minutes,
@@ -287,32 +331,72 @@ def main(argv=None) -> dict:
         'n_parameters': n_parameters,
         'model_config': model_config,
         'graph': graph_settings,
-        'training': {'optimizer': 'AdamW (alignn group_decay)', 'loss': 'L1', 'learning_rate': args.learning_rate,
-                     'weight_decay': args.weight_decay, 'schedule': 'one-cycle over max(step, time) fraction',
-                     'batch_size': args.batch_size, 'epochs': args.epochs, 'seed': args.seed,
-                     'threads': args.threads, 'graph_workers': args.graph_workers},
-        'dataset': {'source': str(args.data), 'split_dir': str(args.split_dir),
-                    'min_formation_energy': MIN_FORMATION_ENERGY, 'train_fraction': args.train_fraction,
-                    'limit': args.limit,
-                    'n': {name: len(prepared[name][0]) for name in prepared},
-                    'ids_missing_from_data': missing, 'dropped_by_cut': dropped,
-                    'graph_failures': failures},
+        'training': {
+            'optimizer': 'AdamW (alignn group_decay)',
+            'loss': 'L1',
+            'learning_rate': args.learning_rate,
+            'weight_decay': args.weight_decay,
+            'schedule': 'one-cycle over max(step, time) fraction',
+            'batch_size': args.batch_size,
+            'epochs': args.epochs,
+            'seed': args.seed,
+            'threads': args.threads,
+            'graph_workers': args.graph_workers,
+        },
+        'dataset': {
+            'source': str(args.data),
+            'split_dir': str(args.split_dir),
+            'min_formation_energy': MIN_FORMATION_ENERGY,
+            'train_fraction': args.train_fraction,
+            'limit': args.limit,
+            'n': {name: len(prepared[name][0]) for name in prepared},
+            'ids_missing_from_data': missing,
+            'dropped_by_cut': dropped,
+            'graph_failures': failures,
+        },
         'history': history,
         'versions': peer_common.versions(),
         'machine': {'processor': platform.machine(), 'cpus': os.cpu_count(), 'load_average': list(os.getloadavg())},
         'checkpoint': str(args.out),
     }
-    peer_common.save_alignn_checkpoint(args.out, model, model_config, graph_settings,
-                                       extra={'target': args.target, 'units': units, 'test_mae': test_mae,
-                                              'val_mae': val_mae, 'best_epoch': best['epoch']},
-                                       state=best['state'])
+    peer_common.save_alignn_checkpoint(
+        args.out,
+        model,
+        model_config,
+        graph_settings,
+        extra={
+            'target': args.target,
+            'units': units,
+            'test_mae': test_mae,
+            'val_mae': val_mae,
+            'best_epoch': best['epoch'],
+        },
+        state=best['state'],
+    )
     output = pathlib.Path(args.output) if args.output else pathlib.Path(args.out) / 'result.json'
     output.write_text(json.dumps(result, indent=2))
-    (pathlib.Path(args.out) / 'test_predictions.json').write_text(json.dumps(
-        {'ids': test_ids, 'targets': test_targets, 'predictions': test_predictions, 'units': units}))
-    print(json.dumps({k: result[k] for k in ('test_mae', 'val_mae', 'best_epoch', 'epochs_run', 'complete_epochs',
-                                             'seconds_per_complete_epoch', 'training_seconds', 'graph_seconds',
-                                             'n_parameters')}, indent=2))
+    (pathlib.Path(args.out) / 'test_predictions.json').write_text(
+        json.dumps({'ids': test_ids, 'targets': test_targets, 'predictions': test_predictions, 'units': units})
+    )
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    'test_mae',
+                    'val_mae',
+                    'best_epoch',
+                    'epochs_run',
+                    'complete_epochs',
+                    'seconds_per_complete_epoch',
+                    'training_seconds',
+                    'graph_seconds',
+                    'n_parameters',
+                )
+            },
+            indent=2,
+        )
+    )
     return result
 
 

@@ -1,4 +1,5 @@
 """Sphinx configuration for the aiida-hpcai documentation (MyST markdown)."""
+
 import pathlib
 import sys
 

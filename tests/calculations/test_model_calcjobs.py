@@ -1,4 +1,5 @@
 """``hpcai.train`` / ``hpcai.predict``: input validation and what lands in the job's working directory."""
+
 import json
 import pathlib
 import shutil
@@ -52,21 +53,33 @@ def _prepare(process_class, inputs):
 
 def test_predict_copies_checkpoints_and_structures_without_storing_them_again(code, structure_set):
     models = {'m0': _model(b'first member'), 'm1': _model(b'second member')}
-    inputs = {'code': code, 'structures': structure_set, 'models': models,
-              'parameters': orm.Dict({'batch_size': 8}), 'device': orm.Str('cuda')}
+    inputs = {
+        'code': code,
+        'structures': structure_set,
+        'models': models,
+        'parameters': orm.Dict({'batch_size': 8}),
+        'device': orm.Str('cuda'),
+    }
     calcinfo, config, listing = _prepare(PredictCalculation, inputs)
 
     # Only config.json is written into the sandbox (and so stored in the CalcJob's repository).
     assert 'config.json' in listing and 'structures.npz' not in listing
-    assert sorted(calcinfo.local_copy_list) == sorted([
-        (structure_set.uuid, 'structures.npz', 'structures.npz'),
-        (models['m0'].uuid, 'model.pt', 'models/m0.pt'),
-        (models['m1'].uuid, 'model.pt', 'models/m1.pt'),
-    ])
+    assert sorted(calcinfo.local_copy_list) == sorted(
+        [
+            (structure_set.uuid, 'structures.npz', 'structures.npz'),
+            (models['m0'].uuid, 'model.pt', 'models/m0.pt'),
+            (models['m1'].uuid, 'model.pt', 'models/m1.pt'),
+        ]
+    )
     assert config == {
-        'models': [{'file': 'models/m0.pt', 'sha256': models['m0'].sha256},
-                   {'file': 'models/m1.pt', 'sha256': models['m1'].sha256}],
-        'device': 'cuda', 'batch_size': 8, 'uncertainty': 'ensemble', 'mc_samples': 10,
+        'models': [
+            {'file': 'models/m0.pt', 'sha256': models['m0'].sha256},
+            {'file': 'models/m1.pt', 'sha256': models['m1'].sha256},
+        ],
+        'device': 'cuda',
+        'batch_size': 8,
+        'uncertainty': 'ensemble',
+        'mc_samples': 10,
     }
     assert calcinfo.codes_info[0].cmdline_params == ['predict', '--input', '.', '--output', 'outputs']
     assert ('outputs/predictions.npz', '.', 0) in calcinfo.retrieve_temporary_list
@@ -76,14 +89,23 @@ def test_predict_copies_checkpoints_and_structures_without_storing_them_again(co
 def test_predict_defaults(code, structure_set):
     inputs = {'code': code, 'structures': structure_set, 'models': {'only': _model(b'single')}}
     _, config, _ = _prepare(PredictCalculation, inputs)
-    assert config == {'models': [{'file': 'models/only.pt', 'sha256': inputs['models']['only'].sha256}],
-                      'device': 'cpu', 'uncertainty': 'ensemble', 'mc_samples': 10}
+    assert config == {
+        'models': [{'file': 'models/only.pt', 'sha256': inputs['models']['only'].sha256}],
+        'device': 'cpu',
+        'uncertainty': 'ensemble',
+        'mc_samples': 10,
+    }
 
 
-def test_predict_dry_run_puts_files_in_place(code, structure_set):
+def test_predict_dry_run_puts_files_in_place(code, structure_set, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a dry run writes submit_test/ into the working directory
     model = _model(b'dry-run checkpoint')
-    inputs = {'code': code, 'structures': structure_set, 'models': {'m0': model},
-              'metadata': {'dry_run': True, 'store_provenance': False}}
+    inputs = {
+        'code': code,
+        'structures': structure_set,
+        'models': {'m0': model},
+        'metadata': {'dry_run': True, 'store_provenance': False},
+    }
     _, node = run_get_node(PredictCalculation, **inputs)
     folder = pathlib.Path(node.dry_run_info['folder'])
     assert (folder / 'models' / 'm0.pt').read_bytes() == b'dry-run checkpoint'
@@ -94,12 +116,15 @@ def test_predict_dry_run_puts_files_in_place(code, structure_set):
     assert 'mpirun' not in script
 
 
-@pytest.mark.parametrize('bad, message', [
-    ({'parameters': {'batch': 8}}, 'unknown parameter'),
-    ({'parameters': {'uncertainty': 'bayes'}}, 'uncertainty'),
-    ({'parameters': {'batch_size': 0}}, 'batch_size'),
-    ({'device': 'gpu'}, 'device'),
-])
+@pytest.mark.parametrize(
+    'bad, message',
+    [
+        ({'parameters': {'batch': 8}}, 'unknown parameter'),
+        ({'parameters': {'uncertainty': 'bayes'}}, 'uncertainty'),
+        ({'parameters': {'batch_size': 0}}, 'batch_size'),
+        ({'device': 'gpu'}, 'device'),
+    ],
+)
 def test_predict_refuses_bad_inputs(code, structure_set, bad, message):
     bad = {key: orm.Dict(value) if isinstance(value, dict) else orm.Str(value) for key, value in bad.items()}
     inputs = {'code': code, 'structures': structure_set, 'models': {'m0': _model(b'x')}, **bad}
@@ -110,20 +135,28 @@ def test_predict_refuses_bad_inputs(code, structure_set, bad, message):
 def test_predict_refuses_models_of_different_targets(code, structure_set):
     models = {'a': _model(b'a'), 'b': _model(b'b', target='band_gap', units='eV')}
     with pytest.raises(ValueError, match='different targets'):
-        instantiate_process(get_manager().get_runner(), PredictCalculation, code=code, structures=structure_set,
-                            models=models)
+        instantiate_process(
+            get_manager().get_runner(), PredictCalculation, code=code, structures=structure_set, models=models
+        )
 
 
 def test_predict_refuses_empty_models(code, structure_set):
     with pytest.raises(ValueError, match='at least one model'):
-        instantiate_process(get_manager().get_runner(), PredictCalculation, code=code, structures=structure_set,
-                            models={})
+        instantiate_process(
+            get_manager().get_runner(), PredictCalculation, code=code, structures=structure_set, models={}
+        )
 
 
 def test_train_config_and_parent_checkpoint(code, structure_set):
     parent = _model(b'parent weights')
-    parameters = {'target': 'formation_energy_per_atom', 'units': 'eV/atom', 'model_config': 'tiny', 'epochs': 3,
-                  'split': {'fractions': [0.8, 0.1, 0.1], 'seed': 0}, 'freeze_blocks': 1}
+    parameters = {
+        'target': 'formation_energy_per_atom',
+        'units': 'eV/atom',
+        'model_config': 'tiny',
+        'epochs': 3,
+        'split': {'fractions': [0.8, 0.1, 0.1], 'seed': 0},
+        'freeze_blocks': 1,
+    }
     inputs = {'code': code, 'structures': structure_set, 'parameters': orm.Dict(parameters), 'parent_model': parent}
     calcinfo, config, _ = _prepare(TrainCalculation, inputs)
     assert config == {**parameters, 'device': 'cpu', 'parent': {'file': 'models/parent.pt', 'sha256': parent.sha256}}
@@ -132,13 +165,16 @@ def test_train_config_and_parent_checkpoint(code, structure_set):
     assert ('outputs/model.pt', '.', 0) in calcinfo.retrieve_temporary_list
 
 
-@pytest.mark.parametrize('parameters, message', [
-    ({'target': 'band_gap'}, "no label 'band_gap'"),
-    ({'units': 'eV'}, 'target'),
-    ({'target': 'formation_energy_per_atom', 'epoch': 3}, 'unknown parameter'),
-    ({'target': 'formation_energy_per_atom', 'model_config': 'huge'}, 'model_config'),
-    ({'target': 'formation_energy_per_atom', 'split': {'train': ['Si']}}, 'split'),
-])
+@pytest.mark.parametrize(
+    'parameters, message',
+    [
+        ({'target': 'band_gap'}, "no label 'band_gap'"),
+        ({'units': 'eV'}, 'target'),
+        ({'target': 'formation_energy_per_atom', 'epoch': 3}, 'unknown parameter'),
+        ({'target': 'formation_energy_per_atom', 'model_config': 'huge'}, 'model_config'),
+        ({'target': 'formation_energy_per_atom', 'split': {'train': ['Si']}}, 'split'),
+    ],
+)
 def test_train_refuses_bad_parameters(code, structure_set, parameters, message):
     inputs = {'code': code, 'structures': structure_set, 'parameters': orm.Dict(parameters)}
     with pytest.raises(ValueError, match=message):
@@ -146,16 +182,29 @@ def test_train_refuses_bad_parameters(code, structure_set, parameters, message):
 
 
 def test_train_refuses_parent_of_another_target(code, structure_set):
-    inputs = {'code': code, 'structures': structure_set, 'parent_model': _model(b'gap', target='band_gap'),
-              'parameters': orm.Dict({'target': 'formation_energy_per_atom'})}
+    inputs = {
+        'code': code,
+        'structures': structure_set,
+        'parent_model': _model(b'gap', target='band_gap'),
+        'parameters': orm.Dict({'target': 'formation_energy_per_atom'}),
+    }
     with pytest.raises(ValueError, match='fine-tuning keeps the target'):
         instantiate_process(get_manager().get_runner(), TrainCalculation, **inputs)
 
 
-def test_gpu_scheduler_options_reach_the_submit_script(code, structure_set):
-    inputs = {'code': code, 'structures': structure_set, 'models': {'m0': _model(b'gpu')}, 'device': orm.Str('cuda'),
-              'metadata': {'dry_run': True, 'store_provenance': False,
-                           'options': {'custom_scheduler_commands': '#SBATCH --gres=gpu:1'}}}
+def test_gpu_scheduler_options_reach_the_submit_script(code, structure_set, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a dry run writes submit_test/ into the working directory
+    inputs = {
+        'code': code,
+        'structures': structure_set,
+        'models': {'m0': _model(b'gpu')},
+        'device': orm.Str('cuda'),
+        'metadata': {
+            'dry_run': True,
+            'store_provenance': False,
+            'options': {'custom_scheduler_commands': '#SBATCH --gres=gpu:1'},
+        },
+    }
     _, node = run_get_node(PredictCalculation, **inputs)
     folder = pathlib.Path(node.dry_run_info['folder'])
     assert '#SBATCH --gres=gpu:1' in (folder / '_aiidasubmit.sh').read_text()

@@ -1,4 +1,5 @@
 """`aiida-hpcai data import` and `verdi data hpcai.*` on a real profile."""
+
 from aiida import orm
 from aiida.cmdline.commands.cmd_data import verdi_data
 from click.testing import CliRunner
@@ -8,7 +9,7 @@ from aiida_hpcai.data.structure_set import StructureSet
 
 
 def test_import_prints_counts_and_reasons(aiida_profile, tmp_path):
-    from tests.models.test_datasets import NACL, cif_of
+    from tests.samples import NACL, cif_of
 
     (tmp_path / 'good.cif').write_text(cif_of(NACL))
     (tmp_path / 'bad.cif').write_text(cif_of(NACL).replace('Cl', 'Qq'))
@@ -27,8 +28,11 @@ def test_import_prints_counts_and_reasons(aiida_profile, tmp_path):
 
 
 def test_import_real_dataset(aiida_profile, shared_data_dir):
-    result = CliRunner().invoke(cli, ['data', 'import', str(shared_data_dir / 'perov_5' / 'val.csv'), '--limit', '50',
-                                      '--target', 'heat_ref'], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        ['data', 'import', str(shared_data_dir / 'perov_5' / 'val.csv'), '--limit', '50', '--target', 'heat_ref'],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     assert '50' in result.output and 'heat_ref' in result.output
 

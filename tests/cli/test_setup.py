@@ -1,4 +1,5 @@
 """`aiida-hpcai setup`: fresh machine (creates an embedded profile) and an existing profile, each twice."""
+
 import os
 import re
 import shutil
@@ -13,13 +14,13 @@ from aiida_hpcai.cli.setup import DEFAULT_PSEUDO_FAMILY
 
 
 def run_setup(env):
-    return subprocess.run(['aiida-hpcai', 'setup', '--profile-name', 'hpcai-test'], env=env,
-                          capture_output=True, text=True, check=False)
+    return subprocess.run(
+        ['aiida-hpcai', 'setup', '--profile-name', 'hpcai-test'], env=env, capture_output=True, text=True, check=False
+    )
 
 
 def test_setup_on_a_fresh_machine_twice(tmp_path, shared_pseudos_dir):
-    env = {**os.environ, 'AIIDA_PATH': str(tmp_path), 'COLUMNS': '200',
-           'HPCAI_PSEUDO_DIR': str(shared_pseudos_dir)}
+    env = {**os.environ, 'AIIDA_PATH': str(tmp_path), 'COLUMNS': '200', 'HPCAI_PSEUDO_DIR': str(shared_pseudos_dir)}
     first = run_setup(env)
     assert first.returncode == 0, first.stderr
     assert 'created' in first.stdout and 'core.sqlite_dos' in first.stdout and 'core.zeromq' in first.stdout
@@ -29,8 +30,9 @@ def test_setup_on_a_fresh_machine_twice(tmp_path, shared_pseudos_dir):
     for item in ('profile', 'code hpcai-model@localhost', f'pseudo family {DEFAULT_PSEUDO_FAMILY}'):
         assert item in second.stdout
     # the profile is new, so its localhost is ours: polls and submissions without a login shell
-    transport = subprocess.run(['verdi', 'computer', 'configure', 'show', 'localhost'], env=env,
-                               capture_output=True, text=True, check=True)
+    transport = subprocess.run(
+        ['verdi', 'computer', 'configure', 'show', 'localhost'], env=env, capture_output=True, text=True, check=True
+    )
     assert re.search(r'use_login_shell\s+False', transport.stdout), transport.stdout
     codes = subprocess.run(['verdi', 'code', 'list', '-a'], env=env, capture_output=True, text=True, check=True)
     assert 'hpcai-model@localhost' in codes.stdout

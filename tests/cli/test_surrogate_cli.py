@@ -1,4 +1,5 @@
 """``aiida-hpcai predict`` / ``train`` run the real processes on the test profile."""
+
 import csv
 import json
 
@@ -9,8 +10,13 @@ from click.testing import CliRunner
 
 from aiida_hpcai.cli import cli
 from aiida_hpcai.cli.surrogate import read_structure_files
-from tests.surrogate_helpers import (TINY_TRAINING_CLI, model_program_code, needs_model_program, perov_structures,
-                                     train_tiny_model)
+from tests.surrogate_helpers import (
+    TINY_TRAINING_CLI,
+    model_program_code,
+    needs_model_program,
+    perov_structures,
+    train_tiny_model,
+)
 
 
 @pytest.fixture
@@ -66,9 +72,26 @@ def test_predict_json_and_csv(aiida_code_installed, shared_data_dir, structure_f
     paths, structures = structure_files
     table = tmp_path / 'predictions.csv'
 
-    result = CliRunner().invoke(cli, ['predict', *map(str, paths), '--model', str(model.pk), '--threshold', '1e6',
-                                      '--code', code.full_label, '--json', '--output', str(table),
-                                      '--uncertainty', 'mc_dropout_readout', '--mc-samples', '4'])
+    result = CliRunner().invoke(
+        cli,
+        [
+            'predict',
+            *map(str, paths),
+            '--model',
+            str(model.pk),
+            '--threshold',
+            '1e6',
+            '--code',
+            code.full_label,
+            '--json',
+            '--output',
+            str(table),
+            '--uncertainty',
+            'mc_dropout_readout',
+            '--mc-samples',
+            '4',
+        ],
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     rows = payload['rows']
@@ -78,9 +101,10 @@ def test_predict_json_and_csv(aiida_code_installed, shared_data_dir, structure_f
     assert payload['units'] == 'eV/atom' and payload['target'] == 'heat_ref'
 
     from aiida.orm import load_node
+
     workchain = load_node(payload['process_pk'])
     assert workchain.process_label == 'SurrogateWorkChain' and workchain.is_finished_ok
-    calculation, = [node for node in workchain.called if node.process_label == 'PredictCalculation']
+    (calculation,) = [node for node in workchain.called if node.process_label == 'PredictCalculation']
     assert calculation.inputs.parameters.get_dict() == {'uncertainty': 'mc_dropout_readout', 'mc_samples': 4}
     with table.open() as handle:
         written = list(csv.DictReader(handle))

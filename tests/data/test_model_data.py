@@ -1,4 +1,5 @@
 """ModelData: dedup by content, metadata, hash verification."""
+
 import pytest
 
 from aiida_hpcai.data.model import ChecksumMismatchError, ModelData
@@ -7,15 +8,25 @@ from aiida_hpcai.data.model import ChecksumMismatchError, ModelData
 def test_same_bytes_give_same_node(aiida_profile, tmp_path):
     path = tmp_path / 'model.pt'
     path.write_bytes(b'checkpoint-bytes-1')
-    first, created = ModelData.get_or_create(path, architecture='crysformer', target='band_gap', units='eV',
-                                             hyperparameters={'blocks': 2}, metrics={'test_mae': 0.3})
+    first, created = ModelData.get_or_create(
+        path,
+        architecture='crysformer',
+        target='band_gap',
+        units='eV',
+        hyperparameters={'blocks': 2},
+        metrics={'test_mae': 0.3},
+    )
     assert created and first.is_stored
     second, created_again = ModelData.get_or_create(path, architecture='crysformer')
     assert not created_again
     assert second.uuid == first.uuid
     assert first.filename == 'model.pt'
-    assert (first.target, first.units, first.hyperparameters, first.metrics) == ('band_gap', 'eV', {'blocks': 2},
-                                                                                  {'test_mae': 0.3})
+    assert (first.target, first.units, first.hyperparameters, first.metrics) == (
+        'band_gap',
+        'eV',
+        {'blocks': 2},
+        {'test_mae': 0.3},
+    )
     other, created_other = ModelData.get_or_create(b'other-bytes')
     assert created_other and other.uuid != first.uuid
 

@@ -1,10 +1,11 @@
 """StructureSet on a real profile: exact round trip, order, labels, conversions, skipped rows."""
+
 import numpy as np
 import pytest
 from aiida import orm
 
 from aiida_hpcai.data.structure_set import StructureSet
-from tests.models.test_structure_io import make_structures
+from tests.samples import make_structures
 
 
 @pytest.fixture
@@ -25,12 +26,18 @@ def test_round_trip_exact_and_ordered(stored_set):
 
 
 def test_attributes_are_queryable(stored_set):
-    query = orm.QueryBuilder().append(StructureSet, filters={'attributes.count': 3,
-                                                             'attributes.elements': {'contains': ['Ba']}})
-    assert stored_set.uuid in [
-        node.uuid for node in query.all(flat=True)]
-    assert not orm.QueryBuilder().append(StructureSet, filters={'attributes.count': 3, 'id': stored_set.pk,
-                                                                'attributes.elements': {'contains': ['Fe']}}).count()
+    query = orm.QueryBuilder().append(
+        StructureSet, filters={'attributes.count': 3, 'attributes.elements': {'contains': ['Ba']}}
+    )
+    assert stored_set.uuid in [node.uuid for node in query.all(flat=True)]
+    assert (
+        not orm.QueryBuilder()
+        .append(
+            StructureSet,
+            filters={'attributes.count': 3, 'id': stored_set.pk, 'attributes.elements': {'contains': ['Fe']}},
+        )
+        .count()
+    )
     assert stored_set.base.attributes.get('natoms_total') == 9
     assert stored_set.label_names == ['formation_energy_per_atom']
     assert len(stored_set.base.attributes.get('formulae_digest')) == 64
@@ -54,7 +61,7 @@ def test_subset_keeps_labels(stored_set):
 
 
 def test_from_file_records_skipped(aiida_profile, tmp_path):
-    from tests.models.test_datasets import NACL, cif_of
+    from tests.samples import NACL, cif_of
 
     (tmp_path / 'good.cif').write_text(cif_of(NACL))
     (tmp_path / 'broken.cif').write_text('garbage')

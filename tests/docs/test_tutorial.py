@@ -15,6 +15,7 @@ as tests/cli does, so they use the test profile. ``> FILE`` writes the command's
 The working folder sits beside a ``shared`` folder linking the shared data (and pseudopotentials), so the
 page's ``../shared/data/...`` paths resolve as they do in a checkout.
 """
+
 import dataclasses
 import re
 import shlex
@@ -65,10 +66,12 @@ def runnable_blocks(markdown: str) -> list[Block]:
 
 def test_extraction_rule():
     """The rule the page relies on: only ```console and ```python blocks run, `$ ` lines are commands."""
-    page = ('```console\n$ aiida-hpcai setup\nsome output\n$ aiida-hpcai predict a.cif \\\n    --json\n```\n'
-            '```bash\naiida-hpcai predict --device cuda\n```\n'
-            '```{code-block} python\nsubmit(x)\n```\n'
-            '```python\nprint(1)\n```\n')
+    page = (
+        '```console\n$ aiida-hpcai setup\nsome output\n$ aiida-hpcai predict a.cif \\\n    --json\n```\n'
+        '```bash\naiida-hpcai predict --device cuda\n```\n'
+        '```{code-block} python\nsubmit(x)\n```\n'
+        '```python\nprint(1)\n```\n'
+    )
     blocks = runnable_blocks(page)
     assert [block.kind for block in blocks] == ['console', 'python']
     assert blocks[0].commands() == ['aiida-hpcai setup', 'aiida-hpcai predict a.cif --json']
@@ -89,9 +92,11 @@ def test_tutorial_has_the_steps_it_promises():
 def _cli(program: str):
     if program == 'aiida-hpcai':
         from aiida_hpcai.cli import cli
+
         return cli
     if program == 'verdi':
         from aiida.cmdline.commands.cmd_verdi import verdi
+
         return verdi
     raise AssertionError(f'the tutorial runs {program!r}; only aiida-hpcai and verdi commands can be run here')
 
@@ -106,8 +111,9 @@ def _run_command(command: str, pks: dict, location: str) -> None:
         position = args.index('>')
         args, redirect = args[:position], args[position + 1]
     result = CliRunner().invoke(_cli(args[0]), args[1:])
-    assert result.exit_code == 0, (f'{location}: `{command}` exited with {result.exit_code}\n{result.output}\n'
-                                   f'{result.exception!r}')
+    assert result.exit_code == 0, (
+        f'{location}: `{command}` exited with {result.exit_code}\n{result.output}\n{result.exception!r}'
+    )
     if redirect is not None:
         with open(redirect, 'w') as handle:
             handle.write(result.stdout)

@@ -1,61 +1,13 @@
-"""The engine interface (protocols, band gap rule) and the Quantum ESPRESSO adapter's builders.
-
-Also defines the fixtures of the real-pw.x tests (``pw_code``, ``sssp_family``); ``tests/workchains/test_dft.py``
-imports them.
-"""
-import os
-import shutil
+"""The engine interface (protocols, band gap rule) and the Quantum ESPRESSO adapter's builders."""
 
 import numpy as np
 import pytest
 from aiida import orm
 
-from aiida_hpcai.cli.setup import LOCALHOST_TRANSPORT
 from aiida_hpcai.engines import get_engine
 from aiida_hpcai.engines.base import band_gap_from_eigenvalues, merge_overrides, protocol_digest
 from aiida_hpcai.engines.quantumespresso import QuantumEspressoEngine
-
-PSEUDO_FAMILY = 'SSSP/1.3/PBE/efficiency/subset'
-PSEUDO_SUBSET = 'sssp_pbe_efficiency_1.3.0_subset'
-
-
-@pytest.fixture(scope='session')
-def sssp_family(aiida_profile, shared_pseudos_dir):
-    """The SSSP subset installed as ``aiida-hpcai setup`` installs it."""
-    from aiida_hpcai.cli.setup import install_pseudo_family
-
-    family, _ = install_pseudo_family(shared_pseudos_dir / PSEUDO_SUBSET, PSEUDO_FAMILY)
-    return family
-
-
-@pytest.fixture(scope='session')
-def pw_code(aiida_profile, tmp_path_factory):
-    """``pw.x`` on a local computer running 2 MPI ranks (``--allow-run-as-root`` when we are root)."""
-    executable = shutil.which('pw.x')
-    if executable is None or shutil.which('mpirun') is None:
-        pytest.skip('pw.x or mpirun not found')
-    label = 'hpcai-dft-localhost'
-    try:
-        computer = orm.load_computer(label)
-    except Exception:  # noqa: BLE001 -- NotExistent; first use in this profile
-        computer = orm.Computer(
-            label=label,
-            hostname='localhost',
-            transport_type='core.local',
-            scheduler_type='core.direct',
-            workdir=str(tmp_path_factory.mktemp('aiida_work')),
-        ).store()
-        mpirun = ['mpirun'] + (['--allow-run-as-root'] if os.geteuid() == 0 else []) + ['-np', '{tot_num_mpiprocs}']
-        computer.set_mpirun_command(mpirun)
-        computer.set_default_mpiprocs_per_machine(2)
-        computer.set_prepend_text('export OMP_NUM_THREADS=1')
-        computer.configure(**LOCALHOST_TRANSPORT)
-    try:
-        return orm.load_code(f'pw@{label}')
-    except Exception:  # noqa: BLE001
-        return orm.InstalledCode(
-            label='pw', computer=computer, filepath_executable=executable, default_calc_job_plugin='quantumespresso.pw'
-        ).store()
+from tests.conftest import PSEUDO_FAMILY
 
 
 def _structure(formula: str) -> orm.StructureData:
@@ -187,7 +139,9 @@ def test_relax_and_scf_builders(sssp_family, pw_code):
     # Elemental references of MgO are computed at MgO's cutoffs, whatever their own element's.
     magnesium = _structure('MgO')
     overrides = engine.reference_overrides(magnesium, protocol)
-    assert overrides == {'parameters': {'SYSTEM': {'ecutwfc': pytest.approx(wfc * 0.8), 'ecutrho': pytest.approx(rho * 0.8)}}}
+    assert overrides == {
+        'parameters': {'SYSTEM': {'ecutwfc': pytest.approx(wfc * 0.8), 'ecutrho': pytest.approx(rho * 0.8)}}
+    }
     assert protocol['cutoff_scale'] == 0.8
 
     # Raw namelist overrides are merged last.

@@ -7,6 +7,7 @@ inputs we expect our builders to write, and a family of DUMMY POTCARs (test-only
 ``vasp_mock.py``). A builder writing any other INCAR / POSCAR / KPOINTS makes ``mock-vasp`` fail.
 Expected numbers are read from the fixtures' ``vasprun.xml`` with pymatgen, independently of aiida-vasp.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,21 +17,24 @@ from aiida.engine import run_get_node
 
 from aiida_hpcai.engines import band_gap_from_eigenvalues, get_engine
 from aiida_hpcai.workchains.dft import DftWorkChain
+from tests.conftest import require
 
 from .vasp_mock import mock_report, mock_vasp_executable, register_calculation, upload_dummy_potcar_family
 
 FAMILY = 'hpcai-test-dummy-potcars'
 # The POTCAR symbols MP's sets pick for the elements of the fixtures (Si; Zn, P, S); Ge deliberately left out.
 FAMILY_SYMBOLS = ['Si', 'Zn', 'P', 'S']
-OPTIONS = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 1}, 'withmpi': False,
-           'max_wallclock_seconds': 600}
+OPTIONS = {
+    'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 1},
+    'withmpi': False,
+    'max_wallclock_seconds': 600,
+}
 
 
 @pytest.fixture
 def vasp_fixtures(shared_data_dir):
     path = shared_data_dir / 'vasp_fixtures_aiida_vasp'
-    if not path.is_dir():
-        pytest.skip(f'{path} not found')
+    require(path.is_dir(), f'{path} not found')
     return path
 
 
@@ -113,7 +117,9 @@ def expected_gap(run) -> float:
     weights = np.array(run.actual_kpoints_weights) / np.sum(run.actual_kpoints_weights)
     per_channel = (occupations.sum(axis=-1) * weights).sum(axis=-1)
     moment = float(per_channel[0] - per_channel[1]) if len(per_channel) == 2 else 0.0
-    return band_gap_from_eigenvalues(eigenvalues, number_of_electrons=run.parameters['NELECT'], total_magnetization=moment)
+    return band_gap_from_eigenvalues(
+        eigenvalues, number_of_electrons=run.parameters['NELECT'], total_magnetization=moment
+    )
 
 
 # -- builders, no calculation ---------------------------------------------------------------------------
@@ -135,7 +141,11 @@ def test_relax_builder_follows_mp_relax_set(aiida_profile, engine, protocol, pot
     mp = mp_incar('MPRelaxSet', structure)
     assert (mp['ibrion'], mp['isif'], mp['nsw']) == (2, 3, 99)  # conjugate gradient, positions + cell, 99 steps
     assert {key: settings[key] for key in ('algo', 'steps', 'positions', 'shape', 'volume', 'force_cutoff')} == {
-        'algo': 'cg', 'steps': 99, 'positions': True, 'shape': True, 'volume': True,
+        'algo': 'cg',
+        'steps': 99,
+        'positions': True,
+        'shape': True,
+        'volume': True,
         'force_cutoff': protocol['relax']['force_cutoff'],
     }
     assert builder.vasp.kpoints.get_kpoints_mesh() == mp_kpoints('MPRelaxSet', structure).get_kpoints_mesh()
@@ -150,8 +160,12 @@ def test_magmom_and_hubbard_u_follow_aiida_vasp_species_order(aiida_profile, eng
     """MAGMOM per site; LDAU lists per run of kinds, as aiida-vasp writes POSCAR and POTCAR."""
     structure = orm.StructureData(cell=np.eye(3) * 4.0)
     # Fe1 O Fe2 O: four runs of kinds although there are only two elements.
-    for position, symbol, name in [((0, 0, 0), 'Fe', 'Fe1'), ((2, 0, 0), 'O', 'O'), ((0, 2, 0), 'Fe', 'Fe2'),
-                                   ((0, 0, 2), 'O', 'O')]:
+    for position, symbol, name in [
+        ((0, 0, 0), 'Fe', 'Fe1'),
+        ((2, 0, 0), 'O', 'O'),
+        ((0, 2, 0), 'Fe', 'Fe2'),
+        ((0, 0, 2), 'O', 'O'),
+    ]:
         structure.append_atom(position=position, symbols=symbol, name=name)
     pmg_set = engine.input_set('MPStaticSet', structure, protocol['scf'], protocol)
     mp = pmg_set.incar
@@ -252,9 +266,13 @@ def test_spin_polarized_result_needs_the_outcar_magnetization(aiida_profile, eng
     weights = np.asarray(quantities['kpoints']['weights']) / np.sum(quantities['kpoints']['weights'])
     per_channel = (occupations.sum(axis=-1) * weights).sum(axis=-1)
     assert per_channel.sum() == pytest.approx(quantities['parameters']['nelect'], abs=1e-3)
-    assert result.band_gap == pytest.approx(band_gap_from_eigenvalues(
-        eigenvalues, number_of_electrons=quantities['parameters']['nelect'],
-        total_magnetization=per_channel[0] - per_channel[1]))
+    assert result.band_gap == pytest.approx(
+        band_gap_from_eigenvalues(
+            eigenvalues,
+            number_of_electrons=quantities['parameters']['nelect'],
+            total_magnetization=per_channel[0] - per_channel[1],
+        )
+    )
     # Both channels count: the gap is at most the gap of either channel alone.
     channel_gaps = [band_gap_from_eigenvalues(eigenvalues[i], occupations[i], max_occupation=1.0) for i in (0, 1)]
     assert result.band_gap <= min(channel_gaps) + 1e-9
@@ -336,9 +354,7 @@ def test_dft_workchain_stops_on_missing_potcar(aiida_profile, potcar_family, moc
     assert not node.called
 
 
-def test_unconverged_scf_is_recognised(
-    aiida_profile, engine, potcar_family, registry, mock_vasp_code, vasp_fixtures
-):
+def test_unconverged_scf_is_recognised(aiida_profile, engine, potcar_family, registry, mock_vasp_code, vasp_fixtures):
     """A real VASP run that hit NELM before converging: the adapter tells the DFT WorkChain so."""
     protocol = engine.load_protocol('balanced', {'potential_family': FAMILY, 'scf': {'max_iterations': 1}})
     outputs = vasp_fixtures / 'exit_codes' / 'elec-unconverged' / 'out'

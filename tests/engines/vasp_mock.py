@@ -15,6 +15,7 @@ POTCARs are licensed too. Like aiida-vasp's own test suite (its ``tests/test_dat
 used as a test fixture. Contains only unusable POTCAR files"), we upload a family of dummy POTCARs that
 only carry the header fields aiida-vasp reads (TITEL, VRHFIN, LEXCH); mock-vasp never reads them.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -91,8 +92,8 @@ def register_calculation(
 
     Returns the entry's hash, as ``mock-vasp`` will compute it from the calculation folder.
     """
-    from pymatgen.io.vasp import Poscar, Vasprun
     from aiida_vasp.utils.mock_code import VaspMockRegistry
+    from pymatgen.io.vasp import Poscar, Vasprun
 
     entry = registry / name
     write_vasp_inputs(entry / 'inp', incar, structure, kpoints)

@@ -1,4 +1,5 @@
 """`aiida_hpcai.models` and `hpcai-model` must work where `aiida` cannot be imported (compute nodes)."""
+
 import json
 import os
 import pkgutil
@@ -37,8 +38,9 @@ def test_every_models_module_imports_without_aiida(tmp_path):
 
 
 def test_program_help_and_info_without_aiida(tmp_path):
-    result = run_without_aiida(tmp_path, 'import sys; from aiida_hpcai.models.program import main; '
-                                         'sys.exit(main(["--help"]))')
+    result = run_without_aiida(
+        tmp_path, 'import sys; from aiida_hpcai.models.program import main; sys.exit(main(["--help"]))'
+    )
     assert result.returncode == 0 and 'TASK' in result.stdout, result.stderr
     out = tmp_path / 'out'
     code = f'import sys; from aiida_hpcai.models.program import main; sys.exit(main(["info", "-o", {str(out)!r}]))'

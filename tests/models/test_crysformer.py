@@ -1,4 +1,5 @@
 """Crysformer: symmetry of its predictions, gradient flow, features, configs."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,12 @@ from e3nn.nn import Gate
 
 from aiida_hpcai.models import features
 from aiida_hpcai.models.crysformer import (
-    PRESETS, Crysformer, count_parameters, enable_mc_dropout, resolve_config, segment_softmax,
+    PRESETS,
+    Crysformer,
+    count_parameters,
+    enable_mc_dropout,
+    resolve_config,
+    segment_softmax,
 )
 from aiida_hpcai.models.graph import collate, neighbour_graph
 from aiida_hpcai.models.irreps_blocks import join_blocks, split_blocks
@@ -72,8 +78,16 @@ def test_gradients_reach_every_parameter():
     # features start as pure scalars, so their input is zero) and the l > 0 scales of the last
     # FFN norm and of the output norm (the readout reads only the 0e channels).
     last = len(model.blocks) - 1
-    inert = {name for name, _ in model.named_parameters() if not name.endswith('.0') and (
-        name.startswith(('blocks.0.norm_attention.weights.', f'blocks.{last}.norm_ffn.weights.', 'norm_out.weights.')))}
+    inert = {
+        name
+        for name, _ in model.named_parameters()
+        if not name.endswith('.0')
+        and (
+            name.startswith(
+                ('blocks.0.norm_attention.weights.', f'blocks.{last}.norm_ffn.weights.', 'norm_out.weights.')
+            )
+        )
+    }
     assert len(inert) == 6
     active = [(name, p) for name, p in model.named_parameters() if name not in inert]
     assert not [name for name, p in active if p.grad is None or not torch.isfinite(p.grad).all()]
@@ -84,8 +98,9 @@ def test_norm_floor_keeps_float32_close_to_float64_on_a_cubic_site():
     """Rock salt: every site is cubic, so l > 0 features are rounding noise; the plain per-degree norm
     amplifies that noise in float32 (1e-6 to 1e-5 here for these seeds), the floored norm does not."""
     cell = np.eye(3) * 5.6
-    fractions = np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0],
-                          [.5, .5, .5], [.5, 0, 0], [0, .5, 0], [0, 0, .5]])
+    fractions = np.array(
+        [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0], [0.5, 0.5, 0.5], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]]
+    )
     graph = neighbour_graph(np.array([11] * 4 + [17] * 4), fractions @ cell, cell)
     assert PRESETS['cpu'].norm_floor > 0
     for seed in range(3):
@@ -157,8 +172,9 @@ def test_block_gate_matches_e3nn_gate(preset):
     model = Crysformer(preset)
     block = model.blocks[0]
     for module in (block.attention.gate, block.ffn.gate):
-        reference = Gate(module.irreps_scalars, [torch.nn.functional.silu], module.irreps_gates, [torch.sigmoid],
-                         module.irreps_gated)
+        reference = Gate(
+            module.irreps_scalars, [torch.nn.functional.silu], module.irreps_gates, [torch.sigmoid], module.irreps_gated
+        )
         assert module.irreps_in == reference.irreps_in and module.irreps_out == reference.irreps_out
         inputs = torch.randn(40, module.irreps_in.dim)
         outputs = join_blocks(module(split_blocks(inputs, module.irreps_in)))
@@ -170,17 +186,20 @@ def _e3nn_attention(attention, features, edge_sh, edge_basis, source, target):
     message = attention.linear_source(features)[source] + attention.linear_target(features)[target]
     message = attention.tensor_product(message, edge_sh, attention.radial(edge_basis))
     message = attention.linear_message(message)
-    logit_scalars = message[:, :attention.num_logit_scalars].reshape(-1, attention.num_heads,
-                                                                      attention.attention_vector.shape[1])
+    logit_scalars = message[:, : attention.num_logit_scalars].reshape(
+        -1, attention.num_heads, attention.attention_vector.shape[1]
+    )
     logits = (torch.nn.functional.leaky_relu(logit_scalars, 0.2) * attention.attention_vector).sum(dim=-1)
     weights = segment_softmax(logits, target, features.shape[0])
     gate = attention.gate
-    reference_gate = Gate(gate.irreps_scalars, [torch.nn.functional.silu], gate.irreps_gates, [torch.sigmoid],
-                          gate.irreps_gated).to(features.dtype)
-    values = attention.linear_value(reference_gate(message[:, attention.num_logit_scalars:]))
+    reference_gate = Gate(
+        gate.irreps_scalars, [torch.nn.functional.silu], gate.irreps_gates, [torch.sigmoid], gate.irreps_gated
+    ).to(features.dtype)
+    values = attention.linear_value(reference_gate(message[:, attention.num_logit_scalars :]))
     # head of each component: contiguous channel groups of every irrep
-    heads = torch.cat([(torch.arange(mul) * attention.num_heads // mul).repeat_interleave(ir.dim)
-                       for mul, ir in attention.irreps])
+    heads = torch.cat(
+        [(torch.arange(mul) * attention.num_heads // mul).repeat_interleave(ir.dim) for mul, ir in attention.irreps]
+    )
     values = values * weights[:, heads]
     return attention.linear_out(torch.zeros_like(features).index_add_(0, target, values))
 
@@ -193,14 +212,17 @@ def test_block_evaluation_matches_e3nn_modules(preset):
     torch.manual_seed(0)
     model = Crysformer(preset).double().eval()
     layer = model.blocks[0]
-    graph = collate([neighbour_graph(NUMBERS, POSITIONS, CELL), neighbour_graph([84], [[0, 0, 0]], np.eye(3) * 3.35)],
-                    dtype=torch.float64)
+    graph = collate(
+        [neighbour_graph(NUMBERS, POSITIONS, CELL), neighbour_graph([84], [[0, 0, 0]], np.eye(3) * 3.35)],
+        dtype=torch.float64,
+    )
     edge_sh = o3.spherical_harmonics(model.irreps_sh, graph.vectors, normalize=True, normalization='component')
     edge_basis = model.basis(graph.vectors.norm(dim=1))
     features = torch.randn(len(graph.numbers), model.irreps.dim, dtype=torch.float64, requires_grad=True)
 
-    fast = join_blocks(layer.attention(split_blocks(features, model.irreps), edge_sh, edge_basis,
-                                       graph.source, graph.target))
+    fast = join_blocks(
+        layer.attention(split_blocks(features, model.irreps), edge_sh, edge_basis, graph.source, graph.target)
+    )
     reference = _e3nn_attention(layer.attention, features, edge_sh, edge_basis, graph.source, graph.target)
     torch.testing.assert_close(fast, reference, atol=1e-7, rtol=1e-6)
     weights = torch.randn_like(fast)
@@ -210,7 +232,16 @@ def test_block_evaluation_matches_e3nn_modules(preset):
         torch.testing.assert_close(fast_grad, reference_grad, atol=1e-7, rtol=1e-6)
 
     ffn = layer.ffn
-    reference_gate = Gate(ffn.gate.irreps_scalars, [torch.nn.functional.silu], ffn.gate.irreps_gates,
-                          [torch.sigmoid], ffn.gate.irreps_gated).double()
-    torch.testing.assert_close(join_blocks(ffn(split_blocks(features, model.irreps))),
-                               ffn.linear_out(reference_gate(ffn.linear_in(features))), atol=1e-7, rtol=1e-6)
+    reference_gate = Gate(
+        ffn.gate.irreps_scalars,
+        [torch.nn.functional.silu],
+        ffn.gate.irreps_gates,
+        [torch.sigmoid],
+        ffn.gate.irreps_gated,
+    ).double()
+    torch.testing.assert_close(
+        join_blocks(ffn(split_blocks(features, model.irreps))),
+        ffn.linear_out(reference_gate(ffn.linear_in(features))),
+        atol=1e-7,
+        rtol=1e-6,
+    )

@@ -1,4 +1,5 @@
 """Dataset loaders on the real shared datasets and on broken rows; deterministic splits."""
+
 import csv
 import gzip
 import json
@@ -6,16 +7,9 @@ import json
 import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
-from pymatgen.io.cif import CifWriter
 
 from aiida_hpcai.models import datasets
-
-
-def cif_of(structure) -> str:
-    return str(CifWriter(structure))
-
-
-NACL = Structure(Lattice.cubic(5.64), ['Na', 'Cl'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+from tests.samples import NACL, cif_of
 
 
 @pytest.fixture
@@ -78,18 +72,22 @@ def test_fast_p1_reader_matches_pymatgen(shared_data_dir):
 
 
 def test_mp_cgcnn_loads_with_targets(shared_data_dir):
-    dataset = datasets.load_dataset(shared_data_dir / 'mp_cgcnn' / 'mp_cgcnn.csv.gz', limit=300,
-                                    targets=['formation_energy_per_atom', 'band_gap'])
+    dataset = datasets.load_dataset(
+        shared_data_dir / 'mp_cgcnn' / 'mp_cgcnn.csv.gz', limit=300, targets=['formation_energy_per_atom', 'band_gap']
+    )
     assert len(dataset.arrays) + len(dataset.skipped) == 300
     assert len(dataset.arrays) >= 295
     assert sorted(dataset.arrays.labels) == ['band_gap', 'formation_energy_per_atom']
     assert dataset.arrays.ids[0] == 'mp-1'
 
 
-@pytest.mark.parametrize('name, labels', [
-    ('perov_5/val.csv', ['dir_gap', 'heat_all', 'heat_ref', 'ind_gap']),
-    ('carbon_24/val.csv', ['energy_per_atom']),
-])
+@pytest.mark.parametrize(
+    'name, labels',
+    [
+        ('perov_5/val.csv', ['dir_gap', 'heat_all', 'heat_ref', 'ind_gap']),
+        ('carbon_24/val.csv', ['energy_per_atom']),
+    ],
+)
 def test_cdvae_csv(shared_data_dir, name, labels):
     dataset = datasets.load_dataset(shared_data_dir / name, limit=200)
     assert len(dataset.arrays) == 200 and not dataset.skipped
@@ -120,8 +118,11 @@ def test_cif_folder_with_id_prop(tmp_path):
 
 
 def test_matbench_json_gz(tmp_path):
-    payload = {'index': ['mb-1', 'mb-2'], 'columns': ['structure', 'e_form'],
-               'data': [[NACL.as_dict(), -2.0], [{'bad': 'dict'}, 1.0]]}
+    payload = {
+        'index': ['mb-1', 'mb-2'],
+        'columns': ['structure', 'e_form'],
+        'data': [[NACL.as_dict(), -2.0], [{'bad': 'dict'}, 1.0]],
+    }
     path = tmp_path / 'matbench_mp_e_form.json.gz'
     with gzip.open(path, 'wt') as handle:
         json.dump(payload, handle)

@@ -1,4 +1,5 @@
 """Periodic k-nearest-neighbour graphs: images, ties, invariances, batching."""
+
 import numpy as np
 import pytest
 import torch
@@ -37,7 +38,8 @@ def test_simple_cubic_polonium_images():
     # the six edge vectors are +-a along each axis: all periodic images of the one atom
     np.testing.assert_allclose(np.sort(graph.vectors, axis=0).sum(axis=0), 0.0, atol=1e-12)
     assert sorted(map(tuple, np.round(graph.vectors / a).astype(int))) == sorted(
-        [(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)])
+        [(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)]
+    )
 
 
 def test_tied_shell_is_included_whole():
@@ -76,8 +78,9 @@ def test_supercell_and_permutation_keep_the_distance_multiset():
         super_cell = cell * np.asarray(repeats)[:, None]
         supercell = neighbour_graph(np.tile(numbers, len(shifts)), super_positions, super_cell)
         assert supercell.num_edges == primitive.num_edges * len(shifts)
-        np.testing.assert_allclose(np.sort(supercell.distances), np.sort(np.tile(primitive.distances, len(shifts))),
-                                   atol=1e-9)
+        np.testing.assert_allclose(
+            np.sort(supercell.distances), np.sort(np.tile(primitive.distances, len(shifts))), atol=1e-9
+        )
     order = np.array([2, 0, 3, 1])
     permuted = neighbour_graph(numbers[order], positions[order] + 7.3, cell)
     for atom, original in enumerate(order):
@@ -90,11 +93,14 @@ def test_molecule_without_periodicity_uses_all_other_atoms():
     assert graph.num_edges == 6
 
 
-@pytest.mark.parametrize('numbers, positions, cell, pbc', [
-    ([1], [[np.nan, 0, 0]], np.eye(3) * 3, [True] * 3),
-    ([1], [[0, 0, 0]], np.zeros((3, 3)), [False] * 3),
-    ([1], [[0, 0, 0]], np.zeros((3, 3)), [True] * 3),
-])
+@pytest.mark.parametrize(
+    'numbers, positions, cell, pbc',
+    [
+        ([1], [[np.nan, 0, 0]], np.eye(3) * 3, [True] * 3),
+        ([1], [[0, 0, 0]], np.zeros((3, 3)), [False] * 3),
+        ([1], [[0, 0, 0]], np.zeros((3, 3)), [True] * 3),
+    ],
+)
 def test_impossible_graphs_raise(numbers, positions, cell, pbc):
     with pytest.raises(GraphError):
         neighbour_graph(numbers, positions, cell, pbc)

@@ -1,18 +1,21 @@
 """Lines of warm-restarted members (benchmarks/surrogate_accuracy.py): which states are one member, and
 the training seconds of a member's whole line, as ``pools``, ``merge``, ``ship`` and ``report`` use them."""
+
 import importlib.util
 import json
 
 import pytest
 
 from aiida_hpcai.models.training import train_ensemble
-from tests.models.test_training import TINY, _split, synthetic_set
 from tests.conftest import REPO_ROOT
+from tests.samples import TINY, _split, synthetic_set
 
 
 @pytest.fixture(scope='module')
 def accuracy():
-    spec = importlib.util.spec_from_file_location('surrogate_accuracy', REPO_ROOT / 'benchmarks' / 'surrogate_accuracy.py')
+    spec = importlib.util.spec_from_file_location(
+        'surrogate_accuracy', REPO_ROOT / 'benchmarks' / 'surrogate_accuracy.py'
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,9 +36,17 @@ def test_a_warm_restart_keeps_the_line_of_the_member_it_went_on_from(accuracy, t
     parent, record = accuracy.warm_start(f'{first}#1')
     assert record['root'] == scratch[1]['root'] and record['epochs'] == 2
     second = tmp_path / 'second'
-    train_ensemble(arrays, 'energy', split, second, model_config='tiny',
-                   training={**TINY, 'epochs': 2, 'ensemble_size': 1}, units='eV/atom',
-                   dataset={'initialized_from': record}, parent=parent)
+    train_ensemble(
+        arrays,
+        'energy',
+        split,
+        second,
+        model_config='tiny',
+        training={**TINY, 'epochs': 2, 'ensemble_size': 1},
+        units='eV/atom',
+        dataset={'initialized_from': record},
+        parent=parent,
+    )
     line = accuracy.load_members(str(second))['lineages'][0]
     assert line['root'] == scratch[1]['root']
     assert line['seconds'] == pytest.approx(_epoch_seconds(first, 1) + _epoch_seconds(second, 0))

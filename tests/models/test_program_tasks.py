@@ -1,4 +1,5 @@
 """The ``hpcai-model train`` and ``predict`` tasks, through the program's own entry point."""
+
 import json
 import shutil
 
@@ -15,8 +16,9 @@ def small_mp_set(shared_data_dir):
     """About 50 real Materials Project structures (<= 8 atoms) with both labels."""
     from aiida_hpcai.models.datasets import load_dataset
 
-    dataset = load_dataset(shared_data_dir / 'mp_cgcnn' / 'mp_cgcnn.csv.gz', limit=120,
-                           targets=['formation_energy_per_atom', 'band_gap'])
+    dataset = load_dataset(
+        shared_data_dir / 'mp_cgcnn' / 'mp_cgcnn.csv.gz', limit=120, targets=['formation_energy_per_atom', 'band_gap']
+    )
     arrays = dataset.arrays
     small = np.nonzero(arrays.natoms <= 8)[0][:50]
     return arrays.subset(small)
@@ -32,10 +34,21 @@ def _error(output_dir):
     return json.loads((output_dir / program.ERROR_FILENAME).read_text())['error']
 
 
-TRAIN_CONFIG = {'target': 'formation_energy_per_atom', 'units': 'eV/atom', 'model_config': 'tiny',
-                'ensemble_size': 2, 'epochs': 3, 'batch_size': 8, 'learning_rate': 3e-3, 'seed': 0,
-                'device': 'cpu', 'patience': 5, 'split': {'fractions': [0.8, 0.1, 0.1], 'seed': 0},
-                'element_reference': True, 'mc_samples': 3}
+TRAIN_CONFIG = {
+    'target': 'formation_energy_per_atom',
+    'units': 'eV/atom',
+    'model_config': 'tiny',
+    'ensemble_size': 2,
+    'epochs': 3,
+    'batch_size': 8,
+    'learning_rate': 3e-3,
+    'seed': 0,
+    'device': 'cpu',
+    'patience': 5,
+    'split': {'fractions': [0.8, 0.1, 0.1], 'seed': 0},
+    'element_reference': True,
+    'mc_samples': 3,
+}
 
 
 @pytest.fixture(scope='module')
@@ -66,8 +79,14 @@ def test_train_task_with_explicit_split_and_missing_label(small_mp_set, tmp_path
     config = {**TRAIN_CONFIG, 'target': 'volume_per_atom'}
     assert _run('train', tmp_path / 'in', tmp_path / 'bad', config) == 2
     assert _error(tmp_path / 'bad') == 'missing_label'
-    config = {**TRAIN_CONFIG, 'ensemble_size': 1, 'epochs': 1, 'target': 'band_gap', 'units': 'eV',
-              'split': {'train': ids[:10], 'val': ids[10:14], 'test': ids[14:16]}}
+    config = {
+        **TRAIN_CONFIG,
+        'ensemble_size': 1,
+        'epochs': 1,
+        'target': 'band_gap',
+        'units': 'eV',
+        'split': {'train': ids[:10], 'val': ids[10:14], 'test': ids[14:16]},
+    }
     assert _run('train', tmp_path / 'in', tmp_path / 'ok', config) == 0
     metrics = json.loads((tmp_path / 'ok' / 'metrics.json').read_text())
     assert metrics['n_structures'] == {'train': 10, 'val': 4, 'test': 2}
@@ -93,8 +112,7 @@ def _with_bad_structures(arrays: StructureArrays) -> StructureArrays:
     positions = np.concatenate([good.positions, [[0, 0, 0], [1, 1, 1]], [[np.nan, 0, 0], [1, 1, 1]]])
     cells = np.concatenate([good.cells, [np.eye(3) * 4, np.eye(3) * 4]])
     offsets = np.concatenate([good.offsets, [good.offsets[-1] + 2, good.offsets[-1] + 4]])
-    return StructureArrays(numbers, positions, cells, np.ones((4, 3), bool), offsets,
-                           list(good.ids) + ['heavy', 'nan'])
+    return StructureArrays(numbers, positions, cells, np.ones((4, 3), bool), offsets, list(good.ids) + ['heavy', 'nan'])
 
 
 def test_predict_task_marks_failures_and_predicts_the_rest(trained_task, small_mp_set, tmp_path):
@@ -108,8 +126,9 @@ def test_predict_task_marks_failures_and_predicts_the_rest(trained_task, small_m
     assert reason[0] == '' and 'unknown element' in reason[2] and 'non-finite' in reason[3]
     assert np.all(np.isfinite(mean[:2])) and np.all(sigma[:2] > 0) and np.all(np.isnan(mean[2:]))
     summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
-    assert {'target', 'units', 'n_structures', 'n_ok', 'n_failed', 'seconds', 'structures_per_second',
-            'device'} <= set(summary)
+    assert {'target', 'units', 'n_structures', 'n_ok', 'n_failed', 'seconds', 'structures_per_second', 'device'} <= set(
+        summary
+    )
     assert (summary['n_ok'], summary['n_failed'], summary['device']) == (2, 2, 'cpu')
     # the same checkpoint twice pools into a four-member ensemble with the same mean; asking for
     # CUDA where there is none runs on the CPU and says so
@@ -150,8 +169,14 @@ def test_train_task_fine_tunes_a_parent(trained_task, small_mp_set, tmp_path):
     (tmp_path / 'in').mkdir()
     shutil.copyfile(model, tmp_path / 'in' / 'parent.pt')
     write_npz(small_mp_set.subset(range(30)), tmp_path / 'in' / 'structures.npz')
-    config = {**TRAIN_CONFIG, 'ensemble_size': 1, 'epochs': 1, 'freeze_blocks': 1, 'learning_rate': None,
-              'parent': {'file': 'parent.pt', 'sha256': sha256_file(model)}}
+    config = {
+        **TRAIN_CONFIG,
+        'ensemble_size': 1,
+        'epochs': 1,
+        'freeze_blocks': 1,
+        'learning_rate': None,
+        'parent': {'file': 'parent.pt', 'sha256': sha256_file(model)},
+    }
     config.pop('model_config')
     assert _run('train', tmp_path / 'in', tmp_path / 'out', config) == 0
     child, parent = load_checkpoint(tmp_path / 'out' / 'model.pt'), load_checkpoint(model)

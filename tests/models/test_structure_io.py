@@ -1,4 +1,5 @@
 """The npz structure-set format: exact round trips, order, subsets."""
+
 import io
 
 import numpy as np
@@ -6,20 +7,13 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from aiida_hpcai.models import structure_io
-
-
-def make_structures():
-    nacl = Structure(Lattice.cubic(5.64), ['Na', 'Cl'], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    perovskite = Structure(Lattice.from_parameters(3.9, 3.95, 4.0, 90, 91, 92), ['Ba', 'Ti', 'O', 'O', 'O'],
-                           [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-    silicon = Structure(Lattice.from_parameters(3.87, 3.87, 3.87, 60, 60, 60), ['Si', 'Si'],
-                        [[0, 0, 0], [0.25, 0.25, 0.25]])
-    return [nacl, perovskite, silicon]
+from tests.samples import make_structures
 
 
 def test_round_trip_is_exact_and_keeps_order():
-    arrays = structure_io.from_pymatgen(make_structures(), ids=['nacl', 'bto', 'si'],
-                                        labels={'energy': [1.5, np.nan, -3.25]})
+    arrays = structure_io.from_pymatgen(
+        make_structures(), ids=['nacl', 'bto', 'si'], labels={'energy': [1.5, np.nan, -3.25]}
+    )
     buffer = io.BytesIO()
     structure_io.write_npz(arrays, buffer)
     buffer.seek(0)
@@ -53,8 +47,14 @@ def test_ase_atoms_accepted():
 
 def test_inconsistent_arrays_rejected():
     with pytest.raises(ValueError, match='offsets'):
-        structure_io.StructureArrays(numbers=[1, 1], positions=np.zeros((2, 3)), cells=np.eye(3)[None],
-                                     pbc=[[True] * 3], offsets=[0, 1], ids=['x'])
+        structure_io.StructureArrays(
+            numbers=[1, 1],
+            positions=np.zeros((2, 3)),
+            cells=np.eye(3)[None],
+            pbc=[[True] * 3],
+            offsets=[0, 1],
+            ids=['x'],
+        )
 
 
 def test_disordered_structure_refused():

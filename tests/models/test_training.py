@@ -1,4 +1,5 @@
 """Training, fine-tuning, resuming, checkpoints and the uncertainty metrics (tiny models)."""
+
 import json
 import time
 
@@ -9,38 +10,14 @@ import torch
 from aiida_hpcai.models import training as training_module
 from aiida_hpcai.models.checkpoint import load_checkpoint, make_checkpoint, model_config_of, sha256_file
 from aiida_hpcai.models.inference import EnsemblePredictor
-from aiida_hpcai.models.structure_io import from_pymatgen
 from aiida_hpcai.models.training import composition_fractions, fit_element_reference, train_ensemble
 from aiida_hpcai.models.uncertainty import (
-    _normal_ppf, fit_sigma_scale, spearman, uncertainty_metrics,
+    _normal_ppf,
+    fit_sigma_scale,
+    spearman,
+    uncertainty_metrics,
 )
-
-ELEMENT_VALUES = {3: -1.0, 8: -2.0, 12: -1.5, 26: 0.5, 29: 0.8, 16: -0.7}
-
-
-def synthetic_set(n=40, seed=0):
-    """CsCl-type cells of random element pairs; label = composition term + a strain term."""
-    from pymatgen.core import Lattice, Structure
-
-    rng = np.random.default_rng(seed)
-    elements = list(ELEMENT_VALUES)
-    structures, labels = [], []
-    for _ in range(n):
-        a, b = rng.choice(elements, 2)
-        lattice = rng.uniform(2.8, 3.6)
-        shift = rng.normal(scale=0.05, size=3)
-        structures.append(Structure(Lattice.cubic(lattice), [int(a), int(b)], [[0, 0, 0], 0.5 + shift]))
-        labels.append(0.5 * (ELEMENT_VALUES[a] + ELEMENT_VALUES[b]) + 0.3 * (lattice - 3.2))
-    return from_pymatgen(structures, ids=[f's{i}' for i in range(n)], labels={'energy': labels})
-
-
-def _split(n):
-    return {'train': np.arange(0, int(0.7 * n)), 'val': np.arange(int(0.7 * n), int(0.85 * n)),
-            'test': np.arange(int(0.85 * n), n)}
-
-
-TINY = {'epochs': 6, 'batch_size': 7, 'learning_rate': 5e-3, 'ensemble_size': 2, 'mc_samples': 3,
-        'progress': False, 'patience': 50}
+from tests.samples import ELEMENT_VALUES, TINY, _split, synthetic_set
 
 
 @pytest.fixture(scope='module')
@@ -48,8 +25,15 @@ def trained(tmp_path_factory):
     arrays = synthetic_set()
     folder = tmp_path_factory.mktemp('trained')
     # no element reference here: the network itself must learn the composition term
-    checkpoint, metrics = train_ensemble(arrays, 'energy', _split(len(arrays)), folder, model_config='tiny',
-                                         training={**TINY, 'element_reference': False}, units='eV/atom')
+    checkpoint, metrics = train_ensemble(
+        arrays,
+        'energy',
+        _split(len(arrays)),
+        folder,
+        model_config='tiny',
+        training={**TINY, 'element_reference': False},
+        units='eV/atom',
+    )
     return arrays, folder, checkpoint, metrics
 
 
@@ -75,7 +59,9 @@ def test_uncertainty_metrics_on_a_calibrated_gaussian():
     assert fit_sigma_scale(errors, sigma / 2) == pytest.approx(2.0, rel=0.03)
     # over-confident sigmas are penalised by every calibration metric
     bad = uncertainty_metrics(errors, sigma / 3, np.zeros_like(errors))
-    assert bad['miscalibration_area'] > 0.2 and bad['coverage_90'] < 0.5 and bad['gaussian_nll'] > metrics['gaussian_nll']
+    assert (
+        bad['miscalibration_area'] > 0.2 and bad['coverage_90'] < 0.5 and bad['gaussian_nll'] > metrics['gaussian_nll']
+    )
 
 
 def test_sigma_scale_is_not_inflated_by_near_zero_spreads():
@@ -117,8 +103,9 @@ def test_training_writes_a_loadable_ensemble_and_figures(trained):
     assert metadata['sha256'] == sha256_file(folder / 'model.pt')
     for split in ('val', 'test'):
         for method in ('ensemble', 'mc_dropout', 'mc_dropout_readout'):
-            assert {'mae', 'miscalibration_area', 'spearman_abs_error_sigma', 'gaussian_nll',
-                    'coverage_90'} <= set(metrics[split][method])
+            assert {'mae', 'miscalibration_area', 'spearman_abs_error_sigma', 'gaussian_nll', 'coverage_90'} <= set(
+                metrics[split][method]
+            )
     history = metrics['history'][0]
     assert len(history) == TINY['epochs']
     assert history[-1]['train_loss'] < history[0]['train_loss']
@@ -126,7 +113,8 @@ def test_training_writes_a_loadable_ensemble_and_figures(trained):
     test = _split(len(arrays))['test']
     predicted = EnsemblePredictor([loaded]).predict(arrays.subset(test))
     assert np.mean(np.abs(predicted['mean'] - arrays.labels['energy'][test])) == pytest.approx(
-        metrics['test']['mae'], rel=1e-5)
+        metrics['test']['mae'], rel=1e-5
+    )
 
 
 def test_the_model_learns_more_than_the_composition(trained):
@@ -139,19 +127,30 @@ def test_the_model_learns_more_than_the_composition(trained):
 def test_a_bounded_target_is_never_predicted_below_its_bound(trained):
     arrays, _, checkpoint, _ = trained
     assert checkpoint['lower_bound'] is None  # 'energy' has no physical bound
-    assert make_checkpoint(checkpoint['members'], model_config_of(checkpoint), 'band_gap', 'eV',
-                           checkpoint['normalization'])['lower_bound'] == 0.0
+    assert (
+        make_checkpoint(
+            checkpoint['members'], model_config_of(checkpoint), 'band_gap', 'eV', checkpoint['normalization']
+        )['lower_bound']
+        == 0.0
+    )
     free = EnsemblePredictor([checkpoint]).predict(arrays)
     bounded = EnsemblePredictor([{**checkpoint, 'lower_bound': 0.0}]).predict(arrays)
     assert np.any(free['mean'] < 0) and np.any(free['mean'] > 0)
     np.testing.assert_array_equal(bounded['mean'], np.maximum(free['mean'], 0.0))
     np.testing.assert_array_equal(bounded['sigma'], free['sigma'])
     # evaluation records what the bound gains on labels that respect it
-    data = {'val': training_module.PreparedData(training_module.graphs_from_arrays(arrays)[0], None,
-                                                np.maximum(arrays.labels['energy'], 0.0), list(arrays.ids)),
-            'test': training_module.PreparedData([], None, np.zeros(0), [])}
-    metrics, _ = training_module.evaluate(EnsemblePredictor([{**checkpoint, 'lower_bound': 0.0}]), data,
-                                          training_module.TrainingConfig(mc_samples=2))
+    data = {
+        'val': training_module.PreparedData(
+            training_module.graphs_from_arrays(arrays)[0],
+            None,
+            np.maximum(arrays.labels['energy'], 0.0),
+            list(arrays.ids),
+        ),
+        'test': training_module.PreparedData([], None, np.zeros(0), []),
+    }
+    metrics, _ = training_module.evaluate(
+        EnsemblePredictor([{**checkpoint, 'lower_bound': 0.0}]), data, training_module.TrainingConfig(mc_samples=2)
+    )
     unbounded = metrics['val']['without_lower_bound']
     assert metrics['val']['mae'] < unbounded['mae'] and len(unbounded['member_mae']) == 2
     assert all(b <= u for b, u in zip(metrics['val']['member_mae'], unbounded['member_mae']))
@@ -161,8 +160,14 @@ def test_fine_tuning_keeps_frozen_blocks_and_output_space(trained, tmp_path):
     arrays, folder, _, _ = trained
     parent = load_checkpoint(folder / 'model.pt')
     new_data = synthetic_set(24, seed=5)
-    child, _ = train_ensemble(new_data, 'energy', _split(24), tmp_path, training={**TINY, 'epochs': 2, 'learning_rate': None,
-                                                                                 'freeze_blocks': 1}, parent=parent)
+    child, _ = train_ensemble(
+        new_data,
+        'energy',
+        _split(24),
+        tmp_path,
+        training={**TINY, 'epochs': 2, 'learning_rate': None, 'freeze_blocks': 1},
+        parent=parent,
+    )
     assert child['normalization'] == parent['normalization']
     assert child['element_reference'] == parent['element_reference']
     assert child['hyperparameters']['training']['learning_rate'] == pytest.approx(1e-4)
@@ -226,8 +231,11 @@ def test_resumed_run_keeps_its_wall_clock_budget(tmp_path, monkeypatch):
     monkeypatch.setattr(training_module, '_evaluate_mae', original_evaluate)
     budgets = []
     original_member = training_module.train_member
-    monkeypatch.setattr(training_module, 'train_member',
-                        lambda *a, **k: budgets.append(a[6].deadline - time.monotonic()) or original_member(*a, **k))
+    monkeypatch.setattr(
+        training_module,
+        'train_member',
+        lambda *a, **k: budgets.append(a[6].deadline - time.monotonic()) or original_member(*a, **k),
+    )
     _, metrics = train_ensemble(arrays, 'energy', _split(20), tmp_path, model_config='tiny', training=options)
     left = saved['member_budget_minutes'] * 60.0 - 120.0  # the member's budget less the 2 minutes already spent
     assert left - 10.0 < budgets[0] <= left
@@ -236,8 +244,14 @@ def test_resumed_run_keeps_its_wall_clock_budget(tmp_path, monkeypatch):
 
 def test_wall_clock_budget_stops_training(tmp_path):
     arrays = synthetic_set(20, seed=4)
-    checkpoint, metrics = train_ensemble(arrays, 'energy', _split(20), tmp_path, model_config='tiny',
-                                         training={**TINY, 'epochs': 50, 'ensemble_size': 1, 'max_minutes': 1e-4})
+    checkpoint, metrics = train_ensemble(
+        arrays,
+        'energy',
+        _split(20),
+        tmp_path,
+        model_config='tiny',
+        training={**TINY, 'epochs': 50, 'ensemble_size': 1, 'max_minutes': 1e-4},
+    )
     assert len(metrics['history'][0]) == 1
     # with an element reference the predictor adds the composition term back
     assert checkpoint['element_reference'] is not None
@@ -248,7 +262,8 @@ def test_wall_clock_budget_stops_training(tmp_path):
     readout = EnsemblePredictor([checkpoint]).sample(graphs, method='mc_dropout_readout', mc_samples=4)
     assert readout.shape == (4, len(test)) and np.all(readout.std(axis=0) > 0)
     single = EnsemblePredictor([checkpoint]).sample(
-        [training_module.graphs_from_arrays(arrays, test)[0][0]], method='ensemble')
+        [training_module.graphs_from_arrays(arrays, test)[0][0]], method='ensemble'
+    )
     assert single.shape == (1, 1)
 
 
@@ -256,8 +271,9 @@ def test_learning_rate_schedule_follows_steps_or_budget_whichever_runs_out_first
     from aiida_hpcai.models.training import learning_rate_factor
 
     def factor(step, used=0.0):
-        return learning_rate_factor(step, warmup_steps=500, total_steps=10000, budget_used=used,
-                                    warmup_fraction=0.05, min_ratio=0.01)
+        return learning_rate_factor(
+            step, warmup_steps=500, total_steps=10000, budget_used=used, warmup_fraction=0.05, min_ratio=0.01
+        )
 
     # without a budget: linear warm-up over the steps, cosine down to min_ratio at the last step
     assert factor(0) == pytest.approx(1 / 500) and factor(499) == pytest.approx(1.0)

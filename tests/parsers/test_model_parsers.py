@@ -1,4 +1,5 @@
 """``hpcai.train`` / ``hpcai.predict`` parsers on hand-made output folders, as the program would leave them."""
+
 import io
 import json
 
@@ -21,8 +22,9 @@ TrainCalculation = CalculationFactory('hpcai.train')
 @pytest.fixture
 def structure_set():
     structures = [Structure(Lattice.cubic(a), ['Na', 'Cl'], [[0, 0, 0], [0.5, 0.5, 0.5]]) for a in (5.5, 5.6, 5.7)]
-    return StructureSet.from_pymatgen(structures, ids=['a', 'b', 'c'],
-                                      labels={'formation_energy_per_atom': [-2.0, -2.1, -2.05]}).store()
+    return StructureSet.from_pymatgen(
+        structures, ids=['a', 'b', 'c'], labels={'formation_energy_per_atom': [-2.0, -2.1, -2.05]}
+    ).store()
 
 
 def _calcjob_node(entry_point, computer, inputs, retrieved_files):
@@ -42,15 +44,29 @@ def _calcjob_node(entry_point, computer, inputs, retrieved_files):
 
 def _predictions_npz(mean, sigma, status, reason) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, mean=np.asarray(mean, float), sigma=np.asarray(sigma, float),
-             status=np.asarray(status, dtype=str), reason=np.asarray(reason, dtype=str))
+    np.savez(
+        buffer,
+        mean=np.asarray(mean, float),
+        sigma=np.asarray(sigma, float),
+        status=np.asarray(status, dtype=str),
+        reason=np.asarray(reason, dtype=str),
+    )
     return buffer.getvalue()
 
 
 def _summary(n, n_ok) -> bytes:
-    return json.dumps({'target': 'formation_energy_per_atom', 'units': 'eV/atom', 'n_structures': n, 'n_ok': n_ok,
-                       'n_failed': n - n_ok, 'seconds': 0.5, 'structures_per_second': n / 0.5,
-                       'device': 'cpu'}).encode()
+    return json.dumps(
+        {
+            'target': 'formation_energy_per_atom',
+            'units': 'eV/atom',
+            'n_structures': n,
+            'n_ok': n_ok,
+            'n_failed': n - n_ok,
+            'seconds': 0.5,
+            'structures_per_second': n / 0.5,
+            'device': 'cpu',
+        }
+    ).encode()
 
 
 @pytest.fixture
@@ -62,15 +78,18 @@ def predict_node(aiida_localhost, structure_set, tmp_path):
         for name, content in (temporary or {}).items():
             (folder / name).write_bytes(content)
         return node, str(folder)
+
     return factory
 
 
 def test_predict_parser_keeps_per_structure_failures(predict_node):
-    npz = _predictions_npz([-2.0, np.nan, -2.1], [0.01, np.nan, 0.3], ['ok', 'failed', 'ok'],
-                           ['', 'non-finite coordinates', ''])
+    npz = _predictions_npz(
+        [-2.0, np.nan, -2.1], [0.01, np.nan, 0.3], ['ok', 'failed', 'ok'], ['', 'non-finite coordinates', '']
+    )
     node, temporary = predict_node({'summary.json': _summary(3, 2)}, {'predictions.npz': npz})
-    results, calcfunction = PredictParser.parse_from_node(node, store_provenance=False,
-                                                          retrieved_temporary_folder=temporary)
+    results, calcfunction = PredictParser.parse_from_node(
+        node, store_provenance=False, retrieved_temporary_folder=temporary
+    )
     assert calcfunction.exit_status == 0
     predictions = results['predictions']
     assert predictions.get_array('status').tolist() == ['ok', 'failed', 'ok']
@@ -83,8 +102,9 @@ def test_predict_parser_keeps_per_structure_failures(predict_node):
 def test_predict_parser_all_failed_is_an_exit_code_with_outputs(predict_node):
     npz = _predictions_npz([np.nan] * 3, [np.nan] * 3, ['failed'] * 3, ['unknown element Og'] * 3)
     node, temporary = predict_node({'summary.json': _summary(3, 0)}, {'predictions.npz': npz})
-    results, calcfunction = PredictParser.parse_from_node(node, store_provenance=False,
-                                                          retrieved_temporary_folder=temporary)
+    results, calcfunction = PredictParser.parse_from_node(
+        node, store_provenance=False, retrieved_temporary_folder=temporary
+    )
     assert calcfunction.exit_status == PredictCalculation.exit_codes.ERROR_NO_STRUCTURE_PREDICTED.status
     assert 'unknown element Og' in calcfunction.exit_message
     assert 'predictions' in results
@@ -104,22 +124,26 @@ def test_predict_parser_missing_predictions(predict_node):
     assert 'predictions.npz' in calcfunction.exit_message
 
 
-@pytest.mark.parametrize('code, label', [
-    ('checkpoint_mismatch', 'ERROR_CHECKPOINT_MISMATCH'),
-    ('incompatible_models', 'ERROR_INCOMPATIBLE_MODELS'),
-    ('nan_output', 'ERROR_NAN_OUTPUT'),
-    ('out_of_memory', 'ERROR_OUT_OF_MEMORY'),
-    ('missing_label', 'ERROR_MISSING_LABEL'),
-    ('unexpected_error', 'ERROR_PROGRAM_UNEXPECTED'),
-    ('invalid_config', 'ERROR_INVALID_CONFIG'),
-    ('invalid_split', 'ERROR_INVALID_SPLIT'),
-    ('something_new', 'ERROR_PROGRAM_UNKNOWN_ERROR'),
-])
+@pytest.mark.parametrize(
+    'code, label',
+    [
+        ('checkpoint_mismatch', 'ERROR_CHECKPOINT_MISMATCH'),
+        ('incompatible_models', 'ERROR_INCOMPATIBLE_MODELS'),
+        ('nan_output', 'ERROR_NAN_OUTPUT'),
+        ('out_of_memory', 'ERROR_OUT_OF_MEMORY'),
+        ('missing_label', 'ERROR_MISSING_LABEL'),
+        ('unexpected_error', 'ERROR_PROGRAM_UNEXPECTED'),
+        ('invalid_config', 'ERROR_INVALID_CONFIG'),
+        ('invalid_split', 'ERROR_INVALID_SPLIT'),
+        ('something_new', 'ERROR_PROGRAM_UNKNOWN_ERROR'),
+    ],
+)
 def test_error_file_is_read_first(predict_node, code, label):
     error = json.dumps({'error': code, 'message': 'details from the program'}).encode()
     node, temporary = predict_node({'error.json': error})
-    results, calcfunction = PredictParser.parse_from_node(node, store_provenance=False,
-                                                          retrieved_temporary_folder=temporary)
+    results, calcfunction = PredictParser.parse_from_node(
+        node, store_provenance=False, retrieved_temporary_folder=temporary
+    )
     assert calcfunction.exit_status == PredictCalculation.exit_codes[label].status
     assert 'details from the program' in calcfunction.exit_message
     assert not results
@@ -129,8 +153,9 @@ def test_error_file_wins_over_complete_looking_outputs(predict_node):
     error = json.dumps({'error': 'checkpoint_mismatch', 'message': 'sha256 differs'}).encode()
     npz = _predictions_npz([1.0] * 3, [0.0] * 3, ['ok'] * 3, [''] * 3)
     node, temporary = predict_node({'error.json': error, 'summary.json': _summary(3, 3)}, {'predictions.npz': npz})
-    results, calcfunction = PredictParser.parse_from_node(node, store_provenance=False,
-                                                          retrieved_temporary_folder=temporary)
+    results, calcfunction = PredictParser.parse_from_node(
+        node, store_provenance=False, retrieved_temporary_folder=temporary
+    )
     assert calcfunction.exit_status == PredictCalculation.exit_codes.ERROR_CHECKPOINT_MISMATCH.status
     assert not results
 
@@ -139,8 +164,9 @@ def test_nan_output_keeps_the_predictions_and_their_reasons(predict_node):
     error = json.dumps({'error': 'nan_output', 'message': 'no structure got a finite prediction'}).encode()
     npz = _predictions_npz([np.nan] * 3, [np.nan] * 3, ['failed'] * 3, ['no neighbour graph: NaN'] * 3)
     node, temporary = predict_node({'error.json': error, 'summary.json': _summary(3, 0)}, {'predictions.npz': npz})
-    results, calcfunction = PredictParser.parse_from_node(node, store_provenance=False,
-                                                          retrieved_temporary_folder=temporary)
+    results, calcfunction = PredictParser.parse_from_node(
+        node, store_provenance=False, retrieved_temporary_folder=temporary
+    )
     assert calcfunction.exit_status == PredictCalculation.exit_codes.ERROR_NAN_OUTPUT.status
     assert results['predictions'].get_array('reason').tolist() == ['no neighbour graph: NaN'] * 3
 
@@ -152,8 +178,13 @@ def test_unreadable_error_file(predict_node):
 
 
 # -- train -------------------------------------------------------------------------------------
-METADATA = {'architecture': 'crysformer', 'hyperparameters': {'hidden': 16, 'layers': 1}, 'target':
-            'formation_energy_per_atom', 'units': 'eV/atom', 'metrics': {'test_mae': 0.4}}
+METADATA = {
+    'architecture': 'crysformer',
+    'hyperparameters': {'hidden': 16, 'layers': 1},
+    'target': 'formation_energy_per_atom',
+    'units': 'eV/atom',
+    'metrics': {'test_mae': 0.4},
+}
 METRICS = {'train_mae': 0.3, 'val_mae': 0.35, 'test_mae': 0.4, 'history': [[1, 0.9, 0.8]]}
 
 
@@ -165,15 +196,18 @@ def train_node(aiida_localhost, structure_set, tmp_path):
         for name, content in temporary.items():
             (tmp_path / name).write_bytes(content)
         return node, str(tmp_path)
+
     return factory
 
 
 def test_train_parser_builds_model_node(train_node, structure_set):
-    node, temporary = train_node({'metadata.json': json.dumps(METADATA).encode(),
-                                  'metrics.json': json.dumps(METRICS).encode()},
-                                 {'model.pt': b'trained weights', 'parity.png': b'\x89PNG fake'})
-    results, calcfunction = TrainParser.parse_from_node(node, store_provenance=False,
-                                                        retrieved_temporary_folder=temporary)
+    node, temporary = train_node(
+        {'metadata.json': json.dumps(METADATA).encode(), 'metrics.json': json.dumps(METRICS).encode()},
+        {'model.pt': b'trained weights', 'parity.png': b'\x89PNG fake'},
+    )
+    results, calcfunction = TrainParser.parse_from_node(
+        node, store_provenance=False, retrieved_temporary_folder=temporary
+    )
     assert calcfunction.exit_status == 0
     model = results['model']
     assert isinstance(model, ModelData)
@@ -188,27 +222,35 @@ def test_train_parser_builds_model_node(train_node, structure_set):
 def test_train_parser_stores_non_finite_metrics_as_none(train_node):
     metrics = {**METRICS, 'val': {'spearman_abs_error_sigma': float('nan'), 'gaussian_nll': float('inf')}}
     metadata = {**METADATA, 'metrics': metrics}
-    node, temporary = train_node({'metadata.json': json.dumps(metadata).encode(),
-                                  'metrics.json': json.dumps(metrics).encode()}, {'model.pt': b'w'})
-    results, calcfunction = TrainParser.parse_from_node(node, store_provenance=True,
-                                                        retrieved_temporary_folder=temporary)
+    node, temporary = train_node(
+        {'metadata.json': json.dumps(metadata).encode(), 'metrics.json': json.dumps(metrics).encode()},
+        {'model.pt': b'w'},
+    )
+    results, calcfunction = TrainParser.parse_from_node(
+        node, store_provenance=True, retrieved_temporary_folder=temporary
+    )
     assert calcfunction.exit_status == 0
     assert results['model'].is_stored
     assert results['metrics']['val'] == {'spearman_abs_error_sigma': None, 'gaussian_nll': None}
 
 
 def test_train_parser_missing_checkpoint(train_node):
-    node, temporary = train_node({'metadata.json': json.dumps(METADATA).encode(),
-                                  'metrics.json': json.dumps(METRICS).encode()}, {})
-    results, calcfunction = TrainParser.parse_from_node(node, store_provenance=False,
-                                                        retrieved_temporary_folder=temporary)
+    node, temporary = train_node(
+        {'metadata.json': json.dumps(METADATA).encode(), 'metrics.json': json.dumps(METRICS).encode()}, {}
+    )
+    results, calcfunction = TrainParser.parse_from_node(
+        node, store_provenance=False, retrieved_temporary_folder=temporary
+    )
     assert calcfunction.exit_status == TrainCalculation.exit_codes.ERROR_OUTPUT_FILES_MISSING.status
     assert 'model.pt' in calcfunction.exit_message and not results
 
 
 def test_train_parser_target_mismatch(train_node):
-    node, temporary = train_node({'metadata.json': json.dumps(METADATA).encode(),
-                                  'metrics.json': json.dumps(METRICS).encode()}, {'model.pt': b'w'}, target='band_gap')
+    node, temporary = train_node(
+        {'metadata.json': json.dumps(METADATA).encode(), 'metrics.json': json.dumps(METRICS).encode()},
+        {'model.pt': b'w'},
+        target='band_gap',
+    )
     _, calcfunction = TrainParser.parse_from_node(node, store_provenance=False, retrieved_temporary_folder=temporary)
     assert calcfunction.exit_status == TrainCalculation.exit_codes.ERROR_OUTPUT_INCONSISTENT.status
 

@@ -3,6 +3,7 @@
 The expensive runs are module-scoped fixtures shared by several tests: Si, MgO (which computes the Mg and O
 references) and a second MgO WorkChain (which must find those references instead of recomputing them).
 """
+
 import gzip
 
 import pytest
@@ -13,7 +14,6 @@ from pymatgen.core import Structure
 
 from aiida_hpcai.engines import references as refs
 from aiida_hpcai.workchains.dft import DftWorkChain
-from tests.engines.test_quantumespresso import pw_code, sssp_family  # noqa: F401 -- fixtures
 
 OPTIONS = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 2}, 'max_wallclock_seconds': 1800}
 
@@ -26,7 +26,10 @@ def _dataset_rows(shared_data_dir, material_ids):
     with gzip.open(shared_data_dir / 'mp_cgcnn' / 'mp_cgcnn.csv.gz', 'rt') as handle:
         for row in csv.DictReader(handle):
             if row['material_id'] in material_ids:
-                rows[row['material_id']] = (float(row['formation_energy_per_atom']), Structure.from_str(row['cif'], 'cif'))
+                rows[row['material_id']] = (
+                    float(row['formation_energy_per_atom']),
+                    Structure.from_str(row['cif'], 'cif'),
+                )
     return rows
 
 
@@ -97,7 +100,10 @@ def test_mgo_formation_energy(mgo_run, dataset):
     assert results['band_gap'].value > 3.0
     references = {child.base.extras.get(refs.REFERENCE_EXTRA)['element'] for child in _reference_children(node)}
     assert references == {'Mg', 'O'}
-    oxygen = next(child for child in _reference_children(node) if child.base.extras.get(refs.REFERENCE_EXTRA)['element'] == 'O')
+    oxygen = next(
+        child for child in _reference_children(node) if child.base.extras.get(refs.REFERENCE_EXTRA)['element'] == 'O'
+    )
+
     # References use the compound's cutoffs (O's), not their own: SSSP cutoffs converge differences, not totals.
     def ecutwfc(workchain):
         scf = workchain.base.links.get_outgoing(link_label_filter='scf').one().node
@@ -146,7 +152,9 @@ def test_missing_reference_fails_before_any_calculation(pw_code, sssp_family):  
     from pymatgen.core import Lattice
 
     # S has a pseudopotential but no elemental row in the dataset (see engines/reference_structures.json).
-    magnesium_sulfide = Structure.from_spacegroup('Fm-3m', Lattice.cubic(5.2), ['Mg', 'S'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    magnesium_sulfide = Structure.from_spacegroup(
+        'Fm-3m', Lattice.cubic(5.2), ['Mg', 'S'], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
     _, node = _run(magnesium_sulfide, pw_code)
     assert node.exit_status == DftWorkChain.exit_codes.ERROR_REFERENCE_MISSING.status
     assert 'S' in node.exit_message
@@ -186,13 +194,22 @@ def test_cli_runs_and_reports(tmp_path, dataset, pw_code, sssp_family):  # noqa:
 
     silicon = tmp_path / 'Si.cif'
     dataset['mp-149'][1].to(filename=str(silicon))
-    arguments = ['--engine', 'quantumespresso', '--protocol', 'fast', '--code', pw_code.full_label, '--num-mpiprocs', '2']
+    arguments = [
+        '--engine',
+        'quantumespresso',
+        '--protocol',
+        'fast',
+        '--code',
+        pw_code.full_label,
+        '--num-mpiprocs',
+        '2',
+    ]
     result = CliRunner().invoke(cli, ['dft', str(silicon), *arguments, '--no-formation-energy'])
     assert result.exit_code == 0, result.output
     pk = int(result.output.split('hpcai.dft<')[1].split('>')[0])
     node = orm.load_node(pk)
     assert node.is_finished_ok
-    assert f"{node.outputs.band_gap.value:.3f}" in result.output
+    assert f'{node.outputs.band_gap.value:.3f}' in result.output
 
     gold = tmp_path / 'AuMg.cif'
     from pymatgen.core import Lattice
@@ -228,4 +245,3 @@ def test_standardized_cells_expose_all_symmetry_to_pw(aiida_profile, element):
         assert np.all(np.min(np.abs(np.abs(cartesian)[..., None] - allowed), axis=-1) < 1e-4)
     expected = {'B': 12, 'As': 12, 'Mg': 24, 'Si': 48, 'O': 4}[element]
     assert len(dataset.rotations) == expected
-

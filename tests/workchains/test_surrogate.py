@@ -3,6 +3,7 @@
 The end-to-end tests train a tiny model with the real ``hpcai.train`` CalcJob on 40 perov_5
 structures and run the real ``hpcai-model`` program through the WorkChain on localhost.
 """
+
 import json
 
 import numpy as np
@@ -20,7 +21,6 @@ from tests.surrogate_helpers import model_program_code, needs_model_program, per
 
 SurrogateWorkChain = WorkflowFactory('hpcai.surrogate')
 PredictCalculation = CalculationFactory('hpcai.predict')
-
 
 
 def _rock_salt(a, species=('Na', 'Cl')):
@@ -47,7 +47,10 @@ def test_classify_predictions_splits_at_the_threshold():
     # Provenance: the split is a calcfunction with the structures and raw predictions as inputs.
     creator = results['needs_dft'].creator
     assert {link.link_label for link in creator.base.links.get_incoming().all()} == {
-        'structures', 'raw_predictions', 'sigma_threshold'}
+        'structures',
+        'raw_predictions',
+        'sigma_threshold',
+    }
 
 
 def test_classify_predictions_all_confident_gives_empty_needs_dft():
@@ -80,8 +83,12 @@ def test_inputs_need_exactly_one_kind_of_structures(aiida_code_installed, any_mo
 def test_threshold_required_for_targets_without_default(aiida_code_installed, any_model):
     code = aiida_code_installed(label='hpcai-model-validation')
     with pytest.raises(ValueError, match="no default `sigma_threshold` for target 'heat_ref'"):
-        run_get_node(SurrogateWorkChain, structures=StructureSet.from_pymatgen([_rock_salt(5.6)]),
-                     models={'m': any_model}, predict={'code': code})
+        run_get_node(
+            SurrogateWorkChain,
+            structures=StructureSet.from_pymatgen([_rock_salt(5.6)]),
+            models={'m': any_model},
+            predict={'code': code},
+        )
 
 
 # -- end to end with the real program ------------------------------------------------------------
@@ -91,8 +98,14 @@ def _with_broken_structure(structures: StructureSet, broken_index: int) -> Struc
     positions = arrays.positions.copy()
     start, stop = arrays.offsets[broken_index], arrays.offsets[broken_index + 1]
     positions[start:stop] = np.nan
-    broken = structure_io.StructureArrays(numbers=arrays.numbers, positions=positions, cells=arrays.cells,
-                                          pbc=arrays.pbc, offsets=arrays.offsets, ids=arrays.ids)
+    broken = structure_io.StructureArrays(
+        numbers=arrays.numbers,
+        positions=positions,
+        cells=arrays.cells,
+        pbc=arrays.pbc,
+        offsets=arrays.offsets,
+        ids=arrays.ids,
+    )
     return StructureSet(broken)
 
 
@@ -109,8 +122,13 @@ def test_train_then_surrogate_end_to_end(aiida_code_installed, shared_data_dir):
     to_predict = _with_broken_structure(perov_training_set.subset(range(5)), broken_index=2).store()
     # A tiny model's sigma says little; with a threshold no sigma reaches, only the failure needs DFT (the
     # split at the threshold itself is tested above on hand-made predictions).
-    _, node = run_get_node(SurrogateWorkChain, structures=to_predict, models={'tiny': model},
-                           sigma_threshold=orm.Float(1e6), predict={'code': model_code})
+    _, node = run_get_node(
+        SurrogateWorkChain,
+        structures=to_predict,
+        models={'tiny': model},
+        sigma_threshold=orm.Float(1e6),
+        predict={'code': model_code},
+    )
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
 
     predictions = node.outputs.predictions
@@ -125,8 +143,12 @@ def test_train_then_surrogate_end_to_end(aiida_code_installed, shared_data_dir):
     # Provenance: structures -> hpcai.predict CalcJob -> raw predictions -> split -> WorkChain outputs.
     query = orm.QueryBuilder()
     query.append(StructureSet, filters={'uuid': to_predict.uuid}, tag='structures')
-    query.append(orm.CalcJobNode, with_incoming='structures', tag='calcjob',
-                 filters={'process_type': 'aiida.calculations:hpcai.predict'})
+    query.append(
+        orm.CalcJobNode,
+        with_incoming='structures',
+        tag='calcjob',
+        filters={'process_type': 'aiida.calculations:hpcai.predict'},
+    )
     query.append(ModelData, with_outgoing='calcjob', filters={'uuid': model.uuid})
     query.append(orm.ArrayData, with_incoming='calcjob', edge_filters={'label': 'predictions'}, tag='raw')
     query.append(orm.CalcFunctionNode, with_incoming='raw', tag='split')
@@ -141,8 +163,13 @@ def test_nothing_predicted_sends_everything_to_dft(aiida_code_installed, shared_
     model = train_tiny_model(code, perov_structures(shared_data_dir)).outputs.model
     broken = _with_broken_structure(perov_structures(shared_data_dir).subset([0]), broken_index=0).store()
 
-    _, node = run_get_node(SurrogateWorkChain, structures=broken, models={'tiny': model},
-                           sigma_threshold=orm.Float(1e6), predict={'code': code})
+    _, node = run_get_node(
+        SurrogateWorkChain,
+        structures=broken,
+        models={'tiny': model},
+        sigma_threshold=orm.Float(1e6),
+        predict={'code': code},
+    )
 
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
     predict = node.base.links.get_outgoing(link_label_filter='predict').one().node
@@ -154,13 +181,19 @@ def test_nothing_predicted_sends_everything_to_dft(aiida_code_installed, shared_
 @needs_model_program
 def test_failed_predict_job_is_an_exit_code(aiida_code_installed):
     code = model_program_code(aiida_code_installed)
-    not_a_checkpoint = ModelData(b'these bytes are no torch checkpoint', filename='model.pt',
-                                 target='heat_ref', units='eV/atom').store()
+    not_a_checkpoint = ModelData(
+        b'these bytes are no torch checkpoint', filename='model.pt', target='heat_ref', units='eV/atom'
+    ).store()
     salt = orm.StructureData(pymatgen=_rock_salt(5.6))
 
     # StructureData input this time: gathered into a StructureSet by a calcfunction before the CalcJob runs.
-    _, node = run_get_node(SurrogateWorkChain, structure_nodes={'salt': salt}, models={'bad': not_a_checkpoint},
-                           sigma_threshold=orm.Float(0.1), predict={'code': code})
+    _, node = run_get_node(
+        SurrogateWorkChain,
+        structure_nodes={'salt': salt},
+        models={'bad': not_a_checkpoint},
+        sigma_threshold=orm.Float(0.1),
+        predict={'code': code},
+    )
 
     assert node.exit_status == SurrogateWorkChain.exit_codes.ERROR_PREDICT_FAILED.status
     assert str(PredictCalculation.exit_codes.ERROR_CHECKPOINT_MISMATCH.status) in node.exit_message
@@ -175,8 +208,10 @@ def test_failed_predict_job_is_an_exit_code(aiida_code_installed):
 def test_structure_nodes_are_gathered_with_provenance():
     from aiida_hpcai.workchains.surrogate import structures_from_nodes
 
-    nodes = {'salt': orm.StructureData(pymatgen=_rock_salt(5.6)),
-             'periclase': orm.StructureData(pymatgen=_rock_salt(4.2, ('Mg', 'O')))}
+    nodes = {
+        'salt': orm.StructureData(pymatgen=_rock_salt(5.6)),
+        'periclase': orm.StructureData(pymatgen=_rock_salt(4.2, ('Mg', 'O'))),
+    }
     structure_set = structures_from_nodes(**nodes)
     assert structure_set.ids == ['periclase', 'salt']
     assert [s.composition.reduced_formula for s in structure_set] == ['MgO', 'NaCl']

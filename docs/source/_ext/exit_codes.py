@@ -9,6 +9,7 @@ outline but not the exit codes, so this directive renders them from the same sou
 Columns: status, label, message, and the class that defines the code (``Process`` and ``CalcJob``
 are aiida-core's own). Backquoted words in messages become literals; ``{placeholders}`` are kept.
 """
+
 from __future__ import annotations
 
 from docutils import nodes
@@ -46,8 +47,14 @@ class ExitCodesDirective(SphinxDirective):
         exit_codes = sorted(process_class.spec().exit_codes.items(), key=lambda item: item[1].status)
         for label, exit_code in exit_codes:
             origin = _defining_class(process_class, label)
-            rows.append([[nodes.Text(str(exit_code.status))], [nodes.literal(label, label)],
-                         _inline(exit_code.message), [nodes.Text(origin.__name__)]])
+            rows.append(
+                [
+                    [nodes.Text(str(exit_code.status))],
+                    [nodes.literal(label, label)],
+                    _inline(exit_code.message),
+                    [nodes.Text(origin.__name__)],
+                ]
+            )
         return [self._table(['status', 'label', 'message', 'defined by'], rows, widths=[8, 30, 50, 20])]
 
     @staticmethod

@@ -1,6 +1,0 @@
-#!/bin/bash
-exec > _scheduler-stdout.txt
-exec 2> _scheduler-stderr.txt
-
-
-'/root/.pyenv/versions/3.11.7/bin/hpcai-model' 'predict' '--input' '.' '--output' 'outputs'  > 'hpcai-model.out' 2> 'hpcai-model.err'
