@@ -1,1 +1,4 @@
-"""agent layer of aiida-hpcai (see DESIGN.md)."""
+"""The coordinate pattern's front end (planned): request text -> goal, driving the coordinate WorkChain.
+
+See docs/source/architecture.md for the layers and where each piece goes.
+"""
