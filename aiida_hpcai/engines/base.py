@@ -204,6 +204,14 @@ class EngineAdapter(abc.ABC):
     protocol_file: ClassVar[pathlib.Path]
     #: Protocol keys whose mapping accepts any override key (raw code input).
     open_sections: ClassVar[frozenset[str]] = frozenset()
+    #: The protocol key naming the pseudopotential (or POTCAR) family, reported as ``pseudo_family``.
+    pseudo_family_key: ClassVar[str] = 'pseudo_family'
+    #: ``metadata.options`` every CalcJob starts from; the ``options`` input is merged over them.
+    DEFAULT_OPTIONS: ClassVar[dict] = {
+        'resources': {'num_machines': 1},
+        'max_wallclock_seconds': 12 * 3600,
+        'withmpi': True,
+    }
 
     # -- protocol ---------------------------------------------------------------------------------------
     @classmethod
@@ -256,16 +264,26 @@ class EngineAdapter(abc.ABC):
     def check_structure(self, structure, code, protocol: dict) -> list[str]:
         """Return the sorted element symbols of ``structure`` without pseudopotential / POTCAR (empty: fine)."""
 
-    @abc.abstractmethod
     def identity(self, code, protocol_name: str, protocol: dict) -> dict[str, str]:
         """Return ``{'engine', 'protocol', 'protocol_digest', 'pseudo_family'}`` (strings).
 
         These make energies comparable.
 
-        ``pseudo_family`` is the label of the pseudopotential family (QE) or POTCAR family (VASP);
-        ``protocol_digest`` is :func:`protocol_digest` of the merged protocol (overrides included). Adapters
-        may add string-valued keys; all of them enter the reference look-up.
+        ``pseudo_family`` is the protocol's value under :attr:`pseudo_family_key`: the label of the
+        pseudopotential family (QE) or POTCAR family (VASP); ``protocol_digest`` is :func:`protocol_digest`
+        of the merged protocol (overrides included). Adapters may add string-valued keys; all of them enter
+        the reference look-up.
         """
+        return {
+            'engine': self.name,
+            'protocol': protocol_name,
+            'protocol_digest': protocol_digest(protocol),
+            'pseudo_family': protocol[self.pseudo_family_key],
+        }
+
+    def _options(self, options: dict | None) -> dict:
+        """``metadata.options`` of every CalcJob: :attr:`DEFAULT_OPTIONS` with ``options`` merged in."""
+        return merge_overrides(self.DEFAULT_OPTIONS, options, strict=False)
 
     # -- builders ---------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -21,7 +21,6 @@ from .base import (
     ScfResult,
     band_gap_from_eigenvalues,
     merge_overrides,
-    protocol_digest,
 )
 
 CUTOFF_UNIT = 'Ry'  # unit of the cutoffs asked from the family (pw.x input unit)
@@ -34,8 +33,6 @@ class QuantumEspressoEngine(EngineAdapter):
     protocol_file = pathlib.Path(__file__).parent / 'protocols' / 'quantumespresso.yaml'
     open_sections = frozenset({'parameters'})
 
-    DEFAULT_OPTIONS = {'resources': {'num_machines': 1}, 'max_wallclock_seconds': 12 * 3600, 'withmpi': True}
-
     # -- helpers ----------------------------------------------------------------------------------------
     @staticmethod
     def load_family(protocol: dict):
@@ -47,9 +44,6 @@ class QuantumEspressoEngine(EngineAdapter):
         except exceptions.NotExistent:
             return None
         return family if isinstance(family, PseudoPotentialFamily) else None
-
-    def _options(self, options: dict | None) -> dict:
-        return merge_overrides(self.DEFAULT_OPTIONS, options, strict=False)
 
     @staticmethod
     def _starting_magnetization(structure, family, magnetic_moments: dict | None, default_moment: float) -> dict:
@@ -126,14 +120,6 @@ class QuantumEspressoEngine(EngineAdapter):
         if family is None:
             return sorted(elements)
         return sorted(elements - set(family.elements))
-
-    def identity(self, code, protocol_name: str, protocol: dict) -> dict[str, str]:
-        return {
-            'engine': self.name,
-            'protocol': protocol_name,
-            'protocol_digest': protocol_digest(protocol),
-            'pseudo_family': protocol['pseudo_family'],
-        }
 
     def get_relax_builder(self, structure, code, protocol, options=None, magnetic_moments=None, relax_cell=True):
         from aiida_quantumespresso.workflows.pw.relax import PwRelaxWorkChain

@@ -29,7 +29,7 @@ import pathlib
 import numpy as np
 from aiida import orm
 
-from .base import EngineAdapter, ScfResult, band_gap_from_eigenvalues, merge_overrides, protocol_digest
+from .base import EngineAdapter, ScfResult, band_gap_from_eigenvalues
 
 #: Tags pymatgen may leave in an INCAR that are not VASP tags.
 PYMATGEN_PSEUDO_TAGS = ('EDIFF_PER_ATOM',)
@@ -90,8 +90,7 @@ class VaspEngine(EngineAdapter):
     name = 'vasp'
     protocol_file = pathlib.Path(__file__).parent / 'protocols' / 'vasp.yaml'
     open_sections = frozenset({'incar', 'kpoints', 'potential_mapping'})
-
-    DEFAULT_OPTIONS = {'resources': {'num_machines': 1}, 'max_wallclock_seconds': 12 * 3600, 'withmpi': True}
+    pseudo_family_key = 'potential_family'
 
     # -- input set --------------------------------------------------------------------------------------
     @staticmethod
@@ -163,9 +162,6 @@ class VaspEngine(EngineAdapter):
 
         return {key.lower(): value for key, value in incar.items()}
 
-    def _options(self, options: dict | None) -> dict:
-        return merge_overrides(self.DEFAULT_OPTIONS, options, strict=False)
-
     def _fill_vasp_namespace(self, namespace, structure, code, protocol, section, incar, kpoints, options):
         """Fill the inputs of a ``VaspWorkChain`` (``builder`` of ``vasp.vasp``, ``builder.vasp`` of ``vasp.relax``)."""
         symbols = self.potcar_symbols(structure, protocol, section['input_set'])
@@ -200,14 +196,6 @@ class VaspEngine(EngineAdapter):
         if available is None:
             return sorted(wanted)
         return sorted(element for element, symbols in wanted.items() if None in symbols or not symbols <= available)
-
-    def identity(self, code, protocol_name: str, protocol: dict) -> dict[str, str]:
-        return {
-            'engine': self.name,
-            'protocol': protocol_name,
-            'protocol_digest': protocol_digest(protocol),
-            'pseudo_family': protocol['potential_family'],
-        }
 
     def get_relax_builder(self, structure, code, protocol, options=None, magnetic_moments=None, relax_cell=True):
         from aiida.plugins import WorkflowFactory

@@ -62,6 +62,24 @@ def test_merge_overrides_replaces_leaves_and_keeps_input():
     assert base == {'a': {'b': 1, 'c': [1, 2]}}
 
 
+@pytest.mark.parametrize('name', ['quantumespresso', 'vasp'])
+def test_identity_and_options_come_from_the_base_class(name):
+    """Both adapters share one identity rule and one options merge (only the family's protocol key differs)."""
+    engine = get_engine(name)
+    protocol = engine.load_protocol('fast')
+    identity = engine.identity(None, 'fast', protocol)
+    assert identity == {
+        'engine': name,
+        'protocol': 'fast',
+        'protocol_digest': protocol_digest(protocol),
+        'pseudo_family': protocol[engine.pseudo_family_key],
+    }
+    options = engine._options({'resources': {'num_mpiprocs_per_machine': 2}, 'queue_name': 'debug'})
+    assert options['resources'] == {'num_machines': 1, 'num_mpiprocs_per_machine': 2}
+    assert options['queue_name'] == 'debug' and options['withmpi'] is True
+    assert engine.DEFAULT_OPTIONS['resources'] == {'num_machines': 1}  # the defaults are not mutated
+
+
 def test_band_gap_from_eigenvalues():
     eigenvalues = np.array([[-1.0, 0.0, 1.5, 2.0], [-0.5, 0.2, 1.2, 3.0]])
     # Counting electrons: the lowest N/2 bands are occupied at every k-point.
