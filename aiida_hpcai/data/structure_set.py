@@ -23,9 +23,16 @@ class StructureSet(orm.Data):
     """A set of periodic structures with optional per-structure ids and float labels.
 
     Attributes (queryable): ``count``, ``natoms_total``, ``elements``, ``formulae_digest``,
-    ``label_names``, ``format_version`` and, where rows were refused on import,
+    ``label_names``, ``format_version`` and, where structures were refused on the way in,
     ``skipped_count`` and ``skipped_reasons`` (reason -> count; the full list, one entry per
-    refused row, is the repository file ``skipped.json``).
+    refused structure with its id, reason and the parser's detail, is the repository file
+    ``skipped.json``).
+
+    The ``from_*`` constructors validate every structure (:mod:`aiida_hpcai.models.structure_io`:
+    known elements, finite numbers, a cell that has not collapsed, no overlapping atoms, unique
+    ids): a bad one is left out and recorded, the rest go on. The plain constructor takes arrays
+    as they are (the model program's own output, a subset of a validated set). A node without a
+    label gets the count and the first formulae as one, so that ``verdi node graph`` says what it holds.
     """
 
     FILENAME = 'structures.npz'
@@ -37,6 +44,8 @@ class StructureSet(orm.Data):
         super().__init__(**kwargs)
         if arrays is not None:
             self._set_arrays(arrays)
+            if not self.label:
+                self.label = self.summary()
         if skipped:
             self._set_skipped(skipped)
 
@@ -49,8 +58,10 @@ class StructureSet(orm.Data):
         labels: dict[str, Sequence[float]] | None = None,
         **kwargs,
     ) -> StructureSet:
-        """From pymatgen ``Structure`` or ASE ``Atoms`` objects."""
-        return cls(structure_io.from_pymatgen(structures, ids=ids, labels=labels), **kwargs)
+        """From pymatgen ``Structure`` or ASE ``Atoms`` objects; invalid ones are recorded in ``skipped.json``."""
+        skipped: list[structure_io.SkippedRow] = []
+        arrays = structure_io.from_pymatgen(structures, ids=ids, labels=labels, skipped=skipped)
+        return cls(arrays, skipped=[*kwargs.pop('skipped', []), *map(_as_dict, skipped)], **kwargs)
 
     from_ase = from_pymatgen
 
@@ -76,8 +87,22 @@ class StructureSet(orm.Data):
         """
         from aiida_hpcai.models.datasets import load_dataset
 
-        dataset = load_dataset(path, fmt=fmt, **loader_kwargs)
-        return cls(dataset.arrays, skipped=[{'id': row.id, 'reason': row.reason} for row in dataset.skipped])
+        return cls._from_dataset(load_dataset(path, fmt=fmt, **loader_kwargs))
+
+    @classmethod
+    def from_files(cls, paths: Sequence) -> StructureSet:
+        """From CIF, POSCAR/CONTCAR (anything pymatgen reads) and extxyz files, as users hand them to ``predict``.
+
+        See :func:`aiida_hpcai.models.datasets.read_structure_files` for ids and labels; a file or frame
+        that cannot be read or fails validation is recorded in ``skipped.json``, the others go on.
+        """
+        from aiida_hpcai.models.datasets import read_structure_files
+
+        return cls._from_dataset(read_structure_files(paths))
+
+    @classmethod
+    def _from_dataset(cls, dataset) -> StructureSet:
+        return cls(dataset.arrays, skipped=[_as_dict(row) for row in dataset.skipped])
 
     def _set_arrays(self, arrays: structure_io.StructureArrays) -> None:
         buffer = io.BytesIO()
@@ -146,10 +171,19 @@ class StructureSet(orm.Data):
             raise KeyError(f'no label {name!r}; this set has {self.label_names}') from exc
 
     def get_skipped(self) -> list[dict]:
-        """The rows refused when this set was built, each ``{'id': ..., 'reason': ...}``."""
+        """The structures refused when this set was built, each ``{'id': ..., 'reason': ..., 'detail': ...}``."""
         if self.SKIPPED_FILENAME not in self.base.repository.list_object_names():
             return []
         return json.loads(self.base.repository.get_object_content(self.SKIPPED_FILENAME))
+
+    def summary(self, formulae: int = 3) -> str:
+        """``'3 structures: NaCl, BaTiO3, Si'``: the count and the first reduced formulae."""
+        from pymatgen.core import Composition
+
+        count = self.count
+        shown = [Composition(f).reduced_formula for f in self.arrays.subset(range(min(count, formulae))).formulae()]
+        more = f', ... (+{count - len(shown)})' if count > len(shown) else ''
+        return f'{count} structure{"" if count == 1 else "s"}' + (f': {", ".join(shown)}{more}' if shown else '')
 
     def __len__(self) -> int:
         return self.count
@@ -182,3 +216,8 @@ class StructureSet(orm.Data):
         from aiida_hpcai.models.datasets import write_extxyz
 
         write_extxyz(self.arrays, path)
+
+
+def _as_dict(row) -> dict:
+    """A skipped row as stored in ``skipped.json``: ``{'id', 'reason', 'detail'}``."""
+    return row if isinstance(row, dict) else {'id': row.id, 'reason': row.reason, 'detail': row.detail}

@@ -9,10 +9,17 @@ Formats (``fmt='auto'`` picks by name):
 - ``extxyz``: extended XYZ, numeric ``info`` keys become labels, ``info['id']`` the id;
 - ``cif-folder``: a folder of ``*.cif`` files (id = file stem) with optional CGCNN-style
   ``id_prop.csv`` (``id,value``) labels;
+- ``cif``: one CIF file (a structure per data block, id = file name, ``name#i`` for several);
 - ``npz``: our own structure-set file (:mod:`aiida_hpcai.models.structure_io`).
 
-Every row that cannot become a valid structure is skipped with a reason (:data:`SKIP_REASONS`)
-and counted; nothing is dropped silently.
+:func:`read_structure_files` reads the files users hand to ``aiida-hpcai predict`` (CIF, POSCAR,
+anything pymatgen reads, extxyz).
+
+Every row, frame or file that cannot become a valid structure is skipped with a reason
+(:data:`~aiida_hpcai.models.structure_io.SKIP_REASONS`), its id and the parser's message, by the
+same :class:`~aiida_hpcai.models.structure_io.StructureBuilder` every other door uses; the rest go
+on. A file that ends early (a truncated ``.csv.gz``) keeps the rows read before the damage and
+records where reading stopped.
 """
 
 from __future__ import annotations
@@ -29,32 +36,26 @@ import os
 import pathlib
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import zlib
+from collections.abc import Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .structure_io import StructureArrays, read_npz, write_npz
-
-SKIP_REASONS = (
-    'unparsable structure',
-    'unknown element',
-    'partial occupancy',
-    'non-finite values',
-    'collapsed cell',
-    'overlapping atoms',
-    'missing label',
+from .structure_io import (
+    InvalidStructure,
+    SkippedRow,
+    StructureArrays,
+    StructureBuilder,
+    atoms_from_object,
+    read_npz,
+    write_npz,
 )
-MIN_VOLUME_PER_ATOM = 1.0  # Angstrom^3; real solids have 5-100, below 1 the cell has collapsed
-MIN_DISTANCE = 0.5  # Angstrom; the shortest real bond (H2) is 0.74
+
 _NON_LABEL_COLUMNS = {'', 'material_id', 'cif', 'formula', 'natoms', 'pretty_formula', 'elements', 'spacegroup.number'}
-_FORMATS = ('csv', 'matbench', 'extxyz', 'cif-folder', 'npz')
-
-
-@dataclasses.dataclass(frozen=True)
-class SkippedRow:
-    id: str
-    reason: str
-    detail: str = ''
+_FORMATS = ('csv', 'matbench', 'extxyz', 'cif-folder', 'cif', 'npz')
+EXTXYZ_SUFFIXES = ('.extxyz', '.xyz')
+# What a damaged or truncated file raises while it is being read (gzip, zlib, csv, text decoding, JSON).
+_READ_ERRORS = (EOFError, OSError, zlib.error, csv.Error, UnicodeDecodeError, json.JSONDecodeError)
 
 
 @dataclasses.dataclass
@@ -74,43 +75,6 @@ class Dataset:
         lines = [f'{self.source} ({self.format}): {len(self.arrays)} structures loaded, {len(self.skipped)} skipped']
         lines += [f'  skipped, {reason}: {count}' for reason, count in sorted(self.skip_counts.items())]
         return '\n'.join(lines)
-
-
-class InvalidStructure(ValueError):
-    def __init__(self, reason: str, detail: str = ''):
-        super().__init__(f'{reason}: {detail}' if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-# -- validation --------------------------------------------------------------------------------
-def validate_atoms(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray) -> None:
-    """Raise :class:`InvalidStructure` if the atoms cannot be a physical periodic crystal."""
-    if len(numbers) == 0:
-        raise InvalidStructure('unparsable structure', 'no atoms')
-    if not (np.all(np.isfinite(positions)) and np.all(np.isfinite(cell))):
-        raise InvalidStructure('non-finite values', 'NaN or infinite coordinates or lattice')
-    if np.any(numbers < 1) or np.any(numbers > 118):
-        raise InvalidStructure('unknown element', f'atomic numbers {sorted(set(numbers.tolist()))}')
-    volume = abs(float(np.linalg.det(cell)))
-    if volume / len(numbers) < MIN_VOLUME_PER_ATOM:
-        raise InvalidStructure('collapsed cell', f'{volume / len(numbers):.3g} A^3 per atom')
-    shortest = _shortest_periodic_distance(positions, cell)
-    if shortest < MIN_DISTANCE:
-        raise InvalidStructure('overlapping atoms', f'two atoms {shortest:.3f} A apart')
-
-
-def _shortest_periodic_distance(positions: np.ndarray, cell: np.ndarray) -> float:
-    """Shortest distance between two atoms, or between an atom and its own periodic image."""
-    frac = np.linalg.solve(cell.T, positions.T).T
-    delta = frac[:, None, :] - frac[None, :, :]
-    delta -= np.round(delta)
-    shifts = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float)
-    vectors = (delta[:, :, None, :] + shifts[None, None, :, :]) @ cell
-    distances = np.linalg.norm(vectors, axis=-1)
-    n = len(positions)
-    distances[np.arange(n), np.arange(n), 13] = np.inf  # shift index 13 is (0, 0, 0): an atom and itself
-    return float(distances.min())
 
 
 # -- CIF parsing --------------------------------------------------------------------------------
@@ -165,6 +129,16 @@ def _parse_p1_cif(text: str):
 
 
 def _parse_cif_pymatgen(text: str):
+    structures = parse_cif_structures(text)
+    return atoms_from_object(structures[0])[:3]
+
+
+def parse_cif_structures(text: str) -> list:
+    """Every structure of a CIF (one per data block) as pymatgen ``Structure``s, with pymatgen's parser.
+
+    Raises :class:`InvalidStructure` with a reason a user can act on: pymatgen's own messages for a
+    damaged file (``integer modulo by zero``, a bare ``'_atom_site_label'``) say little.
+    """
     import warnings
 
     from pymatgen.io.cif import CifParser
@@ -174,19 +148,43 @@ def _parse_cif_pymatgen(text: str):
             warnings.simplefilter('ignore')
             structures = CifParser(io.StringIO(text)).parse_structures(primitive=False)
     except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for bad CIFs
-        message = str(exc)
+        message = str(exc) or type(exc).__name__
+        problem = _cif_problem(text)
+        if problem:
+            raise InvalidStructure('unparsable structure', f'{problem} (pymatgen: {message[:100]})') from exc
         if 'element' in message.lower() or 'species' in message.lower():
             raise InvalidStructure('unknown element', message[:200]) from exc
-        raise InvalidStructure('unparsable structure', message[:200] or type(exc).__name__) from exc
+        raise InvalidStructure('unparsable structure', message[:200]) from exc
     if not structures:
-        raise InvalidStructure('unparsable structure', 'no structure in CIF')
-    return _atoms_from_pymatgen(structures[0])
+        raise InvalidStructure('unparsable structure', _cif_problem(text) or 'no structure in the CIF')
+    return structures
 
 
-def _atoms_from_pymatgen(structure):
-    if not structure.is_ordered:
-        raise InvalidStructure('partial occupancy', str(structure.composition))
-    return np.array(structure.atomic_numbers), structure.cart_coords, structure.lattice.matrix
+def _cif_problem(text: str) -> str:
+    """What is visibly wrong with a CIF ('' when nothing is): empty, no cell, no atoms, a cut-off atom loop."""
+    if not text.strip():
+        return 'the file is empty'
+    if '_cell_length_a' not in text:
+        return 'no cell (_cell_length_a) in the file: not a CIF, or cut off before the cell'
+    if '_atom_site_fract_x' not in text and '_atom_site_Cartn_x' not in text:
+        return 'no atom positions (_atom_site_fract_x) in the file: cut off before the atoms?'
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if '_atom_site_fract_x' in line or '_atom_site_Cartn_x' in line)
+    while start > 0 and lines[start - 1].strip().startswith('_atom_site'):
+        start -= 1
+    columns, values = 0, 0
+    for line in lines[start:]:
+        stripped = line.strip()
+        if stripped.startswith('_atom_site'):
+            columns += 1
+        elif not stripped or stripped.startswith(('loop_', '_', '#', 'data_')):
+            if values:
+                break
+        else:
+            values += len(stripped.split())
+    if columns and values % columns:
+        return f'the atom loop has {values} values for {columns} columns: the file looks cut off or damaged'
+    return ''
 
 
 def _atomic_number(symbol: str) -> int:
@@ -248,26 +246,94 @@ def _read_matbench(path: pathlib.Path) -> Iterator[RawRow]:
                 structure = Structure.from_dict(entry)
             except Exception as exc:  # noqa: BLE001
                 raise InvalidStructure('unparsable structure', str(exc)[:200]) from exc
-            return _atoms_from_pymatgen(structure)
+            return atoms_from_object(structure)[:3]
 
         yield str(row_id), atoms, labels
 
 
-def _read_extxyz(path: pathlib.Path) -> Iterator[RawRow]:
-    from ase.io import iread
+def _read_extxyz(path: pathlib.Path, name: str | None = None) -> Iterator[RawRow]:
+    """One row per frame; a frame that cannot be read fails alone (ASE's reader would stop the whole file).
 
-    for number, atoms in enumerate(iread(str(path), index=':', format='extxyz')):
-        row_id = str(atoms.info.get('id', atoms.info.get('material_id', number)))
-        # ASE moves keys it knows (energy, free_energy, ...) from the comment line into a calculator.
-        values = {**(atoms.calc.results if atoms.calc is not None else {}), **atoms.info}
-        labels = {
-            key: float(value)
-            for key, value in values.items()
-            if key not in ('id', 'material_id')
-            and isinstance(value, (int, float, np.floating, np.integer))
-            and not isinstance(value, bool)
-        }
-        yield row_id, (lambda a=atoms: (a.get_atomic_numbers(), a.get_positions(), np.asarray(a.get_cell()))), labels
+    Ids: the frame's ``id`` (or ``material_id``), else ``<name>#<frame index>``; ``name`` defaults to the file's.
+    """
+    name = name or path.name
+    for index, frame in _extxyz_frames(path):
+        if isinstance(frame, InvalidStructure):
+            yield f'{name}#{index}', _raiser(frame), {}
+            return
+        try:
+            atoms = _parse_extxyz_frame(frame, index)
+        except InvalidStructure as exc:
+            match = re.search(r'(?:^|\s)(?:id|material_id)=("[^"]*"|\S+)', frame.split('\n', 2)[1])
+            row_id = match.group(1).strip('"') if match else f'{name}#{index}'
+            yield row_id, _raiser(exc), {}
+            continue
+        row_id = str(atoms.info.get('id', atoms.info.get('material_id', f'{name}#{index}')))
+        yield row_id, (lambda a=atoms: atoms_from_object(a)), _numeric_info(atoms)
+
+
+def _raiser(exc: Exception):
+    def fail():
+        raise exc
+
+    return fail
+
+
+def _extxyz_frames(path: pathlib.Path) -> Iterator[tuple[int, str | InvalidStructure]]:
+    """``(index, text of one frame)``; an unreadable atom count ends the file with an :class:`InvalidStructure`."""
+    with _open_text(path) as handle:
+        index = 0
+        while True:
+            line = handle.readline()
+            if not line:
+                return
+            if not line.strip():
+                continue
+            try:
+                natoms = int(line.split()[0])
+                if natoms < 0 or len(line.split()) != 1:
+                    raise ValueError
+            except ValueError:
+                yield (
+                    index,
+                    InvalidStructure(
+                        'unparsable structure',
+                        f'frame {index}: expected an atom count, found {line.strip()[:40]!r}; the rest of the file '
+                        'cannot be split into frames',
+                    ),
+                )
+                return
+            lines = [line] + [handle.readline() for _ in range(natoms + 1)]
+            if not lines[-1]:
+                yield index, InvalidStructure('truncated file', f'frame {index}: the file ends inside the frame')
+                return
+            yield index, ''.join(lines)
+            index += 1
+
+
+def _parse_extxyz_frame(text: str, index: int):
+    from ase.io import read
+
+    try:
+        return read(io.StringIO(text), format='extxyz')
+    except KeyError as exc:  # ASE's symbol table: an unknown element symbol
+        raise InvalidStructure('unknown element', f'frame {index}: {exc.args[0]!r} is not an element') from exc
+    except Exception as exc:  # noqa: BLE001 - ASE raises many types for a damaged frame
+        raise InvalidStructure(
+            'unparsable structure', f'frame {index}: {str(exc)[:200] or type(exc).__name__}'
+        ) from exc
+
+
+def _numeric_info(atoms) -> dict[str, float]:
+    # ASE moves keys it knows (energy, free_energy, ...) from the comment line into a calculator.
+    values = {**(atoms.calc.results if atoms.calc is not None else {}), **atoms.info}
+    return {
+        key: float(value)
+        for key, value in values.items()
+        if key not in ('id', 'material_id')
+        and isinstance(value, (int, float, np.floating, np.integer))
+        and not isinstance(value, bool)
+    }
 
 
 def _read_cif_folder(path: pathlib.Path) -> Iterator[RawRow]:
@@ -284,6 +350,83 @@ def _read_cif_folder(path: pathlib.Path) -> Iterator[RawRow]:
         yield cif.stem, (lambda f=cif: parse_cif(f.read_text(errors='replace'))), labels_by_id.get(cif.stem, {})
 
 
+def _read_cif_file(path: pathlib.Path, name: str | None = None) -> Iterator[RawRow]:
+    """One row per data block of one CIF file: id the file name, ``name#i`` when it holds several."""
+    name = name or path.name
+    try:
+        structures = parse_cif_structures(path.read_text(errors='replace'))
+    except InvalidStructure as exc:
+        yield name, _raiser(exc), {}
+        return
+    for index, structure in enumerate(structures):
+        row_id = name if len(structures) == 1 else f'{name}#{index}'
+        yield row_id, (lambda s=structure: atoms_from_object(s)), {}
+
+
+def _read_pymatgen_file(path: pathlib.Path, name: str) -> Iterator[RawRow]:
+    """POSCAR, CONTCAR and anything else pymatgen's ``Structure.from_file`` reads: one row."""
+    from pymatgen.core import Structure
+
+    try:
+        structure = Structure.from_file(path)
+    except Exception as exc:  # noqa: BLE001 - pymatgen raises many types; this file fails, the others go on
+        detail = f'pymatgen cannot read it ({type(exc).__name__}: {str(exc)[:150]})'
+        yield name, _raiser(InvalidStructure('unparsable structure', detail)), {}
+        return
+    yield name, (lambda: atoms_from_object(structure)), {}
+
+
+def read_structure_files(paths: Sequence[str | os.PathLike]) -> Dataset:
+    """Read CIF, POSCAR/CONTCAR (anything pymatgen reads) and extxyz files, each structure validated.
+
+    Ids are the file names (the paths as given when two files share a name); a file holding several
+    structures gives ``name#0``, ``name#1``, ... unless its frames carry an ``id`` (extxyz). Numeric
+    extxyz ``info`` keys that every structure read has become labels. A file, frame or data block that
+    cannot be read, or fails validation, is recorded in ``skipped`` with its id and reason; the others
+    go on.
+    """
+    paths = [pathlib.Path(p) for p in paths]
+    names = collections.Counter(p.name for p in paths)
+    parsed = []
+    for path in paths:
+        name = path.name if names[path.name] == 1 else str(path)
+        if path.suffix.lower() in EXTXYZ_SUFFIXES:
+            reader = _read_extxyz(path, name)
+        elif path.suffix.lower() == '.cif':
+            reader = _read_cif_file(path, name)
+        else:
+            reader = _read_pymatgen_file(path, name)
+        rows = []
+        try:
+            for row_id, make_atoms, labels in reader:
+                try:
+                    rows.append((row_id, make_atoms(), labels))
+                except InvalidStructure as exc:
+                    rows.append((row_id, exc, labels))
+        except _READ_ERRORS as exc:
+            rows.append((name, InvalidStructure('unparsable structure', f'cannot read the file: {exc}'), {}))
+        if len(rows) == 1 and rows[0][0] == f'{name}#0':  # one frame: the file name alone is the id
+            rows[0] = (name, *rows[0][1:])
+        if not rows:
+            rows.append((name, InvalidStructure('unparsable structure', 'the file holds no structure'), {}))
+        parsed.extend(rows)
+    good = [set(labels) for _, atoms, labels in parsed if not isinstance(atoms, InvalidStructure)]
+    builder = StructureBuilder(sorted(set.intersection(*good)) if good else [], require_labels=False)
+    for row_id, atoms, labels in parsed:
+        if isinstance(atoms, InvalidStructure):
+            builder.skip(row_id, atoms.reason, atoms.detail)
+        else:
+            builder.add(row_id, *atoms, labels=labels)
+    return Dataset(builder.arrays(), builder.skipped, ', '.join(map(str, paths)), 'files')
+
+
+def _read_npz_rows(path: pathlib.Path) -> Iterator[RawRow]:
+    arrays = read_npz(path)
+    for index, row_id in enumerate(arrays.ids.tolist()):
+        labels = {name: float(values[index]) for name, values in arrays.labels.items()}
+        yield row_id, (lambda i=index: arrays.atoms_of(i)), labels
+
+
 def detect_format(path: pathlib.Path) -> str:
     name = path.name.lower()
     if path.is_dir():
@@ -292,14 +435,25 @@ def detect_format(path: pathlib.Path) -> str:
         return 'npz'
     if name.endswith(('.json.gz', '.json')):
         return 'matbench'
-    if name.endswith(('.xyz', '.extxyz')):
+    if name.endswith(EXTXYZ_SUFFIXES):
         return 'extxyz'
     if name.endswith(('.csv', '.csv.gz')):
         return 'csv'
-    raise ValueError(f'cannot tell the format of {path}; pass one of {_FORMATS}')
+    if name.endswith('.cif'):
+        return 'cif'
+    raise ValueError(
+        f'cannot tell the format of {path.name} from its name; pass --format, one of {", ".join(_FORMATS)}'
+    )
 
 
-_READERS = {'csv': _read_csv, 'matbench': _read_matbench, 'extxyz': _read_extxyz, 'cif-folder': _read_cif_folder}
+_READERS = {
+    'csv': _read_csv,
+    'matbench': _read_matbench,
+    'extxyz': _read_extxyz,
+    'cif-folder': _read_cif_folder,
+    'cif': _read_cif_file,
+    'npz': _read_npz_rows,
+}
 
 
 def load_dataset(
@@ -309,103 +463,100 @@ def load_dataset(
     targets: Sequence[str] | None = None,
     cache: bool = False,
     progress: bool = False,
+    ids: Collection[str] | None = None,
 ) -> Dataset:
     """Load a structure dataset, validating every row.
 
-    :param limit: read at most this many rows (accepted or skipped) from the start of the file.
+    :param limit: read at most this many rows (accepted or skipped) from the start of the file
+        (with ``ids``: of the selected rows).
     :param targets: labels to keep; a row whose target is missing/NaN is skipped
-        ('missing label'). Default: every numeric label column of the file, each required.
+        ('missing label'); a target that no row has is an error naming the columns the file has.
+        Default: every numeric label column of the file, each required (an npz keeps its NaN labels).
     :param cache: keep the parsed result under ``$HPCAI_CACHE_DIR`` (default
         ``~/.cache/aiida-hpcai``), keyed by the file's path, size, mtime and these arguments.
     :param progress: show a progress bar (tqdm) while parsing.
+    :param ids: read only the rows with these ids.
     """
     path = pathlib.Path(path)
     fmt = detect_format(path) if fmt == 'auto' else fmt
     if fmt not in _FORMATS:
-        raise ValueError(f'unknown format {fmt!r}; known: {_FORMATS}')
-    cache_file = _cache_file(path, fmt, limit, targets) if cache else None
+        raise ValueError(f'unknown format {fmt!r}; known: {", ".join(_FORMATS)}')
+    if fmt == 'cif-folder' and not path.is_dir():
+        raise ValueError(f'{path.name} is a file; the format cif-folder reads a folder of *.cif files')
+    if fmt != 'cif-folder' and path.is_dir():
+        raise ValueError(f'{path.name} is a folder; the format {fmt} reads a file')
+    cache_file = _cache_file(path, fmt, limit, targets, ids) if cache else None
     if cache_file is not None and cache_file.exists():
         return _read_cache(cache_file, path, fmt)
-    if fmt == 'npz':
-        arrays = read_npz(path)
-        dataset = Dataset(_select_labels(arrays, targets), [], str(path), fmt)
-    else:
-        dataset = _load_rows(_READERS[fmt](path), limit, targets, str(path), fmt, progress)
+    builder = StructureBuilder(targets, require_labels=not (fmt == 'npz' and targets is None))
+    rows_read, columns = _load_rows(_READERS[fmt](path), builder, limit, ids, path.name, progress)
+    missing = [name for name in targets or () if rows_read and name not in columns]
+    if missing:
+        raise ValueError(f'{path.name} has no label {", ".join(map(repr, missing))}; its labels: {sorted(columns)}')
+    dataset = Dataset(builder.arrays(), builder.skipped, str(path), fmt)
     if cache_file is not None:
         _write_cache(cache_file, dataset)
     return dataset
 
 
-def _select_labels(arrays: StructureArrays, targets: Sequence[str] | None) -> StructureArrays:
-    if targets is None:
-        return arrays
-    missing = [t for t in targets if t not in arrays.labels]
-    if missing:
-        raise ValueError(f'labels {missing} not in the set; it has {sorted(arrays.labels)}')
-    arrays.labels = {t: arrays.labels[t] for t in targets}
-    return arrays
+def _load_rows(rows: Iterable[RawRow], builder: StructureBuilder, limit, ids, name: str, progress):
+    """Feed the rows to ``builder``; a file that breaks off keeps what was read and records where it stopped.
 
-
-def _load_rows(rows: Iterable[RawRow], limit, targets, source, fmt, progress) -> Dataset:
-    numbers, positions, cells, ids, natoms = [], [], [], [], []
-    label_values: dict[str, list[float]] = collections.defaultdict(list)
-    skipped: list[SkippedRow] = []
-    wanted = list(targets) if targets is not None else None
+    Returns the number of rows read and the label names seen.
+    """
+    wanted = None if ids is None else {str(i) for i in ids}
     if progress:
         from tqdm import tqdm
 
-        rows = tqdm(rows, desc=f'reading {pathlib.Path(source).name}', unit=' rows', total=limit)
-    for count, (row_id, make_atoms, labels) in enumerate(rows):
-        if limit is not None and count >= limit:
+        rows = tqdm(rows, desc=f'reading {name}', unit=' rows', total=limit)
+    iterator = iter(rows)
+    count = rows_read = 0
+    columns: set[str] = set()
+    while limit is None or count < limit:
+        try:
+            row_id, make_atoms, labels = next(iterator)
+        except StopIteration:
             break
-        names = wanted if wanted is not None else sorted(labels)
-        missing = [name for name in names if not math.isfinite(labels.get(name, math.nan))]
-        if missing:
-            skipped.append(SkippedRow(row_id, 'missing label', ', '.join(missing)))
+        except _READ_ERRORS as exc:
+            builder.skip(
+                f'{name}[{rows_read}:]',
+                'truncated file',
+                f'reading stopped after {rows_read} rows: {str(exc) or type(exc).__name__}',
+            )
+            break
+        rows_read += 1
+        columns.update(labels)
+        if wanted is not None and str(row_id) not in wanted:
+            continue
+        count += 1
+        if not builder.accepts(row_id, labels):
             continue
         try:
-            z, xyz, cell = make_atoms()
-            z = np.asarray(z, dtype=np.int64)
-            xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
-            cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
-            validate_atoms(z, xyz, cell)
+            atoms = make_atoms()
         except InvalidStructure as exc:
-            skipped.append(SkippedRow(row_id, exc.reason, exc.detail))
+            builder.skip(row_id, exc.reason, exc.detail)
             continue
-        numbers.append(z)
-        positions.append(xyz)
-        cells.append(cell)
-        natoms.append(len(z))
-        ids.append(row_id)
-        for name in names:
-            label_values[name].append(labels[name])
-        if wanted is None and len(label_values) != len(names):
-            raise ValueError(f'{source}: rows carry different label columns')
-    arrays = StructureArrays(
-        numbers=np.concatenate(numbers) if numbers else np.zeros(0),
-        positions=np.concatenate(positions) if positions else np.zeros((0, 3)),
-        cells=np.stack(cells) if cells else np.zeros((0, 3, 3)),
-        pbc=np.ones((len(cells), 3), dtype=bool),
-        offsets=np.concatenate([[0], np.cumsum(natoms, dtype=np.int64)]),
-        ids=ids,
-        labels={name: np.asarray(values) for name, values in label_values.items()},
-    )
-    return Dataset(arrays, skipped, source, fmt)
+        except Exception as exc:  # noqa: BLE001 - a parser's own error: this row fails, the others go on
+            builder.skip(row_id, 'unparsable structure', f'{type(exc).__name__}: {str(exc)[:200]}')
+            continue
+        builder.add(row_id, *atoms, labels=labels)
+    return rows_read, columns
 
 
-def _cache_file(path: pathlib.Path, fmt, limit, targets) -> pathlib.Path:
+def _cache_file(path: pathlib.Path, fmt, limit, targets, ids) -> pathlib.Path:
     stat = path.stat()
-    key = json.dumps(
-        [
-            str(path.resolve()),
-            stat.st_size,
-            stat.st_mtime_ns,
-            fmt,
-            limit,
-            list(targets) if targets is not None else None,
-            'v1',
-        ]
-    )
+    fields = [
+        str(path.resolve()),
+        stat.st_size,
+        stat.st_mtime_ns,
+        fmt,
+        limit,
+        list(targets) if targets is not None else None,
+        'v1',
+    ]
+    if ids is not None:  # appended only when given, so that existing cache entries stay valid
+        fields.append(sorted(map(str, ids)))
+    key = json.dumps(fields)
     root = pathlib.Path(os.environ.get('HPCAI_CACHE_DIR', pathlib.Path.home() / '.cache' / 'aiida-hpcai'))
     return root / f'{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz'
 

@@ -12,13 +12,19 @@ Layout (all arrays, ``allow_pickle=False``):
 - ``offsets``  (n_structures + 1,) int64  structure i owns atoms offsets[i]:offsets[i+1]
 - ``ids``      (n_structures,) unicode  identifiers (material ids, file names, ...)
 - ``label__<name>`` (n_structures,) float64  optional per-structure labels, NaN where unknown
+
+It also holds the one validation path every door uses (files, dataset imports, pymatgen/ASE
+objects, StructureData): :func:`validate_atoms` and :class:`StructureBuilder`, which keeps the
+good structures and records every refused one as a :class:`SkippedRow` with its id and reason.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import io
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -26,6 +32,38 @@ import numpy as np
 
 FORMAT_VERSION = 1
 _LABEL_PREFIX = 'label__'
+_INT16 = np.iinfo(np.int16)
+
+SKIP_REASONS = (
+    'unparsable structure',
+    'unknown element',
+    'partial occupancy',
+    'non-finite values',
+    'collapsed cell',
+    'overlapping atoms',
+    'missing label',
+    'duplicate id',
+    'truncated file',
+)
+MIN_VOLUME_PER_ATOM = 1.0  # Angstrom^3; real solids have 5-100, below 1 the cell has collapsed
+MIN_DISTANCE = 0.5  # Angstrom; the shortest real bond (H2) is 0.74
+MAX_ATOMIC_NUMBER = 118
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedRow:
+    """A structure that was refused: its id (file name, ``file#frame``, material id) and why."""
+
+    id: str
+    reason: str
+    detail: str = ''
+
+
+class InvalidStructure(ValueError):
+    def __init__(self, reason: str, detail: str = ''):
+        super().__init__(f'{reason}: {detail}' if detail else reason)
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclasses.dataclass
@@ -41,7 +79,12 @@ class StructureArrays:
     labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        self.numbers = np.asarray(self.numbers, dtype=np.int16)
+        numbers = np.asarray(self.numbers)
+        # A silent int16 wrap-around turned pymatgen's hash-valued Z of a dummy species ('Xx') into a random
+        # element number; refuse what does not fit instead.
+        if numbers.size and (numbers.min() < _INT16.min or numbers.max() > _INT16.max):
+            raise ValueError(f'atomic numbers outside {_INT16.min}..{_INT16.max}: not elements')
+        self.numbers = numbers.astype(np.int16)
         self.positions = np.asarray(self.positions, dtype=np.float64).reshape(-1, 3)
         self.cells = np.asarray(self.cells, dtype=np.float64).reshape(-1, 3, 3)
         self.pbc = np.asarray(self.pbc, dtype=bool).reshape(-1, 3)
@@ -124,43 +167,184 @@ def _hill_formula(counts: dict[str, int]) -> str:
     return ''.join(f'{s}{counts[s] if counts[s] != 1 else ""}' for s in order)
 
 
-def from_pymatgen(
-    structures: Iterable, ids: Sequence[str] | None = None, labels: dict[str, Sequence[float]] | None = None
-) -> StructureArrays:
-    """Build a set from pymatgen ``Structure`` (or ASE ``Atoms``) objects.
+# -- validation: the one path every door uses ------------------------------------------------------
+def validate_atoms(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray) -> None:
+    """Raise :class:`InvalidStructure` if the atoms cannot be a physical periodic crystal."""
+    if len(numbers) == 0:
+        raise InvalidStructure('unparsable structure', 'no atoms')
+    if not (np.all(np.isfinite(positions)) and np.all(np.isfinite(cell))):
+        raise InvalidStructure('non-finite values', 'NaN or infinite coordinates or lattice')
+    if np.any(numbers < 1) or np.any(numbers > MAX_ATOMIC_NUMBER):
+        bad = sorted({int(z) for z in numbers if not 1 <= z <= MAX_ATOMIC_NUMBER})
+        raise InvalidStructure('unknown element', f'atomic numbers {bad} are not elements')
+    volume = abs(float(np.linalg.det(cell)))
+    if volume / len(numbers) < MIN_VOLUME_PER_ATOM:
+        raise InvalidStructure('collapsed cell', f'{volume / len(numbers):.3g} A^3 per atom')
+    shortest = _shortest_periodic_distance(positions, cell)
+    if shortest < MIN_DISTANCE:
+        raise InvalidStructure('overlapping atoms', f'two atoms {shortest:.3f} A apart (minimum {MIN_DISTANCE} A)')
 
-    Disordered sites (partial occupancies) are refused: every model and DFT code here needs one
-    element per site.
+
+def _shortest_periodic_distance(positions: np.ndarray, cell: np.ndarray) -> float:
+    """Shortest distance between two atoms, or between an atom and its own periodic image."""
+    frac = np.linalg.solve(cell.T, positions.T).T
+    delta = frac[:, None, :] - frac[None, :, :]
+    delta -= np.round(delta)
+    shifts = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float)
+    vectors = (delta[:, :, None, :] + shifts[None, None, :, :]) @ cell
+    distances = np.linalg.norm(vectors, axis=-1)
+    n = len(positions)
+    distances[np.arange(n), np.arange(n), 13] = np.inf  # shift index 13 is (0, 0, 0): an atom and itself
+    return float(distances.min())
+
+
+def atoms_from_object(structure) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(numbers, positions, cell, pbc)`` of a pymatgen ``Structure`` or ASE ``Atoms``.
+
+    Raises :class:`InvalidStructure` for a site that is not one real element: a disordered site
+    (every model and DFT code here needs one element per site) or a dummy species such as ``Xx``
+    (pymatgen gives those the hash of the symbol as atomic number).
     """
-    numbers, positions, cells, pbc, natoms = [], [], [], [], []
+    if hasattr(structure, 'get_atomic_numbers'):  # ASE Atoms
+        return (
+            np.asarray(structure.get_atomic_numbers()),
+            np.asarray(structure.get_positions(), dtype=np.float64),
+            np.asarray(structure.get_cell(), dtype=np.float64),
+            np.asarray(structure.get_pbc(), dtype=bool),
+        )
+    from pymatgen.core.periodic_table import DummySpecies
+
+    if not structure.is_ordered:
+        raise InvalidStructure('partial occupancy', f'disordered structure {structure.composition}')
+    dummies = sorted({str(site.specie) for site in structure if isinstance(site.specie, DummySpecies)})
+    if dummies:
+        raise InvalidStructure('unknown element', f'{", ".join(dummies)} not in the periodic table')
+    return (
+        np.asarray(structure.atomic_numbers),
+        structure.cart_coords,
+        structure.lattice.matrix,
+        np.asarray(structure.lattice.pbc),
+    )
+
+
+class StructureBuilder:
+    """Validated structures in, :class:`StructureArrays` out; every refused one becomes a :class:`SkippedRow`.
+
+    The rules, the same for every door: :func:`validate_atoms` must pass; ids are unique (a structure
+    whose id is already taken is skipped as ``duplicate id``, naming the id); every structure carries
+    the labels ``label_names`` (default: those of the first structure kept), and with
+    ``require_labels`` a structure whose label is missing or NaN is skipped as ``missing label``.
+    """
+
+    def __init__(self, label_names: Sequence[str] | None = None, require_labels: bool = True):
+        self.label_names = list(label_names) if label_names is not None else None
+        self.require_labels = require_labels
+        self.skipped: list[SkippedRow] = []
+        self._numbers, self._positions, self._cells, self._pbc, self._ids = [], [], [], [], []
+        self._labels: dict[str, list[float]] = collections.defaultdict(list)
+        self._seen: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def skip(self, identifier, reason: str, detail: str = '') -> None:
+        self.skipped.append(SkippedRow(str(identifier), reason, detail))
+
+    def accepts(self, identifier, labels: dict | None = None) -> bool:
+        """Whether id and labels pass (recording why not), checked before a structure is parsed at all."""
+        identifier = str(identifier)
+        if identifier in self._seen:
+            self.skip(identifier, 'duplicate id', f'id {identifier!r} is already taken by an earlier structure')
+            return False
+        if self.require_labels:
+            names = self.label_names if self.label_names is not None else sorted(labels or {})
+            missing = [name for name in names if not math.isfinite((labels or {}).get(name, math.nan))]
+            if missing:
+                self.skip(identifier, 'missing label', ', '.join(missing))
+                return False
+        return True
+
+    def add(self, identifier, numbers, positions, cell, pbc=(True, True, True), labels: dict | None = None) -> bool:
+        """Keep the structure if id, labels and atoms pass; otherwise record why not. Returns whether kept."""
+        identifier = str(identifier)
+        if not self.accepts(identifier, labels):
+            return False
+        try:
+            numbers = np.asarray(numbers)
+            if numbers.size and not np.issubdtype(numbers.dtype, np.integer):
+                raise InvalidStructure('unknown element', f'atomic numbers of type {numbers.dtype}')
+            numbers = numbers.astype(np.int64)
+            positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+            cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+            if len(positions) != len(numbers):
+                raise InvalidStructure('unparsable structure', f'{len(numbers)} atoms but {len(positions)} positions')
+            validate_atoms(numbers, positions, cell)
+        except InvalidStructure as exc:
+            self.skip(identifier, exc.reason, exc.detail)
+            return False
+        except (TypeError, ValueError) as exc:  # arrays of the wrong shape or type
+            self.skip(identifier, 'unparsable structure', str(exc)[:200])
+            return False
+        labels = labels or {}
+        if self.label_names is None:
+            self.label_names = sorted(labels)
+        self._seen.add(identifier)
+        self._ids.append(identifier)
+        self._numbers.append(numbers)
+        self._positions.append(positions)
+        self._cells.append(cell)
+        self._pbc.append(np.asarray(pbc, dtype=bool).reshape(3))
+        for name in self.label_names:
+            self._labels[name].append(float(labels.get(name, math.nan)))
+        return True
+
+    def arrays(self) -> StructureArrays:
+        return StructureArrays(
+            numbers=np.concatenate(self._numbers) if self._numbers else np.zeros(0, dtype=np.int16),
+            positions=np.concatenate(self._positions) if self._positions else np.zeros((0, 3)),
+            cells=np.stack(self._cells) if self._cells else np.zeros((0, 3, 3)),
+            pbc=np.stack(self._pbc) if self._pbc else np.zeros((0, 3), dtype=bool),
+            offsets=np.concatenate([[0], np.cumsum([len(z) for z in self._numbers], dtype=np.int64)]),
+            ids=self._ids,
+            labels={name: np.asarray(self._labels[name], dtype=np.float64) for name in self.label_names or []},
+        )
+
+
+def from_pymatgen(
+    structures: Iterable,
+    ids: Sequence[str] | None = None,
+    labels: dict[str, Sequence[float]] | None = None,
+    skipped: list[SkippedRow] | None = None,
+) -> StructureArrays:
+    """Build a set from pymatgen ``Structure`` (or ASE ``Atoms``) objects, validating each one.
+
+    Labels may hold NaN (unknown). With a ``skipped`` list, a structure that fails validation is
+    left out and recorded there; without one, the first failure raises :class:`InvalidStructure`
+    naming the structure.
+    """
     structures = list(structures)
-    for structure in structures:
-        if hasattr(structure, 'get_atomic_numbers'):  # ASE Atoms
-            numbers.append(np.asarray(structure.get_atomic_numbers()))
-            positions.append(np.asarray(structure.get_positions()))
-            cells.append(np.asarray(structure.get_cell()))
-            pbc.append(np.asarray(structure.get_pbc()))
-        else:
-            if not structure.is_ordered:
-                raise ValueError(f'disordered structure {structure.composition} cannot be stored')
-            numbers.append(np.asarray(structure.atomic_numbers))
-            positions.append(structure.cart_coords)
-            cells.append(structure.lattice.matrix)
-            pbc.append(np.asarray(structure.lattice.pbc))
-        natoms.append(len(numbers[-1]))
     if ids is None:
         ids = [str(i) for i in range(len(structures))]
     if len(ids) != len(structures):
         raise ValueError('ids and structures differ in length')
-    return StructureArrays(
-        numbers=np.concatenate(numbers) if numbers else np.zeros(0, dtype=np.int16),
-        positions=np.concatenate(positions) if positions else np.zeros((0, 3)),
-        cells=np.stack(cells) if cells else np.zeros((0, 3, 3)),
-        pbc=np.stack(pbc) if pbc else np.zeros((0, 3), dtype=bool),
-        offsets=np.concatenate([[0], np.cumsum(natoms, dtype=np.int64)]),
-        ids=list(ids),
-        labels=dict(labels or {}),
-    )
+    labels = {name: list(values) for name, values in (labels or {}).items()}
+    for name, values in labels.items():
+        if len(values) != len(structures):
+            raise ValueError(f'label {name!r} has {len(values)} values for {len(structures)} structures')
+    builder = StructureBuilder(label_names=list(labels), require_labels=False)
+    for index, (identifier, structure) in enumerate(zip(ids, structures)):
+        try:
+            numbers, positions, cell, pbc = atoms_from_object(structure)
+        except InvalidStructure as exc:
+            builder.skip(identifier, exc.reason, exc.detail)
+            continue
+        builder.add(identifier, numbers, positions, cell, pbc, {name: labels[name][index] for name in labels})
+    if builder.skipped and skipped is None:
+        first = builder.skipped[0]
+        raise InvalidStructure(first.reason, f'structure {first.id!r}: {first.detail}')
+    if skipped is not None:
+        skipped.extend(builder.skipped)
+    return builder.arrays()
 
 
 def write_npz(arrays: StructureArrays, target: str | os.PathLike | io.IOBase) -> None:

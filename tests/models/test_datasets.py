@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from aiida_hpcai.models import datasets
+from aiida_hpcai.models import datasets, structure_io
 from tests.samples import NACL, cif_of
 
 
@@ -52,8 +52,8 @@ def test_broken_rows_are_skipped_with_reasons(broken_csv):
 
 
 def test_nan_coordinates_are_refused():
-    with pytest.raises(datasets.InvalidStructure, match='non-finite'):
-        datasets.validate_atoms(np.array([11, 17]), np.array([[0, 0, 0], [np.nan, 0, 0]]), np.eye(3) * 5)
+    with pytest.raises(structure_io.InvalidStructure, match='non-finite'):
+        structure_io.validate_atoms(np.array([11, 17]), np.array([[0, 0, 0], [np.nan, 0, 0]]), np.eye(3) * 5)
 
 
 def test_fast_p1_reader_matches_pymatgen(shared_data_dir):
