@@ -37,6 +37,42 @@ def validate_inputs(inputs, _):
         return str(exception)
 
 
+def reference_identity(engine, code, protocol_name: str, overrides: dict | None, structure, protocol: dict):
+    """Return ``(overrides, identity)`` under which the elemental references of ``structure`` are computed and found.
+
+    The references' protocol is the compound's plus what the engine needs for energies to cancel (QE: the
+    compound's cutoffs). ``hpcai.dft_batch`` asks it too, to compute each reference once before its children.
+    """
+    reference_overrides = merge_overrides(
+        overrides or {}, engine.reference_overrides(structure, protocol), strict=False
+    )
+    reference_protocol = engine.load_protocol(protocol_name, reference_overrides)
+    return reference_overrides, engine.identity(code, protocol_name, reference_protocol)
+
+
+def reference_inputs(element: str, engine: orm.Str, code, protocol: orm.Str, overrides: dict, options=None) -> dict:
+    """The inputs of the ``hpcai.dft`` WorkChain that computes the elemental reference of ``element``."""
+    entry = refs.get_reference_entry(element)
+    inputs = {
+        'structure': refs.get_reference_structure(element),
+        'engine': engine,
+        'code': code,
+        'protocol': protocol,
+        'magnetic_moments': orm.Dict(refs.get_reference_magnetic_moments(element)),
+        'molecular_crystal': orm.Bool(entry['molecular_crystal']),
+        'compute_formation_energy': orm.Bool(False),
+        'metadata': {
+            'call_link_label': f'reference_{element}',
+            'label': f'reference {element} {entry["material_id"]}',
+        },
+    }
+    if overrides:
+        inputs['overrides'] = orm.Dict(overrides)
+    if options is not None:
+        inputs['options'] = options
+    return inputs
+
+
 @calcfunction
 def standardize_structure(structure: orm.StructureData) -> orm.StructureData:
     """Return spglib's standardized primitive cell of ``structure`` (symprec 1e-3 Å).
@@ -239,14 +275,9 @@ class DftWorkChain(WorkChain):
         missing = refs.missing_references(elements)
         if missing:
             return self.exit_codes.ERROR_REFERENCE_MISSING.format(elements=', '.join(missing))
-        # The references' protocol: ours plus what the engine needs for energies to cancel (QE: our cutoffs).
-        overrides = self.inputs.overrides.get_dict() if 'overrides' in self.inputs else {}
-        self.ctx.reference_overrides = merge_overrides(
-            overrides, self.engine.reference_overrides(structure, self.ctx.protocol), strict=False
-        )
-        reference_protocol = self.engine.load_protocol(self.inputs.protocol.value, self.ctx.reference_overrides)
-        self.ctx.reference_identity = self.engine.identity(
-            self.inputs.code, self.inputs.protocol.value, reference_protocol
+        overrides = self.inputs.overrides.get_dict() if 'overrides' in self.inputs else None
+        self.ctx.reference_overrides, self.ctx.reference_identity = reference_identity(
+            self.engine, self.inputs.code, self.inputs.protocol.value, overrides, structure, self.ctx.protocol
         )
         # References made earlier are looked up now, so only the absent ones are computed later.
         for element in elements:
@@ -333,26 +364,16 @@ class DftWorkChain(WorkChain):
     def run_reference(self):
         """Compute one missing elemental reference (one at a time: each uses all the cores it is given)."""
         element = self.ctx.references_to_compute[0]
-        entry = refs.get_reference_entry(element)
-        inputs = {
-            'structure': refs.get_reference_structure(element),
-            'engine': self.inputs.engine,
-            'code': self.inputs.code,
-            'protocol': self.inputs.protocol,
-            'magnetic_moments': orm.Dict(refs.get_reference_magnetic_moments(element)),
-            'molecular_crystal': orm.Bool(entry['molecular_crystal']),
-            'compute_formation_energy': orm.Bool(False),
-            'metadata': {
-                'call_link_label': f'reference_{element}',
-                'label': f'reference {element} {entry["material_id"]}',
-            },
-        }
-        if self.ctx.reference_overrides:
-            inputs['overrides'] = orm.Dict(self.ctx.reference_overrides)
-        if 'options' in self.inputs:
-            inputs['options'] = self.inputs.options
+        inputs = reference_inputs(
+            element,
+            self.inputs.engine,
+            self.inputs.code,
+            self.inputs.protocol,
+            self.ctx.reference_overrides,
+            self.inputs.get('options'),
+        )
         node = self.submit(DftWorkChain, **inputs)
-        self.report(f'launched the {element} reference ({entry["material_id"]}) DftWorkChain<{node.pk}>')
+        self.report(f'launched the {element} reference ({inputs["metadata"]["label"]}) DftWorkChain<{node.pk}>')
         return ToContext(reference=node)
 
     def inspect_reference(self):
