@@ -263,7 +263,7 @@ def run_aiida(code, model, arrays, args) -> dict:
     program_cpu = sum(
         int(minutes) * 60 + float(seconds) for minutes, seconds in re.findall(r'(\d+)m([\d.]+)s', times[2])
     )
-    predictions = node.outputs.predictions
+    predictions = node.outputs.classified_predictions
     return {
         'structureset_store_seconds': store_seconds,
         'workchain_wall_seconds': wall,

@@ -1,6 +1,7 @@
 """What every CalcJob running the ``hpcai-model`` program shares.
 
-The remote working directory of such a job looks like this::
+The remote working directory of such a job looks like this (the names are those of
+:mod:`aiida_hpcai.models.contract`, which the program imports too)::
 
     config.json          written by the CalcJob (kept in the CalcJob node's repository)
     structures.npz       copied from the StructureSet node's repository (``local_copy_list``)
@@ -24,26 +25,13 @@ from aiida.engine import CalcJob
 
 from aiida_hpcai.data.model import ModelData
 from aiida_hpcai.data.structure_set import StructureSet
+from aiida_hpcai.models import contract
 
 __all__ = ('ModelProgramCalculation', 'validate_device')
 
-CONFIG_FILENAME = 'config.json'
-OUTPUT_DIRNAME = 'outputs'
+# the scheduler's capture of the program's output; the job's own files are in `contract`
 STDOUT_FILENAME = 'hpcai-model.out'
 STDERR_FILENAME = 'hpcai-model.err'
-ERROR_FILENAME = 'error.json'
-
-# The program's error codes (``OUTPUT/error.json``) and the exit code label each maps to.
-PROGRAM_ERROR_EXIT_CODES = {
-    'checkpoint_mismatch': 'ERROR_CHECKPOINT_MISMATCH',
-    'incompatible_models': 'ERROR_INCOMPATIBLE_MODELS',
-    'nan_output': 'ERROR_NAN_OUTPUT',
-    'out_of_memory': 'ERROR_OUT_OF_MEMORY',
-    'missing_label': 'ERROR_MISSING_LABEL',
-    'invalid_split': 'ERROR_INVALID_SPLIT',
-    'invalid_config': 'ERROR_INVALID_CONFIG',
-    'unexpected_error': 'ERROR_PROGRAM_UNEXPECTED',
-}
 
 _DEVICE_PATTERN = re.compile(r'^(cpu|cuda(:\d+)?)$')
 
@@ -80,7 +68,7 @@ class ModelProgramCalculation(CalcJob):
     # Output files the parser turns into nodes; retrieved temporarily so they are stored once.
     TEMPORARY_OUTPUTS: tuple[str, ...] = ()
     # Small output files kept in the ``retrieved`` folder for the record.
-    RETRIEVED_OUTPUTS: tuple[str, ...] = (ERROR_FILENAME,)
+    RETRIEVED_OUTPUTS: tuple[str, ...] = (contract.ERROR_FILE,)
 
     @classmethod
     def define(cls, spec):
@@ -108,33 +96,16 @@ class ModelProgramCalculation(CalcJob):
             301, 'ERROR_OUTPUT_FILES_UNREADABLE', message='The output file `{filename}` could not be read: {exception}'
         )
         spec.exit_code(302, 'ERROR_OUTPUT_INCONSISTENT', message='The program output is inconsistent: {message}')
-        # 330-369: failures the program reported itself in `error.json`.
-        spec.exit_code(330, 'ERROR_PROGRAM_UNEXPECTED', message='The program failed unexpectedly: {message}')
+        # 330-369: failures the program reported itself in `error.json`, one per code of the contract.
         spec.exit_code(
             331,
             'ERROR_PROGRAM_UNKNOWN_ERROR',
             message='The program reported an error code this plugin does not know, `{code}`: {message}',
         )
-        spec.exit_code(332, 'ERROR_INVALID_CONFIG', message='The program refused `config.json`: {message}')
-        spec.exit_code(
-            340,
-            'ERROR_CHECKPOINT_MISMATCH',
-            message='A checkpoint does not match its recorded sha256 or cannot be loaded: {message}',
-        )
-        spec.exit_code(
-            341,
-            'ERROR_INCOMPATIBLE_MODELS',
-            message='The models cannot be combined (different targets, units or input features): {message}',
-        )
-        spec.exit_code(350, 'ERROR_NAN_OUTPUT', message='The model produced NaN or infinite values: {message}')
-        spec.exit_code(
-            351,
-            'ERROR_OUT_OF_MEMORY',
-            invalidates_cache=True,
-            message='The program ran out of (GPU) memory; try a smaller `batch_size`: {message}',
-        )
-        spec.exit_code(360, 'ERROR_MISSING_LABEL', message='The structures lack the label to train on: {message}')
-        spec.exit_code(361, 'ERROR_INVALID_SPLIT', message='The train/val/test split cannot be used: {message}')
+        for error in contract.PROGRAM_ERRORS:
+            spec.exit_code(
+                error.exit_status, error.exit_label, message=error.message, invalidates_cache=error.invalidates_cache
+            )
 
     def build_config(self) -> dict:
         """The ``config.json`` the program reads."""
@@ -147,17 +118,17 @@ class ModelProgramCalculation(CalcJob):
     def prepare_for_submission(self, folder):
         config = self.build_config()
         config['device'] = self.inputs.device.value
-        with folder.open(CONFIG_FILENAME, 'w') as handle:
+        with folder.open(contract.CONFIG_FILE, 'w') as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
 
         if self.model_files():
-            folder.get_subfolder('models', create=True)
-        local_copy_list = [(self.inputs.structures.uuid, StructureSet.FILENAME, StructureSet.FILENAME)]
+            folder.get_subfolder(contract.MODELS_DIR, create=True)
+        local_copy_list = [(self.inputs.structures.uuid, StructureSet.FILENAME, contract.STRUCTURES_FILE)]
         local_copy_list += [(node.uuid, node.filename, target) for node, target in self.model_files()]
 
         codeinfo = datastructures.CodeInfo()
         codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = [self.TASK, '--input', '.', '--output', OUTPUT_DIRNAME]
+        codeinfo.cmdline_params = [self.TASK, '--input', '.', '--output', contract.OUTPUT_DIR]
         codeinfo.stdout_name = STDOUT_FILENAME
         codeinfo.stderr_name = STDERR_FILENAME
 
@@ -166,12 +137,19 @@ class ModelProgramCalculation(CalcJob):
         calcinfo.local_copy_list = local_copy_list
         # depth 0: the files land at the top of the retrieved folder, without the `outputs/` prefix.
         calcinfo.retrieve_list = [STDOUT_FILENAME, STDERR_FILENAME] + [
-            (f'{OUTPUT_DIRNAME}/{name}', '.', 0) for name in self.RETRIEVED_OUTPUTS
+            (f'{contract.OUTPUT_DIR}/{name}', '.', 0) for name in self.RETRIEVED_OUTPUTS
         ]
-        calcinfo.retrieve_temporary_list = [(f'{OUTPUT_DIRNAME}/{name}', '.', 0) for name in self.TEMPORARY_OUTPUTS]
+        calcinfo.retrieve_temporary_list = [
+            (f'{contract.OUTPUT_DIR}/{name}', '.', 0) for name in self.TEMPORARY_OUTPUTS
+        ]
         return calcinfo
+
+
+def model_file_target(name: str) -> str:
+    """Where a copied checkpoint lands in the working directory (``models/<name>.pt``)."""
+    return f'{contract.MODELS_DIR}/{name}.pt'
 
 
 def checkpoint_entry(node: ModelData, target: str) -> dict:
     """How the config names one copied checkpoint: the program re-checks the hash before loading it."""
-    return {'file': target, 'sha256': node.sha256}
+    return contract.checkpoint_entry(target, node.sha256)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiida import orm
 
 from aiida_hpcai.data.model import ModelData
+from aiida_hpcai.models import contract, registry
 from aiida_hpcai.models.uncertainty import UNCERTAINTY_METHODS
 
-from .base import ModelProgramCalculation, checkpoint_entry, validate_parameter_keys
+from .base import ModelProgramCalculation, checkpoint_entry, model_file_target, validate_parameter_keys
 
 __all__ = ('PredictCalculation',)
 
@@ -15,12 +16,19 @@ PREDICT_PARAMETERS = {'batch_size', 'uncertainty', 'mc_samples'}
 
 
 def validate_models(models, _):
-    """At least one model, and all of them for the same target in the same units (where recorded)."""
+    """At least one model, all of them for the same target in the same units, and of one registered architecture
+    that can predict (where recorded: the program reads the architecture from each file all the same)."""
     if not models:
         return 'give at least one model in the `models` namespace'
     targets = {(node.target, node.units) for node in models.values()}
     if len(targets) > 1:
         return f'the models predict different targets/units and cannot form one ensemble: {sorted(map(str, targets))}'
+    known = registry.architectures()
+    names = sorted({node.architecture for node in models.values()} & set(known))
+    if len(names) > 1:
+        return f'the models are of different architectures and cannot form one ensemble: {names}'
+    if names and not known[names[0]].supports(PredictCalculation.TASK):
+        return f'architecture {names[0]!r} cannot predict; its tasks are {sorted(known[names[0]].tasks)}'
     return None
 
 
@@ -47,8 +55,8 @@ class PredictCalculation(ModelProgramCalculation):
     """
 
     TASK = 'predict'
-    TEMPORARY_OUTPUTS = ('predictions.npz',)
-    RETRIEVED_OUTPUTS = ('error.json', 'summary.json')
+    TEMPORARY_OUTPUTS = (contract.PREDICTIONS_FILE,)
+    RETRIEVED_OUTPUTS = (contract.ERROR_FILE, contract.SUMMARY_FILE)
 
     @classmethod
     def define(cls, spec):
@@ -94,12 +102,12 @@ class PredictCalculation(ModelProgramCalculation):
         )
 
     def model_files(self):
-        return [(self.inputs.models[key], f'models/{key}.pt') for key in sorted(self.inputs.models)]
+        return [(self.inputs.models[key], model_file_target(key)) for key in sorted(self.inputs.models)]
 
     def build_config(self) -> dict:
         parameters = self.inputs.parameters.get_dict() if 'parameters' in self.inputs else {}
         config = {
-            'models': [checkpoint_entry(node, target) for node, target in self.model_files()],
+            contract.MODELS_KEY: [checkpoint_entry(node, target) for node, target in self.model_files()],
             'uncertainty': parameters.get('uncertainty', 'ensemble'),
             'mc_samples': parameters.get('mc_samples', 10),
         }

@@ -241,7 +241,7 @@ def predict(files, models, target, threshold, code_label, device, batch_size, un
         )
 
     summary = node.outputs.summary.get_dict()
-    rows = prediction_rows(structures, node.outputs.predictions)
+    rows = prediction_rows(structures, node.outputs.classified_predictions)
     if output is not None:
         with output.open('w', newline='') as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

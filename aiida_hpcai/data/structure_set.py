@@ -15,6 +15,7 @@ import numpy as np
 from aiida import orm
 
 from aiida_hpcai.models import structure_io
+from aiida_hpcai.models.contract import STRUCTURES_FILE
 
 __all__ = ('StructureSet',)
 
@@ -35,7 +36,7 @@ class StructureSet(orm.Data):
     label gets the count and the first formulae as one, so that ``verdi node graph`` says what it holds.
     """
 
-    FILENAME = 'structures.npz'
+    FILENAME = STRUCTURES_FILE
     SKIPPED_FILENAME = 'skipped.json'
 
     def __init__(

@@ -15,7 +15,19 @@ import time
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, model_config_of, sha256_file
+from .checkpoint import load_checkpoint, load_verified, model_config_of
+from .contract import (
+    INCOMPATIBLE_MODELS,
+    INVALID_CONFIG,
+    MODELS_KEY,
+    NAN_OUTPUT,
+    PREDICTIONS_FILE,
+    STATUS_FAILED,
+    STATUS_OK,
+    STRUCTURES_FILE,
+    SUMMARY_FILE,
+    TaskError,
+)
 from .crysformer import Crysformer, enable_mc_dropout
 from .graph import GraphError, collate, neighbour_graph
 from .structure_io import StructureArrays, read_npz
@@ -176,19 +188,19 @@ class EnsemblePredictor:
     ) -> dict[str, np.ndarray]:
         """Predict every structure; those the model cannot handle are marked failed, with a reason."""
         n = len(arrays)
-        status = np.full(n, 'ok', dtype=object)
+        status = np.full(n, STATUS_OK, dtype=object)
         reason = np.full(n, '', dtype=object)
         graphs, good = [], []
         k = max(self.num_neighbours)
         for index in range(n):
             numbers, positions, cell, pbc = arrays.atoms_of(index)
             if len(numbers) and (numbers.min() < 1 or numbers.max() > self.max_atomic_number):
-                status[index], reason[index] = 'failed', f'unknown element (Z outside 1..{self.max_atomic_number})'
+                status[index], reason[index] = STATUS_FAILED, f'unknown element (Z outside 1..{self.max_atomic_number})'
                 continue
             try:
                 graphs.append(neighbour_graph(numbers, positions, cell, pbc, num_neighbours=k))
             except GraphError as exc:
-                status[index], reason[index] = 'failed', f'no neighbour graph: {exc}'
+                status[index], reason[index] = STATUS_FAILED, f'no neighbour graph: {exc}'
                 continue
             good.append(index)
         mean = np.full(n, np.nan)
@@ -197,7 +209,7 @@ class EnsemblePredictor:
             mean[good], sigma[good] = self.predict_graphs(graphs, batch_size, method, mc_samples)
         for index in good:
             if not np.isfinite(mean[index]):
-                status[index], reason[index] = 'failed', 'prediction is not finite'
+                status[index], reason[index] = STATUS_FAILED, 'prediction is not finite'
         return {'mean': mean, 'sigma': sigma, 'status': status.astype(str), 'reason': reason.astype(str)}
 
 
@@ -208,52 +220,32 @@ def _resolve_device(requested: str) -> str:
     return requested
 
 
-def load_verified(entry: dict, input_dir: pathlib.Path) -> dict:
-    """Load a checkpoint named in a task config ``{"file": ..., "sha256": ...}``, checking its digest."""
-    from .program import TaskError
-
-    path = input_dir / entry['file']
-    if not path.is_file():
-        raise TaskError('checkpoint_mismatch', f'checkpoint file {entry["file"]} not found in the input folder')
-    expected = entry.get('sha256')
-    if expected:
-        actual = sha256_file(path)
-        if actual != expected:
-            raise TaskError('checkpoint_mismatch', f'{entry["file"]}: sha256 {actual} differs from {expected}')
-    try:
-        return load_checkpoint(path)
-    except CheckpointError as exc:
-        raise TaskError('checkpoint_mismatch', str(exc)) from exc
-
-
 def run_predict(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path) -> None:
-    """``hpcai-model predict``: ensemble mean and sigma for every structure in structures.npz."""
-    from .program import TaskError
-
+    """``hpcai-model predict`` of Crysformer checkpoints: ensemble mean and sigma for every structure."""
     input_dir, output_dir = pathlib.Path(input_dir), pathlib.Path(output_dir)
-    entries = config.get('models') or []
+    entries = config.get(MODELS_KEY) or []
     if not entries:
-        raise TaskError('invalid_config', 'config.json names no models')
-    checkpoints = [load_verified(entry, input_dir) for entry in entries]
+        raise TaskError(INVALID_CONFIG, 'config.json names no models')
+    checkpoints = [load_verified(entry, input_dir, 'crysformer') for entry in entries]
     device = _resolve_device(config.get('device', 'cpu'))
     start = time.perf_counter()
     try:
         predictor = EnsemblePredictor(checkpoints, device)
     except IncompatibleModels as exc:
-        raise TaskError('incompatible_models', str(exc)) from exc
-    arrays = read_npz(input_dir / 'structures.npz')
+        raise TaskError(INCOMPATIBLE_MODELS, str(exc)) from exc
+    arrays = read_npz(input_dir / STRUCTURES_FILE)
     method = predictor.resolve_method(config.get('uncertainty', 'ensemble'))
     batch_size = config.get('batch_size')
     result = predictor.predict(arrays, batch_size and int(batch_size), method, int(config.get('mc_samples', 10)))
     seconds = time.perf_counter() - start
     np.savez(
-        output_dir / 'predictions.npz',
+        output_dir / PREDICTIONS_FILE,
         mean=result['mean'].astype(np.float64),
         sigma=result['sigma'].astype(np.float64),
         status=result['status'],
         reason=result['reason'],
     )
-    n_ok = int((result['status'] == 'ok').sum())
+    n_ok = int((result['status'] == STATUS_OK).sum())
     summary = {
         'target': predictor.target,
         'units': predictor.units,
@@ -266,6 +258,6 @@ def run_predict(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path)
         'uncertainty': method,
         'n_members': predictor.num_members,
     }
-    (output_dir / 'summary.json').write_text(json.dumps(summary, indent=2))
+    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     if len(arrays) and n_ok == 0 and np.all(~np.isfinite(result['mean'])):
-        raise TaskError('nan_output', 'no structure got a finite prediction')
+        raise TaskError(NAN_OUTPUT, 'no structure got a finite prediction')

@@ -8,7 +8,12 @@ Contract with the CalcJobs (and anybody scripting it by hand)::
 (:mod:`aiida_hpcai.models.structure_io`), checkpoints as files named in the config. Each task
 writes its results into the output folder. A failure the caller should react to is written as
 ``OUTPUT/error.json`` (``{"error": <code>, "message": ...}``) and the program exits non-zero;
-the parsers turn the code into an AiiDA exit code.
+the parsers turn the code into an AiiDA exit code. The file names and error codes are those of
+:mod:`aiida_hpcai.models.contract`.
+
+Tasks are :data:`TASKS`: ``info`` runs on its own; ``train`` and ``predict`` run the entry point of
+the architecture that ``config.json`` names, else the one its checkpoints name, else ``crysformer``
+(:mod:`aiida_hpcai.models.registry`). A task every architecture may implement is one line in TASKS.
 
 The program imports only torch, e3nn, numpy and pymatgen: no AiiDA on compute nodes.
 """
@@ -16,6 +21,7 @@ The program imports only torch, e3nn, numpy and pymatgen: no AiiDA on compute no
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import pathlib
@@ -23,22 +29,37 @@ import platform
 import sys
 import traceback
 
-# task name -> "module:function"; a task function takes (config: dict, input_dir, output_dir).
-TASKS: dict[str, str] = {
-    'info': 'aiida_hpcai.models.program:run_info',
-    'train': 'aiida_hpcai.models.training:run_train',
-    'predict': 'aiida_hpcai.models.inference:run_predict',
+from . import registry
+from .contract import (
+    ARCHITECTURE_KEY,
+    CONFIG_FILE,
+    DEFAULT_ARCHITECTURE,
+    ERROR_FILE,
+    INCOMPATIBLE_MODELS,
+    INFO_FILE,
+    INVALID_CONFIG,
+    OUT_OF_MEMORY,
+    UNEXPECTED_ERROR,
+    TaskError,
+    checkpoint_entries,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One ``hpcai-model`` task. ``function`` (``'module:function'``) runs it; without one, the task is
+    the entry point of that name of the architecture the config or its checkpoints name."""
+
+    help: str
+    function: str | None = None
+
+
+# A task function takes (config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path).
+TASKS: dict[str, Task] = {
+    'info': Task('print versions, visible devices and registered architectures', 'aiida_hpcai.models.program:run_info'),
+    'train': Task('train or fine-tune a model of the architecture config.json names (default crysformer)'),
+    'predict': Task('predict mean and sigma for structures.npz with the checkpoints config.json names'),
 }
-
-ERROR_FILENAME = 'error.json'
-
-
-class TaskError(Exception):
-    """A failure with a machine-readable code, reported in ``error.json``."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 def run_info(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path) -> None:
@@ -53,14 +74,38 @@ def run_info(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path) ->
         'cuda_available': torch.cuda.is_available(),
         'cuda_devices': [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         'tasks': sorted(TASKS),
+        'architectures': {name: sorted(entry.tasks) for name, entry in sorted(registry.architectures().items())},
     }
-    (output_dir / 'info.json').write_text(json.dumps(info, indent=2))
+    (output_dir / INFO_FILE).write_text(json.dumps(info, indent=2))
     print(json.dumps(info, indent=2))
 
 
-def _load_task(name: str):
-    module_name, function_name = TASKS[name].split(':')
-    return getattr(importlib.import_module(module_name), function_name)
+def architecture_of(config: dict, input_dir: pathlib.Path) -> str:
+    """The architecture a task runs: the config's ``architecture``, else its checkpoints', else the default.
+    The checkpoints are loaded to read it (and checked against their sha256 and the registry)."""
+    from .checkpoint import load_verified
+
+    named = config.get(ARCHITECTURE_KEY)
+    found = {load_verified(entry, input_dir)['architecture'] for entry in checkpoint_entries(config)}
+    if len(found) > 1:
+        raise TaskError(INCOMPATIBLE_MODELS, f'the checkpoints are of different architectures: {sorted(found)}')
+    if named is not None and found and found != {named}:
+        raise TaskError(
+            INCOMPATIBLE_MODELS, f'config.json names architecture {named!r}, its checkpoints {found.pop()!r}'
+        )
+    return named or (found.pop() if found else DEFAULT_ARCHITECTURE)
+
+
+def task_function(name: str, config: dict, input_dir: pathlib.Path):
+    """The function that runs task ``name`` for this config."""
+    task = TASKS[name]
+    if task.function is not None:
+        module_name, function_name = task.function.split(':')
+        return getattr(importlib.import_module(module_name), function_name)
+    try:
+        return registry.get(architecture_of(config, input_dir)).task(name)
+    except registry.UnknownArchitecture as exc:
+        raise TaskError(INVALID_CONFIG, str(exc)) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,19 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest='task', required=True, metavar='TASK')
     for name in sorted(TASKS):
-        task = sub.add_parser(name, help=(_task_doc(name)))
+        task = sub.add_parser(name, help=TASKS[name].help)
         task.add_argument('--input', '-i', default='.', help='folder with config.json and input files')
         task.add_argument('--output', '-o', default='.', help='folder the results are written to')
     return parser
-
-
-def _task_doc(name: str) -> str:
-    # Resolved lazily: importing every task module just to print --help would load torch.
-    return {
-        'info': 'print versions and visible devices',
-        'train': 'train or fine-tune a Crysformer ensemble (writes model.pt, metrics.json, figures)',
-        'predict': 'predict mean and sigma for structures.npz with one or more Crysformer checkpoints',
-    }.get(name, f'run the {name} task')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,16 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     input_dir = pathlib.Path(args.input)
     output_dir = pathlib.Path(args.output)
     output_dir.mkdir(parents=True, exist_ok=True)
-    config_path = input_dir / 'config.json'
+    config_path = input_dir / CONFIG_FILE
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
     try:
-        _load_task(args.task)(config, input_dir, output_dir)
+        task_function(args.task, config, input_dir)(config, input_dir, output_dir)
     except TaskError as exc:
         _write_error(output_dir, exc.code, str(exc))
         print(f'hpcai-model {args.task}: {exc.code}: {exc}', file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - any crash is reported to the parser, then re-raised
-        code = 'out_of_memory' if _is_out_of_memory(exc) else 'unexpected_error'
+        code = OUT_OF_MEMORY if _is_out_of_memory(exc) else UNEXPECTED_ERROR
         _write_error(output_dir, code, ''.join(traceback.format_exception_only(exc)).strip())
         raise
     return 0
@@ -110,10 +146,8 @@ def _is_out_of_memory(exc: Exception) -> bool:
 
 
 def _write_error(output_dir: pathlib.Path, code: str, message: str) -> None:
-    (output_dir / ERROR_FILENAME).write_text(json.dumps({'error': code, 'message': message}))
+    (output_dir / ERROR_FILE).write_text(json.dumps({'error': code, 'message': message}))
 
 
 if __name__ == '__main__':
-    # Under `python -m` this file runs as `__main__`, a second copy whose TaskError the tasks do not
-    # raise; hand over to the package's own module so error codes are caught.
-    sys.exit(importlib.import_module('aiida_hpcai.models.program').main())
+    sys.exit(main())

@@ -30,14 +30,28 @@ import numpy as np
 import torch
 
 from . import plots
-from .checkpoint import id_digest, make_checkpoint, save_checkpoint
+from .checkpoint import id_digest, load_verified, make_checkpoint, save_checkpoint
+from .contract import (
+    INCOMPATIBLE_MODELS,
+    INVALID_CONFIG,
+    INVALID_SPLIT,
+    LEARNING_CURVE_FIGURE,
+    METADATA_FILE,
+    METRICS_FILE,
+    MISSING_LABEL,
+    MODEL_FILE,
+    PARENT_KEY,
+    PARITY_FIGURE,
+    STRUCTURES_FILE,
+    TaskError,
+)
 from .crysformer import Crysformer, CrysformerConfig, count_parameters, resolve_config
 from .graph import collate, graphs_from_arrays
 from .inference import EnsemblePredictor, element_reference_offsets
 from .structure_io import StructureArrays
 from .uncertainty import fit_sigma_scale, uncertainty_metrics
 
-STATE_FILE = 'training_state.pt'
+STATE_FILE = 'training_state.pt'  # the train task's own resume file, not part of the CalcJob contract
 DEFAULT_UNITS = {'formation_energy_per_atom': 'eV/atom', 'band_gap': 'eV', 'energy_per_atom': 'eV/atom'}
 
 
@@ -457,7 +471,7 @@ def finalize_ensemble(
     checkpoint['metrics'] = {split_name: metrics[split_name] for split_name in ('val', 'test')}
     checkpoint['split'] = {name: id_digest(d.ids) for name, d in data.items()}
     checkpoint['dataset'] = dict(dataset or {})
-    sha = save_checkpoint(checkpoint, output_dir / 'model.pt')
+    sha = save_checkpoint(checkpoint, output_dir / MODEL_FILE)
     metadata = {
         'architecture': checkpoint['architecture'],
         'hyperparameters': checkpoint['hyperparameters'],
@@ -469,16 +483,16 @@ def finalize_ensemble(
         'dataset': checkpoint['dataset'],
         'split': checkpoint['split'],
     }
-    (output_dir / 'metadata.json').write_text(json.dumps(metadata, indent=2))
-    (output_dir / 'metrics.json').write_text(json.dumps(metrics, indent=2))
-    plots.learning_curve(histories, output_dir / 'learning_curve.png', units)
+    (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    plots.learning_curve(histories, output_dir / LEARNING_CURVE_FIGURE, units)
     test = data['test'] if data['test'].graphs else data['val']
     mean, sigma = test_predictions
     plots.parity(
         test.raw,
         mean,
         sigma,
-        output_dir / 'parity.png',
+        output_dir / PARITY_FIGURE,
         target,
         units,
         title='test split' if data['test'].graphs else 'validation split',
@@ -577,22 +591,20 @@ _TRAINING_KEYS = {f.name for f in dataclasses.fields(TrainingConfig)}
 
 
 def run_train(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path) -> None:
-    """``hpcai-model train``: train or fine-tune an ensemble on structures.npz."""
+    """``hpcai-model train`` of a Crysformer: train or fine-tune an ensemble on structures.npz."""
     from .datasets import split_by_id, split_indices
-    from .inference import load_verified
-    from .program import TaskError
     from .structure_io import read_npz
 
     input_dir, output_dir = pathlib.Path(input_dir), pathlib.Path(output_dir)
     target = config.get('target')
     if not target:
-        raise TaskError('invalid_config', 'config.json must name a "target"')
-    arrays = read_npz(input_dir / 'structures.npz')
+        raise TaskError(INVALID_CONFIG, 'config.json must name a "target"')
+    arrays = read_npz(input_dir / STRUCTURES_FILE)
     if target not in arrays.labels:
-        raise TaskError('missing_label', f'structures.npz has no label {target!r} (labels: {sorted(arrays.labels)})')
+        raise TaskError(MISSING_LABEL, f'structures.npz has no label {target!r} (labels: {sorted(arrays.labels)})')
     labelled = np.nonzero(np.isfinite(arrays.labels[target]))[0]
     if len(labelled) == 0:
-        raise TaskError('missing_label', f'no structure has a finite {target!r} label')
+        raise TaskError(MISSING_LABEL, f'no structure has a finite {target!r} label')
     arrays = arrays.subset(labelled)
     ids = [str(i) for i in arrays.ids]
     split_config = config.get('split') or {'fractions': [0.8, 0.1, 0.1], 'seed': 0}
@@ -604,9 +616,9 @@ def run_train(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path) -
         )
     indices = split_indices(ids, split)
     if len(indices['train']) == 0 or len(indices['val']) == 0:
-        raise TaskError('invalid_split', 'the train and val splits must each hold at least one labelled structure')
+        raise TaskError(INVALID_SPLIT, 'the train and val splits must each hold at least one labelled structure')
 
-    parent = load_verified(config['parent'], input_dir) if config.get('parent') else None
+    parent = load_verified(config[PARENT_KEY], input_dir, 'crysformer') if config.get(PARENT_KEY) else None
     training = {key: config[key] for key in _TRAINING_KEYS if key in config}
     training.setdefault('progress', False)
     try:
@@ -620,12 +632,12 @@ def run_train(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path) -
             units=config.get('units'),
             parent=parent,
             dataset={
-                'name': config.get('dataset_name', 'structures.npz'),
+                'name': config.get('dataset_name', STRUCTURES_FILE),
                 'n_structures': len(arrays),
                 'formulae_sha256': arrays.formulae_digest(),
             },
         )
     except ValueError as exc:
         if 'parent predicts' in str(exc):
-            raise TaskError('incompatible_models', str(exc)) from exc
+            raise TaskError(INCOMPATIBLE_MODELS, str(exc)) from exc
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import pathlib
@@ -9,7 +10,10 @@ import pathlib
 from aiida.engine import ExitCode
 from aiida.parsers import Parser
 
-from aiida_hpcai.calculations.base import ERROR_FILENAME, PROGRAM_ERROR_EXIT_CODES
+from aiida_hpcai.models.contract import ERROR_FILE, PROGRAM_ERRORS
+
+# the program's error codes (`error.json`) -> the exit code label of the CalcJob
+EXIT_LABELS = {error.code: error.exit_label for error in PROGRAM_ERRORS}
 
 
 def finite_or_none(value):
@@ -63,6 +67,13 @@ class ModelProgramParser(Parser):
             return True
         return filename in self.retrieved.base.repository.list_object_names()
 
+    def outputs_matching(self, pattern: str) -> list[str]:
+        """Names of the output files that match a glob ``pattern``, sorted."""
+        names = set(self.retrieved.base.repository.list_object_names())
+        if self._temporary is not None and self._temporary.is_dir():
+            names.update(path.name for path in self._temporary.iterdir() if path.is_file())
+        return sorted(fnmatch.filter(names, pattern))
+
     def read_bytes(self, filename: str) -> bytes:
         """Content of an output file, from the temporary retrieved folder or the ``retrieved`` node."""
         if self._temporary is not None and (self._temporary / filename).is_file():
@@ -78,15 +89,15 @@ class ModelProgramParser(Parser):
     # -- errors -----------------------------------------------------------------------------
     def exit_code_from_error_file(self) -> ExitCode | None:
         """Map the program's ``error.json`` (if any) to this CalcJob's exit code."""
-        if not self.has_output(ERROR_FILENAME):
+        if not self.has_output(ERROR_FILE):
             return None
         try:
-            error = self.read_json(ERROR_FILENAME)
+            error = self.read_json(ERROR_FILE)
             code, message = error['error'], error.get('message', '')
         except (ValueError, KeyError, TypeError) as exc:
-            return self.exit_codes.ERROR_OUTPUT_FILES_UNREADABLE.format(filename=ERROR_FILENAME, exception=exc)
+            return self.exit_codes.ERROR_OUTPUT_FILES_UNREADABLE.format(filename=ERROR_FILE, exception=exc)
         self.logger.error(f'hpcai-model reported `{code}`: {message}')
-        label = PROGRAM_ERROR_EXIT_CODES.get(code)
+        label = EXIT_LABELS.get(code)
         if label is None or label not in self.exit_codes:
             return self.exit_codes.ERROR_PROGRAM_UNKNOWN_ERROR.format(code=code, message=message)
         return self.exit_codes[label].format(message=message)

@@ -7,12 +7,11 @@ import io
 import numpy as np
 from aiida import orm
 
+from aiida_hpcai.models.contract import PREDICTION_ARRAYS, PREDICTIONS_FILE, STATUS_FAILED, STATUS_OK, SUMMARY_FILE
+
 from .base import ModelProgramParser
 
 __all__ = ('PredictParser',)
-
-PREDICTION_ARRAYS = ('mean', 'sigma', 'status', 'reason')
-STATUS_OK, STATUS_FAILED = 'ok', 'failed'
 
 
 class PredictParser(ModelProgramParser):
@@ -28,13 +27,13 @@ class PredictParser(ModelProgramParser):
         return exit_code.status == self.exit_codes.ERROR_NAN_OUTPUT.status
 
     def parse_outputs(self):
-        content = self.read_bytes('predictions.npz')
-        summary = self.read_json('summary.json')
+        content = self.read_bytes(PREDICTIONS_FILE)
+        summary = self.read_json(SUMMARY_FILE)
         try:
             with np.load(io.BytesIO(content), allow_pickle=False) as data:
                 arrays = {name: data[name] for name in PREDICTION_ARRAYS}
         except (ValueError, KeyError, OSError) as exc:
-            return self.exit_codes.ERROR_OUTPUT_FILES_UNREADABLE.format(filename='predictions.npz', exception=exc)
+            return self.exit_codes.ERROR_OUTPUT_FILES_UNREADABLE.format(filename=PREDICTIONS_FILE, exception=exc)
 
         expected = self.node.inputs.structures.count
         lengths = {name: len(values) for name, values in arrays.items()}

@@ -7,26 +7,31 @@ import io
 from aiida import orm
 
 from aiida_hpcai.data.model import ModelData
+from aiida_hpcai.models.contract import (
+    ARCHITECTURE_KEY,
+    FIGURE_PATTERN,
+    METADATA_FILE,
+    METADATA_KEYS,
+    METRICS_FILE,
+    MODEL_FILE,
+)
 
 from .base import ModelProgramParser
 
 __all__ = ('TrainParser',)
-
-PLOT_FILES = ('learning_curve.png', 'parity.png')
-METADATA_KEYS = ('architecture', 'hyperparameters', 'target', 'units', 'metrics')
 
 
 class TrainParser(ModelProgramParser):
     """Attach ``model`` (ModelData), ``metrics`` (Dict) and, where written, ``plots`` (FolderData)."""
 
     def parse_outputs(self):
-        checkpoint = self.read_bytes('model.pt')
+        checkpoint = self.read_bytes(MODEL_FILE)
         try:
-            metadata = self.read_json('metadata.json')
-            metrics = self.read_json('metrics.json')
+            metadata = self.read_json(METADATA_FILE)
+            metrics = self.read_json(METRICS_FILE)
         except ValueError as exc:
             return self.exit_codes.ERROR_OUTPUT_FILES_UNREADABLE.format(
-                filename='metadata.json/metrics.json', exception=exc
+                filename=f'{METADATA_FILE}/{METRICS_FILE}', exception=exc
             )
         missing = [key for key in METADATA_KEYS if key not in metadata]
         if missing:
@@ -36,10 +41,15 @@ class TrainParser(ModelProgramParser):
             return self.exit_codes.ERROR_OUTPUT_INCONSISTENT.format(
                 message=f'trained on {metadata["target"]!r}, but {requested_target!r} was requested'
             )
+        requested_architecture = self.node.inputs.parameters.get(ARCHITECTURE_KEY)
+        if requested_architecture not in (None, metadata['architecture']):
+            return self.exit_codes.ERROR_OUTPUT_INCONSISTENT.format(
+                message=f'trained a {metadata["architecture"]!r}, but {requested_architecture!r} was requested'
+            )
 
         model = ModelData(
             checkpoint,
-            filename='model.pt',
+            filename=MODEL_FILE,
             architecture=metadata['architecture'],
             hyperparameters=metadata['hyperparameters'],
             target=metadata['target'],
@@ -50,7 +60,7 @@ class TrainParser(ModelProgramParser):
         self.out('model', model)
         self.out('metrics', orm.Dict(metrics))
 
-        plots = [name for name in PLOT_FILES if self.has_output(name)]
+        plots = self.outputs_matching(FIGURE_PATTERN)
         if plots:
             folder = orm.FolderData()
             for name in plots:

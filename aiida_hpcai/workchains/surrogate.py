@@ -2,7 +2,8 @@
 
 One ``hpcai.predict`` CalcJob predicts every structure (mean and sigma of an ensemble); a
 calcfunction then splits the set at ``sigma_threshold``. The structures that were not predicted
-confidently (or not at all) come out as one StructureSet, ``needs_dft``, ready for a DFT WorkChain.
+confidently (or not at all) come out as one StructureSet, ``needs_dft``, ready for a DFT WorkChain,
+with their ids and their predicted mean and sigma as labels (``predicted_mean``, ``predicted_sigma``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from aiida_hpcai.calculations.predict import PredictCalculation
 from aiida_hpcai.data.model import ModelData
 from aiida_hpcai.data.structure_set import StructureSet
 
-__all__ = ('SurrogateWorkChain', 'structures_from_nodes', 'classify_predictions', 'default_sigma_threshold')
+from .structures import invalid_link_labels, link_label, structures_from_nodes
+
+__all__ = ('SurrogateWorkChain', 'classify_predictions', 'default_sigma_threshold')
 
 DEFAULTS_FILE = pathlib.Path(__file__).with_suffix('.yaml')
 
@@ -29,18 +32,18 @@ def default_sigma_threshold(target: str | None) -> float | None:
     return defaults.get(target)
 
 
-@calcfunction
-def structures_from_nodes(**structure_nodes: orm.StructureData) -> StructureSet:
-    """Gather StructureData nodes into one StructureSet; ids are the namespace keys, in sorted order."""
-    keys = sorted(structure_nodes)
-    return StructureSet.from_structuredata([structure_nodes[key] for key in keys], ids=keys)
+#: Labels of ``needs_dft``: what the surrogate predicted for each structure that still needs DFT.
+PREDICTED_MEAN, PREDICTED_SIGMA = 'predicted_mean', 'predicted_sigma'
 
 
 @calcfunction
 def classify_predictions(structures: StructureSet, raw_predictions: orm.ArrayData, sigma_threshold: orm.Float) -> dict:
-    """Add the ``confident`` mask to the predictions and collect the structures that need DFT.
+    """Add the ``confident`` mask and the ``ids`` to the predictions and collect the structures that need DFT.
 
     Confident means: predicted (status ``ok``), a finite mean, and ``sigma <= sigma_threshold``.
+    ``classified_predictions`` holds the ids as an array (aligned with the others) and as the attribute
+    ``ids``, so that ``QueryBuilder`` finds the predictions of a structure by id (``aiida_hpcai.results``);
+    ``needs_dft`` carries each structure's predicted mean and sigma as labels (NaN where not predicted).
     """
     mean = raw_predictions.get_array('mean')
     sigma = raw_predictions.get_array('sigma')
@@ -51,6 +54,8 @@ def classify_predictions(structures: StructureSet, raw_predictions: orm.ArrayDat
     for name in raw_predictions.get_arraynames():
         predictions.set_array(name, raw_predictions.get_array(name))
     predictions.set_array('confident', confident)
+    ids = structures.ids
+    predictions.set_array('ids', np.asarray(ids, dtype=str))
     needs_dft_index = np.flatnonzero(~confident)
     counts = {
         'n_structures': len(confident),
@@ -65,6 +70,7 @@ def classify_predictions(structures: StructureSet, raw_predictions: orm.ArrayDat
             'sigma_threshold': sigma_threshold.value,
             'target': raw_predictions.base.attributes.get('target', None),
             'units': raw_predictions.base.attributes.get('units', None),
+            'ids': ids,
         }
     )
     summary = orm.Dict(
@@ -73,15 +79,32 @@ def classify_predictions(structures: StructureSet, raw_predictions: orm.ArrayDat
             'sigma_threshold': sigma_threshold.value,
             'target': predictions.base.attributes.get('target'),
             'units': predictions.base.attributes.get('units'),
-            'needs_dft_ids': [structures.ids[i] for i in needs_dft_index],
+            'needs_dft_ids': [ids[i] for i in needs_dft_index],
         }
     )
-    return {'predictions': predictions, 'needs_dft': structures.subset(needs_dft_index), 'summary': summary}
+    arrays = structures.arrays.subset(needs_dft_index)
+    arrays.labels[PREDICTED_MEAN] = mean[needs_dft_index]
+    arrays.labels[PREDICTED_SIGMA] = sigma[needs_dft_index]
+    return {'classified_predictions': predictions, 'needs_dft': StructureSet(arrays), 'summary': summary}
 
 
-def validate_inputs(inputs, _):
-    if ('structures' in inputs) == bool(inputs.get('structure_nodes')):
+def validate_inputs(inputs, ctx):
+    """Check what the namespace holds: a parent exposing this WorkChain without some ports gives those later."""
+    ports = set(ctx)
+    if 'predict' in ports and 'code' in ctx['predict'] and 'code' not in (inputs.get('predict') or {}):
+        return '`predict.code` is required: the `hpcai-model` code (for example `hpcai-model@localhost`)'
+    if {'structures', 'structure_nodes'} <= ports and ('structures' in inputs) == bool(inputs.get('structure_nodes')):
         return 'give exactly one of `structures` (a StructureSet) or `structure_nodes` (StructureData nodes)'
+    invalid = invalid_link_labels(inputs.get('structure_nodes') or {})
+    if invalid:
+        mapped = ', '.join(f'{key!r} -> {link_label(key)!r}' for key in invalid)
+        return (
+            f'`structure_nodes` keys must be valid link labels (letters, digits, single underscores): {mapped}; '
+            "set the id as the node's label to keep it (aiida_hpcai.workchains.structures.link_label, or "
+            'the `hpcai.structures.select` calcfunction, which does both)'
+        )
+    if 'models' not in ports:
+        return None
     models = inputs.get('models') or {}
     if not models:
         return 'give at least one model in the `models` namespace'
@@ -121,7 +144,8 @@ class SurrogateWorkChain(WorkChain):
             dynamic=True,
             required=False,
             help='Alternatively, individual StructureData nodes; they are gathered into one '
-            'StructureSet by a calcfunction (ids = the namespace keys).',
+            "StructureSet by a calcfunction. Keys are link labels; a structure's id is its node's label where "
+            'the key is that label mapped to a link label (`mp-149` under `mp_149`), else the key.',
         )
         spec.input_namespace(
             'models',
@@ -146,14 +170,16 @@ class SurrogateWorkChain(WorkChain):
         )
 
         spec.output(
-            'predictions',
+            'classified_predictions',
             valid_type=orm.ArrayData,
-            help='Aligned with the input structures: mean, sigma, status, reason and the boolean `confident`.',
+            help='Aligned with the input structures: ids, mean, sigma, status, reason and the boolean `confident` '
+            "(the CalcJob's own output, without ids and `confident`, is its `predictions`).",
         )
         spec.output(
             'needs_dft',
             valid_type=StructureSet,
-            help='The structures that were not predicted confidently (may be empty), ids kept.',
+            help='The structures that were not predicted confidently (may be empty), ids kept, with the '
+            f'labels `{PREDICTED_MEAN}` and `{PREDICTED_SIGMA}` (NaN where not predicted).',
         )
         spec.output(
             'structures',
@@ -222,4 +248,4 @@ class SurrogateWorkChain(WorkChain):
             f'{summary["n_confident"]} of {summary["n_structures"]} structures predicted confidently; '
             f'{summary["n_needs_dft"]} need DFT ({summary["n_failed"]} could not be predicted)'
         )
-        self.out_many({key: results[key] for key in ('predictions', 'needs_dft', 'summary')})
+        self.out_many({key: results[key] for key in ('classified_predictions', 'needs_dft', 'summary')})

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from aiida_hpcai.models import program
+from aiida_hpcai.models import contract, program
 from aiida_hpcai.models.checkpoint import LOWER_BOUNDS, load_checkpoint, pretrained_path, sha256_file
 from aiida_hpcai.models.structure_io import StructureArrays, read_npz, write_npz
 
@@ -31,7 +31,7 @@ def _run(task, input_dir, output_dir, config=None):
 
 
 def _error(output_dir):
-    return json.loads((output_dir / program.ERROR_FILENAME).read_text())['error']
+    return json.loads((output_dir / contract.ERROR_FILE).read_text())['error']
 
 
 TRAIN_CONFIG = {

@@ -16,7 +16,8 @@ from pymatgen.core import Lattice, Structure
 from aiida_hpcai.data.model import ModelData
 from aiida_hpcai.data.structure_set import StructureSet
 from aiida_hpcai.models import structure_io
-from aiida_hpcai.workchains.surrogate import classify_predictions
+from aiida_hpcai.workchains.structures import link_label, select_structures, structures_from_nodes
+from aiida_hpcai.workchains.surrogate import PREDICTED_MEAN, PREDICTED_SIGMA, classify_predictions
 from tests.surrogate_helpers import model_program_code, needs_model_program, perov_structures, train_tiny_model
 
 SurrogateWorkChain = WorkflowFactory('hpcai.surrogate')
@@ -38,9 +39,17 @@ def test_classify_predictions_splits_at_the_threshold():
 
     results = classify_predictions(structures, raw, orm.Float(0.1))
 
-    assert results['predictions'].get_array('confident').tolist() == [True, False, False, True]
-    assert results['predictions'].get_array('reason').tolist() == ['', '', 'unknown element', '']
-    assert results['needs_dft'].ids == ['b', 'c']
+    classified = results['classified_predictions']
+    assert classified.get_array('confident').tolist() == [True, False, False, True]
+    assert classified.get_array('reason').tolist() == ['', '', 'unknown element', '']
+    # The ids travel with the predictions: as an aligned array, and as an attribute QueryBuilder can filter on.
+    assert classified.get_array('ids').tolist() == ['a', 'b', 'c', 'd'] == classified.base.attributes.get('ids')
+    assert orm.QueryBuilder().append(orm.ArrayData, filters={'attributes.ids': {'contains': ['c']}}).count() == 1
+    # What needs DFT carries its ids and what was predicted for it, so a parent can rank by sigma.
+    needs_dft = results['needs_dft']
+    assert needs_dft.ids == ['b', 'c']
+    assert needs_dft.get_label(PREDICTED_MEAN)[0] == -2.1 and np.isnan(needs_dft.get_label(PREDICTED_MEAN)[1])
+    assert needs_dft.get_label(PREDICTED_SIGMA)[0] == 0.2 and np.isnan(needs_dft.get_label(PREDICTED_SIGMA)[1])
     summary = results['summary'].get_dict()
     assert (summary['n_confident'], summary['n_needs_dft'], summary['n_failed']) == (2, 2, 1)
     assert summary['needs_dft_ids'] == ['b', 'c'] and summary['units'] == 'eV/atom'
@@ -62,6 +71,7 @@ def test_classify_predictions_all_confident_gives_empty_needs_dft():
     raw.set_array('reason', np.array(['']))
     results = classify_predictions(structures, raw, orm.Float(0.1))
     assert results['needs_dft'].count == 0 and results['needs_dft'].ids == []
+    assert results['needs_dft'].label_names == [PREDICTED_MEAN, PREDICTED_SIGMA]
 
 
 @pytest.fixture
@@ -131,7 +141,8 @@ def test_train_then_surrogate_end_to_end(aiida_code_installed, shared_data_dir):
     )
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
 
-    predictions = node.outputs.predictions
+    predictions = node.outputs.classified_predictions
+    assert predictions.get_array('ids').tolist() == to_predict.ids
     status = predictions.get_array('status').tolist()
     assert status == ['ok', 'ok', 'failed', 'ok', 'ok']
     assert predictions.get_array('reason')[2] != ''
@@ -175,7 +186,7 @@ def test_nothing_predicted_sends_everything_to_dft(aiida_code_installed, shared_
     predict = node.base.links.get_outgoing(link_label_filter='predict').one().node
     assert not predict.is_finished_ok  # the CalcJob says nothing was predicted ...
     assert node.outputs.needs_dft.ids == broken.ids  # ... and the WorkChain sends the structure to DFT
-    assert node.outputs.predictions.get_array('reason')[0] != ''
+    assert node.outputs.classified_predictions.get_array('reason')[0] != ''
 
 
 @needs_model_program
@@ -206,8 +217,6 @@ def test_failed_predict_job_is_an_exit_code(aiida_code_installed):
 
 
 def test_structure_nodes_are_gathered_with_provenance():
-    from aiida_hpcai.workchains.surrogate import structures_from_nodes
-
     nodes = {
         'salt': orm.StructureData(pymatgen=_rock_salt(5.6)),
         'periclase': orm.StructureData(pymatgen=_rock_salt(4.2, ('Mg', 'O'))),
@@ -217,3 +226,72 @@ def test_structure_nodes_are_gathered_with_provenance():
     assert [s.composition.reduced_formula for s in structure_set] == ['MgO', 'NaCl']
     incoming = structure_set.creator.base.links.get_incoming().all()
     assert {link.node.uuid for link in incoming} == {node.uuid for node in nodes.values()}
+
+
+def test_missing_predict_code_is_a_validation_error_naming_the_port(any_model):
+    with pytest.raises(ValueError, match='`predict.code` is required'):
+        run_get_node(
+            SurrogateWorkChain,
+            structures=StructureSet.from_pymatgen([_rock_salt(5.6)]),
+            models={'m': any_model},
+            sigma_threshold=orm.Float(0.1),
+        )
+
+
+def test_ids_that_are_no_link_labels_are_refused_up_front(aiida_code_installed, any_model):
+    code = aiida_code_installed(label='hpcai-model-validation')
+    silicon = orm.StructureData(pymatgen=_rock_salt(5.4, ('Si', 'Si')))
+    with pytest.raises(ValueError, match="'mp-149' -> 'mp_149'"):
+        run_get_node(
+            SurrogateWorkChain,
+            structure_nodes={'mp-149': silicon},
+            models={'m': any_model},
+            sigma_threshold=orm.Float(0.1),
+            predict={'code': code},
+        )
+
+
+@pytest.mark.parametrize(
+    'structure_id, label',
+    [('mp-149', 'mp_149'), ('agm002153', 'agm002153'), ('2153', 'id_2153'), ('a--b..c_', 'a_b_c'), ('_x', 'x')],
+)
+def test_link_label(structure_id, label):
+    from aiida.common.links import validate_link_label
+
+    assert link_label(structure_id) == label
+    validate_link_label(label)
+
+
+def test_select_keeps_ids_and_provenance():
+    structures = StructureSet.from_pymatgen(
+        [_rock_salt(5.6), _rock_salt(4.2, ('Mg', 'O')), _rock_salt(5.4, ('Si', 'Si'))],
+        ids=['mp-22862', 'mp-1265', 'mp-149'],
+        labels={'energy': [1.0, 2.0, 3.0]},
+    ).store()
+
+    results = select_structures(structures, orm.List(['mp-149', 'mp-22862']))
+
+    nodes = results['structures']
+    assert sorted(nodes) == ['mp_149', 'mp_22862']
+    assert nodes['mp_149'].label == 'mp-149' and nodes['mp_149'].get_formula() == 'Si2'
+    assert results['subset'].ids == ['mp-149', 'mp-22862']
+    assert results['subset'].get_label('energy').tolist() == [3.0, 1.0]
+    # Each StructureData was created from the set by the calcfunction: the graph stays connected.
+    creator = nodes['mp_149'].creator
+    assert creator.process_label == 'select_structures' and creator.inputs.structures.uuid == structures.uuid
+    assert {link.link_label for link in creator.base.links.get_outgoing().all()} == {
+        'structures__mp_149',
+        'structures__mp_22862',
+        'subset',
+    }
+    # ... and back into one set, ids kept: the key is the link label, the id the node's label.
+    assert structures_from_nodes(**nodes).ids == ['mp-149', 'mp-22862']
+
+    with pytest.raises(ValueError, match='not in the StructureSet'):
+        select_structures(structures, orm.List(['mp-0']))
+
+
+def test_select_is_the_registered_calcfunction():
+    from aiida.plugins import CalculationFactory
+
+    assert CalculationFactory('hpcai.structures.select') is select_structures
