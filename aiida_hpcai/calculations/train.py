@@ -67,8 +67,8 @@ def validate_train_inputs(inputs, ctx):
     model_config = parameters.get('model_config', architecture.presets[0] if architecture.presets else {})
     if not isinstance(model_config, dict) and model_config not in architecture.presets:
         return (
-            f"`model_config` must be one of {architecture.name!r}'s presets {list(architecture.presets)} or a dict "
-            f'of hyperparameters, not {model_config!r}'
+            f'`model_config` must be a preset of {architecture.name} {list(architecture.presets)} or a dict of '
+            f'hyperparameters, not {model_config!r}'
         )
     label_names = inputs['structures'].label_names or []
     if target and target not in label_names:
