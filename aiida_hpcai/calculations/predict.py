@@ -12,7 +12,9 @@ from .base import ModelProgramCalculation, checkpoint_entry, model_file_target, 
 
 __all__ = ('PredictCalculation',)
 
-PREDICT_PARAMETERS = {'batch_size', 'uncertainty', 'mc_samples'}
+PREDICT_PARAMETERS = {'batch_size', 'uncertainty', 'mc_samples', 'seed'}
+# MC-dropout draws are seeded: the same inputs give the same sigma, so a cached CalcJob is not a frozen draw.
+DEFAULT_SEED = 0
 
 
 def validate_models(models, _):
@@ -42,6 +44,8 @@ def validate_predict_parameters(node, port):
     for key in ('batch_size', 'mc_samples'):
         if key in parameters and (not isinstance(parameters[key], int) or parameters[key] < 1):
             return f'`{key}` must be a positive integer, not {parameters[key]!r}'
+    if 'seed' in parameters and (not isinstance(parameters['seed'], int) or parameters['seed'] < 0):
+        return f'`seed` must be a non-negative integer, not {parameters["seed"]!r}'
     return None
 
 
@@ -79,7 +83,8 @@ class PredictCalculation(ModelProgramCalculation):
             'over every member of every checkpoint (one checkpoint file can hold a whole ensemble); '
             '`mc_dropout` samples each member `mc_samples` times with dropout active; '
             "`mc_dropout_readout` samples only the readout's dropout, at about the cost of one plain "
-            'prediction.',
+            f'prediction. `seed` (default {DEFAULT_SEED}) seeds the dropout draws, so the same inputs give the '
+            'same sigma (and caching the CalcJob is safe).',
         )
         spec.inputs['metadata']['options']['parser_name'].default = 'hpcai.predict'
 
@@ -110,6 +115,7 @@ class PredictCalculation(ModelProgramCalculation):
             contract.MODELS_KEY: [checkpoint_entry(node, target) for node, target in self.model_files()],
             'uncertainty': parameters.get('uncertainty', 'ensemble'),
             'mc_samples': parameters.get('mc_samples', 10),
+            'seed': parameters.get('seed', DEFAULT_SEED),
         }
         if 'batch_size' in parameters:  # otherwise the program's default for its device
             config['batch_size'] = parameters['batch_size']

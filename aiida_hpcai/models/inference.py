@@ -236,6 +236,9 @@ def run_predict(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path)
     arrays = read_npz(input_dir / STRUCTURES_FILE)
     method = predictor.resolve_method(config.get('uncertainty', 'ensemble'))
     batch_size = config.get('batch_size')
+    # MC-dropout draws come from torch's generator: seeded, the same config gives the same sigma.
+    seed = int(config.get('seed', 0))
+    torch.manual_seed(seed)
     result = predictor.predict(arrays, batch_size and int(batch_size), method, int(config.get('mc_samples', 10)))
     seconds = time.perf_counter() - start
     np.savez(
@@ -257,6 +260,7 @@ def run_predict(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path)
         'device': device,
         'uncertainty': method,
         'n_members': predictor.num_members,
+        'seed': seed,
     }
     (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     if len(arrays) and n_ok == 0 and np.all(~np.isfinite(result['mean'])):
