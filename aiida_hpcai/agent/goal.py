@@ -30,6 +30,14 @@ PropertyName = Literal['formation_energy_per_atom', 'energy_above_hull', 'band_g
 Bound = tuple[float | None, float | None]
 
 
+@functools.cache
+def kj_per_mol_per_ev() -> float:
+    """1 eV per particle in kJ per mole (e * N_A / 1000 = 96.485...)."""
+    from scipy.constants import Avogadro, elementary_charge
+
+    return elementary_charge * Avogadro / 1000
+
+
 class PlanError(ValueError):
     """A request that cannot become a valid Goal: why, and the words that could not be placed."""
 

@@ -22,6 +22,7 @@ from .goal import (
     PlanError,
     element_symbols,
     goal_from_dict,
+    kj_per_mol_per_ev,
     spacegroup_number,
 )
 
@@ -154,17 +155,9 @@ ENERGY_UNITS = {
 }
 
 
-@functools.cache
-def _kj_per_mol_per_ev() -> float:
-    """1 eV per particle in kJ per mole (e * N_A / 1000 = 96.485...)."""
-    from scipy.constants import Avogadro, elementary_charge
-
-    return elementary_charge * Avogadro / 1000
-
-
 def _kj_units() -> dict:
     # kJ/mol is read per mole of atoms, the unit of formation energies in thermochemical tables.
-    factor = _kj_per_mol_per_ev()
+    factor = kj_per_mol_per_ev()
     phrases = [('kj/mol',), ('kj', '/', 'mol'), ('kj', 'per', 'mol'), ('kj/mole',), ('kj', 'per', 'mole')]
     units = {}
     for phrase in phrases:
@@ -219,7 +212,8 @@ def tokenize(text: str) -> list[Token]:
 
 
 def _keeps_whole(word: str) -> bool:
-    return '-' not in word and '_' not in word or _is_chemsys(word) or _spacegroup(word) is not None
+    # English hyphenates words without digits (cobalt-free); symbols such as Fm-3m or P2_1/c have digits.
+    return '-' not in word and '_' not in word or _is_chemsys(word) or any(char.isdigit() for char in word)
 
 
 def _is_chemsys(word: str) -> bool:

@@ -16,4 +16,4 @@ def cli():
 
 
 # Sub-commands register themselves on `cli` when imported.
-from . import data, dft, setup, surrogate  # noqa: E402,F401
+from . import data, dft, plan, setup, surrogate  # noqa: E402,F401
