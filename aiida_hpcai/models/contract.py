@@ -20,6 +20,9 @@ What the tasks write into the output folder:
   ``metrics.json`` and figures (``*.png``, e.g. ``learning_curve.png`` and ``parity.png``);
 - ``predict``: ``predictions.npz`` (:data:`PREDICTION_ARRAYS`, aligned with ``structures.npz``) and
   ``summary.json``;
+- ``generate``: ``structures.npz`` (the valid samples, ids ``<formula>#<k>``), ``invalid.json`` (the others
+  with their reasons) and ``summary.json`` (mode, seed, counts); NaN samples are listed as invalid and the
+  task then fails with ``nan_output``, its files written;
 - ``info``: ``info.json``.
 """
 
@@ -43,6 +46,7 @@ FIGURE_PATTERN = '*.png'  # every figure a train task writes is kept (as the `pl
 LEARNING_CURVE_FIGURE = 'learning_curve.png'
 PARITY_FIGURE = 'parity.png'
 PREDICTIONS_FILE = 'predictions.npz'
+INVALID_FILE = 'invalid.json'  # generate: the invalid samples, [{"id", "reason", "message"}, ...]
 SUMMARY_FILE = 'summary.json'
 
 # -- what the files hold ----------------------------------------------------------------------------
@@ -92,6 +96,9 @@ NAN_OUTPUT = 'nan_output'
 OUT_OF_MEMORY = 'out_of_memory'
 MISSING_LABEL = 'missing_label'
 INVALID_SPLIT = 'invalid_split'
+UNKNOWN_ELEMENT = 'unknown_element'  # generate: an element the model was not trained on
+TOO_MANY_ATOMS = 'too_many_atoms'  # generate: more atoms in a cell than the model was trained on
+NO_SAMPLES = 'no_samples'  # generate: zero samples asked
 
 PROGRAM_ERRORS = (
     ProgramError(UNEXPECTED_ERROR, 330, 'ERROR_PROGRAM_UNEXPECTED', 'The program failed unexpectedly: {message}'),
@@ -118,6 +125,11 @@ PROGRAM_ERRORS = (
     ),
     ProgramError(MISSING_LABEL, 360, 'ERROR_MISSING_LABEL', 'The structures lack the label to train on: {message}'),
     ProgramError(INVALID_SPLIT, 361, 'ERROR_INVALID_SPLIT', 'The train/val/test split cannot be used: {message}'),
+    ProgramError(UNKNOWN_ELEMENT, 370, 'ERROR_UNKNOWN_ELEMENT', 'An element the model was not trained on: {message}'),
+    ProgramError(
+        TOO_MANY_ATOMS, 371, 'ERROR_TOO_MANY_ATOMS', 'More atoms in a cell than the model was trained on: {message}'
+    ),
+    ProgramError(NO_SAMPLES, 372, 'ERROR_NO_SAMPLES', 'Zero samples were asked: {message}'),
 )
 
 

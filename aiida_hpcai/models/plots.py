@@ -16,16 +16,23 @@ def _pyplot():
     return plt
 
 
-def learning_curve(histories: list[list[dict]], path: str | pathlib.Path, units: str = '') -> None:
-    """Train loss and validation MAE per epoch, one line per ensemble member."""
+def learning_curve(
+    histories: list[list[dict]],
+    path: str | pathlib.Path,
+    units: str = '',
+    metric: str = 'val_mae',
+    metric_label: str | None = None,
+    train_label: str = 'train L1 loss (standardised)',
+) -> None:
+    """Train loss and a validation ``metric`` (default the MAE) per epoch, one line per ensemble member."""
     plt = _pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
     for member, history in enumerate(histories):
         epochs = [row['epoch'] for row in history]
         left.plot(epochs, [row['train_loss'] for row in history], label=f'member {member}')
-        right.plot(epochs, [row['val_mae'] for row in history], label=f'member {member}')
-    left.set(xlabel='epoch', ylabel='train L1 loss (standardised)', yscale='log')
-    right.set(xlabel='epoch', ylabel=f'validation MAE ({units})', yscale='log')
+        right.plot(epochs, [row[metric] for row in history], label=f'member {member}')
+    left.set(xlabel='epoch', ylabel=train_label, yscale='log')
+    right.set(xlabel='epoch', ylabel=metric_label or f'validation MAE ({units})', yscale='log')
     for axis in (left, right):
         axis.grid(alpha=0.3)
     right.legend(fontsize=8)

@@ -59,6 +59,7 @@ TASKS: dict[str, Task] = {
     'info': Task('print versions, visible devices and registered architectures', 'aiida_hpcai.models.program:run_info'),
     'train': Task('train or fine-tune a model of the architecture config.json names (default crysformer)'),
     'predict': Task('predict mean and sigma for structures.npz with the checkpoints config.json names'),
+    'generate': Task('sample crystal structures with the generative checkpoint config.json names (equicsp)'),
 }
 
 

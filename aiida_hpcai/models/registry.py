@@ -137,6 +137,37 @@ BUILTIN: dict[str, Architecture] = {
         checkpoint_keys=('target', 'units', 'normalization'),
         description='equivariant graph transformer: a property with an ensemble/MC-dropout sigma',
     ),
+    'equicsp': Architecture(
+        name='equicsp',
+        tasks={
+            'train': 'aiida_hpcai.models.equicsp.training:run_train',
+            'generate': 'aiida_hpcai.models.equicsp.generation:run_generate',
+        },
+        model='aiida_hpcai.models.equicsp.network:EquiCSPDenoiser',
+        presets=('cpu', 'paper', 'tiny'),  # aiida_hpcai.models.equicsp.network.PRESETS
+        # aiida_hpcai.models.equicsp.training.EquiCSPTrainingConfig, less device/progress, plus the task's own keys
+        train_parameters=frozenset(
+            {
+                'model_config',
+                'split',
+                'dataset_name',
+                'epochs',
+                'batch_size',
+                'learning_rate',
+                'weight_decay',
+                'warmup_fraction',
+                'min_lr_ratio',
+                'patience',
+                'seed',
+                'max_minutes',
+                'modes',
+                'gradient_clip',
+            }
+        ),
+        requires_target=False,
+        checkpoint_keys=('elements', 'max_atoms', 'num_atoms_counts', 'lattice_scaler', 'modes'),
+        description='periodic E(3)-equivariant diffusion (EquiCSP): crystal structures for a composition or ab initio',
+    ),
 }
 
 

@@ -590,9 +590,27 @@ def evaluate(predictor: EnsemblePredictor, data: dict, config: TrainingConfig):
 _TRAINING_KEYS = {f.name for f in dataclasses.fields(TrainingConfig)}
 
 
+def split_from_config(arrays: StructureArrays, split_config: dict | None) -> dict[str, np.ndarray]:
+    """Positions of the train/val/test structures a train config's ``split`` names: id lists
+    (``{"train": [...], "val": [...], "test": [...]}``) or ``{"fractions": [...], "seed": ...}``."""
+    from .datasets import split_by_id, split_indices
+
+    ids = [str(i) for i in arrays.ids]
+    split_config = split_config or {'fractions': [0.8, 0.1, 0.1], 'seed': 0}
+    if 'train' in split_config:
+        split = {name: list(split_config.get(name, [])) for name in ('train', 'val', 'test')}
+    else:
+        split = split_by_id(
+            ids, tuple(split_config.get('fractions', (0.8, 0.1, 0.1))), int(split_config.get('seed', 0))
+        )
+    indices = split_indices(ids, split)
+    if len(indices['train']) == 0 or len(indices['val']) == 0:
+        raise TaskError(INVALID_SPLIT, 'the train and val splits must each hold at least one structure')
+    return indices
+
+
 def run_train(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path) -> None:
     """``hpcai-model train`` of a Crysformer: train or fine-tune an ensemble on structures.npz."""
-    from .datasets import split_by_id, split_indices
     from .structure_io import read_npz
 
     input_dir, output_dir = pathlib.Path(input_dir), pathlib.Path(output_dir)
@@ -606,17 +624,7 @@ def run_train(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path) -
     if len(labelled) == 0:
         raise TaskError(MISSING_LABEL, f'no structure has a finite {target!r} label')
     arrays = arrays.subset(labelled)
-    ids = [str(i) for i in arrays.ids]
-    split_config = config.get('split') or {'fractions': [0.8, 0.1, 0.1], 'seed': 0}
-    if 'train' in split_config:
-        split = {name: list(split_config.get(name, [])) for name in ('train', 'val', 'test')}
-    else:
-        split = split_by_id(
-            ids, tuple(split_config.get('fractions', (0.8, 0.1, 0.1))), int(split_config.get('seed', 0))
-        )
-    indices = split_indices(ids, split)
-    if len(indices['train']) == 0 or len(indices['val']) == 0:
-        raise TaskError(INVALID_SPLIT, 'the train and val splits must each hold at least one labelled structure')
+    indices = split_from_config(arrays, config.get('split'))
 
     parent = load_verified(config[PARENT_KEY], input_dir, 'crysformer') if config.get(PARENT_KEY) else None
     training = {key: config[key] for key in _TRAINING_KEYS if key in config}
