@@ -434,7 +434,7 @@ class _Request:
         while (part := self.bound_part(start)) is not None:
             chain.append(part)
             joiner = self.match(BOUND_JOINERS)
-            if not joiner or not self.match(MAX_COMPARATORS + MIN_COMPARATORS, len(joiner)):
+            if not joiner or not self.next_bound(len(joiner)):
                 break
             self.pos += len(joiner)
         if chain:
@@ -443,6 +443,15 @@ class _Request:
             raise PlanError(
                 f'say what the {name} should be: below, above or between values, for example', self.words(start)
             )
+
+    def next_bound(self, offset: int) -> bool:
+        """Whether another comparison of the same property starts at ``pos + offset`` (``and below 3 eV``), and
+        not a budget or a count (``, at most 2 DFT runs``, ``, at most 5 structures``)."""
+        comparator = self.match(MAX_COMPARATORS + MIN_COMPARATORS, offset)
+        if not comparator:
+            return False
+        after = offset + len(comparator) + 1  # the word after the number
+        return not self.at(('dft',), after) and not self.counts_a_noun(after)
 
     def bound_part(self, start: int):
         """One comparison or range: ('max'|'min'|'range'|'exact', [values]); None when none is here."""
@@ -655,6 +664,8 @@ class _Request:
             return True
         if self.formula(token):
             unknown = [symbol for symbol in re.findall(r'[A-Z][a-z]?', token.raw) if symbol not in element_symbols()]
+            if unknown and token.raw.isupper() and token.raw.isalpha():
+                return False  # an acronym such as DFT, not a formula
             if unknown:
                 raise PlanError(f'unknown element {", ".join(unknown)} in {token.raw}', [token.raw])
             self.pos += 1

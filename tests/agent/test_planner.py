@@ -84,6 +84,7 @@ def test_paper_request_as_json():
         ('find 7 Fe2O3', 'cannot place', ['7']),
         ('metal oxides', 'cannot place', ['metal']),
         ('Fe2O3 @ 300 K', 'cannot place', ['@', '300']),
+        ('Fe2O3 using DFT', 'cannot place', ['DFT']),
         ('band gap below 1e400 eV', 'cannot place', ['e400', 'eV']),
         ('band gap below ' + '9' * 400 + '.5 eV', 'too large', None),
     ],
