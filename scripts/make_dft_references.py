@@ -31,6 +31,9 @@ GAS_PHASE_ELEMENTS = {'H', 'N', 'O', 'F', 'Cl', 'He', 'Ne', 'Ar', 'Kr', 'Xe', 'R
 # neighbours at 1.30 Å), far above N2 in energy; taking one would shift every nitride by tenths of eV/atom.
 BOND_CUTOFF = {'Cl': 2.3, 'Br': 2.6, 'I': 3.0}
 DEFAULT_BOND_CUTOFF = 1.6
+# Layered elements: PBE without dispersion does not bind their layers (a vc-relax of graphite drifts apart),
+# so their references keep the dataset's cell (``layered: true``; ``references.reference_tag``).
+LAYERED_ELEMENTS = {'C', 'P'}
 # Below this |moment| per atom (μB) the MP entry counts as non-magnetic.
 MAGNETIC_THRESHOLD = 0.05
 
@@ -79,6 +82,7 @@ def main():
             'number_of_atoms': len(structure),
             'magnetic_moment_per_atom': round(moment, 3) if abs(moment) > MAGNETIC_THRESHOLD else 0.0,
             'molecular_crystal': element in GAS_PHASE_ELEMENTS,
+            'layered': element in LAYERED_ELEMENTS,
             'lattice': structure.lattice.matrix.round(8).tolist(),
             'species': [site.specie.symbol for site in structure],
             'frac_coords': structure.frac_coords.round(8).tolist(),

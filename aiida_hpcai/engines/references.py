@@ -2,11 +2,13 @@
 
 Structures: ``reference_structures.json`` beside this module, made by ``scripts/make_dft_references.py``
 from the dataset we compare with (``mp_cgcnn``): per element, its lowest-formation-energy single-element
-entry (gas-phase elements as molecular crystals, relaxed at fixed cell, O2 as a spin triplet).
+entry (gas-phase elements as molecular crystals, relaxed at fixed cell, O2 as a spin triplet; layered
+elements, graphite C and black P, relaxed at the dataset's fixed cell too: PBE does not bind their layers).
 
 Energies: a reference is one finished-ok ``hpcai.dft`` WorkChain on that structure, tagged with the extra
 ``hpcai_reference = {'element': ..., **identity}`` (identity: engine, protocol, protocol digest,
-pseudopotential family; see ``EngineAdapter.identity``). Every later WorkChain with the same identity
+pseudopotential family; see ``EngineAdapter.identity``; plus ``cell: 'dataset'`` for a layered element,
+see :func:`reference_tag`). Every later WorkChain with the same identity
 finds it with :func:`find_reference` and links its ``energy_per_atom`` output into its formation-energy
 calcfunction, so a reference is computed once per identity and its use is visible in the provenance graph.
 """
@@ -55,10 +57,26 @@ def get_reference_magnetic_moments(element: str) -> dict[str, float]:
     return {element: moment} if moment else {}
 
 
+def fixed_cell(element: str) -> bool:
+    """Whether the reference of ``element`` keeps the dataset's cell: molecular crystals and layered elements."""
+    entry = get_reference_entry(element)
+    return bool(entry['molecular_crystal'] or entry.get('layered'))
+
+
+def reference_tag(element: str, identity: dict) -> dict:
+    """The extra a reference of ``element`` computed under ``identity`` is tagged and found with.
+
+    A layered element's reference is relaxed at the dataset's fixed cell, which the tag records
+    (``cell: 'dataset'``), so it is never mistaken for one whose cell was relaxed.
+    """
+    tag = {'element': element, **identity}
+    if get_reference_entry(element).get('layered'):
+        tag['cell'] = 'dataset'
+    return tag
+
+
 def _filters(element: str, identity: dict) -> dict:
-    filters = {f'extras.{REFERENCE_EXTRA}.element': element}
-    filters.update({f'extras.{REFERENCE_EXTRA}.{key}': value for key, value in identity.items()})
-    return filters
+    return {f'extras.{REFERENCE_EXTRA}.{key}': value for key, value in reference_tag(element, identity).items()}
 
 
 def find_reference(element: str, identity: dict):
@@ -77,4 +95,4 @@ def find_reference(element: str, identity: dict):
 
 def tag_reference(node, element: str, identity: dict) -> None:
     """Mark the finished-ok WorkChain ``node`` as the reference of ``element`` under ``identity``."""
-    node.base.extras.set(REFERENCE_EXTRA, {'element': element, **identity})
+    node.base.extras.set(REFERENCE_EXTRA, reference_tag(element, identity))

@@ -60,6 +60,8 @@ def reference_inputs(element: str, engine: orm.Str, code, protocol: orm.Str, ove
         'protocol': protocol,
         'magnetic_moments': orm.Dict(refs.get_reference_magnetic_moments(element)),
         'molecular_crystal': orm.Bool(entry['molecular_crystal']),
+        # PBE does not bind the layers of graphite or black P: their cell stays at the dataset's geometry.
+        'relax_cell': orm.Bool(not refs.fixed_cell(element)),
         'compute_formation_energy': orm.Bool(False),
         'metadata': {
             'call_link_label': f'reference_{element}',
@@ -282,12 +284,43 @@ class DftWorkChain(WorkChain):
         # References made earlier are looked up now, so only the absent ones are computed later.
         for element in elements:
             node = refs.find_reference(element, self.ctx.reference_identity)
-            if node is None:
+            if node is None and self.is_own_reference(element):
+                self.ctx.own_reference = element
+                self.report(f'the structure is the {element} reference itself: its own relax + SCF serve as both')
+            elif node is None:
                 self.ctx.references_to_compute.append(element)
             else:
                 self.ctx.reference_energies[element] = node.outputs.energy_per_atom
                 self.report(f'reusing the {element} reference {node.process_label}<{node.pk}>')
         return None
+
+    def is_own_reference(self, element: str) -> bool:
+        """Whether this WorkChain computes just what the reference WorkChain of ``element`` would compute.
+
+        True for the reference structure itself (pymatgen's StructureMatcher) run with the reference's
+        settings: cell relaxed or kept as the reference's is, same standardization, same molecular-crystal
+        protocol and the same initial moments (the engine's default for a non-magnetic element is none).
+        The protocol is the same: the reference overrides of an elemental structure are its own cutoffs.
+        """
+        from pymatgen.analysis.structure_matcher import StructureMatcher
+
+        from ..engines.base import MAGNETIC_ELEMENTS
+
+        structure = self.inputs.structure
+        if set(structure.get_symbols_set()) != {element}:
+            return False
+        entry = refs.get_reference_entry(element)
+        moments = self.ctx.magnetic_moments
+        if moments is None and element not in MAGNETIC_ELEMENTS:
+            moments = {}
+        settings_match = (
+            self.inputs.molecular_crystal.value == entry['molecular_crystal']
+            and self.ctx.relax_cell == (not refs.fixed_cell(element))
+            and self.inputs.standardize.value
+            and moments == refs.get_reference_magnetic_moments(element)
+        )
+        reference = refs.get_reference_structure(element).get_pymatgen_structure()
+        return settings_match and StructureMatcher().fit(structure.get_pymatgen_structure(), reference)
 
     def should_standardize(self):
         structure = self.inputs.structure
@@ -353,6 +386,8 @@ class DftWorkChain(WorkChain):
         )
         self.out_many(outputs)
         self.ctx.energy_per_atom = outputs['energy_per_atom']
+        if 'own_reference' in self.ctx:
+            self.ctx.reference_energies[self.ctx.own_reference] = outputs['energy_per_atom']
         return None
 
     def should_compute_formation_energy(self):
@@ -396,3 +431,6 @@ class DftWorkChain(WorkChain):
         )
         self.out('formation_energy_per_atom', formation_energy)
         self.report(f'formation energy {formation_energy.value:.4f} eV/atom')
+        if 'own_reference' in self.ctx:
+            # Found by later WorkChains once this one has finished ok (the look-up asks for exit status 0).
+            refs.tag_reference(self.node, self.ctx.own_reference, self.ctx.reference_identity)

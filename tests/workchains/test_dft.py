@@ -56,7 +56,8 @@ def _reference_children(node):
 
 @pytest.fixture(scope='module')
 def si_run(dataset, pw_code, sssp_family):  # noqa: F811
-    return _run(dataset['mp-149'][1], pw_code, compute_formation_energy=orm.Bool(False))
+    """Si mp-149 with its formation energy: the structure is the Si reference itself (one relax + SCF for both)."""
+    return _run(dataset['mp-149'][1], pw_code)
 
 
 @pytest.fixture(scope='module')
@@ -75,7 +76,6 @@ def test_si_relax_scf_band_gap(si_run):
     results, node = si_run
     assert node.is_finished_ok, node.exit_message
     assert set(results) >= {'relaxed_structure', 'total_energy', 'energy_per_atom', 'band_gap', 'total_magnetization'}
-    assert 'formation_energy_per_atom' not in results
     assert 0.4 < results['band_gap'].value < 0.8
     assert results['energy_per_atom'].value == pytest.approx(results['total_energy'].value / 2)
     assert results['total_magnetization'].value == 0.0
@@ -86,6 +86,40 @@ def test_si_relax_scf_band_gap(si_run):
     volume_per_atom = results['relaxed_structure'].get_cell_volume() / 2
     assert 19.5 < volume_per_atom < 21.0
     assert not _reference_children(node)
+
+
+@pytest.mark.slow
+def test_the_reference_itself_reuses_its_own_run(si_run):
+    """Si is its own elemental reference: no second relax + SCF, a formation energy of 0, and tagged for later."""
+    results, node = si_run
+    assert node.is_finished_ok, node.exit_message
+    assert not _reference_children(node)
+    assert [child.process_label for child in node.called if child.process_label.startswith('Pw')] == [
+        'PwRelaxWorkChain',
+        'PwBaseWorkChain',
+    ]
+    calcfunction = node.base.links.get_outgoing(link_label_filter='compute_formation_energy').one().node
+    incoming = {link.link_label: link.node.pk for link in calcfunction.base.links.get_incoming().all()}
+    assert incoming['Si'] == incoming['energy_per_atom'] == results['energy_per_atom'].pk
+    assert results['formation_energy_per_atom'].value == 0.0
+    tag = node.base.extras.get(refs.REFERENCE_EXTRA)
+    assert tag['element'] == 'Si' and 'cell' not in tag
+    identity = {key: value for key, value in tag.items() if key != 'element'}
+    assert refs.find_reference('Si', identity).pk == node.pk
+
+
+def test_layered_references_keep_the_dataset_cell(aiida_profile):
+    """Graphite and black P: fixed cell (PBE does not bind the layers), recorded in the reference's tag."""
+    from aiida_hpcai.workchains.dft import reference_inputs
+
+    identity = {'engine': 'quantumespresso', 'protocol': 'fast'}
+    for element, layered in (('C', True), ('P', True), ('Si', False), ('O', False)):
+        entry = refs.get_reference_entry(element)
+        assert entry['layered'] is layered
+        inputs = reference_inputs(element, orm.Str('quantumespresso'), None, orm.Str('fast'), {})
+        assert inputs['relax_cell'].value is not (layered or entry['molecular_crystal'])
+        assert ('cell' in refs.reference_tag(element, identity)) is layered
+    assert refs.reference_tag('C', identity) == {**identity, 'element': 'C', 'cell': 'dataset'}
 
 
 @pytest.mark.slow
