@@ -90,27 +90,6 @@ def _numeric_info(atoms) -> dict:
     return info
 
 
-def pretrained_model(target: str):
-    """The shipped pretrained model for ``target`` as ONE ModelData node (re-used on every call)."""
-    from aiida_hpcai.data.model import ModelData
-    from aiida_hpcai.models import checkpoint
-
-    path = checkpoint.pretrained_path(target)
-    existing = ModelData.find_by_sha256(checkpoint.sha256_file(path))
-    if existing is not None:
-        return existing
-    content = checkpoint.load_checkpoint(path)
-    node, _ = ModelData.get_or_create(
-        path,
-        architecture=content['architecture'],
-        hyperparameters=content['hyperparameters'],
-        target=content['target'],
-        units=content['units'],
-        metrics=content.get('metrics', {}),
-    )
-    return node
-
-
 def load_models(identifiers, target: str) -> dict:
     from aiida.orm import load_node
 
@@ -118,8 +97,8 @@ def load_models(identifiers, target: str) -> dict:
 
     if not identifiers:
         try:
-            return {'pretrained': pretrained_model(target)}
-        except (KeyError, FileNotFoundError) as exc:
+            return {'pretrained': ModelData.pretrained(target)}
+        except (KeyError, FileNotFoundError, ValueError) as exc:
             raise click.UsageError(f'{exc}; pass --model with a ModelData pk or uuid') from exc
     models = {}
     for identifier in identifiers:

@@ -8,7 +8,14 @@ import pathlib
 
 from aiida import orm
 
+from aiida_hpcai.models.contract import MODEL_FILE
+
 __all__ = ('ModelData', 'ChecksumMismatchError')
+
+# what a checkpoint is, recorded as attributes; the first three also tell nodes of the same bytes apart
+LABELS = ('architecture', 'target', 'units', 'hyperparameters', 'metrics')
+DISTINCT_LABELS = ('architecture', 'target', 'units')
+UNKNOWN_ARCHITECTURE = 'unknown'
 
 
 class ChecksumMismatchError(ValueError):
@@ -23,15 +30,18 @@ class ModelData(orm.SinglefileData):
     """A checkpoint file with attributes ``architecture``, ``sha256``, ``hyperparameters``,
     ``target``, ``units``, ``training_set_uuid`` and ``metrics``.
 
-    Use :meth:`get_or_create` to upload: the same bytes uploaded twice give back the stored node,
-    so a shipped pretrained model and a re-import of it are one node in the provenance graph.
+    The attributes of a shipped pretrained model come from the JSON record beside it, however its
+    file is given (:meth:`pretrained`, :meth:`get_or_create` or the constructor with its path); a
+    label that contradicts the record is refused. Use :meth:`get_or_create` to upload: the same
+    bytes uploaded twice give back the stored node, so a shipped pretrained model and a re-import of
+    it are one node in the provenance graph.
     """
 
     def __init__(
         self,
         file,
         filename: str | None = None,
-        architecture: str = 'unknown',
+        architecture: str | None = None,
         hyperparameters: dict | None = None,
         target: str | None = None,
         units: str | None = None,
@@ -42,36 +52,66 @@ class ModelData(orm.SinglefileData):
         content = _read_bytes(file)
         if filename is None and isinstance(file, (str, pathlib.Path)):
             filename = pathlib.Path(file).name
-        super().__init__(io.BytesIO(content), filename=filename or 'model.pt', **kwargs)
-        self.base.attributes.set_many(
+        sha256 = sha256_of_bytes(content)
+        labels = _labels(
+            sha256,
             {
-                'sha256': sha256_of_bytes(content),
                 'architecture': architecture,
-                'hyperparameters': hyperparameters or {},
+                'hyperparameters': hyperparameters,
                 'target': target,
                 'units': units,
+                'metrics': metrics,
+            },
+        )
+        super().__init__(io.BytesIO(content), filename=filename or MODEL_FILE, **kwargs)
+        self.base.attributes.set_many(
+            {
+                'sha256': sha256,
+                'architecture': labels.get('architecture', UNKNOWN_ARCHITECTURE),
+                'hyperparameters': labels.get('hyperparameters', {}),
+                'target': labels.get('target'),
+                'units': labels.get('units'),
                 'training_set_uuid': training_set_uuid,
-                'metrics': metrics or {},
+                'metrics': labels.get('metrics', {}),
             }
         )
+        if not self.label:  # what `verdi node graph` shows in the box
+            self.label = f'{self.architecture} {self.target or "(no target)"}'
 
     @classmethod
     def get_or_create(cls, file, **kwargs) -> tuple[ModelData, bool]:
-        """Return ``(node, created)``: the stored node with these exact bytes, or a new stored one."""
+        """Return ``(node, created)``: the stored node with these exact bytes and the labels given (or recorded
+        for a shipped model), or a new stored one. A node of the same bytes labelled otherwise is not reused."""
         content = _read_bytes(file)
-        existing = cls.find_by_sha256(sha256_of_bytes(content))
-        if existing is not None:
-            return existing, False
         if isinstance(file, (str, pathlib.Path)):
             kwargs.setdefault('filename', pathlib.Path(file).name)
+        sha256 = sha256_of_bytes(content)
+        given = {key: kwargs.get(key) for key in LABELS}
+        labels = _labels(sha256, given)
+        existing = cls.find_by_sha256(sha256, **{key: labels[key] for key in DISTINCT_LABELS if key in labels})
+        if existing is not None:
+            return existing, False
         return cls(content, **kwargs).store(), True
 
     @classmethod
-    def find_by_sha256(cls, sha256: str) -> ModelData | None:
-        query = orm.QueryBuilder().append(cls, filters={'attributes.sha256': sha256}, project='*')
+    def find_by_sha256(cls, sha256: str, **attributes) -> ModelData | None:
+        """The first stored node with these bytes (and these attribute values, where given), or None."""
+        filters = {'attributes.sha256': sha256, **{f'attributes.{key}': value for key, value in attributes.items()}}
+        query = orm.QueryBuilder().append(cls, filters=filters, project='*')
         query.order_by({cls: {'id': 'asc'}}).limit(1)
         result = query.first()
         return result[0] if result else None
+
+    @classmethod
+    def pretrained(cls, target: str = 'formation_energy_per_atom') -> ModelData:
+        """The pretrained model shipped for ``target`` as ONE stored node (the same node on every call), labelled
+        from its JSON record. ``KeyError`` for a target without one, ``FileNotFoundError`` if it is missing."""
+        from aiida_hpcai.models.checkpoint import pretrained_path
+
+        node, _ = cls.get_or_create(pretrained_path(target))
+        if node.target != target:
+            raise ValueError(f'the shipped model for {target!r} has no matching record (it says {node.target!r})')
+        return node
 
     @property
     def sha256(self) -> str:
@@ -118,6 +158,21 @@ class ModelData(orm.SinglefileData):
             path = path / self.filename
         path.write_bytes(self.get_verified_content())
         return path
+
+
+def _labels(sha256: str, given: dict) -> dict:
+    """The labels given (None: not given), completed from the record if these bytes are a shipped model's."""
+    from aiida_hpcai.models.checkpoint import shipped_record
+
+    labels = {key: value for key, value in given.items() if value not in (None, {})}
+    record = shipped_record(sha256)
+    if record is None:
+        return labels
+    for key in LABELS:
+        if key in labels and labels[key] != record.get(key):
+            raise ValueError(f"{key} {labels[key]!r} contradicts the shipped model's record ({record.get(key)!r})")
+        labels[key] = record.get(key)
+    return labels
 
 
 def _read_bytes(file) -> bytes:

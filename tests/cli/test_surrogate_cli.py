@@ -113,29 +113,33 @@ def test_predict_json_and_csv(aiida_code_installed, shared_data_dir, structure_f
 
 @pytest.fixture
 def shipped_checkpoint(aiida_code_installed, shared_data_dir, tmp_path, monkeypatch):
-    """Stand in for the pretrained file of `heat_ref`: a re-saved tiny checkpoint (new bytes, so a new node)."""
+    """Stand in for the pretrained file of `heat_ref`: a re-saved tiny checkpoint (new bytes, so a new node) with
+    its JSON record beside it, in a stand-in for the package's `pretrained/` folder."""
     from aiida_hpcai.models import checkpoint
 
     code = model_program_code(aiida_code_installed)
     model = train_tiny_model(code, perov_structures(shared_data_dir)).outputs.model
     content = checkpoint.load_checkpoint(model.export(tmp_path / 'trained.pt'))
     content['dataset'] = {'name': 'shipped with the package'}
-    path = tmp_path / 'pretrained_heat_ref.pt'
-    checkpoint.save_checkpoint(content, path)
-    monkeypatch.setattr(checkpoint, 'pretrained_path', lambda target: path if target == 'heat_ref' else None)
+    path = tmp_path / 'pretrained' / 'pretrained_heat_ref.pt'
+    sha256 = checkpoint.save_checkpoint(content, path)
+    record = {key: content[key] for key in ('architecture', 'target', 'units', 'hyperparameters', 'metrics')}
+    path.with_suffix('.json').write_text(json.dumps({'file': path.name, 'sha256': sha256, **record}))
+    monkeypatch.setattr(checkpoint, 'PRETRAINED_DIR', path.parent)
+    monkeypatch.setattr(checkpoint, 'PRETRAINED_FILES', {'heat_ref': path.name})
     return path
 
 
 @needs_model_program
 def test_pretrained_model_is_uploaded_once(shipped_checkpoint):
-    from aiida_hpcai.cli.surrogate import pretrained_model
+    from aiida_hpcai.data.model import ModelData
     from aiida_hpcai.models.checkpoint import sha256_file
 
-    node = pretrained_model('heat_ref')
+    node = ModelData.pretrained('heat_ref')
     assert node.sha256 == sha256_file(shipped_checkpoint)
     assert (node.target, node.units, node.architecture) == ('heat_ref', 'eV/atom', 'crysformer')
     assert node.hyperparameters['model']['num_blocks'] >= 1
-    assert pretrained_model('heat_ref').uuid == node.uuid
+    assert ModelData.pretrained('heat_ref').uuid == node.uuid
 
 
 @needs_model_program
