@@ -178,7 +178,7 @@ def _pin(cores: list[int] | None):
 # -- AiiDA --------------------------------------------------------------------------------------
 def make_profile() -> dict:
     """A throw-away profile as ``aiida-hpcai setup`` makes it; ``AIIDA_PATH`` is already ``workdir``."""
-    from aiida_hpcai.cli.setup import MODEL_CODE_LABEL, SetupReport, ensure_code, ensure_localhost, ensure_profile
+    from aiida_hpcai.provisioning import MODEL_CODE_LABEL, SetupReport, ensure_code, ensure_localhost, ensure_profile
 
     report = SetupReport()
     profile, new_profile = ensure_profile('hpcai-overhead', report)
@@ -465,8 +465,8 @@ def main(argv=None) -> None:
 def benchmark(args) -> dict:
     import torch
 
-    from aiida_hpcai.cli.setup import uses_login_shell
     from aiida_hpcai.models.checkpoint import pretrained_path
+    from aiida_hpcai.provisioning import uses_login_shell
 
     arrays, taken, data_info = select_structures(pathlib.Path(args.data), args.count, args.max_atoms)
     checkpoint_dir = pathlib.Path(tempfile.mkdtemp(prefix='hpcai-overhead-model-'))

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from aiida import orm
 
-from aiida_hpcai.cli.setup import LOCALHOST_TRANSPORT
+from aiida_hpcai.provisioning import LOCALHOST_TRANSPORT
 
 pytest_plugins = ['aiida.tools.pytest_fixtures']
 
@@ -59,7 +59,7 @@ PSEUDO_SUBSET = 'sssp_pbe_efficiency_1.3.0_subset'
 @pytest.fixture(scope='session')
 def sssp_family(aiida_profile, shared_pseudos_dir):
     """The SSSP subset installed as ``aiida-hpcai setup`` installs it."""
-    from aiida_hpcai.cli.setup import install_pseudo_family
+    from aiida_hpcai.provisioning import install_pseudo_family
 
     family, _ = install_pseudo_family(shared_pseudos_dir / PSEUDO_SUBSET, PSEUDO_FAMILY)
     return family

@@ -1,11 +1,12 @@
 """The ``aiida-hpcai`` console script (plugins cannot add top-level ``verdi`` commands)."""
 
 import click
-from aiida.cmdline.groups import VerdiCommandGroup
 from aiida.cmdline.params import options, types
 
+from .params import HpcaiGroup
 
-@click.group('aiida-hpcai', cls=VerdiCommandGroup, context_settings={'help_option_names': ['-h', '--help']})
+
+@click.group('aiida-hpcai', cls=HpcaiGroup, context_settings={'help_option_names': ['-h', '--help']})
 @options.PROFILE(type=types.ProfileParamType(load_profile=True), expose_value=False)
 def cli():
     """aiida-hpcai: couple AI models and DFT for materials discovery, with AiiDA provenance.
@@ -16,4 +17,4 @@ def cli():
 
 
 # Sub-commands register themselves on `cli` when imported.
-from . import data, dft, plan, setup, surrogate  # noqa: E402,F401
+from . import data, dft, plan, results, setup, surrogate  # noqa: E402,F401

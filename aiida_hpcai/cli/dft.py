@@ -7,7 +7,9 @@ import pathlib
 import click
 from aiida.cmdline.utils import decorators, echo
 
+from ..engines import ENGINES
 from . import cli
+from .params import POSITIVE_INT, ProtocolChoice
 
 DEFAULT_CODES = {'quantumespresso': 'pw@localhost', 'vasp': 'vasp@localhost'}
 
@@ -31,8 +33,10 @@ def _parse_overrides(ctx, param, value):
 
 @cli.command('dft')
 @click.argument('file', type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path))
-@click.option('--engine', type=click.Choice(['quantumespresso', 'vasp']), default='quantumespresso', show_default=True)
-@click.option('--protocol', type=click.Choice(['fast', 'balanced', 'precise']), default='balanced', show_default=True)
+@click.option('--engine', type=click.Choice(sorted(ENGINES)), default='quantumespresso', show_default=True)
+@click.option(
+    '--protocol', type=ProtocolChoice(), default=None, help="Protocol; default: the engine's default protocol."
+)
 @click.option('--code', 'code_label', default=None, help='Code label; default pw@localhost (QE) or vasp@localhost.')
 @click.option(
     '--overrides',
@@ -40,8 +44,10 @@ def _parse_overrides(ctx, param, value):
     default=None,
     help='Protocol overrides as YAML/JSON text or file, e.g. "{kpoints_distance: 0.25}". Unknown keys are an error.',
 )
-@click.option('--num-mpiprocs', type=int, default=None, help="MPI processes per calculation (default: the computer's).")
-@click.option('--max-wallclock-seconds', type=int, default=None, help='Wall-time limit of each calculation.')
+@click.option(
+    '--num-mpiprocs', type=POSITIVE_INT, default=None, help="MPI processes per calculation (default: the computer's)."
+)
+@click.option('--max-wallclock-seconds', type=POSITIVE_INT, default=None, help='Wall-time limit of each calculation.')
 @click.option('--no-formation-energy', is_flag=True, help='Skip the elemental references and the formation energy.')
 @click.option('--no-standardize', is_flag=True, help='Keep the cell as given instead of its standard primitive cell.')
 @click.option('--submit', is_flag=True, help='Submit to the daemon and return at once, instead of running here.')
@@ -66,19 +72,23 @@ def dft(
     from aiida import orm
     from aiida.engine import run_get_node
     from aiida.engine import submit as submit_process
-    from pymatgen.core import Structure
 
+    from aiida_hpcai.data.structure_set import StructureSet
     from aiida_hpcai.engines import get_engine
     from aiida_hpcai.workchains.dft import DftWorkChain
 
+    adapter = get_engine(engine)
+    if protocol is not None and protocol not in adapter.protocol_names():
+        raise click.BadParameter(
+            f'{engine} has no protocol {protocol!r}; choose from {", ".join(adapter.protocol_names())}',
+            param_hint='--protocol',
+        )
+    protocol = protocol or adapter.default_protocol()
     try:
-        get_engine(engine).load_protocol(protocol, overrides)
+        adapter.load_protocol(protocol, overrides)
     except (ValueError, ImportError) as exception:
         raise click.BadParameter(str(exception), param_hint='--overrides') from exception
-    try:
-        structure = Structure.from_file(file)
-    except Exception as exception:  # noqa: BLE001 -- pymatgen raises many types; name the file
-        raise click.BadParameter(f'{file}: cannot read a structure ({exception})', param_hint='FILE') from exception
+    structure = _read_one_structure(file, StructureSet)
     code_label = code_label or DEFAULT_CODES[engine]
     try:
         code = orm.load_code(code_label)
@@ -114,9 +124,22 @@ def dft(
     _print_results(node, structure)
 
 
+def _read_one_structure(file, structure_set_class):
+    """The one structure of FILE, validated like every other input (known elements, no overlapping atoms, ...)."""
+    structures = structure_set_class.from_files([file])
+    for row in structures.get_skipped():
+        detail = f' ({row["detail"]})' if row.get('detail') else ''
+        raise click.BadParameter(f'{row["id"]}: {row["reason"]}{detail}', param_hint='FILE')
+    if structures.count != 1:
+        raise click.BadParameter(f'{file.name} holds {structures.count} structures; dft takes one', param_hint='FILE')
+    return structures.get_pymatgen(0)
+
+
 def _print_results(node, structure):
     from rich.console import Console
     from rich.table import Table
+
+    from aiida_hpcai.workchains.dft import DftWorkChain
 
     outputs = node.outputs
     table = Table(title=f'hpcai.dft<{node.pk}> {structure.composition.reduced_formula}')
@@ -132,6 +155,7 @@ def _print_results(node, structure):
     for title, name, form in rows:
         if name in outputs:
             table.add_row(title, form.format(outputs[name].value))
+    computed = table.row_count
     if 'relaxed_structure' in outputs:
         relaxed = outputs.relaxed_structure
         table.add_row('relaxed volume (Å³/atom)', f'{relaxed.get_cell_volume() / len(relaxed.sites):.3f}')
@@ -139,9 +163,13 @@ def _print_results(node, structure):
     if 'identity' in outputs:
         for key, value in outputs.identity.get_dict().items():
             table.add_row(key, str(value))
-    Console().print(table)
+    if computed or node.is_finished_ok:  # a run that computed nothing gets its error line alone
+        Console().print(table)
     if node.is_finished_ok:
         echo.echo_success(f'hpcai.dft<{node.pk}> finished')
-    else:
-        echo.echo_error(f'hpcai.dft<{node.pk}> failed [{node.exit_status}]: {node.exit_message}')
-        raise click.exceptions.Exit(1)
+        return
+    hint = ''
+    if node.exit_status == DftWorkChain.exit_codes.ERROR_REFERENCE_MISSING.status:
+        hint = ' From the command line: `aiida-hpcai dft --no-formation-energy ...` skips the formation energy.'
+    echo.echo_error(f'hpcai.dft<{node.pk}> failed [{node.exit_status}]: {node.exit_message}.{hint}')
+    raise click.exceptions.Exit(1)

@@ -19,79 +19,26 @@ from aiida.cmdline.utils import decorators, echo
 
 from ..models.uncertainty import UNCERTAINTY_METHODS
 from . import cli
+from .params import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, WritablePath, load_node_of
 
 DEFAULT_CODE = 'hpcai-model@localhost'
 DEFAULT_TARGET = 'formation_energy_per_atom'
-EXTXYZ_SUFFIXES = ('.extxyz', '.xyz')
 
 
 def read_structure_files(paths):
-    """Read CIF, POSCAR/CONTCAR (anything pymatgen reads) and extxyz files into one StructureSet.
-
-    Ids are the file names; a file holding several structures gives ``name#0``, ``name#1``, ...
-    unless its frames carry an ``id`` (extxyz). Numeric extxyz ``info`` keys that every structure
-    has become labels (shown beside the prediction as the reference value). A file that cannot
-    be read is reported and recorded in the set's ``skipped.json``; the others go on.
-    """
+    """The files as one StructureSet; every refused structure reported, none readable a usage error."""
     from aiida_hpcai.data.structure_set import StructureSet
 
-    structures, ids, labels, skipped = [], [], [], []
-    for path in paths:
-        path = pathlib.Path(path)
-        try:
-            found = _read_one_file(path)
-            if not found:
-                raise ValueError('holds no structure')
-        except Exception as exc:  # noqa: BLE001 - parsers raise many types; record the file and go on
-            echo.echo_warning(f'{path}: cannot read a structure ({exc}); skipped')
-            skipped.append({'id': path.name, 'reason': 'unparsable structure', 'detail': str(exc)[:200]})
-            continue
-        for index, (structure, info) in enumerate(found):
-            default_id = path.name if len(found) == 1 else f'{path.name}#{index}'
-            ids.append(str(info.pop('id', default_id)))
-            structures.append(structure)
-            labels.append(info)
-    if not structures:
-        raise click.BadParameter(f'no readable structure in {", ".join(map(str, paths))}', param_hint='FILES')
-    if len(set(ids)) != len(ids):
-        raise click.BadParameter('two structures have the same id; ids must be unique', param_hint='FILES')
-    common = set.intersection(*(set(label) for label in labels))
-    return StructureSet.from_pymatgen(
-        structures, ids=ids, skipped=skipped, labels={name: [label[name] for label in labels] for name in common}
-    )
+    from .data import report_skipped
 
-
-def _read_one_file(path: pathlib.Path) -> list[tuple]:
-    """``(structure, numeric info)`` pairs of one file."""
-    if path.suffix.lower() in EXTXYZ_SUFFIXES:
-        import ase.io
-
-        frames = ase.io.read(path, index=':', format='extxyz')
-        return [(atoms, _numeric_info(atoms)) for atoms in frames]
-    if path.suffix.lower() == '.cif':
-        from pymatgen.io.cif import CifParser
-
-        return [(s, {}) for s in CifParser(path).parse_structures(primitive=False)]
-    from pymatgen.core import Structure
-
-    return [(Structure.from_file(path), {})]
-
-
-def _numeric_info(atoms) -> dict:
-    # ASE moves known keys (energy, ...) from the comment line into a calculator; read both.
-    values = {**(atoms.calc.results if atoms.calc is not None else {}), **atoms.info}
-    info = {
-        key: float(value)
-        for key, value in values.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != 'id'
-    }
-    if 'id' in atoms.info:
-        info['id'] = str(atoms.info['id'])
-    return info
+    structures = StructureSet.from_files(paths)
+    report_skipped(structures.get_skipped())
+    if not structures.count:
+        raise click.BadParameter(f'no valid structure in {", ".join(map(str, paths))}', param_hint='FILES')
+    return structures
 
 
 def load_models(identifiers, target: str) -> dict:
-    from aiida.orm import load_node
 
     from aiida_hpcai.data.model import ModelData
 
@@ -102,11 +49,7 @@ def load_models(identifiers, target: str) -> dict:
             raise click.UsageError(f'{exc}; pass --model with a ModelData pk or uuid') from exc
     models = {}
     for identifier in identifiers:
-        node = load_node(identifier)
-        if not isinstance(node, ModelData):
-            raise click.BadParameter(
-                f'node {identifier} is a {type(node).__name__}, not a ModelData', param_hint='--model'
-            )
+        node = load_node_of(identifier, ModelData, '--model')
         models[f'model_{node.pk}'] = node
     return models
 
@@ -138,6 +81,22 @@ def prediction_rows(structures, predictions) -> list[dict]:
     return rows
 
 
+def skipped_rows(structures) -> list[dict]:
+    """The structures refused before prediction, as rows of the same shape (status ``skipped``)."""
+    return [
+        {
+            'id': row['id'],
+            'formula': '',
+            'mean': None,
+            'sigma': None,
+            'confident': False,
+            'status': 'skipped',
+            'reason': f'{row["reason"]}: {row["detail"]}' if row.get('detail') else row['reason'],
+        }
+        for row in structures.get_skipped()
+    ]
+
+
 @cli.command('predict')
 @click.argument('files', nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path))
 @click.option(
@@ -156,7 +115,7 @@ def prediction_rows(structures, predictions) -> list[dict]:
 )
 @click.option(
     '--threshold',
-    type=float,
+    type=NON_NEGATIVE_FLOAT,
     default=None,
     help='Confident when sigma <= this (model units). Default: per target (0.12 eV/atom for formation '
     'energy, 0.6 eV for band gap).',
@@ -167,7 +126,7 @@ def prediction_rows(structures, predictions) -> list[dict]:
 @click.option('--device', default='cpu', show_default=True, help='cpu, cuda or cuda:<index>.')
 @click.option(
     '--batch-size',
-    type=int,
+    type=POSITIVE_INT,
     default=None,
     help='Structures per batch (default of the program: 24 on a CPU, 64 on a GPU).',
 )
@@ -178,13 +137,15 @@ def prediction_rows(structures, predictions) -> list[dict]:
     help='How sigma is estimated (default of the program: ensemble, or MC dropout for one member); '
     'mc_dropout_readout costs about one plain prediction.',
 )
-@click.option('--mc-samples', type=int, default=None, help='Samples per member for the MC-dropout methods (10).')
+@click.option(
+    '--mc-samples', type=POSITIVE_INT, default=None, help='Samples per member for the MC-dropout methods (10).'
+)
 @click.option('--json', 'as_json', is_flag=True, help='Print machine-readable JSON instead of a table.')
 @click.option(
     '--output',
-    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    type=WritablePath(),
     default=None,
-    help='Also write the rows to this CSV file.',
+    help='Also write the rows to this CSV file (its folder is checked before anything runs).',
 )
 @decorators.with_dbenv()
 def predict(files, models, target, threshold, code_label, device, batch_size, uncertainty, mc_samples, as_json, output):
@@ -197,9 +158,9 @@ def predict(files, models, target, threshold, code_label, device, batch_size, un
 
     from aiida_hpcai.workchains.surrogate import SurrogateWorkChain
 
-    structures = read_structure_files(files)
     model_nodes = load_models(models, target)
     code = _load_code(code_label)
+    structures = read_structure_files(files)
     predict_inputs = {'code': code, 'device': orm.Str(device)}
     parameters = {
         key: value
@@ -221,6 +182,7 @@ def predict(files, models, target, threshold, code_label, device, batch_size, un
 
     summary = node.outputs.summary.get_dict()
     rows = prediction_rows(structures, node.outputs.classified_predictions)
+    rows += [{**dict.fromkeys(rows[0]), **row} for row in skipped_rows(structures)]
     if output is not None:
         with output.open('w', newline='') as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -270,16 +232,20 @@ def _print_prediction_table(rows, summary, node) -> None:
         table.add_column(column)
     for row in rows:
         value = '-' if row['mean'] is None else f'{row["mean"]:.4f} ± {row["sigma"]:.4f}'
-        status = row['status'] if not row['reason'] else f'{row["status"]}: {row["reason"]}'
+        # A skipped structure's detail was printed above the table; its reason alone keeps the column narrow.
+        reason = row['reason'].split(':')[0] if row['status'] == 'skipped' else row['reason']
+        status = row['status'] if not reason else f'{row["status"]}: {reason}'
         cells = [row['id'], row['formula'], value, 'yes' if row['confident'] else 'no', status]
         if with_reference:
             cells.append('-' if row['reference'] is None else f'{row["reference"]:.4f}')
         table.add_row(*cells)
     console = Console()
     console.print(table)
+    skipped = sum(row['status'] == 'skipped' for row in rows)
     console.print(
         f'{summary["n_confident"]} of {summary["n_structures"]} confident, {summary["n_needs_dft"]} need '
-        f'DFT. SurrogateWorkChain<{node.pk}> (needs_dft: StructureSet<{node.outputs.needs_dft.pk}>)'
+        f'DFT{f", {skipped} skipped before prediction" if skipped else ""}. SurrogateWorkChain<{node.pk}> '
+        f'(needs_dft: StructureSet<{node.outputs.needs_dft.pk}>)'
     )
 
 
@@ -295,15 +261,17 @@ def _print_prediction_table(rows, summary, node) -> None:
     show_default=True,
     help='Model size: tiny (tests), cpu (a laptop), paper (the published model, GPU).',
 )
-@click.option('--epochs', type=int, default=None, help='Training epochs (program default if omitted).')
-@click.option('--ensemble-size', type=int, default=None, help='Ensemble members trained (they give the sigma).')
-@click.option('--batch-size', type=int, default=None)
-@click.option('--learning-rate', type=float, default=None)
-@click.option('--seed', type=int, default=None)
-@click.option('--max-minutes', type=float, default=None, help='Stop training after this many minutes.')
-@click.option('--patience', type=int, default=None, help='Early stopping after this many epochs without gain.')
+@click.option('--epochs', type=POSITIVE_INT, default=None, help='Training epochs (program default if omitted).')
+@click.option(
+    '--ensemble-size', type=POSITIVE_INT, default=None, help='Ensemble members trained (they give the sigma).'
+)
+@click.option('--batch-size', type=POSITIVE_INT, default=None)
+@click.option('--learning-rate', type=POSITIVE_FLOAT, default=None)
+@click.option('--seed', type=NON_NEGATIVE_INT, default=None)
+@click.option('--max-minutes', type=POSITIVE_FLOAT, default=None, help='Stop training after this many minutes.')
+@click.option('--patience', type=POSITIVE_INT, default=None, help='Early stopping after this many epochs without gain.')
 @click.option('--parent', default=None, metavar='PK_OR_UUID', help='ModelData to fine-tune instead of starting fresh.')
-@click.option('--limit', type=int, default=None, help='When SOURCE is a file: read at most this many rows.')
+@click.option('--limit', type=POSITIVE_INT, default=None, help='When SOURCE is a file: read at most this many rows.')
 @click.option(
     '--code', 'code_label', default=DEFAULT_CODE, show_default=True, help='Code running the hpcai-model program.'
 )
@@ -354,7 +322,9 @@ def train(
         'device': orm.Str(device),
     }
     if parent is not None:
-        inputs['parent_model'] = orm.load_node(parent)
+        from aiida_hpcai.data.model import ModelData
+
+        inputs['parent_model'] = load_node_of(parent, ModelData, '--parent')
 
     echo.echo_report(f'training on StructureSet<{structures.pk}> ({structures.count} structures), target {target}')
     node = _run(TrainCalculation, inputs)
@@ -381,17 +351,24 @@ def _run(process_class, inputs):
 
 
 def _load_structure_source(source: str, target: str, limit: int | None):
-    from aiida import orm
 
     from aiida_hpcai.data.structure_set import StructureSet
 
+    from .data import report_skipped
+
     if pathlib.Path(source).exists():
         structures = StructureSet.from_file(source, limit=limit, targets=[target])
+        report_skipped(structures.get_skipped())
+        if not structures.count:
+            raise click.BadParameter(f'no structure of {source} has the label {target!r}', param_hint='SOURCE')
         structures.label = pathlib.Path(source).name
         return structures.store()
-    node = orm.load_node(source)
-    if not isinstance(node, StructureSet):
-        raise click.BadParameter(f'node {source} is a {type(node).__name__}, not a StructureSet', param_hint='SOURCE')
+    node = load_node_of(source, StructureSet, 'SOURCE')
+    if target not in node.label_names:
+        raise click.BadParameter(
+            f'StructureSet<{node.pk}> has no label {target!r}; its labels: {", ".join(node.label_names) or "none"}',
+            param_hint='--target',
+        )
     return node
 
 

@@ -151,7 +151,7 @@ def parse_cif_structures(text: str) -> list:
         message = str(exc) or type(exc).__name__
         problem = _cif_problem(text)
         if problem:
-            raise InvalidStructure('unparsable structure', f'{problem} (pymatgen: {message[:100]})') from exc
+            raise InvalidStructure('unparsable structure', f'{problem}; pymatgen says: {message[:100]}') from exc
         if 'element' in message.lower() or 'species' in message.lower():
             raise InvalidStructure('unknown element', message[:200]) from exc
         raise InvalidStructure('unparsable structure', message[:200]) from exc
@@ -521,7 +521,7 @@ def _load_rows(rows: Iterable[RawRow], builder: StructureBuilder, limit, ids, na
             builder.skip(
                 f'{name}[{rows_read}:]',
                 'truncated file',
-                f'reading stopped after {rows_read} rows: {str(exc) or type(exc).__name__}',
+                f'the file breaks off after {rows_read} rows, which are kept: {str(exc) or type(exc).__name__}',
             )
             break
         rows_read += 1

@@ -182,7 +182,7 @@ def validate_atoms(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray)
         raise InvalidStructure('collapsed cell', f'{volume / len(numbers):.3g} A^3 per atom')
     shortest = _shortest_periodic_distance(positions, cell)
     if shortest < MIN_DISTANCE:
-        raise InvalidStructure('overlapping atoms', f'two atoms {shortest:.3f} A apart (minimum {MIN_DISTANCE} A)')
+        raise InvalidStructure('overlapping atoms', f'two atoms {shortest:.3f} A apart, less than {MIN_DISTANCE} A')
 
 
 def _shortest_periodic_distance(positions: np.ndarray, cell: np.ndarray) -> float:

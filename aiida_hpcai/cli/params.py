@@ -1,0 +1,127 @@
+"""What every ``aiida-hpcai`` and ``verdi data hpcai.*`` command shares: one-line errors and checked option types.
+
+Values are checked by click before anything runs (a count must be positive, an output folder must
+exist and be writable), and any error a command raises reaches the user as one line; ``-v debug``
+prints the traceback for developers.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+import traceback
+
+import click
+from aiida.cmdline.groups.verdi import VerdiCommand, VerdiCommandGroup
+from aiida.cmdline.utils import echo
+
+POSITIVE_INT = click.IntRange(min=1)
+NON_NEGATIVE_INT = click.IntRange(min=0)
+POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
+NON_NEGATIVE_FLOAT = click.FloatRange(min=0)
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception as one line: its message (whitespace folded), with its type where the message needs it."""
+    message = ' '.join(str(exc).split())
+    if isinstance(exc, (ValueError, RuntimeError, OSError)) and message:
+        return message
+    return f'{type(exc).__name__}: {message}' if message else type(exc).__name__
+
+
+class HpcaiCommand(VerdiCommand):
+    """A command whose unexpected errors end as one line on stderr (exit status 1), the traceback only with -v debug."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place that turns any error into one line
+            echo.echo_debug(traceback.format_exc())
+            hint = '' if isinstance(exc, (ValueError, OSError)) else ' (`-v debug` shows the traceback)'
+            echo.echo_critical(f'{one_line(exc)}{hint}')
+
+
+class HpcaiGroup(VerdiCommandGroup):
+    """aiida's command group (``-v/--verbosity`` on every command), with :class:`HpcaiCommand` commands."""
+
+    command_class = HpcaiCommand
+
+
+class WritablePath(click.Path):
+    """An output path checked before anything runs: its folder exists and can be written.
+
+    With ``folder_ok``, an existing folder is accepted too (the command writes a file into it).
+    """
+
+    def __init__(self, folder_ok: bool = False):
+        super().__init__(dir_okay=folder_ok, path_type=pathlib.Path)
+        self.folder_ok = folder_ok
+
+    def convert(self, value, param, ctx):
+        path = super().convert(value, param, ctx)
+        if self.folder_ok and path.is_dir():
+            folder = path
+        else:
+            folder = path.parent
+            if not folder.is_dir():
+                self.fail(f'{path}: the folder {folder} does not exist', param, ctx)
+            if path.exists() and not os.access(path, os.W_OK):
+                self.fail(f'{path} cannot be written', param, ctx)
+        if not os.access(folder, os.W_OK):
+            self.fail(f'{path}: the folder {folder} cannot be written', param, ctx)
+        return path
+
+
+class ProtocolChoice(click.Choice):
+    """The protocol names of every registered DFT engine, read when first needed (importing engines is slow)."""
+
+    def __init__(self):
+        super().__init__(())
+
+    @property
+    def choices(self):
+        return _protocol_names()
+
+    @choices.setter
+    def choices(self, value):  # click.Choice.__init__ assigns; the names come from the engines instead
+        pass
+
+
+@functools.cache
+def _protocol_names() -> tuple[str, ...]:
+    from aiida_hpcai.engines import ENGINES, get_engine
+
+    names: list[str] = []
+    for engine in ENGINES:
+        try:
+            names += [name for name in get_engine(engine).protocol_names() if name not in names]
+        except ImportError:  # an optional engine plugin that is not installed
+            continue
+    return tuple(names)
+
+
+def load_node_of(identifier: str, node_class, param_hint: str):
+    """The node with pk or uuid ``identifier``, which must be a ``node_class``; a clear usage error otherwise."""
+    from aiida import orm
+    from aiida.common import exceptions
+
+    try:
+        node = orm.load_node(identifier)
+    except exceptions.NotExistent as exc:
+        raise click.BadParameter(
+            f'no node with pk or uuid {identifier!r} in this profile', param_hint=param_hint
+        ) from exc
+    except exceptions.MultipleObjectsError as exc:
+        raise click.BadParameter(
+            f'{identifier!r} is the start of several uuids; give more of it', param_hint=param_hint
+        ) from exc
+    except ValueError as exc:
+        raise click.BadParameter(f'{identifier!r} is neither a pk nor a uuid', param_hint=param_hint) from exc
+    if not isinstance(node, node_class):
+        raise click.BadParameter(
+            f'node {identifier} is a {type(node).__name__}, not a {node_class.__name__}', param_hint=param_hint
+        )
+    return node
