@@ -155,10 +155,39 @@ def validate_checkpoint(checkpoint, name: str = 'checkpoint') -> None:
         raise CheckpointError(f'{name}: holds no ensemble members')
 
 
+# checkpoints the program loaded to read their architecture (:func:`peek_architecture`), each handed over to
+# the task's own load_verified of the same entry: a task loads each file once
+_PEEKED: dict[tuple[str, str | None], dict] = {}
+
+
 def load_verified(entry: dict, input_dir: pathlib.Path, architecture: str | None = None) -> dict:
     """Load a checkpoint named in a task config (``{"file": ..., "sha256": ...}``), checking its digest and,
     if given, that it is of ``architecture``; any failure is a ``checkpoint_mismatch`` TaskError."""
     path = pathlib.Path(input_dir) / entry['file']
+    checkpoint = _PEEKED.pop(_peek_key(path, entry), None)
+    if checkpoint is None:
+        checkpoint = _load_entry(path, entry)
+    if architecture is not None and checkpoint['architecture'] != architecture:
+        raise TaskError(
+            CHECKPOINT_MISMATCH, f'{entry["file"]} is a {checkpoint["architecture"]!r} checkpoint, not {architecture!r}'
+        )
+    return checkpoint
+
+
+def peek_architecture(entry: dict, input_dir: pathlib.Path) -> str:
+    """The architecture of a checkpoint named in a task config (verified as :func:`load_verified` does); the
+    loaded checkpoint is kept for the task's :func:`load_verified` of the same entry."""
+    path = pathlib.Path(input_dir) / entry['file']
+    checkpoint = _load_entry(path, entry)
+    _PEEKED[_peek_key(path, entry)] = checkpoint
+    return checkpoint['architecture']
+
+
+def _peek_key(path: pathlib.Path, entry: dict) -> tuple[str, str | None]:
+    return str(path.resolve()), entry.get('sha256')
+
+
+def _load_entry(path: pathlib.Path, entry: dict) -> dict:
     if not path.is_file():
         raise TaskError(CHECKPOINT_MISMATCH, f'checkpoint file {entry["file"]} not found in the input folder')
     expected = entry.get('sha256')
@@ -167,14 +196,9 @@ def load_verified(entry: dict, input_dir: pathlib.Path, architecture: str | None
         if actual != expected:
             raise TaskError(CHECKPOINT_MISMATCH, f'{entry["file"]}: sha256 {actual} differs from {expected}')
     try:
-        checkpoint = load_checkpoint(path)
+        return load_checkpoint(path)
     except CheckpointError as exc:
         raise TaskError(CHECKPOINT_MISMATCH, str(exc)) from exc
-    if architecture is not None and checkpoint['architecture'] != architecture:
-        raise TaskError(
-            CHECKPOINT_MISMATCH, f'{entry["file"]} is a {checkpoint["architecture"]!r} checkpoint, not {architecture!r}'
-        )
-    return checkpoint
 
 
 def model_config_of(checkpoint: dict) -> CrysformerConfig:

@@ -83,11 +83,12 @@ def run_info(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path) ->
 
 def architecture_of(config: dict, input_dir: pathlib.Path) -> str:
     """The architecture a task runs: the config's ``architecture``, else its checkpoints', else the default.
-    The checkpoints are loaded to read it (and checked against their sha256 and the registry)."""
-    from .checkpoint import load_verified
+    The checkpoints are loaded to read it (checked against their sha256 and the registry), once: the task's
+    ``load_verified`` gets the same copy."""
+    from .checkpoint import peek_architecture
 
     named = config.get(ARCHITECTURE_KEY)
-    found = {load_verified(entry, input_dir)['architecture'] for entry in checkpoint_entries(config)}
+    found = {peek_architecture(entry, input_dir) for entry in checkpoint_entries(config)}
     if len(found) > 1:
         raise TaskError(INCOMPATIBLE_MODELS, f'the checkpoints are of different architectures: {sorted(found)}')
     if named is not None and found and found != {named}:

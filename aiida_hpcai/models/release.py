@@ -45,6 +45,7 @@ import time
 
 import numpy as np
 
+from .contract import METRICS_FILE, MODEL_FILE
 from .evaluation import (
     MIN_FORMATION_ENERGY,
     REPO,
@@ -122,8 +123,8 @@ def load_members(spec: str) -> dict:
     path, _, picked = spec.partition('#')
     path = pathlib.Path(path)
     if path.is_dir():
-        checkpoint = load_checkpoint(path / 'model.pt')
-        record = json.loads((path / 'metrics.json').read_text())
+        checkpoint = load_checkpoint(path / MODEL_FILE)
+        record = json.loads((path / METRICS_FILE).read_text())
     else:
         checkpoint = load_checkpoint(path)
         record = json.loads(path.with_suffix('.json').read_text())
@@ -473,9 +474,9 @@ def ship(args) -> dict:
     from .checkpoint import PRETRAINED_DIR, PRETRAINED_FILES, load_checkpoint, save_checkpoint
 
     folder = pathlib.Path(args.run)
-    checkpoint = load_checkpoint(folder / 'model.pt')
+    checkpoint = load_checkpoint(folder / MODEL_FILE)
     checkpoint['hyperparameters'] = portable_record(checkpoint['hyperparameters'])
-    metrics = json.loads((folder / 'metrics.json').read_text())
+    metrics = json.loads((folder / METRICS_FILE).read_text())
     destination = pathlib.Path(args.destination or PRETRAINED_DIR) / PRETRAINED_FILES[checkpoint['target']]
     sha = save_checkpoint(checkpoint, destination)
     split_dir = checkpoint['dataset'].get('split_dir', portable_path(SPLIT_DIR))
@@ -510,7 +511,7 @@ def ship(args) -> dict:
         'history': metrics['history'],
     }
     destination.with_suffix('.json').write_text(json.dumps(record, indent=2))
-    print(f'shipped {folder / "model.pt"} as {destination} (sha256 {sha})')
+    print(f'shipped {folder / MODEL_FILE} as {destination} (sha256 {sha})')
     return record
 
 

@@ -148,3 +148,19 @@ def test_an_entry_point_registers_an_architecture_the_program_trains_and_predict
     assert _run('info', tmp_path / 'info', {}) == 0
     info = json.loads((tmp_path / 'info' / 'out' / contract.INFO_FILE).read_text())
     assert info['architectures']['toy_linear'] == ['predict', 'train']
+
+
+def test_the_program_loads_each_checkpoint_once(tmp_path, monkeypatch):
+    """Reading the checkpoints' architecture to dispatch must not load them a second time for the task."""
+    from aiida_hpcai.models import checkpoint
+
+    folder = tmp_path / 'predict'
+    (folder / 'in').mkdir(parents=True)
+    save_checkpoint(_tiny_crysformer_checkpoint(), folder / 'in' / 'm.pt')
+    write_npz(from_pymatgen(make_structures()), folder / 'in' / contract.STRUCTURES_FILE)
+    loaded = []
+    load = checkpoint.load_checkpoint
+    monkeypatch.setattr(checkpoint, 'load_checkpoint', lambda path: loaded.append(path) or load(path))
+    entry = contract.checkpoint_entry('m.pt', sha256_file(folder / 'in' / 'm.pt'))
+    assert _run('predict', folder, {'models': [entry], 'mc_samples': 2}) == 0
+    assert len(loaded) == 1
