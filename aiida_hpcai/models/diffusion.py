@@ -48,11 +48,17 @@ def cosine_alphas_cumprod(timesteps: int, offset: float = 0.008) -> torch.Tensor
     return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
 
 
+def _centred(x: torch.Tensor) -> torch.Tensor:
+    """``x`` moved by a whole number into [-0.5, 0.5]: both functions below are periodic, and the
+    images summed then cover any x."""
+    return x - torch.round(x)
+
+
 def wrapped_normal_log_density(x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
     """``log p(x)`` (unnormalised by the constant) of the normal of width ``sigma`` wrapped onto [0, 1)."""
     k = torch.arange(-_IMAGES, _IMAGES + 1, dtype=x.dtype, device=x.device)
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)[..., None]
-    return torch.logsumexp(-((x[..., None] + k) ** 2) / (2 * sigma**2), dim=-1)
+    return torch.logsumexp(-((_centred(x)[..., None] + k) ** 2) / (2 * sigma**2), dim=-1)
 
 
 def wrapped_normal_score(x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
@@ -60,7 +66,7 @@ def wrapped_normal_score(x: torch.Tensor, sigma: torch.Tensor | float) -> torch.
     (softmax weights, so it stays finite for sigma = 0.005, where the plain sum underflows)."""
     k = torch.arange(-_IMAGES, _IMAGES + 1, dtype=x.dtype, device=x.device)
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)[..., None]
-    shifted = x[..., None] + k
+    shifted = _centred(x)[..., None] + k
     weights = torch.softmax(-(shifted**2) / (2 * sigma**2), dim=-1)
     return -(weights * shifted).sum(-1) / sigma[..., 0] ** 2
 
@@ -89,10 +95,11 @@ class Schedules:
         self.sigmas = torch.cat([torch.zeros(1, dtype=torch.float64), sigmas.double()])
         self.score_norms = torch.cat([torch.ones(1, dtype=torch.float64), score_mean_square(sigmas).sqrt()])
 
-    def to(self, device, dtype=torch.float32) -> Schedules:
-        for name in ('alphas_cumprod', 'sigmas', 'score_norms'):
-            setattr(self, name, getattr(self, name).to(device=device, dtype=dtype))
-        return self
+    def tables(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(alphas_cumprod, sigmas, score_norms)`` on ``device`` as ``dtype`` (kept in float64 here)."""
+        return tuple(
+            table.to(device=device, dtype=dtype) for table in (self.alphas_cumprod, self.sigmas, self.score_norms)
+        )
 
 
 # -- lattice representation ----------------------------------------------------------------------
@@ -227,18 +234,17 @@ def diffusion_loss(
     def noise(shape):
         return torch.randn(shape, generator=generator, dtype=dtype).to(device)
 
-    abar = schedules.alphas_cumprod[t]
+    abar_all, sigmas, norms = schedules.tables(device, dtype)
+    abar = abar_all[t]
     eps_lattice = noise(batch.lattice.shape)
     lattice_t = abar.sqrt()[:, None] * batch.lattice + (1 - abar).sqrt()[:, None] * eps_lattice
 
-    sigma = schedules.sigmas[t][index][:, None]
+    sigma = sigmas[t][index][:, None]
     displacement = sigma * noise(batch.frac.shape)
     displacement = displacement - segment_mean(displacement, index, size)[index]
     frac_t = (batch.frac + displacement) % 1.0
     target_score = wrapped_normal_score(displacement, sigma)
-    target_score = (target_score - segment_mean(target_score, index, size)[index]) / schedules.score_norms[t][index][
-        :, None
-    ]
+    target_score = (target_score - segment_mean(target_score, index, size)[index]) / norms[t][index][:, None]
 
     onehot = torch.nn.functional.one_hot(batch.types, num_elements).to(dtype)
     eps_types = noise(onehot.shape)
@@ -302,7 +308,7 @@ def sample(
         else noise(n, num_elements)
     )
     times = sampling_times(schedules.timesteps, steps or schedules.timesteps)
-    abar, sigmas, norms = schedules.alphas_cumprod, schedules.sigmas, schedules.score_norms
+    abar, sigmas, norms = schedules.tables(device, dtype)
     for position, t in enumerate(times):
         t_prev = times[position + 1] if position + 1 < len(times) else 0
         t_batch = torch.full((size,), t, device=device)

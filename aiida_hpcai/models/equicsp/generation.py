@@ -63,7 +63,7 @@ class EquiCSPSampler:
         self.model = EquiCSPDenoiser(self.config, len(self.elements))
         self.model.load_state_dict(checkpoint['members'][0])
         self.model.to(device).eval()
-        self.schedules = Schedules(self.config.timesteps, self.config.sigma_begin, self.config.sigma_end).to(device)
+        self.schedules = Schedules(self.config.timesteps, self.config.sigma_begin, self.config.sigma_end)
 
     def sample(
         self,

@@ -164,7 +164,7 @@ def train_equicsp(
     train, val = prepare(arrays, train_index, elements, scaler), prepare(arrays, val_index, elements, scaler)
     if len(val) == 0:
         raise EmptySplit('no validation structure is made of the training elements only')
-    schedules = Schedules(model_config.timesteps, model_config.sigma_begin, model_config.sigma_end).to(config.device)
+    schedules = Schedules(model_config.timesteps, model_config.sigma_begin, model_config.sigma_end)
 
     seed_everything(config.seed)
     model = EquiCSPDenoiser(model_config, len(elements)).to(config.device)

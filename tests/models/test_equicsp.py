@@ -1,0 +1,368 @@
+"""EquiCSP: the diffusion's pieces, the denoiser's symmetries, training, sampling and the generate task."""
+
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from aiida_hpcai.models import contract, program
+from aiida_hpcai.models.checkpoint import load_checkpoint, sha256_file
+from aiida_hpcai.models.diffusion import (
+    LatticeScaler,
+    Schedules,
+    cell_to_parameters,
+    parameters_to_cell,
+    score_mean_square,
+    wrapped_normal_log_density,
+    wrapped_normal_score,
+)
+from aiida_hpcai.models.equicsp.generation import INVALID_REASONS, EquiCSPSampler, atom_counts, check_crystal
+from aiida_hpcai.models.equicsp.network import PRESETS, EquiCSPDenoiser
+from aiida_hpcai.models.equicsp.training import prepare, train_equicsp, validation_loss
+from aiida_hpcai.models.structure_io import read_npz
+from tests.samples import synthetic_set
+
+TOLERANCE = 1e-5
+TINY_TRAINING = {'epochs': 3, 'batch_size': 8, 'learning_rate': 5e-3, 'seed': 0, 'progress': False}
+
+
+def _split(n):
+    return {'train': np.arange(0, n - 4), 'val': np.arange(n - 4, n)}
+
+
+# -- the diffusion's pieces ----------------------------------------------------------------------------
+@pytest.mark.parametrize('sigma', [0.01, 0.1, 0.5, 1.0])
+def test_wrapped_normal_score_is_the_gradient_of_its_log_density(sigma):
+    x = torch.linspace(-0.7, 1.3, 41, dtype=torch.float64)
+    step = 1e-6
+    numerical = (wrapped_normal_log_density(x + step, sigma) - wrapped_normal_log_density(x - step, sigma)) / (2 * step)
+    analytic = wrapped_normal_score(x, sigma)
+    assert torch.allclose(analytic, numerical, rtol=1e-5, atol=1e-4 * max(1.0, float(analytic.abs().max())))
+    assert torch.allclose(wrapped_normal_score(x + 1.0, sigma), analytic, atol=1e-8)  # periodic
+
+
+def test_score_mean_square_limits():
+    sigmas = torch.tensor([0.005, 0.02, 3.0], dtype=torch.float64)
+    values = score_mean_square(sigmas)
+    assert torch.allclose(values[:2], 1 / sigmas[:2] ** 2, rtol=1e-6)  # narrow: the plain normal's 1/sigma^2
+    assert values[2] < 1e-6  # wide: uniform on the torus, no score
+
+
+def test_lattice_parameters_round_trip_and_scaler():
+    rng = np.random.default_rng(0)
+    cells = np.stack([np.diag([3.0, 4.0, 5.0]) + rng.normal(scale=0.4, size=(3, 3)) for _ in range(5)])
+    lengths, angles = cell_to_parameters(cells)
+    rebuilt = parameters_to_cell(lengths, angles)
+    assert np.allclose(cell_to_parameters(rebuilt)[0], lengths) and np.allclose(cell_to_parameters(rebuilt)[1], angles)
+    assert np.allclose(abs(np.linalg.det(rebuilt)), abs(np.linalg.det(cells)))
+    natoms = np.array([2, 3, 4, 5, 6])
+    scaler = LatticeScaler.fit(cells, natoms)
+    state = torch.as_tensor(scaler.encode(cells, natoms))
+    back_lengths, back_angles = scaler.lengths_angles(state, torch.as_tensor(natoms))
+    assert np.allclose(back_lengths.numpy(), lengths) and np.allclose(back_angles.numpy(), angles)
+    # angles no cell can have: NaN, reported as a non-positive volume
+    assert np.isnan(parameters_to_cell(np.ones((1, 3)) * 3, np.full((1, 3), np.radians(170)))).any()
+
+
+# -- the denoiser's symmetries ---------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def denoiser_inputs():
+    torch.manual_seed(0)
+    model = EquiCSPDenoiser(PRESETS['tiny'], num_elements=4).double().eval()
+    num_atoms = torch.tensor([3, 4])
+    batch = torch.repeat_interleave(torch.arange(2), num_atoms)
+    cells = torch.tensor(np.diag([3.1, 4.2, 5.3])[None] + np.random.default_rng(1).normal(scale=0.5, size=(2, 3, 3)))
+    types = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3, 0, 1, 1]), 4).double()
+    types[3:] += 0.3 * torch.randn(4, 4, dtype=torch.float64)  # the second crystal ab initio: noisy types
+    inputs = {
+        't': torch.tensor([7, 640]),
+        'types': types,
+        'known': torch.tensor([True, False]),
+        'frac': torch.rand(7, 3, dtype=torch.float64),
+        'cells': cells,
+        'num_atoms': num_atoms,
+        'batch': batch,
+    }
+    return model, inputs
+
+
+def _run_denoiser(model, inputs):
+    gram = inputs['cells'] @ inputs['cells'].transpose(1, 2)  # the lattice enters only as L L^T
+    with torch.no_grad():
+        return model(
+            inputs['t'], inputs['types'], inputs['known'], inputs['frac'], gram, inputs['num_atoms'], inputs['batch']
+        )
+
+
+def _assert_close(outputs, expected):
+    for got, want in zip(outputs, expected):
+        assert (got - want).abs().max().item() < TOLERANCE
+
+
+def test_denoiser_invariant_to_rotations_and_reflections(denoiser_inputs):
+    model, inputs = denoiser_inputs
+    reference = _run_denoiser(model, inputs)
+    rotation = torch.tensor(Rotation.random(random_state=3).as_matrix())
+    for orthogonal in (rotation, -rotation):  # -R: a rotation times the inversion
+        rotated = dict(inputs, cells=inputs['cells'] @ orthogonal.T)
+        _assert_close(_run_denoiser(model, rotated), reference)
+
+
+def test_denoiser_invariant_to_periodic_translations(denoiser_inputs):
+    model, inputs = denoiser_inputs
+    reference = _run_denoiser(model, inputs)
+    shift = torch.tensor([[0.31, -0.77, 0.5]], dtype=torch.float64)
+    images = torch.tensor([[1, 0, -2], [0, 3, 0], [-1, -1, 1], [2, 0, 0], [0, 0, 1], [0, -4, 0], [1, 1, 1]])
+    for frac in ((inputs['frac'] + shift) % 1.0, inputs['frac'] + images):
+        _assert_close(_run_denoiser(model, dict(inputs, frac=frac)), reference)
+
+
+def test_denoiser_equivariant_to_atom_permutations(denoiser_inputs):
+    model, inputs = denoiser_inputs
+    lattice, score, types = _run_denoiser(model, inputs)
+    order = torch.tensor([2, 0, 1, 5, 3, 6, 4])  # atoms shuffled inside each crystal
+    permuted = dict(inputs, types=inputs['types'][order], frac=inputs['frac'][order])
+    _assert_close(_run_denoiser(model, permuted), (lattice, score[order], types[order]))
+
+
+@pytest.mark.parametrize('axes', list(itertools.permutations(range(3)))[1:])
+def test_denoiser_equivariant_to_lattice_axis_permutations(denoiser_inputs, axes):
+    model, inputs = denoiser_inputs
+    lattice, score, types = _run_denoiser(model, inputs)
+    axes = list(axes)
+    # the same crystal with its lattice vectors (and each atom's fractional coordinates) reordered
+    permuted = dict(inputs, cells=inputs['cells'][:, axes], frac=inputs['frac'][:, axes])
+    expected_lattice = torch.cat([lattice[:, :3][:, axes], lattice[:, 3:][:, axes]], 1)
+    _assert_close(_run_denoiser(model, permuted), (expected_lattice, score[:, axes], types))
+
+
+def test_lattice_state_invariant_to_rotations():
+    cells = np.diag([3.0, 4.0, 5.0])[None] + np.random.default_rng(2).normal(scale=0.3, size=(1, 3, 3))
+    scaler = LatticeScaler(0.4, 0.2, 0.3)
+    rotation = Rotation.random(random_state=1).as_matrix()
+    assert np.allclose(scaler.encode(cells @ rotation.T, np.array([4])), scaler.encode(cells, np.array([4])))
+
+
+# -- training and sampling ---------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def tiny_model(tmp_path_factory):
+    """A tiny EquiCSP trained for a few epochs on CsCl-type cells of Li, O, Mg, Fe, Cu, S (CSP and ab initio)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp('equicsp')
+    arrays = synthetic_set(28)
+    checkpoint, metrics = train_equicsp(arrays, _split(28), root / 'train', 'tiny', TINY_TRAINING)
+    return root, checkpoint, metrics
+
+
+def test_training_writes_a_checkpoint_for_sampling(tiny_model):
+    root, checkpoint, metrics = tiny_model
+    saved = load_checkpoint(root / 'train' / contract.MODEL_FILE)
+    assert saved['architecture'] == 'equicsp'
+    assert saved['elements'] == ['Li', 'O', 'Mg', 'S', 'Fe', 'Cu']  # the training set's, by atomic number
+    assert saved['max_atoms'] == 2 and saved['num_atoms_counts'] == [0, 0, 24]
+    assert saved['modes'] == ['csp', 'abinitio']
+    assert (root / 'train' / contract.LEARNING_CURVE_FIGURE).is_file()
+    assert not (root / 'train' / 'training_state.pt').exists()
+    assert len(metrics['history'][0]) == TINY_TRAINING['epochs']
+
+
+def test_loss_falls_on_a_tiny_set():
+    torch.manual_seed(0)
+    arrays = synthetic_set(16)
+    elements = sorted({int(z) for z in arrays.numbers})
+    scaler = LatticeScaler.fit(arrays.cells, arrays.natoms)
+    data = prepare(arrays, np.arange(16), elements, scaler)
+    config = PRESETS['tiny']
+    schedules = Schedules(config.timesteps, config.sigma_begin, config.sigma_end)
+    model = EquiCSPDenoiser(config, len(elements))
+    options = type('Options', (), {'batch_size': 16, 'device': 'cpu', 'modes': 'both'})
+    before = validation_loss(model, data, schedules, scaler, len(elements), options)['loss']
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    from aiida_hpcai.models.diffusion import diffusion_loss
+
+    for _ in range(60):
+        loss = diffusion_loss(model, data.batch(np.arange(16)), schedules, scaler, len(elements), 0.5, generator)[
+            'loss'
+        ]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = validation_loss(model, data, schedules, scaler, len(elements), options)['loss']
+    assert after < 0.6 * before, (before, after)
+
+
+def test_training_resumes_where_it_stopped(tmp_path, monkeypatch):
+    from aiida_hpcai.models.equicsp import training
+
+    arrays = synthetic_set(16)
+    options = dict(TINY_TRAINING, epochs=3)
+    whole, _ = train_equicsp(arrays, _split(16), tmp_path / 'whole', 'tiny', options)
+    calls = {'n': 0}
+    real = training.validation_loss
+
+    def stop_in_the_second_epoch(*args):
+        calls['n'] += 1
+        if calls['n'] == 2:
+            raise KeyboardInterrupt  # the job killed at its wall time
+        return real(*args)
+
+    monkeypatch.setattr(training, 'validation_loss', stop_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_equicsp(arrays, _split(16), tmp_path / 'parts', 'tiny', options)
+    assert (tmp_path / 'parts' / 'training_state.pt').is_file()
+    monkeypatch.setattr(training, 'validation_loss', real)
+    resumed, metrics = train_equicsp(arrays, _split(16), tmp_path / 'parts', 'tiny', options)
+    assert [row['epoch'] for row in metrics['history'][0]] == [0, 1, 2]
+    for key, value in whole['members'][0].items():
+        assert torch.equal(value, resumed['members'][0][key]), key
+
+
+def test_max_minutes_stops_training(tmp_path):
+    _, metrics = train_equicsp(
+        synthetic_set(16), _split(16), tmp_path, 'tiny', dict(TINY_TRAINING, epochs=1000, max_minutes=1e-4)
+    )
+    assert len(metrics['history'][0]) == 1
+
+
+def test_check_crystal_reasons():
+    cell = np.eye(3) * 4.0
+    assert check_crystal(np.array([11, 17]), np.array([[0, 0, 0], [0.5, 0.5, 0.5]]), cell) is None
+    assert check_crystal(np.array([11, 17]), np.array([[0, 0, 0], [0.05, 0, 0]]), cell)[0] == 'too_close'
+    assert check_crystal(np.array([11]), np.array([[0, 0, 0]]), np.eye(3) * 0.4)[0] == 'too_close'  # its own image
+    assert check_crystal(np.array([11]), np.array([[np.nan, 0, 0]]), cell)[0] == 'nan'
+    flat = parameters_to_cell(np.full((1, 3), 4.0), np.full((1, 3), np.radians(170)))[0]
+    assert check_crystal(np.array([11]), np.array([[0, 0, 0]]), flat)[0] == 'non_positive_volume'
+    assert set(INVALID_REASONS) == {'nan', 'non_positive_volume', 'too_close'}
+
+
+def test_atom_count_strategies():
+    counts = np.array([0, 0, 5, 0, 3])
+    rng = np.random.default_rng(0)
+    assert set(atom_counts(200, 'dataset', counts, 4, rng)) == {2, 4}
+    uniform = atom_counts(400, 'uniform', counts, 4, rng)
+    assert set(uniform) == {1, 2, 3, 4}
+    hybrid = atom_counts(100, 'hybrid', counts, 4, rng, switch=60)
+    assert set(hybrid[:60]) <= {2, 4} and set(hybrid[60:]) - {2, 4}
+    with pytest.raises(ValueError, match='unknown N strategy'):
+        atom_counts(1, 'poisson', counts, 4, rng)
+
+
+def test_samples_are_crystals_or_reported(tiny_model):
+    _, checkpoint, _ = tiny_model
+    sampler = EquiCSPSampler(checkpoint)
+    lookup = {symbol: n for n, symbol in enumerate(sampler.elements)}
+    csp = sampler.sample([2, 2], [np.array([lookup['Li'], lookup['O']])] * 2, steps=15, seed=0)
+    abinitio = sampler.sample([2, 1], None, steps=15, seed=0)
+    assert [sorted(c['numbers'].tolist()) for c in csp] == [[3, 8], [3, 8]]
+    for crystal in csp + abinitio:
+        assert set(crystal['numbers'].tolist()) <= {3, 8, 12, 16, 26, 29}
+        problem = check_crystal(crystal['numbers'], crystal['frac'], crystal['cell'])
+        if problem is None:
+            assert np.linalg.det(crystal['cell']) > 0
+        else:
+            assert problem[0] in INVALID_REASONS and problem[1]
+    again = sampler.sample([2, 1], None, steps=15, seed=0)
+    assert all(np.array_equal(a['frac'], b['frac'], equal_nan=True) for a, b in zip(abinitio, again))  # seeded
+
+
+# -- the hpcai-model generate task -------------------------------------------------------------------------
+@pytest.fixture
+def generate_dir(tiny_model, tmp_path):
+    root, _, _ = tiny_model
+    (tmp_path / 'in' / 'models').mkdir(parents=True)
+    model = tmp_path / 'in' / 'models' / 'model.pt'
+    model.write_bytes((root / 'train' / contract.MODEL_FILE).read_bytes())
+    return tmp_path, contract.checkpoint_entry('models/model.pt', sha256_file(model))
+
+
+def _generate(tmp_path, config, subprocess_run=False):
+    (tmp_path / 'in' / contract.CONFIG_FILE).write_text(json.dumps(config))
+    out = tmp_path / 'out'
+    arguments = ['generate', '--input', str(tmp_path / 'in'), '--output', str(out)]
+    if subprocess_run:
+        code = subprocess.run(
+            [sys.executable, '-m', 'aiida_hpcai.models.program', *arguments], capture_output=True
+        ).returncode
+    else:
+        code = program.main(arguments)
+    error = (
+        json.loads((out / contract.ERROR_FILE).read_text())['error'] if (out / contract.ERROR_FILE).exists() else None
+    )
+    return code, error, out
+
+
+def test_generate_task_csp_in_a_subprocess(generate_dir):
+    tmp_path, entry = generate_dir
+    config = {
+        'models': [entry],
+        'mode': 'csp',
+        'compositions': {'LiO': 2, 'MgS': 1},
+        'steps': 10,
+        'seed': 3,
+        'batch_size': 2,
+    }
+    code, error, out = _generate(tmp_path, config, subprocess_run=True)
+    assert (code, error) == (0, None)
+    summary = json.loads((out / contract.SUMMARY_FILE).read_text())
+    invalid = json.loads((out / contract.INVALID_FILE).read_text())
+    arrays = read_npz(out / contract.STRUCTURES_FILE)
+    assert (summary['mode'], summary['seed'], summary['steps'], summary['n_requested']) == ('csp', 3, 10, 3)
+    assert summary['n_valid'] == len(arrays) and summary['n_invalid'] == len(invalid)
+    assert sorted(list(arrays.ids) + [row['id'] for row in invalid]) == ['LiO#0', 'LiO#1', 'MgS#0']
+    assert sum(summary['invalid_reasons'].values()) == len(invalid)
+
+
+@pytest.mark.parametrize(
+    'config, expected',
+    [
+        ({'mode': 'csp', 'compositions': {'NaCl': 1}}, contract.UNKNOWN_ELEMENT),
+        ({'mode': 'csp', 'compositions': {'Li2O2': 1}}, contract.TOO_MANY_ATOMS),
+        ({'mode': 'csp', 'compositions': {'LiO': 0}}, contract.NO_SAMPLES),
+        ({'mode': 'abinitio', 'n_samples': 0}, contract.NO_SAMPLES),
+        ({'mode': 'abinitio', 'n_samples': 2, 'n_strategy': 'poisson'}, contract.INVALID_CONFIG),
+        ({'mode': 'sideways', 'n_samples': 2}, contract.INVALID_CONFIG),
+    ],
+)
+def test_generate_task_error_codes(generate_dir, config, expected):
+    tmp_path, entry = generate_dir
+    code, error, _ = _generate(tmp_path, {'models': [entry], **config})
+    assert (code, error) == (2, expected)
+
+
+def test_generate_task_ab_initio(generate_dir):
+    tmp_path, entry = generate_dir
+    config = {'models': [entry], 'mode': 'abinitio', 'n_samples': 3, 'n_strategy': 'hybrid', 'switch': 1, 'steps': 8}
+    code, error, out = _generate(tmp_path, config)
+    assert (code, error) == (0, None)
+    summary = json.loads((out / contract.SUMMARY_FILE).read_text())
+    assert (summary['mode'], summary['n_strategy'], summary['n_requested']) == ('abinitio', 'hybrid', 3)
+    ids = list(read_npz(out / contract.STRUCTURES_FILE).ids) + [
+        r['id'] for r in json.loads((out / contract.INVALID_FILE).read_text())
+    ]
+    assert len(ids) == 3 and all('#' in i for i in ids)
+
+
+def test_generate_task_reports_nan_samples_and_keeps_the_rest(generate_dir, monkeypatch):
+    tmp_path, entry = generate_dir
+    magnesium = load_checkpoint(tmp_path / 'in' / entry['file'])['elements'].index('Mg')
+    forward = EquiCSPDenoiser.forward
+
+    def nan_for_magnesium(self, t, types, known, frac, gram, num_atoms, batch):
+        lattice, score, type_eps = forward(self, t, types, known, frac, gram, num_atoms, batch)
+        poisoned = torch.isin(batch, batch[types[:, magnesium] > 0.5])  # every atom of a crystal holding Mg
+        return lattice, torch.where(poisoned[:, None], float('nan'), score), type_eps
+
+    monkeypatch.setattr(EquiCSPDenoiser, 'forward', nan_for_magnesium)
+    config = {'models': [entry], 'mode': 'csp', 'compositions': {'LiO': 2, 'MgS': 2}, 'steps': 8}
+    code, error, out = _generate(tmp_path, config)
+    assert (code, error) == (2, contract.NAN_OUTPUT)
+    invalid = json.loads((out / contract.INVALID_FILE).read_text())
+    assert sorted(row['id'] for row in invalid if row['reason'] == 'nan') == ['MgS#0', 'MgS#1']
+    kept = list(read_npz(out / contract.STRUCTURES_FILE).ids) + [r['id'] for r in invalid if r['reason'] != 'nan']
+    assert sorted(kept) == ['LiO#0', 'LiO#1']
