@@ -1,4 +1,5 @@
-"""The coordinate pattern's front end (planned): request text -> goal, driving the coordinate WorkChain.
+"""The coordinate pattern's front end: request text -> Goal (``goal``, ``planner``, optional ``llm``).
 
-See docs/source/architecture.md for the layers and where each piece goes.
+The coordinate WorkChain that works towards a Goal is planned. See docs/source/architecture.md for
+the layers and where each piece goes, and docs/source/planner.md for the Goal and the request grammar.
 """

@@ -23,6 +23,7 @@ from .goal import (
     element_symbols,
     goal_from_dict,
     kj_per_mol_per_ev,
+    reduced_formula,
     spacegroup_number,
 )
 
@@ -30,7 +31,7 @@ from .goal import (
 
 # Words that carry no request of their own. Anything else must be placed by a rule.
 FILLER = frozenset(
-    """please kindly can could would will you i i'd i'm we we'd let's me us my our want need like find search look
+    """please kindly can could would will you i i'd i'm am we we'd let's me us my our want need like find search look
     looking for generate give get show list return make create produce design discover propose suggest predict
     identify some several any all a an the of with that which whose where what are is be been being have has to
     and , ; it them they their its these those this also each every should must new novel distinct different
@@ -253,7 +254,6 @@ class _Request:
         self.exclude: list[str] = []
         self.bounds: dict[str, list] = {}
         self.unparsed: list[str] = []
-        self.vocabulary = FILLER | {word for phrases in _all_phrases() for phrase in phrases for word in phrase}
 
     # -- looking at tokens
 
@@ -650,7 +650,7 @@ class _Request:
             self.set('composition', self.element(-1), start)
             return True
         if element := self.element():
-            if token.lower in self.vocabulary and token.raw == token.raw.capitalize() and len(token.raw) <= 2:
+            if token.lower in _vocabulary() and token.raw == token.raw.capitalize() and len(token.raw) <= 2:
                 return False  # "In", "I", "No", "As" at the start of a sentence are words, not elements
             self.pos += 1
             suffix = self.match(ELEMENT_SUFFIXES)
@@ -669,9 +669,10 @@ class _Request:
             if unknown:
                 raise PlanError(f'unknown element {", ".join(unknown)} in {token.raw}', [token.raw])
             self.pos += 1
-            from .goal import reduced_formula
-
-            self.set('composition', reduced_formula(token.raw), start)
+            try:
+                self.set('composition', reduced_formula(token.raw), start)
+            except ValueError as exception:
+                raise PlanError(str(exception), [token.raw]) from None
             return True
         if anion := _anion(token.lower):
             self.pos += 1
@@ -709,6 +710,12 @@ class _Request:
                 return False
             offset += 1
         return False
+
+
+@functools.cache
+def _vocabulary() -> frozenset[str]:
+    """Every word the grammar knows: fillers and the words of its phrases."""
+    return FILLER | {word for phrases in _all_phrases() for phrase in phrases for word in phrase}
 
 
 @functools.cache

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import random
 
 import pytest
 
@@ -178,3 +179,19 @@ def test_goal_refuses(data, message):
 def test_unknown_planner_is_refused():
     with pytest.raises(PlanError, match='unknown planner'):
         plan('Fe2O3', planner='oracle')
+
+
+def test_any_text_gives_a_goal_or_a_plan_error():
+    """Random mixtures of the planner's own words, numbers and signs never raise anything but a PlanError."""
+    words = sorted({word for case in GOLDEN for word in case['request'].split()})
+    words += ['-3', '0', '2.5', '1-3', 'Xx', 'DFT', '9' * 400, 'or', 'only', 'within', '<', '≥', '#', '(', '—', 'K']
+    rng = random.Random(0)
+    planned = 0
+    for _ in range(500):
+        text = ' '.join(rng.choice(words) for _ in range(rng.randint(1, 10)))
+        try:
+            plan_request(text)
+            planned += 1
+        except PlanError:
+            pass
+    assert planned > 0
