@@ -80,6 +80,7 @@ def test_predict_copies_checkpoints_and_structures_without_storing_them_again(co
         'batch_size': 8,
         'uncertainty': 'ensemble',
         'mc_samples': 10,
+        'seed': 0,
     }
     assert calcinfo.codes_info[0].cmdline_params == ['predict', '--input', '.', '--output', 'outputs']
     assert ('outputs/predictions.npz', '.', 0) in calcinfo.retrieve_temporary_list
@@ -94,6 +95,7 @@ def test_predict_defaults(code, structure_set):
         'device': 'cpu',
         'uncertainty': 'ensemble',
         'mc_samples': 10,
+        'seed': 0,
     }
 
 
