@@ -29,17 +29,26 @@ from .goal import (
 
 # ---------------------------------------------------------------------------------------------- vocabulary
 
+
+def _phrases(text: str) -> list[tuple[str, ...]]:
+    """``'less than | below'`` -> ``[('less', 'than'), ('below',)]``: phrases as the lower-case words they match."""
+    return [tuple(phrase.split()) for phrase in text.split('|')]
+
+
 # Words that carry no request of their own. Anything else must be placed by a rule.
 FILLER = frozenset(
-    """please kindly can could would will you i i'd i'm am we we'd let's me us my our want need like find search look
+    """please kindly can could would will you i i'd i'm am we we'd let's me us my our want need find search look
     looking for generate give get show list return make create produce design discover propose suggest predict
     identify some several any all a an the of with that which whose where what are is be been being have has to
     and , ; it them they their its these those this also each every should must new novel distinct different
-    unique possible hypothetical crystalline inorganic in on at as from system systems chemical crystal symmetry
+    unique possible hypothetical crystalline inorganic in on at as system systems chemical crystal symmetry
     lattice thermodynamically energetically structure structures compound compounds material materials crystals
     candidate candidates phase phases polymorph polymorphs result results entry entries solid solids ones
     example examples option options solution solutions using use allow allowing run running perform spend""".split()
 )
+# Fillers of more than one word: "I would like", but not "like" alone ("materials like Fe2O3" is no request
+# for Fe2O3); "from the Fe-O system", but not "from" alone ("different from Fe2O3").
+FILLER_PHRASES = _phrases("would like | i'd like | we'd like | like to | from the")
 # Nouns a count can count (``10 stable oxides``): the filler nouns above plus the anion classes below.
 MATERIAL_NOUNS = frozenset(
     """structure structures compound compounds material materials crystal crystals candidate candidates phase
@@ -77,11 +86,6 @@ ANION_CLASSES = {
     'iodide': 'I',
 }
 ELEMENT_NAME_ALIASES = {'aluminium': 'Al', 'caesium': 'Cs', 'sulphur': 'S'}
-
-
-def _phrases(text: str) -> list[tuple[str, ...]]:
-    """``'less than | below'`` -> ``[('less', 'than'), ('below',)]``: phrases as the lower-case words they match."""
-    return [tuple(phrase.split()) for phrase in text.split('|')]
 
 
 PROPERTY_PHRASES = {
@@ -312,6 +316,9 @@ class _Request:
         while self.pos < len(self.tokens):
             if any(rule() for rule in rules):
                 continue
+            if phrase := self.match(FILLER_PHRASES):
+                self.pos += len(phrase)
+                continue
             token = self.token()
             if token.lower not in FILLER:
                 self.unparsed.append(token.raw)
@@ -370,13 +377,13 @@ class _Request:
         self.set('dft_budget', budget, start)
         return True
 
-    def property_name(self, offset: int = 0) -> tuple[str, int] | None:
-        """(property, number of words) of the property phrase at ``pos + offset``."""
+    def property_name(self, offset: int = 0) -> tuple[str, tuple] | None:
+        """(property, the words that name it) of the property phrase at ``pos + offset``."""
         best = None
         for name, phrases in PROPERTY_PHRASES.items():
             phrase = self.match(phrases, offset)
-            if phrase and (best is None or len(phrase) > best[1]):
-                best = (name, len(phrase))
+            if phrase and (best is None or len(phrase) > len(best[1])):
+                best = (name, phrase)
         return best
 
     def objective(self) -> bool:
@@ -392,7 +399,7 @@ class _Request:
         prop = self.property_name(offset)
         if prop is None:
             return False
-        self.pos += offset + prop[1]
+        self.pos += offset + len(prop[1])
         direction = 'minimize' if word.lower in MINIMIZE_WORDS else 'maximize'
         self.set('objective', [direction, prop[0]], start)
         self.bounds_of(prop[0], start, required=False)
@@ -404,25 +411,33 @@ class _Request:
         prop = self.property_name(len(sign) if sign else 0)
         if prop is None:
             return False
-        name = prop[0]
-        self.pos += (len(sign) if sign else 0) + prop[1]
+        name, phrase = prop
+        self.pos += (len(sign) if sign else 0) + len(phrase)
+        # "formation energy per atom below -1 eV": the phrase says per atom, so eV is eV/atom
+        per_atom = phrase[-2:] == ('per', 'atom')
         if sign == ('negative',):
             if name != 'formation_energy_per_atom':
                 raise PlanError(f'{name} is never negative', self.words(start))
             self.bound(name, None, 0.0)
-            self.bounds_of(name, start, required=False)
+            self.bounds_of(name, start, required=False, per_atom=per_atom)
         elif sign in (('zero',), ('no',)):
             if name != 'band_gap':
                 raise PlanError(f'"{" ".join(self.words(start))}" is not a bound; give a range', self.words(start))
             self.bound(name, 0.0, 0.0)
-        elif sign:  # "a minimum band gap of 1 eV"
+        elif sign:  # "a minimum band gap of 1 eV" is a bound, "the minimum band gap" an objective
+            after_name = self.pos
             self.skip(BOUND_FILLERS)
-            self.bound_chain(name, start, [('min' if sign[0].startswith('min') else 'max', [self.value(start)])])
+            if self.integer() is None:
+                self.pos = after_name
+                self.set('objective', ['minimize' if sign[0].startswith('min') else 'maximize', name], start)
+            else:
+                kind = 'min' if sign[0].startswith('min') else 'max'
+                self.bound_chain(name, start, [(kind, [self.value(start)])], per_atom)
         else:
-            self.bounds_of(name, start, required=True)
+            self.bounds_of(name, start, required=True, per_atom=per_atom)
         return True
 
-    def bounds_of(self, name: str, start: int, required: bool) -> None:
+    def bounds_of(self, name: str, start: int, required: bool, per_atom: bool = False) -> None:
         """The bounds after a property's name: comparisons, ranges, ``as low as possible``, joined by and."""
         self.skip(BOUND_FILLERS)
         for direction, phrases in AS_POSSIBLE.items():
@@ -438,7 +453,7 @@ class _Request:
                 break
             self.pos += len(joiner)
         if chain:
-            self.bound_chain(name, start, chain)
+            self.bound_chain(name, start, chain, per_atom)
         elif required:
             raise PlanError(
                 f'say what the {name} should be: below, above or between values, for example', self.words(start)
@@ -502,8 +517,9 @@ class _Request:
         self.pos += len(phrase)
         return units[phrase]
 
-    def bound_chain(self, name: str, start: int, chain) -> None:
-        """Values without a unit take the one unit their phrase names (``between 100 and 200 meV/atom``)."""
+    def bound_chain(self, name: str, start: int, chain, per_atom: bool = False) -> None:
+        """Values without a unit take the one unit their phrase names (``between 100 and 200 meV/atom``);
+        with ``per_atom`` (the property was called "... per atom"), eV and meV are per atom."""
         units = {unit for _, values in chain for *_, unit in values if unit is not None}
         shared = units.pop() if len(units) == 1 else None
         expected = PROPERTY_UNITS[name]
@@ -511,6 +527,8 @@ class _Request:
             converted = []
             for number, _, unit in values:
                 unit = unit or shared or (expected, 1.0)
+                if per_atom and unit[0] == 'eV':
+                    unit = ('eV/atom', unit[1])
                 if unit[0] != expected:
                     per_atom = ', meV/atom or kJ/mol' if expected == 'eV/atom' else ' or meV'
                     raise PlanError(f'{name} is given in {expected}{per_atom}, not in {unit[0]}', self.words(start))

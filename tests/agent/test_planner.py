@@ -86,6 +86,8 @@ def test_paper_request_as_json():
         ('metal oxides', 'cannot place', ['metal']),
         ('Fe2O3 @ 300 K', 'cannot place', ['@', '300']),
         ('Fe2O3 using DFT', 'cannot place', ['DFT']),
+        ('materials like Fe2O3', 'cannot place', ['like']),
+        ('structures different from Fe2O3', 'cannot place', ['from']),
         ('band gap below 1e400 eV', 'cannot place', ['e400', 'eV']),
         ('band gap below ' + '9' * 400 + '.5 eV', 'too large', None),
     ],
