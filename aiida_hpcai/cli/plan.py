@@ -40,9 +40,8 @@ def plan(request, planner, as_json):
         if as_json:
             click.echo(json.dumps(error.as_dict(), indent=2))
         else:
-            click.echo(f'Error: {error.message}', err=True)
-            if error.unparsed:
-                click.echo(f'Unparsed: {" ".join(error.unparsed)}', err=True)
+            unparsed = f' (unparsed: {" ".join(error.unparsed)})' if error.unparsed else ''
+            click.echo(f'Error: {error.message}{unparsed}', err=True)
         raise SystemExit(1) from None
     if as_json:
         click.echo(goal.model_dump_json(indent=2))

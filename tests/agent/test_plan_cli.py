@@ -40,8 +40,14 @@ def test_plan_refusal_json_and_text():
     # a request that starts with "-" comes after "--", as for any command-line argument
     result = CliRunner().invoke(cli, ['plan', '--', '-3 structures of Xx2O3'])
     assert result.exit_code == 1
-    assert 'Error: a count must be a whole number above zero, not -3' in result.output
-    assert 'Traceback' not in result.output
+    assert result.output.strip() == 'Error: a count must be a whole number above zero, not -3 (unparsed: -3)'
+
+
+def test_plan_bad_options():
+    result = CliRunner().invoke(cli, ['plan', 'Fe2O3', '--planner', 'oracle'])
+    assert result.exit_code == 2 and "'oracle' is not one of 'rules', 'llm'" in result.output
+    result = CliRunner().invoke(cli, ['plan'])
+    assert result.exit_code == 2 and "Missing argument 'REQUEST'" in result.output
 
 
 def test_console_script_without_a_profile(tmp_path):
