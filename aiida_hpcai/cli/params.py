@@ -49,6 +49,14 @@ class HpcaiGroup(VerdiCommandGroup):
 
     command_class = HpcaiCommand
 
+    @staticmethod
+    def add_verbosity_option(cmd: click.Command) -> click.Command:
+        # aiida applies the first --verbosity it meets and ignores later ones; on a group (`data`) that first one is
+        # always the unset default, which would silence `aiida-hpcai data import ... -v debug`. Commands only.
+        if isinstance(cmd, click.Group):
+            return cmd
+        return VerdiCommandGroup.add_verbosity_option(cmd)
+
 
 class WritablePath(click.Path):
     """An output path checked before anything runs: its folder exists and can be written.

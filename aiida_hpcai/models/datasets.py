@@ -151,7 +151,7 @@ def parse_cif_structures(text: str) -> list:
         message = str(exc) or type(exc).__name__
         problem = _cif_problem(text)
         if problem:
-            raise InvalidStructure('unparsable structure', f'{problem}; pymatgen says: {message[:100]}') from exc
+            raise InvalidStructure('unparsable structure', problem) from exc  # pymatgen's message says less
         if 'element' in message.lower() or 'species' in message.lower():
             raise InvalidStructure('unknown element', message[:200]) from exc
         raise InvalidStructure('unparsable structure', message[:200]) from exc
