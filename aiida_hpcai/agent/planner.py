@@ -160,15 +160,13 @@ ENERGY_UNITS = {
 }
 
 
-def _kj_units() -> dict:
-    # kJ/mol is read per mole of atoms, the unit of formation energies in thermochemical tables.
+@functools.cache
+def _units() -> dict:
+    """ENERGY_UNITS and kJ/mol, read per mole of atoms (the unit of formation energies in thermochemical tables)."""
     factor = kj_per_mol_per_ev()
-    phrases = [('kj/mol',), ('kj', '/', 'mol'), ('kj', 'per', 'mol'), ('kj/mole',), ('kj', 'per', 'mole')]
-    units = {}
-    for phrase in phrases:
-        for tail in ((), ('atom',), ('per', 'atom'), ('/', 'atom')):
-            units[phrase + tail] = ('eV/atom', factor)
-    return units
+    phrases = _phrases('kj/mol | kj / mol | kj per mol | kj/mole | kj per mole')
+    tails = [(), *_phrases('atom | per atom | / atom')]
+    return ENERGY_UNITS | {phrase + tail: ('eV/atom', factor) for phrase in phrases for tail in tails}
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
@@ -510,8 +508,8 @@ class _Request:
         return value, number[1], self.unit()
 
     def unit(self):
-        units = ENERGY_UNITS | _kj_units()
-        phrase = self.match(list(units))
+        units = _units()
+        phrase = self.match(units)
         if not phrase:
             return None
         self.pos += len(phrase)

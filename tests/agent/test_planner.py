@@ -197,3 +197,21 @@ def test_any_text_gives_a_goal_or_a_plan_error():
         except PlanError:
             pass
     assert planned > 0
+
+
+@pytest.mark.parametrize(
+    'value, expected',
+    [
+        ('-1.2 eV/atom', -1.2),
+        ('-1.2 eV per atom', -1.2),
+        ('-1200 meV/atom', -1.2),
+        ('-1200 meV / atom', -1.2),
+        ('-96.485332 kJ/mol', -1.0),
+        ('-96.485332 kJ/mol-atom', -1.0),
+        ('-96.485332 kJ per mole', -1.0),
+        ('-1.2', -1.2),
+    ],
+)
+def test_formation_energy_units(value, expected):
+    bounds = plan_request(f'MgO with a formation energy below {value}').bounds
+    assert bounds['formation_energy_per_atom'] == (None, pytest.approx(expected, abs=1e-8))
