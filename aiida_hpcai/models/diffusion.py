@@ -196,6 +196,11 @@ def segment_mean(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.
     return total / count.clamp(min=1).view(-1, *([1] * (values.dim() - 1)))
 
 
+def centred(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """``values`` less their crystal's mean: the part of a displacement or score that is not a rigid translation."""
+    return values - segment_mean(values, index, size)[index]
+
+
 @dataclasses.dataclass
 class CrystalBatch:
     """Crystals concatenated: per atom ``types`` (indices into the model's elements), ``frac`` (n, 3)
@@ -241,10 +246,10 @@ def diffusion_loss(
 
     sigma = sigmas[t][index][:, None]
     displacement = sigma * noise(batch.frac.shape)
-    displacement = displacement - segment_mean(displacement, index, size)[index]
+    displacement = centred(displacement, index, size)
     frac_t = (batch.frac + displacement) % 1.0
     target_score = wrapped_normal_score(displacement, sigma)
-    target_score = (target_score - segment_mean(target_score, index, size)[index]) / norms[t][index][:, None]
+    target_score = centred(target_score, index, size) / norms[t][index][:, None]
 
     onehot = torch.nn.functional.one_hot(batch.types, num_elements).to(dtype)
     eps_types = noise(onehot.shape)
@@ -255,7 +260,8 @@ def diffusion_loss(
     gram = scaler.gram(lattice_t, batch.num_atoms)
     pred_lattice, pred_score, pred_types = denoiser(t, types_in, known, frac_t, gram, batch.num_atoms, index)
     loss_lattice = torch.nn.functional.mse_loss(pred_lattice, eps_lattice)
-    loss_coord = torch.nn.functional.mse_loss(pred_score, target_score)
+    # a translation-invariant network cannot see a rigid shift: only the centred score is learned
+    loss_coord = torch.nn.functional.mse_loss(centred(pred_score, index, size), target_score)
     abinitio = ~known[index]
     loss_type = (
         torch.nn.functional.mse_loss(pred_types[abinitio], eps_types[abinitio])
@@ -316,14 +322,14 @@ def sample(
 
         # corrector: one Langevin step on the coordinates at this noise level (none at the last)
         step = step_lr * (sigmas[t] / sigmas[1]) ** 2
-        score = denoiser(t_batch, type_state, known, frac, gram, num_atoms, index)[1] * norms[t]
+        score = centred(denoiser(t_batch, type_state, known, frac, gram, num_atoms, index)[1], index, size) * norms[t]
         frac = (frac + step * score + (t_prev > 0) * torch.sqrt(2 * step) * noise(n, 3)) % 1.0
 
         # predictor: the reverse step t -> t_prev of every process
         pred_lattice, score, pred_types = denoiser(t_batch, type_state, known, frac, gram, num_atoms, index)
         spread = sigmas[t] ** 2 - sigmas[t_prev] ** 2
         frac_std = torch.sqrt(sigmas[t_prev] ** 2 * spread / sigmas[t] ** 2)
-        frac = (frac + spread * score * norms[t] + frac_std * noise(n, 3)) % 1.0
+        frac = (frac + spread * centred(score, index, size) * norms[t] + frac_std * noise(n, 3)) % 1.0
         lattice = _ddpm_step(lattice, pred_lattice, abar[t], abar[t_prev], noise(size, 6))
         if types is None:
             type_state = _ddpm_step(type_state, pred_types, abar[t], abar[t_prev], noise(n, num_elements))
