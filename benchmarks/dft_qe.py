@@ -18,7 +18,6 @@ Needs a profile prepared by ``aiida-hpcai setup`` (pw@localhost, the SSSP subset
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
@@ -26,6 +25,8 @@ import platform
 import time
 
 import numpy as np
+
+from aiida_hpcai.models.evaluation import run_record
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / 'benchmarks' / 'results' / 'dft_qe.json'
@@ -166,9 +167,8 @@ def write_results(args, records, references, elapsed, complete):
     )
     result = {
         'description': 'hpcai.dft (Quantum ESPRESSO) relax + SCF + formation energy on mp_cgcnn structures',
-        'date': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
         'complete': complete,
-        'machine': {'platform': platform.platform(), 'cpu_count': os.cpu_count(), 'mpi_processes': args.num_mpiprocs},
+        'run': run_record(platform=platform.platform(), mpi_processes=args.num_mpiprocs),
         'protocol': args.protocol,
         'seed': args.seed,
         'selection': f'2-10 atoms, compounds of SSSP-subset elements with references, cutoff <= {MAX_CUTOFF_RY} Ry, '

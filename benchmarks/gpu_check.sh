@@ -11,7 +11,7 @@
 # trained runs come back as one runs.tar.gz (model.pt, metrics.json, plots, logs; keep it under the 16 MiB a
 # returned file may have: a `paper` member is 13 MB) and are summarised in surrogate_gpu_training.json/.png.
 #
-#   python benchmarks/surrogate_accuracy.py export-npz .hpcai_device/mp_cgcnn_filtered.npz   # here, once
+#   python -m aiida_hpcai.models.release export-npz .hpcai_device/mp_cgcnn_filtered.npz   # here, once
 #   # the machine's image lacks pymatgen (the graphs use its compiled neighbour search): its wheel
 #   # for the image's python 3.12, here, once (both folders listed in .git/info/exclude):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -22,7 +22,8 @@
 # DEVICE=cpu CONFIG=tiny MINUTES=0.2 COUNT=50 CPU_MEMBERS=0 runs the same steps on a CPU (to try it before a lease).
 set -u
 export PYTHONUNBUFFERED=1
-DATA=${DATA:?the filtered dataset npz written by surrogate_accuracy.py export-npz}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the package from this checkout (not installed there)
+DATA=${DATA:?the filtered dataset npz written by python -m aiida_hpcai.models.release export-npz}
 OUT=${OUT:?a folder for the results}
 DEVICE=${DEVICE:-cuda}
 MINUTES=${MINUTES:-5}
@@ -36,7 +37,7 @@ start=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - start )) s"; }
 
 if [ -d .whl ] && ! python3 -c "import pymatgen.optimization.neighbors" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
 if [ "$DEVICE" != cpu ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
@@ -53,7 +54,7 @@ if [ "$DEVICE" != cpu ]; then  # GPU use while the members train, every 10 s
   SAMPLER=$!
 fi
 train_member() {  # name config member
-  timeout "$(awk "BEGIN { print int($MINUTES * 60) + 150 }")" python3 benchmarks/surrogate_accuracy.py train \
+  timeout "$(awk "BEGIN { print int($MINUTES * 60) + 150 }")" python3 -m aiida_hpcai.models.release train \
     --data "$DATA" --target formation_energy_per_atom --config "$2" --member "$3" --seed "$SEED" --device "$DEVICE" \
     --batch-size 64 --learning-rate 1e-3 --max-minutes "$MINUTES" --mc-samples 2 --threads 2 --graph-workers 4 \
     --no-progress --out "$RUNS/$1" > "$RUNS/$1.log" 2>&1
@@ -68,6 +69,6 @@ wait $(jobs -p | grep -v "^${SAMPLER:-none}$")
 tail -n 2 "$RUNS"/*.log
 runs=()
 for folder in "$RUNS"/*/; do [ -f "$folder/metrics.json" ] && runs+=(--run "$(basename "$folder")=$folder"); done
-[ ${#runs[@]} -gt 0 ] && python3 benchmarks/surrogate_accuracy.py summarize "${runs[@]}" --data "$DATA" --device "$DEVICE" --result "$OUT/surrogate_gpu_training.json" \
+[ ${#runs[@]} -gt 0 ] && python3 benchmarks/surrogate_training_runs.py "${runs[@]}" --data "$DATA" --device "$DEVICE" --result "$OUT/surrogate_gpu_training.json" \
   --note "benchmarks/gpu_check.sh on $(head -n 2 "$OUT/gpu.txt" | tail -n 1): $CPU_MEMBERS cpu-config members and one $CONFIG member side by side, $MINUTES min each, $(date -u '+%Y-%m-%d %H:%M UTC')"
 tar czf "$OUT/runs.tar.gz" --exclude training_state.pt -C "$(dirname "$RUNS")" "$(basename "$RUNS")"

@@ -34,6 +34,7 @@ def main():
 
     from aiida_hpcai.data.structure_set import StructureSet
     from aiida_hpcai.models.datasets import default_data_dir, load_dataset
+    from aiida_hpcai.models.evaluation import run_record
 
     data = pathlib.Path(args.data) if args.data else default_data_dir() / 'mp_cgcnn' / 'mp_cgcnn.csv.gz'
     arrays = load_dataset(data, limit=args.count + 100, targets=['formation_energy_per_atom']).arrays
@@ -86,8 +87,7 @@ def main():
         'total_ratio': (many_store + many_reload) / (set_store + set_reload),
         'reload_means': 'load the node(s) and build one pymatgen Structure per structure',
         # Other work on the machine slows the long StructureData phase more than the short StructureSet one.
-        'load_average_1min_before_after': [load_before[0], os.getloadavg()[0]],
-        'machine': {'cpus': os.cpu_count(), 'python': platform.python_version(), 'platform': platform.platform()},
+        'run': run_record(load_before=load_before, python=platform.python_version(), platform=platform.platform()),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / 'structureset_vs_structuredata.json').write_text(json.dumps(result, indent=2))

@@ -55,15 +55,26 @@ import time
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / 'benchmarks'))
+from aiida_hpcai.models.contract import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    MODELS_DIR,
+    OUTPUT_DIR,
+    PREDICTIONS_FILE,
+    STRUCTURES_FILE,
+    SUMMARY_FILE,
+)
+from aiida_hpcai.models.evaluation import (
+    RESULTS_DIR,
+    default_source,
+    get_split,
+    load_filtered,
+    run_record,
+    thread_environment,
+)
+from aiida_hpcai.models.uncertainty import UNCERTAINTY_METHODS
 
-from surrogate_accuracy import thread_environment  # noqa: E402
-
-from aiida_hpcai.models.uncertainty import UNCERTAINTY_METHODS  # noqa: E402
-
-RESULTS_FILE = REPO / 'benchmarks' / 'results' / 'surrogate_overhead.json'
+RESULTS_FILE = RESULTS_DIR / 'surrogate_overhead.json'
 TARGET_OVERHEAD_PERCENT = 10.0
 SPLIT_ORDER = ('test', 'val', 'train')
 PROGRAM_TIMES_FILENAME = 'program_wall_times.txt'
@@ -71,8 +82,6 @@ PROGRAM_TIMES_FILENAME = 'program_wall_times.txt'
 
 def select_structures(data: pathlib.Path, count: int, max_atoms: int | None):
     """The first ``count`` structures of test, then val, then train; returns (arrays, per-split counts)."""
-    from surrogate_accuracy import get_split, load_filtered
-
     arrays, info = load_filtered(data)
     split = get_split(arrays)
     chosen, taken = [], {}
@@ -128,11 +137,11 @@ def run_bare(executable: str, arrays, checkpoint: pathlib.Path, args) -> dict:
     with tempfile.TemporaryDirectory(prefix='hpcai-bare-') as tmp:
         workdir = pathlib.Path(tmp)
         started = time.perf_counter()
-        (workdir / 'models').mkdir()
-        shutil.copyfile(checkpoint, workdir / 'models' / 'model.pt')
-        write_npz(arrays, workdir / 'structures.npz')
-        config = program_config([{'file': 'models/model.pt', 'sha256': sha256_file(checkpoint)}], args)
-        (workdir / 'config.json').write_text(json.dumps(config, indent=2, sort_keys=True))
+        (workdir / MODELS_DIR).mkdir()
+        shutil.copyfile(checkpoint, workdir / MODELS_DIR / MODEL_FILE)
+        write_npz(arrays, workdir / STRUCTURES_FILE)
+        config = program_config([{'file': f'{MODELS_DIR}/{MODEL_FILE}', 'sha256': sha256_file(checkpoint)}], args)
+        (workdir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
         inputs_seconds = time.perf_counter() - started
 
         env = {**os.environ, **thread_environment(args.threads)}
@@ -140,7 +149,7 @@ def run_bare(executable: str, arrays, checkpoint: pathlib.Path, args) -> dict:
         started = time.perf_counter()
         with open(workdir / 'hpcai-model.out', 'w') as stdout, open(workdir / 'hpcai-model.err', 'w') as stderr:
             process = subprocess.run(
-                [executable, 'predict', '--input', '.', '--output', 'outputs'],
+                [executable, 'predict', '--input', '.', '--output', OUTPUT_DIR],
                 cwd=workdir,
                 env=env,
                 stdout=stdout,
@@ -153,8 +162,8 @@ def run_bare(executable: str, arrays, checkpoint: pathlib.Path, args) -> dict:
             raise SystemExit(
                 f'bare hpcai-model failed ({process.returncode}):\n{(workdir / "hpcai-model.err").read_text()[-3000:]}'
             )
-        summary = json.loads((workdir / 'outputs' / 'summary.json').read_text())
-        with np.load(workdir / 'outputs' / 'predictions.npz') as result:
+        summary = json.loads((workdir / OUTPUT_DIR / SUMMARY_FILE).read_text())
+        with np.load(workdir / OUTPUT_DIR / PREDICTIONS_FILE) as result:
             predictions = {name: result[name] for name in ('mean', 'status')}
     return {
         'inputs_seconds': inputs_seconds,
@@ -383,8 +392,6 @@ def agreement(bare: dict, aiida: dict, method: str) -> dict:
 
 
 def main(argv=None) -> None:
-    from surrogate_accuracy import default_source
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data', default=str(default_source()), help='mp_cgcnn.csv.gz or an exported npz')
     parser.add_argument('--count', type=int, default=10000)
@@ -580,14 +587,12 @@ def benchmark(args) -> dict:
             'model_node_seconds': model_seconds,
             'note': 'Python/AiiDA start-up, profile creation or loading, storing the ModelData',
         },
-        'machine': {
-            'processor': platform.processor() or platform.machine(),
-            'cpus': os.cpu_count(),
-            'load_average_before': load_before,
-            'load_average_after': load_after,
-            'python': platform.python_version(),
-            'torch': torch.__version__,
-        },
+        'run': run_record(
+            load_before=load_before,
+            load_average_after=load_after,
+            python=platform.python_version(),
+            torch=torch.__version__,
+        ),
         'runs': runs,
         'summary': summarize(runs),
     }

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
-import sys
+import os
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / 'benchmarks'))
+from aiida_hpcai.models.evaluation import RESULTS_DIR, default_source, get_split, load_filtered, run_record
 
-RESULTS_FILE = REPO / 'benchmarks' / 'results' / 'surrogate_precision.json'
+RESULTS_FILE = RESULTS_DIR / 'surrogate_precision.json'
 
 
 def member_differences(checkpoint_path: str, graphs, batch_size: int) -> list[np.ndarray]:
@@ -51,7 +48,6 @@ def member_differences(checkpoint_path: str, graphs, batch_size: int) -> list[np
 
 def main(argv=None) -> None:
     import torch
-    from surrogate_accuracy import default_source, get_split, load_filtered
 
     from aiida_hpcai.models.graph import graphs_from_arrays
 
@@ -64,7 +60,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    arrays, _ = load_filtered(pathlib.Path(args.data))
+    load_before = os.getloadavg()
+    arrays, _ = load_filtered(args.data)
     test = arrays.subset(get_split(arrays)['test'])
     graphs, _ = graphs_from_arrays(test)
     result = {
@@ -86,6 +83,7 @@ def main(argv=None) -> None:
             )
         result['models'][label] = {'checkpoint': str(path), 'members': members}
         print(label, [(round(m['median'], 8), round(m['max'], 5)) for m in members])
+    result['run'] = run_record(load_before=load_before)
     RESULTS_FILE.write_text(json.dumps(result, indent=2))
 
 

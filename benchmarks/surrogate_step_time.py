@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
@@ -107,7 +106,7 @@ def measure(structures: pathlib.Path, preset: str, threads: int, steps: int, bat
 
 
 def _run_in(tree: pathlib.Path, args, structures: pathlib.Path) -> dict:
-    from surrogate_accuracy import thread_environment
+    from aiida_hpcai.models.evaluation import thread_environment
 
     env = {**os.environ, 'PYTHONPATH': str(tree), **thread_environment(args.threads)}
     command = [
@@ -144,16 +143,15 @@ def main(argv=None) -> None:
         print(json.dumps(measure(args.measure, args.preset, args.threads, args.steps, args.batch_size)))
         return
 
-    sys.path.insert(0, str(REPO / 'benchmarks'))
-    from surrogate_accuracy import default_source
-    from surrogate_throughput import select_structures
-
+    # imported here: ``--measure`` runs this file against another tree's package, which may lack them
+    from aiida_hpcai.models.evaluation import default_source, run_record, small_test_structures
     from aiida_hpcai.models.structure_io import write_npz
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:
         scratch = pathlib.Path(scratch)
-        structures = scratch / 'structures.npz'
-        write_npz(select_structures(default_source(), args.count, 20), structures)
+        structures = scratch / 'timing_set.npz'
+        write_npz(small_test_structures(default_source(), args.count, 20), structures)
         trees = {'this tree': REPO}
         if args.baseline_rev:
             trees[args.baseline_rev] = scratch / 'baseline'
@@ -207,11 +205,7 @@ def main(argv=None) -> None:
         'threads': args.threads,
         'steps': args.steps,
         'repeats': args.repeats,
-        'machine': {
-            'processor': platform.processor() or platform.machine(),
-            'cpus': os.cpu_count(),
-            'load_average_after': os.getloadavg(),
-        },
+        'run': run_record(load_before=load_before),
         'trees': {name: best(name) for name in trees},
     }
     if args.baseline_rev:

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import resource
 import subprocess
 import sys
@@ -39,22 +38,24 @@ import time
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / 'benchmarks'))
+from aiida_hpcai.models.contract import (
+    CONFIG_FILE,
+    MODELS_DIR,
+    MODELS_KEY,
+    PREDICTIONS_FILE,
+    STRUCTURES_FILE,
+    SUMMARY_FILE,
+)
+from aiida_hpcai.models.evaluation import (
+    REPO,
+    RESULTS_DIR,
+    default_source,
+    run_record,
+    small_test_structures,
+    thread_environment,
+)
 
-from surrogate_accuracy import thread_environment  # noqa: E402
-
-RESULTS_FILE = REPO / 'benchmarks' / 'results' / 'surrogate_throughput.json'
-
-
-def select_structures(data: pathlib.Path, count: int, max_atoms: int):
-    from surrogate_accuracy import get_split, load_filtered
-
-    arrays, _ = load_filtered(data)
-    test = get_split(arrays)['test']
-    chosen = [int(i) for i in test if arrays.natoms[i] <= max_atoms][:count]
-    return arrays.subset(chosen)
+RESULTS_FILE = RESULTS_DIR / 'surrogate_throughput.json'
 
 
 def run_case(name: str, arrays, checkpoints: list[pathlib.Path], options: dict, threads: int, repeats: int) -> dict:
@@ -68,13 +69,13 @@ def run_case(name: str, arrays, checkpoints: list[pathlib.Path], options: dict, 
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
             tmp = pathlib.Path(tmp)
-            (tmp / 'in' / 'models').mkdir(parents=True)
+            (tmp / 'in' / MODELS_DIR).mkdir(parents=True)
             entries = []
             for n, path in enumerate(checkpoints):
-                shutil.copyfile(path, tmp / 'in' / 'models' / f'm{n}.pt')
-                entries.append({'file': f'models/m{n}.pt', 'sha256': sha256_file(path)})
-            write_npz(arrays, tmp / 'in' / 'structures.npz')
-            (tmp / 'in' / 'config.json').write_text(json.dumps({'models': entries, **options}))
+                shutil.copyfile(path, tmp / 'in' / MODELS_DIR / f'm{n}.pt')
+                entries.append({'file': f'{MODELS_DIR}/m{n}.pt', 'sha256': sha256_file(path)})
+            write_npz(arrays, tmp / 'in' / STRUCTURES_FILE)
+            (tmp / 'in' / CONFIG_FILE).write_text(json.dumps({MODELS_KEY: entries, **options}))
             env = {**os.environ, **thread_environment(threads)}
             cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
@@ -97,9 +98,9 @@ def run_case(name: str, arrays, checkpoints: list[pathlib.Path], options: dict, 
             walls.append(time.perf_counter() - started)
             cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu.append((cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime))
-            summary = json.loads((tmp / 'out' / 'summary.json').read_text())
+            summary = json.loads((tmp / 'out' / SUMMARY_FILE).read_text())
             inner.append(summary['seconds'])
-            with np.load(tmp / 'out' / 'predictions.npz') as result:
+            with np.load(tmp / 'out' / PREDICTIONS_FILE) as result:
                 n_ok = int((result['status'] == 'ok').sum())
     best_wall, best_inner = min(walls), min(inner)
     return {
@@ -145,9 +146,8 @@ def run_peer(
 
 def main(argv=None) -> None:
     import torch
-    from surrogate_accuracy import default_source
 
-    from aiida_hpcai.models.checkpoint import load_checkpoint, pretrained_path, save_checkpoint
+    from aiida_hpcai.models.checkpoint import load_checkpoint, pretrained_path, save_checkpoint, sha256_file
     from aiida_hpcai.models.inference import default_batch_size
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,7 +172,7 @@ def main(argv=None) -> None:
     parser.add_argument('--output', type=pathlib.Path, default=RESULTS_FILE)
     args = parser.parse_args(argv)
 
-    arrays = select_structures(pathlib.Path(args.data), args.count, args.max_atoms)
+    arrays = small_test_structures(args.data, args.count, args.max_atoms)
     checkpoints = args.checkpoint or [pretrained_path('formation_energy_per_atom')]
     options = {'device': args.device}
     if args.batch_size is not None:
@@ -184,7 +184,8 @@ def main(argv=None) -> None:
             checkpoint = load_checkpoint(path)
             models.append(
                 {
-                    'file': str(path),
+                    'file': str(path.resolve().relative_to(REPO)) if path.resolve().is_relative_to(REPO) else path.name,
+                    'sha256': sha256_file(path),
                     'n_members': len(checkpoint['members']),
                     'config': checkpoint['hyperparameters']['model'],
                 }
@@ -258,14 +259,12 @@ def main(argv=None) -> None:
         'threads': args.threads,
         'device': args.device,
         'batch_size': args.batch_size or default_batch_size(args.device),
-        'machine': {
-            'processor': platform.processor() or platform.machine(),
-            'cpus': os.cpu_count(),
-            'load_average_before': load_before,
-            'load_average_after': load_after,
-            'torch': torch.__version__,
-            'gpu': torch.cuda.get_device_name() if args.device.startswith('cuda') else None,
-        },
+        'run': run_record(
+            load_before=load_before,
+            load_average_after=load_after,
+            torch=torch.__version__,
+            gpu=torch.cuda.get_device_name() if args.device.startswith('cuda') else None,
+        ),
         'models': models,
         'cases': cases,
         'peers': peers,

@@ -199,9 +199,11 @@ def validation_curves_figure(
     curves: dict, units: str, path: pathlib.Path, title: str | None = None, target: float | None = None
 ) -> None:
     """Validation MAE against training wall time, one line per ``label: {'minutes', 'val_mae'}``."""
-    from .plots import _pyplot
+    import matplotlib
 
-    plt = _pyplot()
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
     figure, axes = plt.subplots(figsize=(5, 3.5))
     for label, curve in curves.items():
         axes.plot(curve['minutes'], curve['val_mae'], 'o-', markersize=3, label=label)

@@ -35,9 +35,7 @@ import resource
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-import peer_common  # noqa: E402
+import peer_common  # this folder is on sys.path: the scripts run as files, with the peers venv's python
 
 
 def parse_args(argv=None):

@@ -1,7 +1,7 @@
 """Train ALIGNN (alignn's DGL-free ``ALIGNNAtomWisePure``) on our mp_cgcnn split under a wall-clock budget.
 
 Runs in the peers venv (``/work/venvs/peers/bin/python``, see README.md); imports neither aiida
-nor aiida_hpcai. Same data and split as ``benchmarks/surrogate_accuracy.py``:
+nor aiida_hpcai. Same data and split as ``aiida_hpcai.models.evaluation`` (the release tool and the benchmarks):
 ``mp_cgcnn.csv.gz`` with rows whose formation energy is below -5 eV/atom dropped, and the
 committed id lists ``benchmarks/splits/mp_cgcnn/{train,val,test}.txt``.
 
@@ -37,14 +37,12 @@ import os
 import pathlib
 import pickle
 import platform
-import sys
 import time
+
+import peer_common  # this folder is on sys.path: the scripts run as files, with the peers venv's python
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-sys.path.insert(0, str(HERE))
-
-import peer_common  # noqa: E402
 
 MIN_FORMATION_ENERGY = -5.0
 UNITS = {'formation_energy_per_atom': 'eV/atom', 'band_gap': 'eV'}
@@ -80,7 +78,7 @@ def parse_args(argv=None):
         '--train-fraction',
         type=float,
         default=1.0,
-        help='a seeded subset of the training ids (the same draw as surrogate_accuracy.py '
+        help='a seeded subset of the training ids (the same draw as python -m aiida_hpcai.models.release train '
         '--train-fraction with the same --seed)',
     )
     parser.add_argument(
@@ -107,7 +105,7 @@ def choose_ids(args) -> dict[str, list[str]]:
     split_dir = pathlib.Path(args.split_dir)
     split = {name: (split_dir / f'{name}.txt').read_text().split() for name in ('train', 'val', 'test')}
     if args.train_fraction < 1.0:
-        # as surrogate_accuracy.py: a seeded permutation of the positions of the training ids, sorted
+        # as the release tool's train: a seeded permutation of the positions of the training ids, sorted
         chosen = np.random.default_rng(args.seed).permutation(len(split['train']))
         chosen = np.sort(chosen[: int(round(args.train_fraction * len(split['train'])))])
         split['train'] = [split['train'][i] for i in chosen]

@@ -8,6 +8,7 @@ import pytest
 
 from aiida_hpcai.models import release
 from aiida_hpcai.models.checkpoint import PRETRAINED_FILES, load_checkpoint, pretrained_path, sha256_file
+from aiida_hpcai.models.contract import METRICS_FILE
 from aiida_hpcai.models.evaluation import REPO
 from aiida_hpcai.models.structure_io import StructureArrays, write_npz
 from aiida_hpcai.models.training import train_ensemble
@@ -15,7 +16,7 @@ from tests.samples import TINY, _split, synthetic_set
 
 
 def _epoch_seconds(folder, member):
-    return sum(row['seconds'] for row in json.loads((folder / 'metrics.json').read_text())['history'][member])
+    return sum(row['seconds'] for row in json.loads((folder / METRICS_FILE).read_text())['history'][member])
 
 
 def _strings(value):
