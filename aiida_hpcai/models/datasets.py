@@ -197,8 +197,8 @@ def _atomic_number(symbol: str) -> int:
     raise InvalidStructure('unknown element', f'{symbol!r}')
 
 
-# -- readers: each yields (id, callable returning atoms, labels dict) ---------------------------
-RawRow = tuple[str, object, dict]
+# -- readers: each yields (id, callable returning atoms, labels dict or None when unreadable) -----
+RawRow = tuple[str, object, dict | None]
 
 
 def _open_text(path: pathlib.Path):
@@ -259,14 +259,14 @@ def _read_extxyz(path: pathlib.Path, name: str | None = None) -> Iterator[RawRow
     name = name or path.name
     for index, frame in _extxyz_frames(path):
         if isinstance(frame, InvalidStructure):
-            yield f'{name}#{index}', _raiser(frame), {}
+            yield f'{name}#{index}', _raiser(frame), None
             return
         try:
             atoms = _parse_extxyz_frame(frame, index)
         except InvalidStructure as exc:
             match = re.search(r'(?:^|\s)(?:id|material_id)=("[^"]*"|\S+)', frame.split('\n', 2)[1])
             row_id = match.group(1).strip('"') if match else f'{name}#{index}'
-            yield row_id, _raiser(exc), {}
+            yield row_id, _raiser(exc), None
             continue
         row_id = str(atoms.info.get('id', atoms.info.get('material_id', f'{name}#{index}')))
         yield row_id, (lambda a=atoms: atoms_from_object(a)), _numeric_info(atoms)
@@ -356,7 +356,7 @@ def _read_cif_file(path: pathlib.Path, name: str | None = None) -> Iterator[RawR
     try:
         structures = parse_cif_structures(path.read_text(errors='replace'))
     except InvalidStructure as exc:
-        yield name, _raiser(exc), {}
+        yield name, _raiser(exc), None
         return
     for index, structure in enumerate(structures):
         row_id = name if len(structures) == 1 else f'{name}#{index}'
@@ -371,7 +371,7 @@ def _read_pymatgen_file(path: pathlib.Path, name: str) -> Iterator[RawRow]:
         structure = Structure.from_file(path)
     except Exception as exc:  # noqa: BLE001 - pymatgen raises many types; this file fails, the others go on
         detail = f'pymatgen cannot read it ({type(exc).__name__}: {str(exc)[:150]})'
-        yield name, _raiser(InvalidStructure('unparsable structure', detail)), {}
+        yield name, _raiser(InvalidStructure('unparsable structure', detail)), None
         return
     yield name, (lambda: atoms_from_object(structure)), {}
 
@@ -525,11 +525,12 @@ def _load_rows(rows: Iterable[RawRow], builder: StructureBuilder, limit, ids, na
             )
             break
         rows_read += 1
-        columns.update(labels)
+        columns.update(labels or {})
         if wanted is not None and str(row_id) not in wanted:
             continue
         count += 1
-        if not builder.accepts(row_id, labels):
+        # labels None: the reader could not even read the row, and its parser's reason is the one to give
+        if labels is not None and not builder.accepts(row_id, labels):
             continue
         try:
             atoms = make_atoms()

@@ -80,3 +80,43 @@ def test_write_extxyz_and_npz(stored_set, tmp_path):
     xyz = load_dataset(tmp_path / 'out.extxyz', targets=[]).arrays
     assert npz.ids.tolist() == xyz.ids.tolist() == stored_set.ids
     np.testing.assert_allclose(xyz.positions, npz.positions, atol=1e-7)
+
+
+def test_every_constructor_validates_and_records_the_refused(aiida_profile):
+    """pymatgen, ASE and StructureData: a bad structure is left out with its id and reason, the others are kept."""
+    from ase import Atoms
+    from ase.build import bulk
+    from pymatgen.core import Lattice, Structure
+
+    overlapping = Structure(Lattice.cubic(5.0), ['Na', 'Cl'], [[0, 0, 0], [0.01, 0, 0]])
+    node = StructureSet.from_pymatgen(make_structures() + [overlapping], ids=['nacl', 'bto', 'si', 'bad']).store()
+    assert node.ids == ['nacl', 'bto', 'si']
+    assert node.get_skipped() == [
+        {'id': 'bad', 'reason': 'overlapping atoms', 'detail': node.get_skipped()[0]['detail']}
+    ]
+    assert node.base.attributes.get('skipped_reasons') == {'overlapping atoms': 1}
+    assert node.label == '3 structures: NaCl, BaTiO3, Si'
+
+    collapsed = Atoms('Cu2', positions=[[0, 0, 0], [0.5, 0.5, 0.5]], cell=np.eye(3) * 1.0, pbc=True)
+    from_ase = StructureSet.from_ase([bulk('Cu'), collapsed], ids=['cu', 'collapsed'])
+    assert from_ase.ids == ['cu'] and from_ase.get_skipped()[0]['reason'] == 'collapsed cell'
+
+    nodes = [orm.StructureData(ase=bulk('Si')), orm.StructureData(ase=collapsed)]
+    from_nodes = StructureSet.from_structuredata(nodes, ids=['si', 'collapsed'])
+    assert from_nodes.ids == ['si'] and from_nodes.label == '1 structure: Si'
+    assert from_nodes.get_skipped()[0]['id'] == 'collapsed'
+
+    repeated = StructureSet.from_pymatgen(make_structures()[:2], ids=['x', 'x'])
+    assert repeated.ids == ['x'] and repeated.get_skipped()[0]['reason'] == 'duplicate id'
+
+
+def test_from_files_names_each_file_and_frame(aiida_profile, tmp_path):
+    from tests.samples import NACL, cif_of
+
+    (tmp_path / 'good.cif').write_text(cif_of(NACL))
+    (tmp_path / 'xx.cif').write_text(cif_of(NACL).replace('Cl', 'Xx'))
+    node = StructureSet.from_files([tmp_path / 'good.cif', tmp_path / 'xx.cif']).store()
+    assert node.ids == ['good.cif']
+    assert node.get_skipped() == [
+        {'id': 'xx.cif', 'reason': 'unknown element', 'detail': 'Xx0+ not in the periodic table'}
+    ]

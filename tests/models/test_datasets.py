@@ -152,3 +152,102 @@ def test_split_is_deterministic_and_written(tmp_path):
     assert datasets.read_split(tmp_path / 'split') == split
     positions = datasets.split_indices(ids, split)
     assert sorted(np.concatenate(list(positions.values())).tolist()) == list(range(1000))
+
+
+def _frames_file(path):
+    """Four NaCl frames (ids f0..f3) with an unknown element in frame 1 and a coordinate 'abc' in frame 2."""
+    import ase.io
+    from ase.build import bulk
+
+    frames = [bulk('NaCl', 'rocksalt', a=5.64) for _ in range(4)]
+    for index, atoms in enumerate(frames):
+        atoms.info.update({'id': f'f{index}', 'energy_x': float(index)})
+    ase.io.write(path, frames, format='extxyz')
+    lines = path.read_text().splitlines()
+    lines[2 + 4 * 1] = lines[2 + 4 * 1].replace('Na', 'Xx', 1)
+    lines[2 + 4 * 2] = lines[2 + 4 * 2].replace('0.00000000', 'abc', 1)
+    path.write_text('\n'.join(lines) + '\n')
+    return path
+
+
+def test_extxyz_frames_fail_alone(tmp_path):
+    dataset = datasets.load_dataset(_frames_file(tmp_path / 'frames.extxyz'))
+    assert dataset.arrays.ids.tolist() == ['f0', 'f3']
+    assert dataset.arrays.labels['energy_x'].tolist() == [0.0, 3.0]
+    assert [(row.id, row.reason) for row in dataset.skipped] == [
+        ('f1', 'unknown element'),
+        ('f2', 'unparsable structure'),
+    ]
+    assert dataset.skipped[0].detail == "frame 1: 'Xx' is not an element"
+    assert dataset.skipped[1].detail.startswith('frame 2:') and 'abc' in dataset.skipped[1].detail
+
+    cut = tmp_path / 'cut.extxyz'
+    cut.write_text('\n'.join(_frames_file(tmp_path / 'again.extxyz').read_text().splitlines()[:-1]) + '\n')
+    dataset = datasets.load_dataset(cut)
+    assert dataset.arrays.ids.tolist() == ['f0']
+    assert (dataset.skipped[-1].id, dataset.skipped[-1].reason) == ('cut.extxyz#3', 'truncated file')
+
+
+def test_truncated_gzip_keeps_the_rows_before(tmp_path, broken_csv):
+    packed = gzip.compress(broken_csv.read_bytes() * 1)
+    whole = tmp_path / 'whole.csv.gz'
+    whole.write_bytes(packed)
+    (tmp_path / 'cut.csv.gz').write_bytes(packed[: len(packed) * 3 // 4])
+    complete = datasets.load_dataset(whole)
+    dataset = datasets.load_dataset(tmp_path / 'cut.csv.gz')
+    assert dataset.skipped[-1].reason == 'truncated file' and 'which are kept' in dataset.skipped[-1].detail
+    assert dataset.arrays.ids.tolist() == complete.arrays.ids.tolist()[: len(dataset.arrays)]
+    (tmp_path / 'garbage.csv.gz').write_bytes(b'not gzip at all')
+    dataset = datasets.load_dataset(tmp_path / 'garbage.csv.gz')
+    assert len(dataset.arrays) == 0 and dataset.skipped[0].reason == 'truncated file'
+
+
+def test_select_by_ids_and_name_missing_targets(broken_csv):
+    dataset = datasets.load_dataset(broken_csv, ids=['good-2', 'overlap', 'nosuch'])
+    assert dataset.arrays.ids.tolist() == ['good-2']
+    assert [row.id for row in dataset.skipped] == ['overlap']
+    assert datasets.load_dataset(broken_csv, ids=['good-1', 'good-2'], limit=1).arrays.ids.tolist() == ['good-1']
+    with pytest.raises(ValueError, match=r"no label 'nosuch'; its labels: \['energy'\]"):
+        datasets.load_dataset(broken_csv, targets=['nosuch'])
+
+
+def test_a_cut_cif_is_reported_as_cut(tmp_path):
+    text = cif_of(NACL)
+    with pytest.raises(structure_io.InvalidStructure, match='looks cut off') as info:
+        datasets.parse_cif(text[: text.index('Na  Na0') + 20])
+    assert 'modulo' not in str(info.value)
+
+
+def test_read_structure_files_ids(tmp_path):
+    import ase.io
+    from ase.build import bulk
+
+    for folder in ('a', 'b'):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / 'POSCAR').write_text(NACL.to(fmt='poscar'))
+    one = bulk('Si')
+    one.info['energy_x'] = 1.5
+    ase.io.write(tmp_path / 'one.extxyz', one, format='extxyz')
+    dataset = datasets.read_structure_files(
+        [
+            tmp_path / 'a' / 'POSCAR',
+            tmp_path / 'b' / 'POSCAR',
+            tmp_path / 'one.extxyz',
+            _frames_file(tmp_path / 'f.xyz'),
+        ]
+    )
+    # two files named POSCAR: their paths tell them apart; a one-frame extxyz is named by its file
+    assert dataset.arrays.ids.tolist() == [
+        str(tmp_path / 'a' / 'POSCAR'),
+        str(tmp_path / 'b' / 'POSCAR'),
+        'one.extxyz',
+        'f0',
+        'f3',
+    ]
+    assert [(row.id, row.reason) for row in dataset.skipped] == [
+        ('f1', 'unknown element'),
+        ('f2', 'unparsable structure'),
+    ]
+    assert not dataset.arrays.labels  # the POSCARs carry no label, so no label is common to all
+    labelled = datasets.read_structure_files([tmp_path / 'one.extxyz', tmp_path / 'f.xyz'])
+    assert labelled.arrays.labels['energy_x'].tolist() == [1.5, 0.0, 3.0]
