@@ -6,6 +6,7 @@ entry point in the group ``aiida_hpcai.architectures``. This process finds it on
 """
 
 import os
+import pathlib
 import shutil
 
 import numpy as np
@@ -19,7 +20,6 @@ from aiida.plugins import CalculationFactory
 from aiida_hpcai.data.structure_set import StructureSet
 from aiida_hpcai.models import registry
 from tests import toy_architecture
-from tests.conftest import REPO_ROOT
 from tests.samples import make_structures
 
 TrainCalculation = CalculationFactory('hpcai.train')
@@ -50,7 +50,8 @@ def code(aiida_code_installed):
 
 
 def _options(site) -> dict:
-    pythonpath = os.pathsep.join([str(site), str(REPO_ROOT)])
+    repository = pathlib.Path(toy_architecture.__file__).resolve().parent.parent  # where `tests` is importable
+    pythonpath = os.pathsep.join([str(site), str(repository)])
     return {'environment_variables': {'PYTHONPATH': pythonpath}}
 
 
