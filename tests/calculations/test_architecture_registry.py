@@ -102,3 +102,21 @@ def test_train_validates_the_architecture_and_its_parameters(site, structures, c
 
 def test_the_known_architectures_come_from_the_registry(site):
     assert {'crysformer', 'toy_linear'} <= set(registry.architectures())
+
+
+def _labelled_model(content: bytes, architecture: str):
+    from aiida_hpcai.data.model import ModelData
+
+    return ModelData(content, architecture=architecture, target='energy', units='eV').store()
+
+
+def test_predict_and_fine_tuning_check_the_models_architectures(site, structures, code):
+    toy, crysformer = _labelled_model(b'toy', 'toy_linear'), _labelled_model(b'crysformer', 'crysformer')
+    with pytest.raises(ValueError, match=r"different architectures.*\['crysformer', 'toy_linear'\]"):
+        _instantiate(PredictCalculation, code=code, structures=structures, models={'a': toy, 'b': crysformer})
+    generator = _labelled_model(b'generator', 'equicsp')
+    with pytest.raises(ValueError, match="architecture 'equicsp' cannot predict"):
+        _instantiate(PredictCalculation, code=code, structures=structures, models={'g': generator})
+    parameters = orm.Dict({'architecture': 'toy_linear', 'target': 'energy'})
+    with pytest.raises(ValueError, match="parent model is a 'crysformer', not a 'toy_linear'"):
+        _instantiate(TrainCalculation, code=code, structures=structures, parameters=parameters, parent_model=crysformer)
