@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ from aiida_hpcai.models.diffusion import (
     Schedules,
     cell_to_parameters,
     parameters_to_cell,
+    sample,
     score_mean_square,
     wrapped_normal_log_density,
     wrapped_normal_score,
@@ -67,6 +69,53 @@ def test_lattice_parameters_round_trip_and_scaler():
     assert np.allclose(back_lengths.numpy(), lengths) and np.allclose(back_angles.numpy(), angles)
     # angles no cell can have: NaN, reported as a non-positive volume
     assert np.isnan(parameters_to_cell(np.ones((1, 3)) * 3, np.full((1, 3), np.radians(170)))).any()
+
+
+@pytest.mark.parametrize('steps', [25, 100])
+@pytest.mark.parametrize('mode', ['csp', 'abinitio'])
+def test_sampler_recovers_a_crystal_from_its_exact_noise_and_score(steps, mode):
+    """With an oracle in place of the network (the exact noise and score for a data set of one crystal),
+    the predictor-corrector chain, full or respaced, must end on that crystal: schedules, signs and steps."""
+    cell = np.array([[[4.0, 0, 0], [0.5, 5.0, 0], [0.3, 0.2, 6.0]]])
+    frac0 = torch.tensor([[0.1, 0.2, 0.3], [0.6, 0.7, 0.8], [0.3, 0.9, 0.5]], dtype=torch.float64)
+    types0 = torch.tensor([0, 1, 1])
+    scaler = LatticeScaler.fit(np.concatenate([cell, 1.1 * cell]), np.array([3, 3]))
+    clean = torch.as_tensor(scaler.encode(cell, np.array([3])))
+    schedules = Schedules()
+    abar_all, sigmas, norms = schedules.tables('cpu', torch.float64)
+
+    def oracle(t, types, known, frac, gram, num_atoms, batch):
+        abar = abar_all[t][:, None]
+        lengths = torch.sqrt(torch.diagonal(gram, dim1=-2, dim2=-1))
+        cosines = gram / (lengths[:, :, None] * lengths[:, None, :])
+        angles = torch.acos(torch.stack([cosines[:, 1, 2], cosines[:, 0, 2], cosines[:, 0, 1]], -1))
+        # the noisy lattice state, recovered from the Gram matrix the network sees
+        log_lengths = torch.log(lengths) - torch.log(num_atoms.double())[:, None] / 3
+        state = torch.cat(
+            [
+                (log_lengths - scaler.log_length_mean) / scaler.log_length_std,
+                torch.tan(angles - math.pi / 2) / scaler.angle_std,
+            ],
+            -1,
+        )
+        onehot = torch.nn.functional.one_hot(types0, 2).double()
+        return (
+            (state - abar.sqrt() * clean) / (1 - abar).sqrt(),
+            wrapped_normal_score(frac - frac0, sigmas[t][batch][:, None]) / norms[t][batch][:, None],
+            (types - abar[batch].sqrt() * onehot) / (1 - abar[batch]).sqrt(),
+        )
+
+    given = types0 if mode == 'csp' else None
+    generator = torch.Generator().manual_seed(0)
+    out = sample(
+        oracle, torch.tensor([3]), schedules, scaler, 2, given, steps, generator=generator, dtype=torch.float64
+    )
+    lengths, angles = cell_to_parameters(cell)
+    assert np.allclose(out['lengths'].numpy(), lengths, atol=1e-6)
+    assert np.allclose(out['angles'].numpy(), angles, atol=1e-6)
+    shift = (out['frac'] - frac0) - (out['frac'] - frac0)[0]  # equal up to one rigid translation
+    assert (shift - torch.round(shift)).abs().max() < 1e-6
+    assert out['types'].tolist() == types0.tolist()
 
 
 # -- the denoiser's symmetries ---------------------------------------------------------------------------
