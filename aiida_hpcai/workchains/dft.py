@@ -10,7 +10,8 @@ The engine (``quantumespresso`` or ``vasp``) is an input; everything engine-spec
 4. static SCF on the relaxed structure: total energy, band gap, magnetization;
 5. formation energy per atom from elemental references computed with the same engine, protocol and
    pseudopotentials: each found by query if some earlier WorkChain computed it, else computed here once
-   as a child ``hpcai.dft`` with formation energy off, and tagged for every later WorkChain.
+   as a child ``hpcai.dft`` with formation energy off, and tagged for every later WorkChain. A structure that
+   is itself an elemental reference (Si mp-149) is its own: one relax + SCF serve as both.
 """
 
 from __future__ import annotations
