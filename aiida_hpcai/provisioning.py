@@ -55,8 +55,22 @@ class SetupReport:
         Console(width=max(shutil.get_terminal_size().columns, 120)).print(table)
 
 
-def ensure_profile(profile_name: str, report: SetupReport):
-    """Load the default profile; if there is none, create one with ``verdi presto``. Returns (profile, created)."""
+STORAGES = ('sqlite', 'postgresql')
+
+
+def presto_command(profile_name: str, storage: str = 'sqlite') -> list[str]:
+    """The ``verdi presto`` call creating a profile: embedded SQLite, or (``postgresql``) a database and user it makes
+    on the PostgreSQL server on localhost, as the current user, who must be allowed to create them."""
+    verdi = shutil.which('verdi') or str(pathlib.Path(sys.executable).parent / 'verdi')
+    return [verdi, 'presto', '--profile-name', profile_name] + (['--use-postgres'] if storage == 'postgresql' else [])
+
+
+def ensure_profile(profile_name: str, report: SetupReport, storage: str = 'sqlite'):
+    """Load the default profile; if there is none, create one with ``verdi presto``. Returns (profile, created).
+
+    ``storage`` (one of :data:`STORAGES`) only matters for a new profile; ``verdi presto`` picks RabbitMQ as the
+    broker when it answers on localhost, else the built-in ZeroMQ broker.
+    """
     from aiida.manage import get_manager
     from aiida.manage.configuration import get_config, load_profile, reset_config
 
@@ -76,8 +90,7 @@ def ensure_profile(profile_name: str, report: SetupReport):
         return profile, False
     # `verdi presto` is the reference for an embedded profile: SQLite storage and, without a RabbitMQ
     # server, the built-in ZeroMQ broker. Running it keeps our profile identical to the documented one.
-    verdi = shutil.which('verdi') or str(pathlib.Path(sys.executable).parent / 'verdi')
-    result = subprocess.run([verdi, 'presto', '--profile-name', profile_name], capture_output=True, text=True)
+    result = subprocess.run(presto_command(profile_name, storage), capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f'`verdi presto` failed: {result.stdout} {result.stderr}'.strip())
     reset_config()  # the subprocess wrote a new config file; read it again

@@ -14,6 +14,7 @@ from ..provisioning import (
     MODEL_CODE_LABEL,
     PSEUDO_SUBSET_DIRNAME,
     PW_CODE_LABEL,
+    STORAGES,
     SetupReport,
     default_pseudo_dir,
     ensure_code,
@@ -39,7 +40,16 @@ from . import cli
     f'Default: $HPCAI_PSEUDO_DIR/{PSEUDO_SUBSET_DIRNAME} or ../shared/pseudos/{PSEUDO_SUBSET_DIRNAME}.',
 )
 @click.option('--pseudo-family', default=DEFAULT_PSEUDO_FAMILY, show_default=True, help='Label of that family.')
-def setup(profile_name, pseudo_dir, pseudo_family):
+@click.option(
+    '--storage',
+    type=click.Choice(STORAGES),
+    default='sqlite',
+    show_default=True,
+    help='Storage of the profile created when none exists: embedded SQLite, or a new database on the PostgreSQL '
+    'server on localhost (`verdi presto --use-postgres`; the current user must be allowed to create one). Either '
+    'way RabbitMQ is the broker when it runs on localhost.',
+)
+def setup(profile_name, pseudo_dir, pseudo_family, storage):
     """Create or reuse everything aiida-hpcai needs; safe to run any number of times.
 
     Uses the current profile (any storage and broker, e.g. PostgreSQL + RabbitMQ) or, when there
@@ -48,7 +58,7 @@ def setup(profile_name, pseudo_dir, pseudo_family):
     model program), `pw@localhost` when `pw.x` is on PATH, and the pseudopotential family.
     """
     report = SetupReport()
-    _, new_profile = ensure_profile(profile_name, report)
+    _, new_profile = ensure_profile(profile_name, report, storage)
     computer = ensure_localhost(report, new_profile)
 
     model_program = shutil.which('hpcai-model') or str(pathlib.Path(sys.executable).parent / 'hpcai-model')
