@@ -83,6 +83,49 @@ def collect_batch(structures: StructureSet, records: orm.Dict, **nodes):
     return outputs
 
 
+def plan_references(
+    structures: StructureSet,
+    engine_name: str,
+    code,
+    protocol_name: str,
+    overrides: dict | None,
+    molecular_crystal: bool,
+) -> tuple[dict[str, dict], dict[str, list[str]]]:
+    """The elemental references the ``hpcai.dft`` children of ``structures`` need and no WorkChain has computed.
+
+    Returns ``(references, needs)``: ``references`` maps a key per (element, identity) to
+    ``{'element', 'identity', 'overrides', 'status': 'pending'}``, once each however many structures need it;
+    ``needs`` maps ``str(index)`` to the keys of every reference that structure's child will look up. A
+    structure whose child exits before any calculation (no pseudopotential, no reference structure) needs none.
+    """
+    engine = get_engine(engine_name)
+    protocol = engine.load_protocol(protocol_name, overrides)
+    if molecular_crystal:
+        protocol = engine.molecular_crystal_protocol(protocol)
+    references: dict[str, dict] = {}
+    needs: dict[str, list[str]] = {}
+    for index in range(len(structures)):
+        structure = structures.get_structuredata(index)
+        elements = sorted(structure.get_symbols_set())
+        if engine.check_structure(structure, code, protocol) or refs.missing_references(elements):
+            continue
+        reference_overrides, identity = reference_identity(engine, code, protocol_name, overrides, structure, protocol)
+        keys = []
+        for element in elements:
+            key = f'{element}:{sorted(identity.items())}'
+            keys.append(key)
+            if key in references or refs.find_reference(element, identity) is not None:
+                continue
+            references[key] = {
+                'element': element,
+                'identity': identity,
+                'overrides': reference_overrides,
+                'status': 'pending',
+            }
+        needs[str(index)] = keys
+    return references, needs
+
+
 class DftBatchWorkChain(WorkChain):
     """Relax and compute every structure of a ``StructureSet`` with ``hpcai.dft``, references computed once."""
 
@@ -148,36 +191,18 @@ class DftBatchWorkChain(WorkChain):
         dft = self.inputs.dft
         if not dft.compute_formation_energy.value:
             return
-        engine = get_engine(dft.engine.value)
         overrides = dft.overrides.get_dict() if 'overrides' in dft else None
-        protocol = engine.load_protocol(dft.protocol.value, overrides)
-        if dft.molecular_crystal.value:
-            protocol = engine.molecular_crystal_protocol(protocol)
-        for index in range(len(self.inputs.structures)):
-            structure = self.inputs.structures.get_structuredata(index)
-            elements = sorted(structure.get_symbols_set())
-            # Such a child exits before any calculation with its own exit code: nothing to prepare.
-            if engine.check_structure(structure, dft.code, protocol) or refs.missing_references(elements):
-                continue
-            reference_overrides, identity = reference_identity(
-                engine, dft.code, dft.protocol.value, overrides, structure, protocol
-            )
-            keys = []
-            for element in elements:
-                key = f'{element}:{sorted(identity.items())}'
-                keys.append(key)
-                if key in self.ctx.references or refs.find_reference(element, identity) is not None:
-                    continue
-                self.ctx.references[key] = {
-                    'element': element,
-                    'identity': identity,
-                    'overrides': reference_overrides,
-                    'status': 'pending',
-                }
-                self.ctx.references_to_run.append(key)
-            self.ctx.needs[str(index)] = keys
+        self.ctx.references, self.ctx.needs = plan_references(
+            self.inputs.structures,
+            dft.engine.value,
+            dft.code,
+            dft.protocol.value,
+            overrides,
+            dft.molecular_crystal.value,
+        )
+        self.ctx.references_to_run = list(self.ctx.references)
         if self.ctx.references_to_run:
-            elements = ', '.join(self.ctx.references[key]['element'] for key in self.ctx.references_to_run)
+            elements = ', '.join(plan['element'] for plan in self.ctx.references.values())
             self.report(f'computing the elemental references first: {elements}')
 
     def has_references_to_run(self):

@@ -17,7 +17,7 @@ from aiida_hpcai.data.structure_set import StructureSet
 from aiida_hpcai.engines import references as refs
 from aiida_hpcai.screening.calcfunctions import FINGERPRINT_EXTRA
 from aiida_hpcai.workchains.dft import DftWorkChain
-from aiida_hpcai.workchains.dft_batch import DftBatchWorkChain
+from aiida_hpcai.workchains.dft_batch import DftBatchWorkChain, plan_references
 
 OPTIONS = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 2}, 'max_wallclock_seconds': 1800}
 
@@ -119,6 +119,33 @@ def test_si_reference_computed_once(batch_run):
         assert results['results']['references'] == [
             {'element': 'Si', 'status': 'finished_ok', 'process': references[0].uuid}
         ]
+
+
+def test_reference_plan_computes_each_reference_once(pw_code, sssp_family):
+    """No DFT: the plan lists each (element, identity) once, whatever the number of structures needing it."""
+    # A protocol no other test uses, so the references of other tests' runs are not found here.
+    overrides = {'degauss': 0.0123}
+    magnesia = Structure.from_spacegroup('Fm-3m', Lattice.cubic(4.2), ['Mg', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    fluorite = Structure.from_spacegroup('Fm-3m', Lattice.cubic(5.0), ['Si', 'O'], [[0, 0, 0], [0.25, 0.25, 0.25]])
+    gold_silicide = Structure(Lattice.cubic(3.0), ['Au', 'Si'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    structures = StructureSet.from_pymatgen(
+        [silicon(5.46), magnesia, silicon(5.49), fluorite, gold_silicide], ids=['Si#0', 'MgO', 'Si#1', 'SiO2', 'AuSi']
+    )
+    references, needs = plan_references(structures, 'quantumespresso', pw_code, 'fast', overrides, False)
+    elements = sorted(plan['element'] for plan in references.values())
+    # Si twice: at Si's cutoffs (the Si cells) and at O's (SiO2, whose O reference is MgO's too).
+    assert elements == ['Mg', 'O', 'Si', 'Si']
+    assert needs['0'] == needs['2']
+    assert set(needs['1']) & set(needs['3']) == {next(key for key in needs['1'] if key.startswith('O:'))}
+    assert '4' not in needs  # no pseudopotential for Au: that child stops before any calculation
+    # A reference computed earlier under the same identity is found, not planned again.
+    (silicon_key,) = needs['0']
+    earlier = orm.WorkflowNode()
+    earlier.set_exit_status(0)
+    earlier.store()
+    refs.tag_reference(earlier, 'Si', references[silicon_key]['identity'])
+    again, _ = plan_references(structures, 'quantumespresso', pw_code, 'fast', overrides, False)
+    assert set(again) == set(references) - {silicon_key}
 
 
 def test_all_failed_exit_code(pw_code, sssp_family):
