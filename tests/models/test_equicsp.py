@@ -1,5 +1,6 @@
 """EquiCSP: the diffusion's pieces, the denoiser's symmetries, training, sampling and the generate task."""
 
+import dataclasses
 import itertools
 import json
 import math
@@ -26,7 +27,7 @@ from aiida_hpcai.models.diffusion import (
 from aiida_hpcai.models.equicsp.generation import INVALID_REASONS, EquiCSPSampler, atom_counts, check_crystal
 from aiida_hpcai.models.equicsp.network import PRESETS, EquiCSPDenoiser
 from aiida_hpcai.models.equicsp.training import prepare, train_equicsp, validation_loss
-from aiida_hpcai.models.structure_io import read_npz
+from aiida_hpcai.models.structure_io import read_npz, write_npz
 from tests.samples import synthetic_set
 
 TOLERANCE = 1e-5
@@ -218,6 +219,32 @@ def test_training_writes_a_checkpoint_for_sampling(tiny_model):
     assert (root / 'train' / contract.LEARNING_CURVE_FIGURE).is_file()
     assert not (root / 'train' / 'training_state.pt').exists()
     assert len(metrics['history'][0]) == TINY_TRAINING['epochs']
+
+
+def test_train_task_through_the_program(tmp_path):
+    (tmp_path / 'in').mkdir()
+    write_npz(synthetic_set(12), tmp_path / 'in' / contract.STRUCTURES_FILE)
+    config = {'architecture': 'equicsp', 'model_config': 'tiny', 'epochs': 2, 'batch_size': 4, 'modes': 'csp'}
+    (tmp_path / 'in' / contract.CONFIG_FILE).write_text(json.dumps(config))
+    assert program.main(['train', '--input', str(tmp_path / 'in'), '--output', str(tmp_path / 'out')]) == 0
+    metadata = json.loads((tmp_path / 'out' / contract.METADATA_FILE).read_text())
+    assert set(contract.METADATA_KEYS) <= set(metadata) and metadata['architecture'] == 'equicsp'
+    assert metadata['modes'] == ['csp'] and metadata['target'] is None
+    assert load_checkpoint(tmp_path / 'out' / contract.MODEL_FILE)['architecture'] == 'equicsp'
+    (tmp_path / 'in' / contract.CONFIG_FILE).write_text(json.dumps({**config, 'modes': 'sometimes'}))
+    assert program.main(['train', '--input', str(tmp_path / 'in'), '--output', str(tmp_path / 'bad')]) == 2
+    assert json.loads((tmp_path / 'bad' / contract.ERROR_FILE).read_text())['error'] == contract.INVALID_CONFIG
+
+
+def test_registry_entry_names_the_training_options():
+    from aiida_hpcai.models import registry
+    from aiida_hpcai.models.equicsp.training import EquiCSPTrainingConfig
+
+    options = {f.name for f in dataclasses.fields(EquiCSPTrainingConfig)} - {'device', 'progress'}
+    entry = registry.get('equicsp')
+    assert entry.train_parameters == options | {'model_config', 'split', 'dataset_name'}
+    assert set(entry.presets) == set(PRESETS) and not entry.requires_target
+    assert entry.model_class() is EquiCSPDenoiser
 
 
 def test_loss_falls_on_a_tiny_set():

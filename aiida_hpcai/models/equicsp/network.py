@@ -37,8 +37,22 @@ _OPPOSITE_PAIRS = [[_PAIRS.index((1, 2)), _PAIRS.index((2, 1))], [_PAIRS.index((
                    [_PAIRS.index((0, 1)), _PAIRS.index((1, 0))]]  # fmt: skip
 
 
+class JsonOptions:
+    """``to_dict``/``from_dict`` of a dataclass of JSON values; ``from_dict`` refuses unknown keys."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f'unknown {cls.__name__} keys: {sorted(unknown)}')
+        return cls(**values)
+
+
 @dataclasses.dataclass
-class EquiCSPConfig:
+class EquiCSPConfig(JsonOptions):
     """Architecture and diffusion hyperparameters (JSON-serialisable, stored in every checkpoint)."""
 
     hidden_dim: int = 128
@@ -48,16 +62,6 @@ class EquiCSPConfig:
     timesteps: int = 1000
     sigma_begin: float = 0.005  # wrapped-normal widths of the coordinates' noise (DiffCSP)
     sigma_end: float = 0.5
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> EquiCSPConfig:
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f'unknown EquiCSP config keys: {sorted(unknown)}')
-        return cls(**values)
 
 
 PRESETS: dict[str, EquiCSPConfig] = {

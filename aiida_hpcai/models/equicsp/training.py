@@ -34,7 +34,7 @@ from ..contract import LEARNING_CURVE_FIGURE, METADATA_FILE, METRICS_FILE, MODEL
 from ..diffusion import CrystalBatch, LatticeScaler, Schedules, diffusion_loss
 from ..structure_io import StructureArrays
 from ..training import STATE_FILE, _Budget, learning_rate_factor, seed_everything
-from .network import EquiCSPConfig, EquiCSPDenoiser, count_parameters, resolve_config
+from .network import EquiCSPConfig, EquiCSPDenoiser, JsonOptions, count_parameters, resolve_config
 
 ARCHITECTURE = 'equicsp'
 MODES = {'csp': ('csp',), 'abinitio': ('abinitio',), 'both': ('csp', 'abinitio')}
@@ -47,7 +47,7 @@ class EmptySplit(ValueError):
 
 
 @dataclasses.dataclass
-class EquiCSPTrainingConfig:
+class EquiCSPTrainingConfig(JsonOptions):
     epochs: int = 1000
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -65,16 +65,6 @@ class EquiCSPTrainingConfig:
     def __post_init__(self):
         if self.modes not in MODES:
             raise ValueError(f'modes must be one of {sorted(MODES)}, not {self.modes!r}')
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> EquiCSPTrainingConfig:
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f'unknown training options: {sorted(unknown)}')
-        return cls(**values)
 
 
 @dataclasses.dataclass
