@@ -61,6 +61,9 @@ METADATA_KEYS = ('architecture', 'hyperparameters', 'target', 'units', 'metrics'
 # predictions.npz: one row per structure of structures.npz
 PREDICTION_ARRAYS = ('mean', 'sigma', 'status', 'reason')
 STATUS_OK, STATUS_FAILED = 'ok', 'failed'
+# generate: the modes and the ab initio strategies for the atom count N (config keys `mode`, `n_strategy`)
+GENERATE_MODES = ('csp', 'abinitio')
+N_STRATEGIES = ('dataset', 'uniform', 'hybrid')
 
 
 def checkpoint_entries(config: dict) -> list[dict]:

@@ -34,13 +34,12 @@ import time
 import numpy as np
 import torch
 
-from ..contract import INVALID_FILE
+from ..contract import GENERATE_MODES as MODES
+from ..contract import INVALID_FILE, N_STRATEGIES
 from ..diffusion import LatticeScaler, Schedules, parameters_to_cell, sample
 from ..structure_io import MIN_DISTANCE, StructureArrays, _shortest_periodic_distance, write_npz
 from .network import EquiCSPConfig, EquiCSPDenoiser
 
-MODES = ('csp', 'abinitio')
-N_STRATEGIES = ('dataset', 'uniform', 'hybrid')
 INVALID_REASONS = {
     'nan': 'NaN or infinite values during sampling',
     'non_positive_volume': 'the lattice angles admit no cell of positive volume',
