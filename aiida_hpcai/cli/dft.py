@@ -73,7 +73,6 @@ def dft(
     from aiida.engine import run_get_node
     from aiida.engine import submit as submit_process
 
-    from aiida_hpcai.data.structure_set import StructureSet
     from aiida_hpcai.engines import get_engine
     from aiida_hpcai.workchains.dft import DftWorkChain
 
@@ -88,7 +87,7 @@ def dft(
         adapter.load_protocol(protocol, overrides)
     except (ValueError, ImportError) as exception:
         raise click.BadParameter(str(exception), param_hint='--overrides') from exception
-    structure = _read_one_structure(file, StructureSet)
+    structure = _read_one_structure(file)
     code_label = code_label or DEFAULT_CODES[engine]
     try:
         code = orm.load_code(code_label)
@@ -124,9 +123,11 @@ def dft(
     _print_results(node, structure)
 
 
-def _read_one_structure(file, structure_set_class):
+def _read_one_structure(file):
     """The one structure of FILE, validated like every other input (known elements, no overlapping atoms, ...)."""
-    structures = structure_set_class.from_files([file])
+    from aiida_hpcai.data.structure_set import StructureSet
+
+    structures = StructureSet.from_files([file])
     for row in structures.get_skipped():
         detail = f' ({row["detail"]})' if row.get('detail') else ''
         raise click.BadParameter(f'{row["id"]}: {row["reason"]}{detail}', param_hint='FILE')

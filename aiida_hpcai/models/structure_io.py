@@ -220,7 +220,7 @@ def atoms_from_object(structure) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 
     if not structure.is_ordered:
         raise InvalidStructure('partial occupancy', f'disordered structure {structure.composition}')
-    dummies = sorted({str(site.specie) for site in structure if isinstance(site.specie, DummySpecies)})
+    dummies = sorted({site.specie.symbol for site in structure if isinstance(site.specie, DummySpecies)})
     if dummies:
         raise InvalidStructure('unknown element', f'{", ".join(dummies)} not in the periodic table')
     return (

@@ -202,6 +202,7 @@ def test_model_export_of_a_damaged_model_and_to_a_missing_folder(aiida_profile, 
     node = ModelData(b'checkpoint bytes', filename='m.pt', architecture='crysformer', target='band_gap')
     node.base.attributes.set('sha256', '0' * 64)  # as if the stored file had changed since
     node.store()
+    assert node.label == 'crysformer band_gap'  # what `verdi node graph` shows
     result = invoke(verdi_data, ['hpcai.model', 'export', node.pk, tmp_path])
     assert_fails(result, 1, 'does not match', 'nothing written')
     assert not (tmp_path / 'm.pt').exists()

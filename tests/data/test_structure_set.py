@@ -118,5 +118,5 @@ def test_from_files_names_each_file_and_frame(aiida_profile, tmp_path):
     node = StructureSet.from_files([tmp_path / 'good.cif', tmp_path / 'xx.cif']).store()
     assert node.ids == ['good.cif']
     assert node.get_skipped() == [
-        {'id': 'xx.cif', 'reason': 'unknown element', 'detail': 'Xx0+ not in the periodic table'}
+        {'id': 'xx.cif', 'reason': 'unknown element', 'detail': 'Xx not in the periodic table'}
     ]
