@@ -1,0 +1,123 @@
+"""An MCP server (stdio) exposing :mod:`aiida_hpcai.agent.operations` as tools; ``aiida-hpcai mcp`` starts it.
+
+Needs the extra ``mcp`` (``pip install aiida-hpcai[mcp]``: the MCP SDK, version 2). Every tool calls the
+operation of the same name on the loaded profile and returns its JSON; a refusal (an
+:class:`~aiida_hpcai.agent.operations.OperationError`, such as a DFT budget the call would exceed, or a
+request the planner cannot read) comes back as a tool error with its one-line message. The only tool
+that starts DFT, ``run_dft``, is gated by the Goal's ``dft_budget`` in the operation itself.
+
+All operations run on one worker thread, one at a time: AiiDA's runner and its event loop live on that
+thread (the server's own loop keeps serving the protocol), and the budget of a Goal is read and spent
+by one call before the next starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+from typing import Any
+
+from . import operations
+
+__all__ = ('create_server', 'serve')
+
+SERVER_NAME = 'aiida-hpcai'
+INSTRUCTIONS = (
+    'Materials discovery on an AiiDA profile. Turn a request into a Goal with `plan`, find what the profile '
+    'already holds with `look_up`, predict properties with the shipped surrogate with `predict`, and '
+    "submit DFT with `run_dft` (refused beyond the Goal's dft_budget); follow processes with `status` "
+    'and read them with `results`. Energies in eV/atom, band gaps in eV.'
+)
+
+
+def create_server():
+    """The MCP server with one tool per operation (``mcp.server.mcpserver.MCPServer``)."""
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    server = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS)
+    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix='aiida-hpcai-operations')
+
+    async def call(operation, **kwargs) -> dict[str, Any]:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(worker, functools.partial(operation, **kwargs))
+        except operations.REFUSALS as exception:
+            unparsed = getattr(exception, 'unparsed', None)
+            suffix = f' (unparsed: {" ".join(unparsed)})' if unparsed else ''
+            raise ToolError(f'{exception}{suffix}') from None
+
+    @server.tool()
+    async def plan(request: str) -> dict[str, Any]:
+        """Read a materials request (one sentence) into a Goal: composition, chemsys, must_include, exclude,
+        count, bounds {property: [min, max]} (formation_energy_per_atom and energy_above_hull in eV/atom,
+        band_gap in eV), spacegroup, crystal_system, objective, dft_budget. Deterministic; a word it cannot
+        place refuses the request."""
+        return await call(operations.plan, request=request)
+
+    @server.tool()
+    async def look_up(goal: dict[str, Any], limit: int = 50) -> dict[str, Any]:
+        """Finished DFT results (hpcai.dft) and labelled entries of imported StructureSets in the profile that
+        satisfy the Goal (a Goal as `plan` returns it). Each hit names its source node (pk, uuid)."""
+        return await call(operations.look_up, goal=goal, limit=limit)
+
+    @server.tool()
+    async def predict(
+        structure_set: int | str | None = None,
+        files: list[str] | None = None,
+        target: str = 'formation_energy_per_atom',
+        sigma_threshold: float | None = None,
+    ) -> dict[str, Any]:
+        """Predict a property (formation_energy_per_atom or band_gap) with the shipped surrogate ensemble for a
+        stored StructureSet (pk or uuid) or structure files on the server's machine (CIF, POSCAR, extxyz).
+        Returns per id the mean, sigma and needs_dft (sigma above the threshold). Runs to the end."""
+        return await call(
+            operations.predict, structure_set=structure_set, files=files, target=target, sigma_threshold=sigma_threshold
+        )
+
+    @server.tool()
+    async def run_dft(
+        goal: dict[str, Any],
+        structure_pks: list[int | str] | None = None,
+        structure_set: int | str | None = None,
+        ids: list[str] | None = None,
+        engine: str = 'quantumespresso',
+        protocol: str | None = None,
+        code: str | None = None,
+    ) -> dict[str, Any]:
+        """Submit DFT (relax, SCF, formation energy) to the daemon for StructureData nodes (structure_pks) or a
+        StructureSet (all of it or its entries `ids`), one calculation per structure. Refused when it would
+        take the Goal past its dft_budget, counting what was already started for the same Goal."""
+        return await call(
+            operations.run_dft,
+            goal=goal,
+            structure_pks=structure_pks,
+            structure_set=structure_set,
+            ids=ids,
+            engine=engine,
+            protocol=protocol,
+            code=code,
+        )
+
+    @server.tool()
+    async def generate(composition: str | None = None, chemsys: str | None = None, count: int = 10) -> dict[str, Any]:
+        """Not available yet: generating structures with EquiCSP needs the hpcai.generate CalcJob, which this
+        version does not have. Calling it returns that as an error."""
+        return await call(operations.generate, composition=composition, chemsys=chemsys, count=count)
+
+    @server.tool()
+    async def status(pk: int | str) -> dict[str, Any]:
+        """State of a process (pk or uuid) and of the processes it called, with the Goal it was started for."""
+        return await call(operations.status, pk=pk)
+
+    @server.tool()
+    async def results(pk: int | str) -> dict[str, Any]:
+        """Outputs of a finished process (pk or uuid) as JSON: values, prediction rows, ids, node pks."""
+        return await call(operations.results, pk=pk)
+
+    return server
+
+
+def serve() -> None:
+    """Serve the tools over stdin/stdout until the client closes them (the profile must be loaded)."""
+    create_server().run('stdio')

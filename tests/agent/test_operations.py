@@ -1,0 +1,187 @@
+"""The operations of aiida_hpcai.agent.operations on a real test profile (no DFT runs: submission is stopped
+before the broker, at the point where the process node exists)."""
+
+import pytest
+from aiida import orm
+from pymatgen.core import Lattice, Structure
+
+from aiida_hpcai.agent import operations
+from aiida_hpcai.agent.goal import PlanError
+from aiida_hpcai.data.structure_set import StructureSet
+from aiida_hpcai.workchains.structures import select_structures
+
+# A small table as a user would import it: ids, structures and two labels. The values are test values
+# chosen for the assertions (not DFT results), in the units of the Goal (eV/atom, eV).
+TABLE = [
+    # id, structure, formation_energy_per_atom, band_gap
+    ('mgo-rocksalt', ('Fm-3m', 4.21, ['Mg', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]]), -3.0, 4.5),
+    ('nacl-rocksalt', ('Fm-3m', 5.64, ['Na', 'Cl'], [[0, 0, 0], [0.5, 0.5, 0.5]]), -2.1, 5.0),
+    ('feo-rocksalt', ('Fm-3m', 4.33, ['Fe', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]]), -1.4, 0.0),
+    ('mgo-cscl', ('Pm-3m', 2.6, ['Mg', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]]), -2.5, 3.0),
+    ('si-diamond', ('Fd-3m', 5.43, ['Si'], [[0, 0, 0]]), 0.0, 0.6),
+]
+
+
+def table_structures():
+    return [
+        Structure.from_spacegroup(group, Lattice.cubic(a), species, coords)
+        for _, (group, a, species, coords), *_ in TABLE
+    ]
+
+
+@pytest.fixture(scope='module')
+def imported_set(aiida_profile):
+    """The table stored as ``aiida-hpcai data import`` stores a file: one StructureSet, made by no process, alone
+    in a profile emptied once for this module (the look-ups below count what they searched)."""
+    aiida_profile.reset_storage()
+    return StructureSet.from_pymatgen(
+        table_structures(),
+        ids=[row[0] for row in TABLE],
+        labels={'formation_energy_per_atom': [row[2] for row in TABLE], 'band_gap': [row[3] for row in TABLE]},
+        label='look_up test table',
+    ).store()
+
+
+def hit_ids(answer):
+    return [hit['id'] for hit in answer['hits']]
+
+
+def test_plan_returns_the_goal_as_json():
+    goal = operations.plan('cubic MgO with a formation energy below -2 eV/atom, at most 1 DFT run')
+    assert goal['composition'] == 'MgO'
+    assert goal['bounds'] == {'formation_energy_per_atom': [None, -2.0]}
+    assert goal['crystal_system'] == 'cubic'
+    assert goal['dft_budget'] == 1
+    with pytest.raises(PlanError, match='unknown element'):
+        operations.plan('Xq2O3 structures')
+
+
+def test_look_up_finds_entries_of_an_imported_set(imported_set):
+    answer = operations.look_up(operations.plan('MgO structures with the lowest formation energy'))
+    assert hit_ids(answer) == ['mgo-rocksalt', 'mgo-cscl']  # ranked: -3.0 before -2.5
+    first = answer['hits'][0]
+    assert first['source'] == 'database'
+    assert (first['node_pk'], first['node_uuid'], first['index']) == (imported_set.pk, imported_set.uuid, 0)
+    assert first['values'] == {'formation_energy_per_atom': -3.0, 'band_gap': 4.5}
+    assert answer['searched']['entries'] == len(TABLE)
+
+    bounded = operations.look_up(operations.plan('MgO with a formation energy below -2.8 eV/atom'))
+    assert hit_ids(bounded) == ['mgo-rocksalt']
+    cubic_oxides = operations.look_up(operations.plan('oxides in space group Fm-3m'))
+    assert hit_ids(cubic_oxides) == ['mgo-rocksalt', 'feo-rocksalt']
+    assert {hit['spacegroup'] for hit in cubic_oxides['hits']} == {225}
+    metals = operations.look_up(operations.plan('metallic oxides'))
+    assert hit_ids(metals) == ['feo-rocksalt']
+    none = operations.look_up(operations.plan('stable Si structures without oxygen with a band gap above 1 eV'))
+    assert none['n_hits'] == 0
+
+
+def test_look_up_limit_and_missing_labels(imported_set):
+    everything = operations.look_up({'exclude': ['U']}, limit=2)
+    assert everything['n_hits'] == len(TABLE) and len(everything['hits']) == 2
+    # No entry has an energy above the hull: the set cannot satisfy such a bound, and says so.
+    hull = operations.look_up(operations.plan('MgO within 0.1 eV/atom of the convex hull'))
+    assert hull['n_hits'] == 0
+    assert hull['searched']['sets_without_labels'] == [imported_set.pk]
+    with pytest.raises(operations.OperationError, match='limit'):
+        operations.look_up({'composition': 'MgO'}, limit=-1)
+
+
+def test_look_up_skips_sets_made_by_processes(imported_set):
+    """A StructureSet a process made (predictions, DFT batches, selections) holds no imported reference data."""
+    selected = select_structures(imported_set, orm.List(['mgo-rocksalt']))['subset']
+    assert selected.creator is not None
+    answer = operations.look_up({'composition': 'MgO'})
+    assert answer['searched']['structure_sets'] == 1
+    assert [hit['node_pk'] for hit in answer['hits']] == [imported_set.pk, imported_set.pk]
+
+
+def test_run_dft_refused_by_a_budget_of_zero(imported_set):
+    goal = operations.plan('MgO structures, no DFT')
+    assert goal['dft_budget'] == 0
+    before = orm.QueryBuilder().append(orm.Node).count()
+    with pytest.raises(operations.BudgetExceeded, match='dft_budget of 0'):
+        operations.run_dft(goal, structure_set=imported_set.pk, ids=['mgo-rocksalt'])
+    assert orm.QueryBuilder().append(orm.Node).count() == before  # no goal node, no selection, no process
+
+
+def test_run_dft_needs_a_broker(imported_set, aiida_code_installed):
+    aiida_code_installed(label='pw', default_calc_job_plugin='quantumespresso.pw')
+    goal = operations.plan('MgO structures, at most 2 DFT runs')
+    with pytest.raises(operations.OperationError, match='no broker'):
+        operations.run_dft(goal, structure_set=imported_set.pk, ids=['mgo-rocksalt'])
+
+
+@pytest.fixture
+def submit_without_broker(monkeypatch):
+    """``submit`` up to the stored process node, without the broker message: nothing runs, nothing is left queued."""
+    import aiida.engine
+    from aiida.engine.utils import instantiate_process
+    from aiida.manage import get_manager
+
+    def create_only(process_class, **inputs):
+        return instantiate_process(get_manager().get_runner(), process_class, **inputs).node
+
+    monkeypatch.setattr(aiida.engine, 'submit', create_only)
+    monkeypatch.setattr(operations, '_daemon_running', lambda: False)
+
+
+def test_run_dft_counts_what_the_goal_started(imported_set, aiida_code_installed, submit_without_broker):
+    aiida_code_installed(label='pw', default_calc_job_plugin='quantumespresso.pw')
+    goal = operations.plan('MgO structures, at most 3 DFT runs')
+
+    batch = operations.run_dft(goal, structure_set=imported_set.pk, ids=['mgo-rocksalt', 'mgo-cscl'])
+    node = orm.load_node(batch['process_pk'])
+    assert node.process_type == 'aiida.workflows:hpcai.dft_batch'
+    assert node.inputs.structures.ids == ['mgo-rocksalt', 'mgo-cscl']
+    assert node.base.extras.get(operations.GOAL_EXTRA) == batch['goal_id']
+    assert node.base.extras.get(operations.DFT_RUNS_EXTRA) == 2
+    assert batch['budget'] == {'dft_budget': 3, 'started': 2, 'left': 1}
+    assert orm.load_node(batch['goal_id']).get_dict() == goal
+    assert batch['hint'] and 'daemon' in batch['hint']
+
+    # The same goal, sent again as JSON, shares the budget: one more fits, two do not.
+    with pytest.raises(operations.BudgetExceeded, match='2 already started'):
+        operations.run_dft(dict(goal), structure_set=imported_set.pk, ids=['nacl-rocksalt', 'feo-rocksalt'])
+    single = operations.run_dft(goal, structure_set=imported_set.pk, ids=['si-diamond'])
+    assert single['goal_id'] == batch['goal_id']
+    single_node = orm.load_node(single['process_pk'])
+    assert single_node.process_type == 'aiida.workflows:hpcai.dft'
+    assert single_node.inputs.structure.label == 'si-diamond'
+    assert operations.dft_runs_started(batch['goal_id']) == 3
+    with pytest.raises(operations.BudgetExceeded, match='0 left'):
+        operations.run_dft(goal, structure_set=imported_set.pk, ids=['nacl-rocksalt'])
+
+    # Another goal has its own budget.
+    other = operations.run_dft({**goal, 'dft_budget': 1}, structure_pks=[single_node.inputs.structure.pk])
+    assert other['goal_id'] != batch['goal_id'] and other['budget']['left'] == 0
+
+    state = operations.status(batch['process_pk'])
+    assert state['process_state'] == 'created' and state['goal_id'] == batch['goal_id'] and state['dft_runs'] == 2
+    with pytest.raises(operations.OperationError, match='ask again when it has finished'):
+        operations.results(batch['process_pk'])
+
+
+def test_run_dft_refuses_bad_structures(imported_set):
+    goal = operations.plan('MgO structures, at most 3 DFT runs')
+    with pytest.raises(operations.OperationError, match='not in StructureSet'):
+        operations.run_dft(goal, structure_set=imported_set.pk, ids=['mp-0'])
+    with pytest.raises(operations.OperationError, match='not a StructureData'):
+        operations.run_dft(goal, structure_pks=[imported_set.pk])
+    with pytest.raises(operations.OperationError, match='either'):
+        operations.run_dft(goal)
+
+
+def test_status_and_results_of_a_finished_process(imported_set):
+    _, node = select_structures.run_get_node(imported_set, orm.List(['feo-rocksalt']))
+    assert operations.status(node.pk)['is_finished_ok']
+    outputs = operations.results(node.uuid)['outputs']
+    assert outputs['subset']['ids'] == ['feo-rocksalt']
+    assert outputs['structures__feo_rocksalt']['formula'] == 'Fe4O4'  # the conventional cell
+    with pytest.raises(operations.OperationError, match='not a ProcessNode'):
+        operations.status(imported_set.pk)
+
+
+def test_generate_says_it_is_not_available():
+    with pytest.raises(operations.OperationError, match='not available yet'):
+        operations.generate(composition='Fe2O3')
