@@ -15,17 +15,20 @@
 #                                                 /var/log/slurm/jobcomp.log one line per finished job
 #   /etc/rabbitmq/rabbitmq.conf, advanced.config  listen on 127.0.0.1 only; no consumer timeout (AiiDA's advice)
 #   /etc/rabbitmq/rabbitmq-env.conf               epmd and Erlang distribution on 127.0.0.1, no busy-waiting
+#   /etc/locale.gen + locale-gen                  the en_US.UTF-8 locale AiiDA's PostgreSQL databases use
 #   PostgreSQL role `root` (superuser, peer login) so that root's `verdi presto --use-postgres` can create
 #   a database and a user for a profile, as Debian's `createuser --superuser $USER` advice does
-#   /root/.ssh/hpcai_services_ed25519{,.pub}      the key of the SSH computer, in authorized_keys, and
-#                                                 127.0.0.1's host key in known_hosts
+#   /root/.ssh/hpcai_services_ed25519{,.pub}      the key of the SSH computer, in authorized_keys;
+#                                                 127.0.0.1's host key in known_hosts; `Host hpcai-services-ssh`
+#                                                 (127.0.0.1 as root with that key) in /root/.ssh/config
 #   /run/hpcai-services/                          marks of the services this script started (for `stop`)
 set -euo pipefail
 
 STATE_DIR=/run/hpcai-services
 SSH_KEY=/root/.ssh/hpcai_services_ed25519
+SSH_ALIAS=hpcai-services-ssh
 PG_VERSION=15
-PACKAGES=(postgresql rabbitmq-server munge slurm-wlm openssh-server)
+PACKAGES=(locales postgresql rabbitmq-server munge slurm-wlm openssh-server)
 
 log() { echo "services: $*"; }
 
@@ -47,6 +50,14 @@ mark_started() { mkdir -p "$STATE_DIR" && touch "$STATE_DIR/$1"; }
 postgres_running() { pg_lsclusters -h 2>/dev/null | awk -v v="$PG_VERSION" '$1 == v && $2 == "main"' | grep -q online; }
 
 start_postgres() {
+    # AiiDA creates a profile's database with LC_COLLATE/LC_CTYPE en_US.UTF-8: that locale must exist
+    if ! locale -a | grep -qi '^en_US\.utf-\?8$'; then
+        sed -i 's/^# *\(en_US.UTF-8 UTF-8\)/\1/' /etc/locale.gen
+        grep -q '^en_US.UTF-8 UTF-8' /etc/locale.gen || echo 'en_US.UTF-8 UTF-8' >>/etc/locale.gen
+        locale-gen >/dev/null
+        # a running server only sees the new locale after a restart
+        if postgres_running; then pg_ctlcluster "$PG_VERSION" main restart; fi
+    fi
     if ! postgres_running; then
         pg_ctlcluster "$PG_VERSION" main start
         mark_started postgresql
@@ -166,12 +177,23 @@ start_ssh() {
         /usr/sbin/sshd -o ListenAddress=127.0.0.1 -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no
         mark_started sshd
     fi
+    # an alias, as users name a cluster in their SSH config (AiiDA's core.ssh_async reads it)
+    touch /root/.ssh/config && chmod 600 /root/.ssh/config
+    grep -q "^Host $SSH_ALIAS\$" /root/.ssh/config || cat >>/root/.ssh/config <<EOF
+
+# written by aiida-hpcai scripts/services.sh
+Host $SSH_ALIAS
+    HostName 127.0.0.1
+    User root
+    IdentityFile $SSH_KEY
+    IdentitiesOnly yes
+EOF
     touch /root/.ssh/known_hosts
     if ! ssh-keygen -F 127.0.0.1 -f /root/.ssh/known_hosts >/dev/null; then
         ssh-keyscan -t ed25519 127.0.0.1 2>/dev/null >>/root/.ssh/known_hosts
     fi
-    ssh -i "$SSH_KEY" -o BatchMode=yes root@127.0.0.1 true
-    log "sshd on 127.0.0.1:22, key $SSH_KEY"
+    ssh -o BatchMode=yes "$SSH_ALIAS" true
+    log "sshd on 127.0.0.1:22, key $SSH_KEY, ssh alias $SSH_ALIAS"
 }
 
 # -- stop / status ----------------------------------------------------------------------------------
