@@ -182,7 +182,9 @@ class EquiCSPDenoiser(nn.Module):
         geometry = axis_tokens.sum(1) + pair_tokens.sum(1)
 
         h = self.node_in(
-            torch.cat([types, known.to(dtype)[batch, None], time_embedding(t, self.config.time_dim)[batch]], -1)
+            torch.cat(
+                [types, known.to(dtype)[batch, None], time_embedding(t, self.config.time_dim).to(dtype)[batch]], -1
+            )
         )
         for layer in self.layers:
             h = layer(h, geometry, receivers, senders)
