@@ -30,7 +30,7 @@ from .contract import (
 )
 from .crysformer import Crysformer, enable_mc_dropout
 from .graph import GraphError, collate, neighbour_graph
-from .structure_io import StructureArrays, read_npz
+from .structure_io import InvalidStructure, StructureArrays, read_npz, validate_atoms
 from .uncertainty import MC_DROPOUT_METHODS, UNCERTAINTY_METHODS, spread
 
 # Structures per batch when the caller does not say: on a CPU small batches stay in cache (24 gave
@@ -198,10 +198,16 @@ class EnsemblePredictor:
                 status[index], reason[index] = STATUS_FAILED, f'unknown element (Z outside 1..{self.max_atomic_number})'
                 continue
             try:
-                graphs.append(neighbour_graph(numbers, positions, cell, pbc, num_neighbours=k))
+                graph = neighbour_graph(numbers, positions, cell, pbc, num_neighbours=k)
+                # the checks every other door applies; the graph's edges hold each atom's nearest neighbour
+                validate_atoms(numbers, positions, cell, shortest_distance=float(graph.distances.min()))
             except GraphError as exc:
                 status[index], reason[index] = STATUS_FAILED, f'no neighbour graph: {exc}'
                 continue
+            except InvalidStructure as exc:
+                status[index], reason[index] = STATUS_FAILED, str(exc)
+                continue
+            graphs.append(graph)
             good.append(index)
         mean = np.full(n, np.nan)
         sigma = np.full(n, np.nan)

@@ -168,19 +168,27 @@ def _hill_formula(counts: dict[str, int]) -> str:
 
 
 # -- validation: the one path every door uses ------------------------------------------------------
-def validate_atoms(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray) -> None:
-    """Raise :class:`InvalidStructure` if the atoms cannot be a physical periodic crystal."""
+def validate_atoms(
+    numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, shortest_distance: float | None = None
+) -> None:
+    """Raise :class:`InvalidStructure` if the atoms cannot be a physical periodic crystal.
+
+    ``shortest_distance``: the shortest interatomic distance when the caller knows it already (the
+    model program has it from the neighbour graph), instead of computing it here.
+    """
     if len(numbers) == 0:
         raise InvalidStructure('unparsable structure', 'no atoms')
-    if not (np.all(np.isfinite(positions)) and np.all(np.isfinite(cell))):
+    # Plain sums and a triple product instead of isfinite/det: the program runs this on every structure it predicts.
+    if not math.isfinite(float(np.sum(positions)) + float(np.sum(cell))):
         raise InvalidStructure('non-finite values', 'NaN or infinite coordinates or lattice')
-    if np.any(numbers < 1) or np.any(numbers > MAX_ATOMIC_NUMBER):
+    if numbers.min() < 1 or numbers.max() > MAX_ATOMIC_NUMBER:
         bad = sorted({int(z) for z in numbers if not 1 <= z <= MAX_ATOMIC_NUMBER})
         raise InvalidStructure('unknown element', f'atomic numbers {bad} are not elements')
-    volume = abs(float(np.linalg.det(cell)))
+    (a1, a2, a3), (b1, b2, b3), (c1, c2, c3) = np.asarray(cell, dtype=float).tolist()
+    volume = abs(a1 * (b2 * c3 - b3 * c2) - a2 * (b1 * c3 - b3 * c1) + a3 * (b1 * c2 - b2 * c1))
     if volume / len(numbers) < MIN_VOLUME_PER_ATOM:
         raise InvalidStructure('collapsed cell', f'{volume / len(numbers):.3g} A^3 per atom')
-    shortest = _shortest_periodic_distance(positions, cell)
+    shortest = _shortest_periodic_distance(positions, cell) if shortest_distance is None else shortest_distance
     if shortest < MIN_DISTANCE:
         raise InvalidStructure('overlapping atoms', f'two atoms {shortest:.3f} A apart, less than {MIN_DISTANCE} A')
 
