@@ -6,21 +6,22 @@ operation of the same name on the loaded profile and returns its JSON; a refusal
 request the planner cannot read) comes back as a tool error with its one-line message. The only tool
 that starts DFT, ``run_dft``, is gated by the Goal's ``dft_budget`` in the operation itself.
 
-All operations run on one worker thread, one at a time: AiiDA's runner and its event loop live on that
-thread (the server's own loop keeps serving the protocol), and the budget of a Goal is read and spent
-by one call before the next starts.
+The protocol is served on a thread of its own; the operations run on the main thread, one at a time
+(:class:`MainThreadWorker`): AiiDA runs a process only on the main thread (it installs signal handlers
+to kill it on SIGINT/SIGTERM), and the budget of a Goal is read and spent by one call before the next starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
+import queue
+import threading
 from typing import Any
 
 from . import operations
 
-__all__ = ('create_server', 'serve')
+__all__ = ('MainThreadWorker', 'create_server', 'serve')
 
 SERVER_NAME = 'aiida-hpcai'
 INSTRUCTIONS = (
@@ -31,17 +32,44 @@ INSTRUCTIONS = (
 )
 
 
-def create_server():
-    """The MCP server with one tool per operation (``mcp.server.mcpserver.MCPServer``)."""
+class MainThreadWorker:
+    """Runs the calls other threads :meth:`submit`, one at a time, on the thread that calls :meth:`run`."""
+
+    _STOP = object()
+
+    def __init__(self):
+        self._jobs: queue.Queue = queue.Queue()
+
+    def submit(self, function, **kwargs) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((function, kwargs, future))
+        return future
+
+    def stop(self) -> None:
+        self._jobs.put(self._STOP)
+
+    def run(self) -> None:
+        """Run submitted calls until :meth:`stop`."""
+        while (job := self._jobs.get()) is not self._STOP:
+            function, kwargs, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function(**kwargs))
+            except Exception as exception:  # noqa: BLE001 -- handed to the caller waiting on the future
+                future.set_exception(exception)
+
+
+def create_server(worker: MainThreadWorker):
+    """The MCP server with one tool per operation (``mcp.server.mcpserver.MCPServer``); ``worker`` runs them."""
     from mcp.server.mcpserver import MCPServer
     from mcp.server.mcpserver.exceptions import ToolError
 
     server = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS)
-    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix='aiida-hpcai-operations')
 
     async def call(operation, **kwargs) -> dict[str, Any]:
         try:
-            return await asyncio.get_running_loop().run_in_executor(worker, functools.partial(operation, **kwargs))
+            return await asyncio.wrap_future(worker.submit(operation, **kwargs))
         except operations.REFUSALS as exception:
             unparsed = getattr(exception, 'unparsed', None)
             suffix = f' (unparsed: {" ".join(unparsed)})' if unparsed else ''
@@ -119,5 +147,18 @@ def create_server():
 
 
 def serve() -> None:
-    """Serve the tools over stdin/stdout until the client closes them (the profile must be loaded)."""
-    create_server().run('stdio')
+    """Serve the tools over stdin/stdout until the client closes them (the profile must be loaded).
+
+    Call from the main thread: the protocol runs on another thread, the operations on this one.
+    """
+    worker = MainThreadWorker()
+    server = create_server(worker)
+
+    def protocol():
+        try:
+            server.run('stdio')
+        finally:
+            worker.stop()
+
+    threading.Thread(target=protocol, name='mcp-stdio', daemon=True).start()
+    worker.run()
