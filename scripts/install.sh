@@ -12,4 +12,4 @@ fi
 PYTHON=${PYTHON:-python3}
 # torch first: 2.13.0 is a CPU wheel on this disk; an unpinned torch would pull a multi-GB CUDA build.
 $PYTHON -m pip install -q torch==2.13.0
-$PYTHON -m pip install -q -e ".[dev,docs]"
+$PYTHON -m pip install -q -e ".[dev,docs,mcp]"
