@@ -129,8 +129,8 @@ def create_server(worker: MainThreadWorker):
 
     @server.tool()
     async def generate(composition: str | None = None, chemsys: str | None = None, count: int = 10) -> dict[str, Any]:
-        """Not available yet: generating structures with EquiCSP needs the hpcai.generate CalcJob, which this
-        version does not have. Calling it returns that as an error."""
+        """Not available yet: the operations do not run EquiCSP generation in this version. Calling it returns
+        that as an error."""
         return await call(operations.generate, composition=composition, chemsys=chemsys, count=count)
 
     @server.tool()

@@ -573,10 +573,10 @@ def _dft_of_nodes(nodes: list, dft_inputs: dict):
 
 
 def generate(composition: str | None = None, chemsys: str | None = None, count: int = 10) -> dict:
-    """Generate candidate structures with EquiCSP: not available yet (no ``hpcai.generate`` CalcJob in this version)."""
+    """Generate candidate structures with EquiCSP: not available yet through the operations; says so."""
     raise OperationError(
-        'generate is not available yet: this version of aiida-hpcai has no hpcai.generate CalcJob to run '
-        'EquiCSP from the profile; look up, predict and run DFT on structures you have instead'
+        'generate is not available yet: the operations do not run EquiCSP (an hpcai.generate CalcJob) in this '
+        'version; look up, predict and run DFT on structures you have instead'
     )
 
 
