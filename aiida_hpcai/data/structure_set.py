@@ -177,14 +177,16 @@ class StructureSet(orm.Data):
             return []
         return json.loads(self.base.repository.get_object_content(self.SKIPPED_FILENAME))
 
-    def summary(self, formulae: int = 3) -> str:
-        """``'3 structures: NaCl, BaTiO3, Si'``: the count and the first reduced formulae."""
+    def summary(self, formulae: int = 3, scanned: int = 100) -> str:
+        """``'3 structures: NaCl, BaTiO3, Si'``: the count and the first distinct reduced formulae."""
         from pymatgen.core import Composition
 
         count = self.count
-        shown = [Composition(f).reduced_formula for f in self.arrays.subset(range(min(count, formulae))).formulae()]
-        more = f', ... (+{count - len(shown)})' if count > len(shown) else ''
-        return f'{count} structure{"" if count == 1 else "s"}' + (f': {", ".join(shown)}{more}' if shown else '')
+        seen = self.arrays.subset(range(min(count, scanned))).formulae()
+        distinct = list(dict.fromkeys(Composition(f).reduced_formula for f in seen))
+        more = ', ...' if len(distinct) > formulae or count > scanned else ''
+        shown = ', '.join(distinct[:formulae])
+        return f'{count} structure{"" if count == 1 else "s"}' + (f': {shown}{more}' if shown else '')
 
     def __len__(self) -> int:
         return self.count

@@ -492,7 +492,9 @@ def load_dataset(
     rows_read, columns = _load_rows(_READERS[fmt](path), builder, limit, ids, path.name, progress)
     missing = [name for name in targets or () if rows_read and name not in columns]
     if missing:
-        raise ValueError(f'{path.name} has no label {", ".join(map(repr, missing))}; its labels: {sorted(columns)}')
+        raise ValueError(
+            f'{path.name} has no label {", ".join(map(repr, missing))}; its labels: {sorted(columns) or "none"}'
+        )
     dataset = Dataset(builder.arrays(), builder.skipped, str(path), fmt)
     if cache_file is not None:
         _write_cache(cache_file, dataset)
