@@ -123,7 +123,9 @@ class ModelProgramCalculation(CalcJob):
 
         if self.model_files():
             folder.get_subfolder(contract.MODELS_DIR, create=True)
-        local_copy_list = [(self.inputs.structures.uuid, StructureSet.FILENAME, contract.STRUCTURES_FILE)]
+        local_copy_list = []
+        if 'structures' in self.inputs:  # a subclass that reads no structures (generate) removes the port
+            local_copy_list.append((self.inputs.structures.uuid, StructureSet.FILENAME, contract.STRUCTURES_FILE))
         local_copy_list += [(node.uuid, node.filename, target) for node, target in self.model_files()]
 
         codeinfo = datastructures.CodeInfo()
