@@ -178,8 +178,13 @@ def _dft_hits(goal: Goal, counts: dict) -> list[dict]:
     from aiida_hpcai.screening.calcfunctions import FINGERPRINT_EXTRA
 
     query = orm.QueryBuilder()
-    query.append(orm.WorkflowNode, filters={'process_type': DFT_PROCESS_TYPE, 'attributes.exit_status': 0}, tag='dft')
-    query.append(orm.StructureData, with_incoming='dft', edge_filters={'label': 'relaxed_structure'}, tag='relaxed')
+    query.append(
+        orm.WorkflowNode,
+        filters={'process_type': DFT_PROCESS_TYPE, 'attributes.exit_status': 0},
+        tag='dft',
+        project='*',
+    )
+    query.append(orm.StructureData, with_incoming='dft', edge_filters={'label': 'relaxed_structure'}, project='*')
     query.order_by({'dft': {'id': 'asc'}})
     hits = []
     for process, relaxed in query.iterall():
@@ -205,7 +210,8 @@ def _dft_hits(goal: Goal, counts: dict) -> list[dict]:
         hits.append(
             {
                 'source': 'dft',
-                'id': relaxed.label or relaxed.uuid,
+                # the input's id (run_dft's selections label it), else the WorkChain's label
+                'id': process.inputs.structure.label or process.label or relaxed.uuid,
                 'formula': reduced,
                 'spacegroup': spacegroup() if goal.spacegroup or goal.crystal_system else None,
                 'values': values,
@@ -376,7 +382,10 @@ def predict(
     else:
         structures = StructureSet.from_files(list(files))
         if not structures.count:
-            reasons = '; '.join(f'{row["id"]}: {row["reason"]}' for row in structures.get_skipped())
+            reasons = '; '.join(
+                f'{row["id"]}: {row["reason"]}' + (f' ({row["detail"]})' if row.get('detail') else '')
+                for row in structures.get_skipped()
+            )
             raise OperationError(f'no valid structure in the files ({reasons})')
     inputs = {
         'structures': structures,
