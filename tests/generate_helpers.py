@@ -57,8 +57,7 @@ def train_tiny_equicsp(code) -> orm.CalcJobNode:
             CalculationFactory('hpcai.train'),
             code=code,
             structures=structures,
-            parameters=orm.Dict(TINY_EQUICSP),
-            metadata={'options': OPTIONS},
+            parameters=orm.Dict(TINY_EQUICSP),  # no options: `aiida-hpcai train` sets none, and they enter the hash
         )
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
     return node

@@ -17,12 +17,14 @@ import sys
 import click
 from aiida.cmdline.utils import decorators, echo
 
+from ..models import contract, registry
 from ..models.uncertainty import UNCERTAINTY_METHODS
 from . import cli
 from .params import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, WritablePath, load_node_of
 
 DEFAULT_CODE = 'hpcai-model@localhost'
 DEFAULT_TARGET = 'formation_energy_per_atom'
+TRAINABLE = sorted(name for name, entry in registry.architectures().items() if entry.supports('train'))
 
 
 def read_structure_files(paths):
@@ -251,7 +253,13 @@ def _print_prediction_table(rows, summary, node) -> None:
 
 @cli.command('train')
 @click.argument('source')
-@click.option('--target', required=True, help='Label to train on (a label of the set, or a column of the file).')
+@click.option(
+    '--architecture',
+    type=click.Choice(TRAINABLE),
+    default=None,
+    help="Model architecture (default crysformer, or the parent's); equicsp is a generator and takes no --target.",
+)
+@click.option('--target', default=None, help='Label to train on (a label of the set, or a column of the file).')
 @click.option('--units', default=None, help='Units of the target, recorded in the model (e.g. eV/atom).')
 @click.option(
     '--config',
@@ -279,6 +287,7 @@ def _print_prediction_table(rows, summary, node) -> None:
 @decorators.with_dbenv()
 def train(
     source,
+    architecture,
     target,
     units,
     model_config,
@@ -302,9 +311,13 @@ def train(
 
     from aiida_hpcai.calculations.train import TrainCalculation
 
+    if target is None and registry.get(architecture or contract.DEFAULT_ARCHITECTURE).requires_target:
+        raise click.UsageError(f'--target is required to train a {architecture or contract.DEFAULT_ARCHITECTURE}')
     structures = _load_structure_source(source, target, limit)
-    parameters = {'target': target, 'model_config': model_config}
+    parameters = {'model_config': model_config}
     optional = {
+        'architecture': architecture,
+        'target': target,
         'units': units,
         'epochs': epochs,
         'ensemble_size': ensemble_size,
@@ -326,7 +339,10 @@ def train(
 
         inputs['parent_model'] = load_node_of(parent, ModelData, '--parent')
 
-    echo.echo_report(f'training on StructureSet<{structures.pk}> ({structures.count} structures), target {target}')
+    echo.echo_report(
+        f'training on StructureSet<{structures.pk}> ({structures.count} structures)'
+        + (f', target {target}' if target else '')
+    )
     node = _run(TrainCalculation, inputs)
     if not node.is_finished_ok:
         echo.echo_critical(
@@ -357,14 +373,14 @@ def _load_structure_source(source: str, target: str, limit: int | None):
     from .data import report_skipped
 
     if pathlib.Path(source).exists():
-        structures = StructureSet.from_file(source, limit=limit, targets=[target])
+        structures = StructureSet.from_file(source, limit=limit, targets=[target] if target else [])
         report_skipped(structures.get_skipped())
         if not structures.count:
             raise click.BadParameter(f'no structure of {source} has the label {target!r}', param_hint='SOURCE')
         structures.label = pathlib.Path(source).name
         return structures.store()
     node = load_node_of(source, StructureSet, 'SOURCE')
-    if target not in node.label_names:
+    if target and target not in node.label_names:
         raise click.BadParameter(
             f'StructureSet<{node.pk}> has no label {target!r}; its labels: {", ".join(node.label_names) or "none"}',
             param_hint='--target',
