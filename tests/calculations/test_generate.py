@@ -4,13 +4,14 @@ import collections
 import json
 import pathlib
 
+import numpy as np
 import pytest
 from aiida import orm
 from aiida.common.folders import SandboxFolder
 from aiida.engine import run_get_node
 from aiida.engine.utils import instantiate_process
 from aiida.manage import get_manager
-from aiida.plugins import CalculationFactory
+from aiida.plugins import CalculationFactory, ParserFactory
 from pymatgen.core import Composition
 
 from aiida_hpcai.data.model import ModelData
@@ -145,3 +146,40 @@ def test_a_property_model_cannot_generate(code):
     crysformer = ModelData(b'not loaded', filename='model.pt', architecture='crysformer', target='band_gap').store()
     with pytest.raises(ValueError, match="is a 'crysformer' model, which cannot generate; architectures that can"):
         _generate(code, crysformer, {'mode': 'abinitio', 'n_samples': 1})
+
+
+def test_nan_samples_are_an_exit_code_and_the_others_are_kept(aiida_localhost, model, tmp_path, monkeypatch):
+    """The program's own output when every crystal holding Mg goes NaN, parsed as the job's retrieved files."""
+    from aiida_hpcai.models import program
+    from aiida_hpcai.models.equicsp.generation import EquiCSPSampler
+    from tests.parsers.test_model_parsers import _calcjob_node
+
+    sample = EquiCSPSampler.sample
+
+    def nan_for_magnesium(self, *args, **kwargs):
+        crystals = sample(self, *args, **kwargs)
+        for crystal in crystals:
+            if 12 in crystal['numbers']:
+                crystal['frac'] = np.full_like(crystal['frac'], np.nan)
+        return crystals
+
+    monkeypatch.setattr(EquiCSPSampler, 'sample', nan_for_magnesium)
+    (tmp_path / 'in' / 'models').mkdir(parents=True)
+    (tmp_path / 'in' / 'models' / 'model.pt').write_bytes(model.get_content(mode='rb'))
+    config = {'models': [{'file': 'models/model.pt', 'sha256': model.sha256}], 'mode': 'csp', 'steps': 4}
+    config['compositions'] = {'LiO': 2, 'MgS': 2}
+    (tmp_path / 'in' / contract.CONFIG_FILE).write_text(json.dumps(config))
+    out = tmp_path / 'out'
+    assert program.main(['generate', '--input', str(tmp_path / 'in'), '--output', str(out)]) != 0
+
+    retrieved = {name: (out / name).read_bytes() for name in GenerateCalculation.RETRIEVED_OUTPUTS}
+    node = _calcjob_node('hpcai.generate', aiida_localhost, {'model': model}, retrieved)
+    results, calcfunction = ParserFactory('hpcai.generate').parse_from_node(
+        node, store_provenance=False, retrieved_temporary_folder=str(out)
+    )
+    assert calcfunction.exit_status == GenerateCalculation.exit_codes.ERROR_NAN_OUTPUT.status
+    assert 'MgS#0' in calcfunction.exit_message
+    structures = results['structures']
+    assert sorted(row['id'] for row in structures.get_skipped() if row['reason'] == 'nan') == ['MgS#0', 'MgS#1']
+    assert _all_ids(structures) == ['LiO#0', 'LiO#1', 'MgS#0', 'MgS#1']  # the LiO samples kept, valid or not
+    assert results['summary']['invalid_reasons']['nan'] == 2
