@@ -89,6 +89,28 @@ def test_si_relax_scf_band_gap(si_run):
 
 
 @pytest.mark.slow
+def test_agent_look_up_finds_the_finished_result(si_run):
+    """The agent's look-up (aiida_hpcai.agent.operations) finds this run by composition, space group and bounds."""
+    from aiida_hpcai.agent import operations
+
+    results, node = si_run
+    found = operations.look_up({'composition': 'Si', 'spacegroup': 227, 'bounds': {'band_gap': [0.4, None]}})
+    (hit,) = [hit for hit in found['hits'] if hit['node_pk'] == node.pk]
+    assert hit['source'] == 'dft' and hit['node_uuid'] == node.uuid
+    assert hit['structure_pk'] == results['relaxed_structure'].pk
+    assert hit['values'] == {
+        'formation_energy_per_atom': results['formation_energy_per_atom'].value,
+        'band_gap': results['band_gap'].value,
+    }
+    assert hit['identity'] == results['identity'].get_dict()
+    gapless = operations.look_up({'composition': 'Si', 'bounds': {'band_gap': [0, 0]}})
+    assert node.pk not in [hit['node_pk'] for hit in gapless['hits']]
+    # No hpcai.dft output says how far a structure lies above the hull: a bound on it cannot be confirmed.
+    hull = operations.look_up({'composition': 'Si', 'bounds': {'energy_above_hull': [None, 0.1]}})
+    assert node.pk not in [hit['node_pk'] for hit in hull['hits']] and hull['searched']['unverified'] >= 1
+
+
+@pytest.mark.slow
 def test_the_reference_itself_reuses_its_own_run(si_run):
     """Si is its own elemental reference: no second relax + SCF, a formation energy of 0, and tagged for later."""
     results, node = si_run
