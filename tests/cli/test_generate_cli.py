@@ -3,11 +3,13 @@
 import csv
 import json
 
+import ase.io
 import pytest
 from aiida import orm
 from click.testing import CliRunner
 
 from aiida_hpcai.cli import cli
+from aiida_hpcai.cli.generate import write_output
 from aiida_hpcai.data.model import ModelData
 from aiida_hpcai.data.structure_set import StructureSet
 from tests.cli.test_bad_input import assert_fails
@@ -54,6 +56,10 @@ def test_csp_json_and_csv(code, model, tmp_path):
         assert list(csv.DictReader(handle)) == [
             {key: str(value) for key, value in row.items()} for row in payload['rows']
         ]
+    # the other kind of file --output writes, from the same results
+    write_output(tmp_path / 'generated.extxyz', structures, payload['rows'])
+    frames = ase.io.read(tmp_path / 'generated.extxyz', index=':') if structures.count else []
+    assert [sorted(atoms.numbers) for atoms in frames] == [sorted(s.atomic_numbers) for s in structures]
 
 
 def test_abinitio_table_and_cif_folder(code, model, tmp_path):
