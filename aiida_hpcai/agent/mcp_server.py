@@ -26,8 +26,8 @@ __all__ = ('MainThreadWorker', 'create_server', 'serve')
 SERVER_NAME = 'aiida-hpcai'
 INSTRUCTIONS = (
     'Materials discovery on an AiiDA profile. Turn a request into a Goal with `plan`, find what the profile '
-    'already holds with `look_up`, predict properties with the shipped surrogate with `predict`, and '
-    "submit DFT with `run_dft` (refused beyond the Goal's dft_budget); follow processes with `status` "
+    'already holds with `look_up`, sample candidates with `generate`, predict properties with the shipped '
+    "surrogate with `predict`, and submit DFT with `run_dft` (refused beyond the Goal's dft_budget); follow processes with `status` "
     'and read them with `results`. Energies in eV/atom, band gaps in eV.'
 )
 
@@ -128,10 +128,15 @@ def create_server(worker: MainThreadWorker):
         )
 
     @server.tool()
-    async def generate(composition: str | None = None, chemsys: str | None = None, count: int = 10) -> dict[str, Any]:
-        """Not available yet: the operations do not run EquiCSP generation in this version. Calling it returns
-        that as an error."""
-        return await call(operations.generate, composition=composition, chemsys=chemsys, count=count)
+    async def generate(
+        model: int | str, composition: str | None = None, count: int = 10, seed: int = 0, steps: int | None = None
+    ) -> dict[str, Any]:
+        """Sample crystal structures with a generative model (EquiCSP ModelData, pk or uuid): `count` samples of
+        `composition` (the formula of one cell), or, without one, ab initio. Returns the StructureSet of the
+        valid samples (ids <formula>#<k>) and the invalid ones with reasons. Runs to the end."""
+        return await call(
+            operations.generate, model=model, composition=composition, count=count, seed=seed, steps=steps
+        )
 
     @server.tool()
     async def status(pk: int | str) -> dict[str, Any]:

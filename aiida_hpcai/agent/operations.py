@@ -581,12 +581,69 @@ def _dft_of_nodes(nodes: list, dft_inputs: dict):
 # ---------------------------------------------------------------------------------------------- generate
 
 
-def generate(composition: str | None = None, chemsys: str | None = None, count: int = 10) -> dict:
-    """Generate candidate structures with EquiCSP: not available yet through the operations; says so."""
-    raise OperationError(
-        'generate is not available yet: the operations do not run EquiCSP (an hpcai.generate CalcJob) in this '
-        'version; look up, predict and run DFT on structures you have instead'
-    )
+def generate(
+    model: int | str,
+    composition: str | None = None,
+    count: int = 10,
+    seed: int = 0,
+    steps: int | None = None,
+    code: str | None = None,
+) -> dict:
+    """Sample crystal structures from a generative ``ModelData`` (EquiCSP) with ``hpcai.generate``, here, to the end.
+
+    ``composition`` (the formula of one cell, ``Fe2O3`` is five atoms): ``count`` samples of it (CSP mode);
+    without one, ``count`` samples whose composition the model draws too (ab initio, not restricted to a
+    chemical system). Returns the StructureSet of the valid samples (ids ``<formula>#<k>``) with each id and
+    reduced formula, and the invalid samples with their reasons. No model is shipped yet: give the pk of
+    one trained with ``aiida-hpcai train SOURCE --architecture equicsp``.
+    """
+    from aiida.engine import run_get_node
+    from plumpy.ports import PortValidationError
+
+    from aiida_hpcai.calculations.generate import GenerateCalculation
+    from aiida_hpcai.data.model import ModelData
+    from aiida_hpcai.provisioning import MODEL_CODE_LABEL
+
+    if count < 1:
+        raise OperationError(f'count must be at least 1, not {count}')
+    parameters = {'mode': 'abinitio', 'n_samples': count} if composition is None else {'mode': 'csp'}
+    if composition is not None:
+        parameters['compositions'] = {composition: count}
+    parameters['seed'] = seed
+    if steps is not None:
+        parameters['steps'] = steps
+    inputs = {
+        'code': _load_code(code or f'{MODEL_CODE_LABEL}@localhost'),
+        'model': _load(model, ModelData, 'ModelData'),
+        'parameters': orm.Dict(parameters),
+    }
+    try:
+        _, node = run_get_node(GenerateCalculation, **inputs)
+    except ValueError as exception:  # plumpy: ValueError(PortValidationError) for refused inputs
+        if exception.args and isinstance(exception.args[0], PortValidationError):
+            raise OperationError(f'hpcai.generate refused its inputs: {exception.args[0]}') from None
+        raise
+    if 'structures' not in node.outputs:
+        raise OperationError(
+            f'hpcai.generate<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}'
+        )
+    structures, summary = node.outputs.structures, node.outputs.summary.get_dict()
+    return {
+        'process_pk': node.pk,
+        'process_uuid': node.uuid,
+        # a job where some samples went NaN still returns the others, with its exit status and message
+        'exit_status': node.exit_status,
+        'exit_message': node.exit_message,
+        'structure_set': {'pk': structures.pk, 'uuid': structures.uuid},
+        'mode': summary.get('mode'),
+        'seed': summary.get('seed'),
+        'steps': summary.get('steps'),
+        'valid': [
+            {'id': identifier, 'formula': _reduced(formula)[0]}
+            for identifier, formula in zip(structures.ids, structures.arrays.formulae())
+        ],
+        'invalid': structures.get_skipped(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- status, results

@@ -11,7 +11,7 @@ from . import cli
 @cli.command('mcp')
 @decorators.with_dbenv()
 def mcp():
-    """Serve plan, look_up, predict, run_dft, status and results as MCP tools over stdin/stdout.
+    """Serve plan, look_up, generate, predict, run_dft, status and results as MCP tools over stdin/stdout.
 
     An MCP client starts it; register the command line, e.g. `aiida-hpcai -p PROFILE mcp`. run_dft is
     refused beyond the Goal's DFT budget. Needs the extra `mcp` (pip install 'aiida-hpcai[mcp]').

@@ -7,6 +7,7 @@ from pymatgen.core import Lattice, Structure
 
 from aiida_hpcai.agent import operations
 from aiida_hpcai.agent.goal import PlanError
+from aiida_hpcai.data.model import ModelData
 from aiida_hpcai.data.structure_set import StructureSet
 from aiida_hpcai.workchains.structures import select_structures
 
@@ -182,6 +183,25 @@ def test_status_and_results_of_a_finished_process(imported_set):
         operations.status(imported_set.pk)
 
 
-def test_generate_says_it_is_not_available():
-    with pytest.raises(operations.OperationError, match='not available yet'):
-        operations.generate(composition='Fe2O3')
+def test_generate_samples_a_composition(aiida_profile, tmp_path_factory):
+    """A tiny EquiCSP trained through hpcai.train (cached across the test modules that train it) samples MgS cells."""
+    from tests.generate_helpers import CODE, model_program_code, train_tiny_equicsp
+
+    model = train_tiny_equicsp(model_program_code(str(tmp_path_factory.mktemp('generate_work')))).outputs.model
+    answer = operations.generate(model.uuid, composition='MgS', count=2, seed=1, steps=10, code=CODE)
+    node = orm.load_node(answer['process_pk'])
+    assert node.process_type == 'aiida.calculations:hpcai.generate'
+    assert node.inputs.parameters.get_dict() == {'mode': 'csp', 'compositions': {'MgS': 2}, 'seed': 1, 'steps': 10}
+    assert (answer['mode'], answer['seed'], answer['steps']) == ('csp', 1, 10)
+    ids = [row['id'] for row in answer['valid']] + [row['id'] for row in answer['invalid']]
+    assert sorted(ids) == ['MgS#0', 'MgS#1']
+    assert all(row['formula'] == 'MgS' for row in answer['valid'])
+    assert answer['structure_set']['uuid'] == node.outputs.structures.uuid
+
+    with pytest.raises(operations.OperationError, match='refused its inputs'):
+        operations.generate(model.pk, composition='Mg1.5S', code=CODE)  # no whole cell
+    predictor = ModelData.pretrained('formation_energy_per_atom')
+    with pytest.raises(operations.OperationError, match='cannot generate'):
+        operations.generate(predictor.pk, composition='MgS', code=CODE)
+    with pytest.raises(operations.OperationError, match='count'):
+        operations.generate(model.pk, count=0, code=CODE)
