@@ -1,4 +1,4 @@
-"""The operations of the coordinate pattern as plain functions: plan, look up, predict, run DFT, status, results.
+"""The operations of the coordinate pattern as plain functions: plan, look up, generate, predict, run DFT, status, results.
 
 The planner, the CLI and the MCP server (:mod:`aiida_hpcai.agent.mcp_server`) call these; each takes
 typed arguments and returns JSON-serialisable data (dicts of str, numbers, lists, None). A refusal or a
