@@ -1,0 +1,217 @@
+"""``hpcai.directive``: a tiny EquiCSP (trained by ``hpcai.train``) generates in batches, screening and a tiny
+surrogate follow, on a real profile; the plotting functions on fixed inputs; composition in a parent WorkChain."""
+
+import io
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.engine import ToContext, WorkChain, run_get_node
+from aiida.manage.caching import enable_caching
+from aiida.plugins import CalculationFactory, WorkflowFactory
+from PIL import Image
+from pymatgen.core import Lattice, Structure
+
+from aiida_hpcai.data.structure_set import StructureSet
+from aiida_hpcai.screening import filters, plots
+from tests.generate_helpers import OPTIONS, model_program_code, train_tiny_equicsp
+
+DirectiveWorkChain = WorkflowFactory('hpcai.directive')
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+# Loose screening for a 3-epoch model: its 2-atom cells rarely have a charge-neutral composition or symmetry.
+LOOSE = {'charge_neutrality': False, 'reject_p1': False}
+
+
+# -- the plotting module, on fixed inputs ---------------------------------------------------------------
+def _rocksalt(a=4.2):
+    return Structure.from_spacegroup('Fm-3m', Lattice.cubic(a), ['Na', 'Cl'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def test_crystal_statistics():
+    hexagonal = Structure(Lattice.hexagonal(3.0, 5.0), ['Mg', 'Mg'], [[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]])
+    triclinic = Structure(Lattice.from_parameters(3, 4, 5, 70, 80, 85), ['Li', 'O'], [[0, 0, 0], [0.3, 0.2, 0.1]])
+    statistics = plots.crystal_statistics([_rocksalt(), _rocksalt(4.4), hexagonal, triclinic])
+    assert statistics['elements'] == {'Cl': 2, 'Li': 1, 'Mg': 1, 'Na': 2, 'O': 1}
+    assert statistics['atoms_per_cell'] == {'2': 2, '8': 2}
+    assert statistics['crystal_systems'] == {'triclinic': 1, 'hexagonal': 1, 'cubic': 2}
+
+
+@pytest.mark.parametrize(
+    'symbol, position', [('H', (1, 1)), ('He', (1, 18)), ('Fe', (4, 8)), ('La', (8, 3)), ('Lu', (8, 17)), ('U', (9, 6))]
+)
+def test_periodic_table_position(symbol, position):
+    assert plots.periodic_table_position(symbol) == position
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    return Image.open(io.BytesIO(data)).size
+
+
+def test_every_figure_is_a_png(tmp_path):
+    batches = [
+        {'n_strategy': 'dataset', 'elapsed_seconds': 60.0, 'generated': 10, 'valid': 4},
+        {'n_strategy': 'uniform', 'elapsed_seconds': 120.0, 'generated': 10, 'valid': 2},
+        {'n_strategy': 'dataset', 'elapsed_seconds': 180.0, 'generated': 0, 'valid': 0},
+    ]
+    plots.valid_rate_plot(batches, tmp_path / 'rate.png')
+    plots.element_heatmap({'Fe': 3, 'O': 5, 'La': 1, 'U': 2}, tmp_path / 'elements.png')
+    plots.atoms_per_cell_plot({'2': 4, '5': 1}, tmp_path / 'atoms.png')
+    plots.crystal_systems_plot({'cubic': 3, 'unknown': 1}, tmp_path / 'systems.png')
+    plots.property_distributions([0.1, -0.2, np.nan], [0.0, -0.3], tmp_path / 'dist.png', 'E_f', 'eV/atom')
+    for name in ('rate', 'elements', 'atoms', 'systems', 'dist'):
+        width, height = _png_size(tmp_path / f'{name}.png')
+        assert width > 300 and height > 200
+
+
+# -- the WorkChain on a real profile ---------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def code(aiida_profile, tmp_path_factory):
+    return model_program_code(str(tmp_path_factory.mktemp('directive_work')))
+
+
+@pytest.fixture(scope='module')
+def generator(code):
+    return train_tiny_equicsp(code).outputs.model
+
+
+@pytest.fixture(scope='module')
+def property_model(code, generator):
+    """A tiny Crysformer ensemble on the same synthetic cells (label ``energy``): the surrogate that ranks."""
+    structures = train_tiny_equicsp(code).inputs.structures
+    parameters = {'target': 'energy', 'units': 'eV/atom', 'model_config': 'tiny', 'ensemble_size': 2, 'epochs': 1}
+    with enable_caching(identifier='aiida.calculations:hpcai.train'):
+        _, node = run_get_node(
+            CalculationFactory('hpcai.train'),
+            code=code,
+            structures=structures,
+            parameters=orm.Dict({**parameters, 'batch_size': 16, 'seed': 0}),
+            metadata={'options': OPTIONS},
+        )
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    return node.outputs.model
+
+
+def _inputs(code, generator, **extra):
+    return {
+        'generate': {
+            'code': code,
+            'model': generator,
+            'parameters': orm.Dict({'mode': 'abinitio', 'n_samples': 5, 'steps': 10, 'seed': 7}),
+            'metadata': {'options': OPTIONS},
+        },
+        **extra,
+    }
+
+
+def test_directive_without_dft(code, generator, property_model):
+    inputs = _inputs(
+        code,
+        generator,
+        batches=orm.Int(2),
+        n_strategies=orm.List(['dataset', 'uniform']),
+        screening=orm.Dict(LOOSE),
+        surrogate={
+            'models': {'m0': property_model},
+            'sigma_threshold': orm.Float(10.0),
+            'predict': {'code': code, 'metadata': {'options': OPTIONS}},
+        },
+        top_k=orm.Int(0),
+    )
+    results, node = run_get_node(DirectiveWorkChain, **inputs)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+
+    jobs = [child for child in node.called if child.process_type == 'aiida.calculations:hpcai.generate']
+    assert len(jobs) == 4 and {job.inputs.parameters['seed'] for job in jobs} == {7, 8, 9, 10}
+    assert sorted(job.inputs.parameters['n_strategy'] for job in jobs) == ['dataset', 'dataset', 'uniform', 'uniform']
+
+    statistics = results['statistics'].get_dict()
+    batches = statistics['batches']
+    assert [(row['batch'], row['n_strategy']) for row in batches] == [
+        (0, 'dataset'),
+        (0, 'uniform'),
+        (1, 'dataset'),
+        (1, 'uniform'),
+    ]
+    generated, valid = results['generated_structures'], results['valid_structures']
+    for row, job in zip(batches, sorted(jobs, key=lambda job: job.inputs.parameters['seed'])):
+        summary = job.outputs.summary.get_dict()
+        assert row['generated'] == 5 and row['crystals'] == summary['n_valid']
+        # every crystal is either valid or rejected for one reason
+        assert row['valid'] + sum(row['rejected'].values()) == row['crystals']
+        assert set(row['rejected']) <= set(filters.REASONS)
+        assert row['wall_seconds'] > 0 and row['elapsed_seconds'] >= row['wall_seconds']
+    assert [row['elapsed_seconds'] for row in batches] == sorted(row['elapsed_seconds'] for row in batches)
+    totals = statistics['totals']
+    assert totals['generated'] == 20 and totals['valid'] == len(valid) > 0
+    assert totals['crystals'] == len(generated) and len(generated) + len(generated.get_skipped()) == 20
+    assert len(set(generated.ids)) == len(generated) and all(
+        i.split('-')[0] in {'b0', 'b1', 'b2', 'b3'} for i in generated.ids
+    )
+    assert set(valid.ids) <= set(generated.ids)
+    composition = statistics['valid_structures']
+    assert sum(composition['crystal_systems'].values()) == len(valid)
+    assert sum(composition['atoms_per_cell'].values()) == len(valid)
+    assert set(composition['elements']) == set(valid.elements)
+
+    # the surrogate ranked the valid ones; no DFT asked, none run
+    assert results['surrogate']['summary']['n_structures'] == len(valid)
+    assert 'selected_structures' not in results and 'dft' not in results
+    assert sorted(results['plots']) == ['atoms_per_cell', 'crystal_systems', 'elements', 'valid_rate']
+    for picture in results['plots'].values():
+        assert picture.get_content(mode='rb').startswith(PNG_MAGIC)
+
+
+def test_none_valid_is_an_exit_code_with_statistics(code, generator):
+    inputs = _inputs(code, generator, screening=orm.Dict({**LOOSE, 'min_distance': 50.0}))
+    results, node = run_get_node(DirectiveWorkChain, **inputs)
+    assert node.exit_status == DirectiveWorkChain.exit_codes.ERROR_NONE_VALID.status
+    assert 'atoms_too_close' in node.exit_message
+    assert results['statistics']['totals']['valid'] == 0
+    assert sorted(results['plots']) == ['valid_rate'] and 'valid_structures' not in results
+
+
+@pytest.mark.parametrize(
+    'extra, message',
+    [
+        (('top_k', orm.Int, 2), 'give the DFT inputs'),
+        (('top_k', orm.Int, -1), 'must be 0 \\(no DFT\\) or more'),
+        (('n_strategies', orm.List, ['poisson']), '`n_strategies` must be a non-empty list'),
+        (('screening', orm.Dict, {'temperature': 1}), 'unknown screening parameter'),
+        (('rank_by', orm.Str, 'middle'), "must be one of \\['lowest', 'highest'\\]"),
+    ],
+)
+def test_inputs_are_refused_before_anything_runs(code, generator, extra, message):
+    port, node_type, value = extra
+    with pytest.raises(ValueError, match=message):
+        run_get_node(DirectiveWorkChain, **_inputs(code, generator, **{port: node_type(value)}))
+
+
+# -- composition: hpcai.directive inside another plugin's WorkChain, as docs/source/tutorial_directive.md says
+class CampaignWorkChain(WorkChain):
+    """Run one directive campaign and pass on its valid structures and statistics."""
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.expose_inputs(DirectiveWorkChain, namespace='directive')
+        spec.expose_outputs(DirectiveWorkChain, namespace='directive')
+        spec.outline(cls.run_directive, cls.collect)
+
+    def run_directive(self):
+        inputs = self.exposed_inputs(DirectiveWorkChain, namespace='directive')
+        return ToContext(directive=self.submit(DirectiveWorkChain, **inputs))
+
+    def collect(self):
+        self.out_many(self.exposed_outputs(self.ctx.directive, DirectiveWorkChain, namespace='directive'))
+        if not self.ctx.directive.is_finished_ok:
+            return self.ctx.directive.exit_code
+
+
+def test_composition(code, generator):
+    inputs = _inputs(code, generator, screening=orm.Dict(LOOSE))
+    results, node = run_get_node(CampaignWorkChain, directive=inputs)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    assert isinstance(results['directive']['generated_structures'], StructureSet)
+    assert results['directive']['statistics']['totals']['generated'] == 5
