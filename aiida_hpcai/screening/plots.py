@@ -101,9 +101,15 @@ def element_heatmap(counts: dict[str, int], path: str | pathlib.Path) -> None:
     figure, axis = plt.subplots(figsize=(9, 4.6))
     image = axis.imshow(np.ma.masked_invalid(grid), cmap='viridis', vmin=0)
     figure.colorbar(image, ax=axis, label='structures containing the element', shrink=0.8)
-    for symbol in counts:
+    for z in range(1, 104):  # the whole table in grey, so that absent elements are seen as absent
+        symbol = Element.from_Z(z).symbol
         row, column = periodic_table_position(symbol)
-        axis.text(column - 1, row - 1, symbol, ha='center', va='center', fontsize=7, color='white')
+        present = symbol in counts
+        if not present:
+            axis.add_patch(plt.Rectangle((column - 1.5, row - 1.5), 1, 1, color='0.93', ec='white'))
+        axis.text(
+            column - 1, row - 1, symbol, ha='center', va='center', fontsize=6, color='white' if present else '0.6'
+        )
     axis.set(xticks=[], yticks=[], title='element occurrence')
     _save(figure, plt, path)
 
