@@ -14,6 +14,8 @@ from pymatgen.core import Lattice, Structure
 
 from aiida_hpcai.data.structure_set import StructureSet
 from aiida_hpcai.screening import filters, plots
+from tests.conftest import REPO_ROOT
+from tests.docs.test_tutorial import _run_command, runnable_blocks, tutorial_folder  # noqa: F401 -- a fixture
 from tests.generate_helpers import OPTIONS, model_program_code, train_tiny_equicsp
 
 DirectiveWorkChain = WorkflowFactory('hpcai.directive')
@@ -215,3 +217,22 @@ def test_composition(code, generator):
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
     assert isinstance(results['directive']['generated_structures'], StructureSet)
     assert results['directive']['statistics']['totals']['generated'] == 5
+
+
+# -- the tutorial page, run as the surrogate tutorial is (tests/docs/test_tutorial.py) ---------------------
+TUTORIAL = REPO_ROOT / 'docs' / 'source' / 'tutorial_directive.md'
+
+
+def test_tutorial_runs(aiida_profile, tutorial_folder):  # noqa: F811 -- the imported fixture
+    blocks = runnable_blocks(TUTORIAL.read_text())
+    commands = [command for block in blocks if block.kind == 'console' for command in block.commands()]
+    assert any(command.startswith('aiida-hpcai directive ') for command in commands), commands
+    pks: dict[str, str] = {}
+    for block in blocks:
+        location = f'{TUTORIAL.name}:{block.line}'
+        if block.kind == 'console':
+            for command in block.commands():
+                _run_command(command, pks, location)
+        else:
+            exec(compile(block.text, location, 'exec'), {'__name__': '__tutorial__'})  # noqa: S102
+    assert (tutorial_folder / 'directive_run' / 'valid.extxyz').is_file()
