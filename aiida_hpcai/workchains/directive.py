@@ -158,7 +158,7 @@ def directive_report(records: orm.Dict, **nodes) -> dict:
         computed = dict(zip(relaxed.ids, relaxed.get_label(LABELS[target])))
         units = nodes['units'].value if 'units' in nodes else ''
         pictures['surrogate_vs_dft'] = _png(
-            plots.property_distributions, predicted, list(computed.values()), target, units
+            plots.property_distributions, predicted, list(computed.values()), label=target, units=units
         )
         statistics['surrogate_vs_dft'] = [
             {'id': identifier, 'surrogate': float(value), 'dft': float(computed[identifier])}

@@ -67,6 +67,83 @@ def test_every_figure_is_a_png(tmp_path):
         assert width > 300 and height > 200
 
 
+# -- the calcfunctions that rank and report, on fixed nodes (the DFT side without DFT) -------------------
+def _set(formulas, labels=None):
+    structures = [
+        Structure(Lattice.cubic(3.0 + 0.1 * i), list(f), [[0, 0, 0], [0.5, 0.5, 0.5]]) for i, f in enumerate(formulas)
+    ]
+    return StructureSet.from_pymatgen(structures, ids=[f'b0-{"".join(f)}#0' for f in formulas], labels=labels)
+
+
+@pytest.mark.parametrize(
+    'rank_by, expected', [('lowest', ['b0-MgO#0', 'b0-LiF#0']), ('highest', ['b0-NaCl#0', 'b0-LiF#0'])]
+)
+def test_rank_structures(aiida_profile, rank_by, expected):
+    from aiida_hpcai.workchains.directive import rank_structures
+
+    structures = _set([('Li', 'F'), ('Na', 'Cl'), ('K', 'Br'), ('Mg', 'O')]).store()
+    predictions = orm.ArrayData()
+    predictions.set_array('mean', np.array([0.1, 0.5, np.nan, -0.2]))  # KBr not predicted: always last
+    predictions.set_array('sigma', np.array([0.01, 0.02, np.nan, 0.03]))
+    selected = rank_structures(structures, orm.Int(2), orm.Str(rank_by), predictions=predictions)
+    assert selected.ids == expected
+    assert selected.get_label('predicted_mean').tolist() == ([-0.2, 0.1] if rank_by == 'lowest' else [0.5, 0.1])
+    unranked = rank_structures(structures, orm.Int(3), orm.Str(rank_by))
+    assert unranked.ids == structures.ids[:3] and np.isnan(unranked.get_label('predicted_mean')).all()
+
+
+def test_report_compares_surrogate_and_dft(aiida_profile):
+    from aiida_hpcai.workchains.directive import directive_report
+
+    selected = _set([('Li', 'F'), ('Mg', 'O')], labels={'predicted_mean': [-1.0, -2.0], 'predicted_sigma': [0.1, 0.1]})
+    relaxed = _set([('Mg', 'O')], labels={'formation_energy_per_atom': [-2.5], 'band_gap': [4.0]})  # LiF failed
+    records = {
+        'jobs': [
+            {
+                'job': 0,
+                'batch': 0,
+                'n_strategy': None,
+                'seed': 0,
+                'status': 'finished_ok',
+                'wall_seconds': 1.0,
+                'elapsed_seconds': 1.5,
+            }
+        ],
+        'symprec': 0.1,
+    }
+    counts = orm.Dict({'total': 2, 'valid': 2})
+    summary = orm.Dict({'n_requested': 3, 'n_valid': 2, 'invalid_reasons': {'too_close': 1, 'nan': 0}, 'seconds': 0.5})
+    result = directive_report(
+        orm.Dict(records),
+        summary_0=summary,
+        counts_0=counts,
+        valid=selected,
+        selected=selected,
+        relaxed=relaxed,
+        target=orm.Str('formation_energy_per_atom'),
+        units=orm.Str('eV/atom'),
+    )
+    statistics = result['statistics'].get_dict()
+    assert statistics['surrogate_vs_dft'] == [{'id': 'b0-MgO#0', 'surrogate': -2.0, 'dft': -2.5}]
+    assert statistics['totals'] == {
+        'valid_rate': pytest.approx(2 / 3),
+        'generated': 3,
+        'crystals': 2,
+        'valid': 2,
+        'invalid_samples': {'too_close': 1},
+        'rejected': {},
+    }
+    names = sorted(key for key in result if key.startswith('plot_'))
+    assert names == [
+        'plot_atoms_per_cell',
+        'plot_crystal_systems',
+        'plot_elements',
+        'plot_surrogate_vs_dft',
+        'plot_valid_rate',
+    ]
+    assert result['plot_surrogate_vs_dft'].get_content(mode='rb').startswith(PNG_MAGIC)
+
+
 # -- the WorkChain on a real profile ---------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def code(aiida_profile, tmp_path_factory):
