@@ -140,16 +140,21 @@ def tutorial_folder(tmp_path, shared_data_dir, monkeypatch):
     return work
 
 
-@needs_model_program
-def test_tutorial_runs(aiida_profile, tutorial_folder):
-    blocks = runnable_blocks(TUTORIAL.read_text())
-    assert blocks, f'{TUTORIAL} has no runnable block'
+def run_page(page) -> None:
+    """Run the page's blocks in order (the rule above); tutorial_directive.md is run the same way."""
+    blocks = runnable_blocks(page.read_text())
+    assert blocks, f'{page} has no runnable block'
     pks: dict[str, str] = {}
     for block in blocks:
-        location = f'{TUTORIAL.name}:{block.line}'
+        location = f'{page.name}:{block.line}'
         if block.kind == 'console':
             for command in block.commands():
                 _run_command(command, pks, location)
         else:
             exec(compile(block.text, location, 'exec'), {'__name__': '__tutorial__'})  # noqa: S102
+
+
+@needs_model_program
+def test_tutorial_runs(aiida_profile, tutorial_folder):
+    run_page(TUTORIAL)
     assert (tutorial_folder / 'predictions.json').is_file()

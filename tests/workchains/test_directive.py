@@ -15,7 +15,7 @@ from pymatgen.core import Lattice, Structure
 from aiida_hpcai.data.structure_set import StructureSet
 from aiida_hpcai.screening import filters, plots
 from tests.conftest import REPO_ROOT
-from tests.docs.test_tutorial import _run_command, runnable_blocks, tutorial_folder  # noqa: F401 -- a fixture
+from tests.docs.test_tutorial import run_page, runnable_blocks, tutorial_folder  # noqa: F401 -- a fixture
 from tests.generate_helpers import OPTIONS, model_program_code, train_tiny_equicsp
 
 DirectiveWorkChain = WorkflowFactory('hpcai.directive')
@@ -301,15 +301,60 @@ TUTORIAL = REPO_ROOT / 'docs' / 'source' / 'tutorial_directive.md'
 
 
 def test_tutorial_runs(aiida_profile, tutorial_folder):  # noqa: F811 -- the imported fixture
-    blocks = runnable_blocks(TUTORIAL.read_text())
-    commands = [command for block in blocks if block.kind == 'console' for command in block.commands()]
+    commands = [command for block in runnable_blocks(TUTORIAL.read_text()) for command in block.commands()]
     assert any(command.startswith('aiida-hpcai directive ') for command in commands), commands
-    pks: dict[str, str] = {}
-    for block in blocks:
-        location = f'{TUTORIAL.name}:{block.line}'
-        if block.kind == 'console':
-            for command in block.commands():
-                _run_command(command, pks, location)
-        else:
-            exec(compile(block.text, location, 'exec'), {'__name__': '__tutorial__'})  # noqa: S102
+    run_page(TUTORIAL)
     assert (tutorial_folder / 'directive_run' / 'valid.extxyz').is_file()
+
+
+# -- aiida-hpcai directive: refusals in one line before anything runs, and --json -------------------------
+def _invoke(*args):
+    from click.testing import CliRunner
+
+    from aiida_hpcai.cli import cli
+
+    return CliRunner().invoke(cli, ['directive', *map(str, args)])
+
+
+def _generate_jobs() -> int:
+    return orm.QueryBuilder().append(CalculationFactory('hpcai.generate')).count()
+
+
+@pytest.mark.parametrize(
+    'args, status, fragments',
+    [
+        (('--mode', 'csp', '-n', 2), 2, ['--mode csp needs at least one --composition']),
+        (('--mode', 'csp', '--composition', 'LiO', '-n', 2, '--n-strategy', 'uniform'), 2, ['--n-strategy applies']),
+        (('--mode', 'abinitio', '-n', 2), 2, ['no equicsp checkpoint is shipped', '--model']),
+        (('--mode', 'abinitio', '-n', 2, '--top-k', 1, '--dft-code', 'nowhere@nothing', 'MODEL'), 2, ['--dft-code']),
+        (
+            ('--mode', 'abinitio', '-n', 2, '--screening', '{temperature: 1}', 'MODEL'),
+            1,
+            ['unknown screening parameter'],
+        ),
+    ],
+)
+def test_cli_refusals(code, generator, args, status, fragments):
+    from tests.cli.test_bad_input import assert_fails
+
+    if args[-1] == 'MODEL':
+        args = (*args[:-1], '--model', generator.pk, '--no-surrogate')
+    before = _generate_jobs()
+    assert_fails(_invoke(*args, '--code', code.full_label), status, *fragments)
+    assert _generate_jobs() == before
+
+
+def test_cli_json(code, generator):
+    import json
+
+    result = _invoke(
+        '--mode', 'csp', '--composition', 'LiO', '-n', 2, '--steps', 8, '--model', generator.pk, '--no-surrogate',
+        '--screening', json.dumps(LOOSE), '--code', code.full_label, '--json',
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    node = orm.load_node(payload['process_pk'])
+    assert node.is_finished_ok and payload['statistics'] == node.outputs.statistics.get_dict()
+    assert payload['statistics']['totals']['generated'] == 2 and payload['dft'] == []
+    assert orm.load_node(payload['generated_structures_pk']).uuid == node.outputs.generated_structures.uuid
+    assert set(payload['plots']) >= {'valid_rate'}
