@@ -73,28 +73,11 @@ def dft(
     from aiida.engine import run_get_node
     from aiida.engine import submit as submit_process
 
-    from aiida_hpcai.engines import get_engine
     from aiida_hpcai.workchains.dft import DftWorkChain
 
-    adapter = get_engine(engine)
-    if protocol is not None and protocol not in adapter.protocol_names():
-        raise click.BadParameter(
-            f'{engine} has no protocol {protocol!r}; choose from {", ".join(adapter.protocol_names())}',
-            param_hint='--protocol',
-        )
-    protocol = protocol or adapter.default_protocol()
-    try:
-        adapter.load_protocol(protocol, overrides)
-    except (ValueError, ImportError) as exception:
-        raise click.BadParameter(str(exception), param_hint='--overrides') from exception
+    protocol = resolve_protocol(engine, protocol, overrides)
     structure = _read_one_structure(file)
-    code_label = code_label or DEFAULT_CODES[engine]
-    try:
-        code = orm.load_code(code_label)
-    except Exception as exception:  # noqa: BLE001 -- NotExistent or MultipleObjectsError
-        raise click.BadParameter(
-            f'{code_label}: {exception} (run `aiida-hpcai setup`?)', param_hint='--code'
-        ) from exception
+    code = load_dft_code(engine, code_label, '--code')
 
     options = {'resources': {'num_machines': 1}}
     if num_mpiprocs:
@@ -121,6 +104,37 @@ def dft(
 
     _, node = run_get_node(DftWorkChain, **inputs)
     _print_results(node, structure)
+
+
+def resolve_protocol(engine: str, protocol: str | None, overrides: dict | None = None) -> str:
+    """The engine's protocol (its default when None), checked with the overrides; a usage error otherwise."""
+    from aiida_hpcai.engines import get_engine
+
+    adapter = get_engine(engine)
+    if protocol is not None and protocol not in adapter.protocol_names():
+        raise click.BadParameter(
+            f'{engine} has no protocol {protocol!r}; choose from {", ".join(adapter.protocol_names())}',
+            param_hint='--protocol',
+        )
+    protocol = protocol or adapter.default_protocol()
+    try:
+        adapter.load_protocol(protocol, overrides)
+    except (ValueError, ImportError) as exception:
+        raise click.BadParameter(str(exception), param_hint='--overrides') from exception
+    return protocol
+
+
+def load_dft_code(engine: str, code_label: str | None, param_hint: str):
+    """The code ``code_label`` (default: the engine's code from ``aiida-hpcai setup``); a usage error otherwise."""
+    from aiida import orm
+
+    code_label = code_label or DEFAULT_CODES[engine]
+    try:
+        return orm.load_code(code_label)
+    except Exception as exception:  # noqa: BLE001 -- NotExistent or MultipleObjectsError
+        raise click.BadParameter(
+            f'{code_label}: {exception} (run `aiida-hpcai setup`?)', param_hint=param_hint
+        ) from exception
 
 
 def _read_one_structure(file):

@@ -10,7 +10,7 @@ from aiida.cmdline.utils import decorators, echo
 from ..engines import ENGINES
 from ..models.contract import GENERATE_MODES, N_STRATEGIES
 from . import cli
-from .dft import DEFAULT_CODES, _parse_overrides
+from .dft import _parse_overrides, load_dft_code, resolve_protocol
 from .generate import shipped_generator
 from .params import NON_NEGATIVE_INT, POSITIVE_INT, ProtocolChoice, WritablePath, load_node_of
 from .surrogate import DEFAULT_CODE, DEFAULT_TARGET, _load_code, _process_reports_to_stderr, _run, load_models
@@ -117,7 +117,6 @@ def directive(
     from aiida.engine import submit as submit_process
 
     from aiida_hpcai.data.model import ModelData
-    from aiida_hpcai.engines import get_engine
     from aiida_hpcai.workchains.directive import DirectiveWorkChain
 
     if mode == 'csp' and not compositions:
@@ -159,20 +158,9 @@ def directive(
             'predict': {'code': code, 'device': orm.Str(device)},
         }
     if top_k:
-        adapter = get_engine(engine)
-        if protocol is not None and protocol not in adapter.protocol_names():
-            raise click.BadParameter(
-                f'{engine} has no protocol {protocol!r}; choose from {", ".join(adapter.protocol_names())}',
-                param_hint='--protocol',
-            )
-        dft_code_label = dft_code_label or DEFAULT_CODES[engine]
-        try:
-            dft_code = orm.load_code(dft_code_label)
-        except Exception as exception:  # noqa: BLE001 -- NotExistent or MultipleObjectsError
-            raise click.BadParameter(
-                f'{dft_code_label}: {exception} (run `aiida-hpcai setup`?)', param_hint='--dft-code'
-            ) from exception
-        dft = {'engine': orm.Str(engine), 'code': dft_code, 'protocol': orm.Str(protocol or adapter.default_protocol())}
+        protocol = resolve_protocol(engine, protocol)
+        dft_code = load_dft_code(engine, dft_code_label, '--dft-code')
+        dft = {'engine': orm.Str(engine), 'code': dft_code, 'protocol': orm.Str(protocol)}
         inputs['dft_batch'] = {'dft': dft}
         if max_concurrent:
             inputs['dft_batch']['max_concurrent'] = orm.Int(max_concurrent)
