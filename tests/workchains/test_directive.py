@@ -19,6 +19,7 @@ from tests.docs.test_tutorial import run_page, runnable_blocks, tutorial_folder 
 from tests.generate_helpers import OPTIONS, model_program_code, train_tiny_equicsp
 
 DirectiveWorkChain = WorkflowFactory('hpcai.directive')
+GenerateCalculation = CalculationFactory('hpcai.generate')
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 # Loose screening for a 3-epoch model: its 2-atom cells rarely have a charge-neutral composition or symmetry.
 LOOSE = {'charge_neutrality': False, 'reject_p1': False}
@@ -249,6 +250,20 @@ def test_none_valid_is_an_exit_code_with_statistics(code, generator):
     assert 'atoms_too_close' in node.exit_message
     assert results['statistics']['totals']['valid'] == 0
     assert sorted(results['plots']) == ['valid_rate'] and 'valid_structures' not in results
+
+
+def test_nothing_generated_is_an_exit_code(code, generator):
+    """Na and Cl are unknown to the model: the job ends with its own exit code, the directive with 420."""
+    inputs = _inputs(code, generator)
+    inputs['generate']['parameters'] = orm.Dict({'mode': 'csp', 'compositions': {'NaCl': 2}, 'steps': 2})
+    results, node = run_get_node(DirectiveWorkChain, **inputs)
+    assert node.exit_status == DirectiveWorkChain.exit_codes.ERROR_NO_STRUCTURE_GENERATED.status
+    assert 'GenerateCalculation<' in node.exit_message and 'NaCl' in node.exit_message
+    assert (
+        results['statistics']['batches'][0]['status']
+        == f'exit {GenerateCalculation.exit_codes.ERROR_UNKNOWN_ELEMENT.status}'
+    )
+    assert 'generated_structures' not in results
 
 
 @pytest.mark.parametrize(
