@@ -10,6 +10,7 @@ from aiida.cmdline.utils import decorators, echo
 from ..engines import ENGINES
 from . import cli
 from .params import POSITIVE_INT, ProtocolChoice
+from .surrogate import _submit
 
 DEFAULT_CODES = {'quantumespresso': 'pw@localhost', 'vasp': 'vasp@localhost'}
 
@@ -71,7 +72,6 @@ def dft(
     """
     from aiida import orm
     from aiida.engine import run_get_node
-    from aiida.engine import submit as submit_process
 
     from aiida_hpcai.workchains.dft import DftWorkChain
 
@@ -98,8 +98,7 @@ def dft(
         inputs['overrides'] = orm.Dict(overrides)
 
     if submit:
-        node = submit_process(DftWorkChain, **inputs)
-        echo.echo_success(f'submitted hpcai.dft<{node.pk}>; follow it with `verdi process status {node.pk}`')
+        _submit(DftWorkChain, inputs, 'hpcai.dft')
         return
 
     _, node = run_get_node(DftWorkChain, **inputs)

@@ -13,7 +13,7 @@ from . import cli
 from .dft import _parse_overrides, load_dft_code, resolve_protocol
 from .generate import shipped_generator
 from .params import NON_NEGATIVE_INT, POSITIVE_INT, ProtocolChoice, WritablePath, load_node_of
-from .surrogate import DEFAULT_CODE, DEFAULT_TARGET, _load_code, _process_reports_to_stderr, _run, load_models
+from .surrogate import DEFAULT_CODE, DEFAULT_TARGET, _load_code, _process_reports_to_stderr, _run, _submit, load_models
 
 
 @cli.command('directive')
@@ -114,7 +114,6 @@ def directive(
     valid ones after screening, then the DFT results of the top K.
     """
     from aiida import orm
-    from aiida.engine import submit as submit_process
 
     from aiida_hpcai.data.model import ModelData
     from aiida_hpcai.workchains.directive import DirectiveWorkChain
@@ -166,11 +165,7 @@ def directive(
             inputs['dft_batch']['max_concurrent'] = orm.Int(max_concurrent)
 
     if submit:
-        node = submit_process(DirectiveWorkChain, **inputs)
-        if as_json:
-            click.echo(json.dumps({'process_pk': node.pk, 'submitted': True}))
-            return
-        echo.echo_success(f'submitted hpcai.directive<{node.pk}>; follow it with `verdi process status {node.pk}`')
+        _submit(DirectiveWorkChain, inputs, 'hpcai.directive', as_json)
         return
 
     with _process_reports_to_stderr(enabled=as_json):

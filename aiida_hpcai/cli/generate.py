@@ -11,7 +11,7 @@ from aiida.cmdline.utils import decorators, echo
 from ..models.contract import GENERATE_MODES, N_STRATEGIES
 from . import cli
 from .params import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, WritablePath, load_node_of
-from .surrogate import DEFAULT_CODE, _load_code, _process_reports_to_stderr, _run
+from .surrogate import DEFAULT_CODE, _load_code, _process_reports_to_stderr, _run, _submit
 
 GENERATOR_ARCHITECTURE = 'equicsp'
 # --output: a table of ids and formulae, all samples in one extxyz file, or (any other path) a folder of CIFs
@@ -151,7 +151,6 @@ def generate(
     others are listed with the reason they are no crystal.
     """
     from aiida import orm
-    from aiida.engine import submit as submit_process
 
     from aiida_hpcai.calculations.generate import GenerateCalculation
     from aiida_hpcai.data.model import ModelData
@@ -186,11 +185,7 @@ def generate(
     }
 
     if submit:
-        node = submit_process(GenerateCalculation, **inputs)
-        if as_json:
-            click.echo(json.dumps({'process_pk': node.pk, 'submitted': True}))
-            return
-        echo.echo_success(f'submitted hpcai.generate<{node.pk}>; follow it with `verdi process status {node.pk}`')
+        _submit(GenerateCalculation, inputs, 'hpcai.generate', as_json)
         return
 
     with _process_reports_to_stderr(enabled=as_json):

@@ -366,6 +366,17 @@ def _run(process_class, inputs):
         echo.echo_critical(f'{process_class.__name__} refused its inputs: {exc.args[0]}')
 
 
+def _submit(process_class, inputs, name: str, as_json: bool = False) -> None:
+    """Submit the process to the daemon and say how to follow it (a JSON line with ``--json``)."""
+    from aiida.engine import submit
+
+    node = submit(process_class, **inputs)
+    if as_json:
+        click.echo(json.dumps({'process_pk': node.pk, 'submitted': True}))
+    else:
+        echo.echo_success(f'submitted {name}<{node.pk}>; follow it with `verdi process status {node.pk}`')
+
+
 def _load_structure_source(source: str, target: str, limit: int | None):
 
     from aiida_hpcai.data.structure_set import StructureSet
