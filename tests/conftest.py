@@ -14,6 +14,14 @@ pytest_plugins = ['aiida.tools.pytest_fixtures']
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """Run the scale-out tests last: they load a PostgreSQL profile of their own, and when the session's profile
+    comes back its storage is a new object, so nodes that session-scoped fixtures stored before would be closed."""
+    scaleout = REPO_ROOT / 'tests' / 'scaleout'
+    items.sort(key=lambda item: scaleout in pathlib.Path(str(item.fspath)).parents)
+
+
 def _shared_dir(name: str, env: str) -> pathlib.Path:
     return pathlib.Path(os.environ.get(env, REPO_ROOT.parent / 'shared' / name))
 

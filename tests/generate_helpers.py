@@ -17,7 +17,7 @@ from tests.conftest import require
 from tests.samples import synthetic_set
 
 COMPUTER = 'hpcai-generate-localhost'
-CODE = f'hpcai-model@{COMPUTER}'
+CODE = f'hpcai-model-generate@{COMPUTER}'
 # 28 CsCl-type cells of Li, O, Mg, S, Fe, Cu (two atoms each): a model that knows six elements and 2-atom cells
 TINY_EQUICSP = {
     'architecture': 'equicsp',
@@ -43,7 +43,7 @@ def model_program_code(workdir) -> orm.InstalledCode:
         label=COMPUTER, hostname='localhost', transport_type='core.local', scheduler_type='core.direct', workdir=workdir
     ).store()
     computer.configure(**LOCALHOST_TRANSPORT)
-    return orm.InstalledCode(label='hpcai-model', computer=computer, filepath_executable=executable).store()
+    return orm.InstalledCode(label='hpcai-model-generate', computer=computer, filepath_executable=executable).store()
 
 
 def train_tiny_equicsp(code) -> orm.CalcJobNode:

@@ -46,7 +46,7 @@ def code(aiida_code_installed):
     executable = shutil.which('hpcai-model')
     if executable is None:
         pytest.skip('the hpcai-model program is not installed')
-    return aiida_code_installed(label='hpcai-model', filepath_executable=executable)
+    return aiida_code_installed(label='hpcai-model-toy', filepath_executable=executable)
 
 
 def _options(site) -> dict:
