@@ -38,6 +38,18 @@ def validate_inputs(inputs, _):
         return str(exception)
 
 
+def validate_structure(structure, _):
+    """Refuse a structure that cannot be a crystal (the one validation path every door uses), before DFT runs."""
+    from ..models.structure_io import InvalidStructure, validate_atoms
+
+    atoms = structure.get_ase()
+    try:
+        validate_atoms(atoms.numbers, atoms.positions, atoms.cell.array)
+    except InvalidStructure as exception:
+        return f'structure<{structure.pk}> {structure.get_formula()}: {exception}'
+    return None
+
+
 def reference_identity(engine, code, protocol_name: str, overrides: dict | None, structure, protocol: dict):
     """Return ``(overrides, identity)`` under which the elemental references of ``structure`` are computed and found.
 
@@ -127,7 +139,12 @@ class DftWorkChain(WorkChain):
     @classmethod
     def define(cls, spec):
         super().define(spec)
-        spec.input('structure', valid_type=orm.StructureData, help='The structure to relax and compute.')
+        spec.input(
+            'structure',
+            valid_type=orm.StructureData,
+            validator=validate_structure,
+            help='The structure to relax and compute.',
+        )
         spec.input(
             'engine', valid_type=orm.Str, help="The DFT engine: 'quantumespresso' or 'vasp' (see aiida_hpcai.engines)."
         )

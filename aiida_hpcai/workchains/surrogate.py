@@ -199,6 +199,11 @@ class SurrogateWorkChain(WorkChain):
             'ERROR_PREDICT_FAILED',
             message='The hpcai.predict CalcJob<{pk}> failed with exit status {status}: {message}',
         )
+        spec.exit_code(
+            402,
+            'ERROR_NO_VALID_STRUCTURE',
+            message='None of the structure_nodes is a valid crystal (reasons in the `structures` output): {reasons}',
+        )
 
     def setup(self):
         if 'structures' in self.inputs:
@@ -206,6 +211,10 @@ class SurrogateWorkChain(WorkChain):
         else:
             self.ctx.structures = structures_from_nodes(**self.inputs.structure_nodes)
             self.out('structures', self.ctx.structures)
+            if self.ctx.structures.count == 0:
+                # nothing to predict: stop here rather than run a job on an empty set
+                reasons = self.ctx.structures.base.attributes.get('skipped_reasons', {})
+                return self.exit_codes.ERROR_NO_VALID_STRUCTURE.format(reasons=reasons)
         if 'sigma_threshold' in self.inputs:
             self.ctx.sigma_threshold = self.inputs.sigma_threshold
         else:

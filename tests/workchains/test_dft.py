@@ -305,3 +305,22 @@ def test_standardized_cells_expose_all_symmetry_to_pw(aiida_profile, element):
         assert np.all(np.min(np.abs(np.abs(cartesian)[..., None] - allowed), axis=-1) < 1e-4)
     expected = {'B': 12, 'As': 12, 'Mg': 24, 'Si': 48, 'O': 4}[element]
     assert len(dataset.rotations) == expected
+
+
+@pytest.mark.parametrize(
+    ('positions', 'cell', 'reason'),
+    [
+        ([[0, 0, 0], [0.1, 0, 0]], [[5.4, 0, 0], [0, 5.4, 0], [0, 0, 5.4]], 'overlapping atoms'),
+        ([[0, 0, 0], [1.0, 1.0, 1.0]], [[5.4, 0, 0], [0, 5.4, 0], [0, 0, 0.01]], 'collapsed cell'),
+    ],
+)
+def test_a_structure_that_is_no_crystal_is_refused_before_dft(aiida_profile, positions, cell, reason):
+    structure = orm.StructureData(cell=cell)
+    for position in positions:
+        structure.append_atom(position=position, symbols='Si')
+    message = DftWorkChain.spec().inputs['structure'].validate(structure)
+    assert message is not None and reason in str(message)
+    good = orm.StructureData(cell=[[5.4, 0, 0], [0, 5.4, 0], [0, 0, 5.4]])
+    good.append_atom(position=[0, 0, 0], symbols='Si')
+    good.append_atom(position=[1.35, 1.35, 1.35], symbols='Si')
+    assert DftWorkChain.spec().inputs['structure'].validate(good) is None

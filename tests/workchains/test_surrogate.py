@@ -101,6 +101,22 @@ def test_threshold_required_for_targets_without_default(aiida_code_installed, an
         )
 
 
+def test_structure_nodes_that_are_no_crystals_stop_before_predicting(aiida_code_installed, any_model):
+    code = aiida_code_installed(label='hpcai-model-validation')
+    overlapping = Structure(Lattice.cubic(5.6), ['Na', 'Cl'], [[0, 0, 0], [0.01, 0, 0]])
+    _, node = run_get_node(
+        SurrogateWorkChain,
+        structure_nodes={'a': orm.StructureData(pymatgen=overlapping)},
+        models={'m': any_model},
+        sigma_threshold=orm.Float(0.1),
+        predict={'code': code},
+    )
+    assert node.exit_status == SurrogateWorkChain.exit_codes.ERROR_NO_VALID_STRUCTURE.status
+    assert 'overlapping atoms' in node.exit_message
+    assert node.outputs.structures.count == 0
+    assert not [called for called in node.called if called.process_type.endswith('hpcai.predict')]
+
+
 # -- end to end with the real program ------------------------------------------------------------
 def _with_broken_structure(structures: StructureSet, broken_index: int) -> StructureSet:
     """A copy of ``structures`` where one structure has NaN coordinates, as a corrupt import could leave it."""
