@@ -97,6 +97,49 @@ def plain_mae(checkpoint: str | os.PathLike, graphs: list, labels: np.ndarray, d
     return float(np.mean(np.abs(mean - labels)))
 
 
+# -- the crystal-structure-prediction sets (EquiCSP) ----------------------------------------------
+CSP_DATASETS = ('perov_5', 'carbon_24', 'mp20')
+MP20_MAX_ATOMS = 20
+
+
+def _concatenated_splits(parts: dict[str, StructureArrays]) -> tuple[StructureArrays, dict[str, np.ndarray]]:
+    from .structure_io import concatenate
+
+    arrays = concatenate([('', part) for part in parts.values()])
+    split, start = {}, 0
+    for name, part in parts.items():
+        split[name] = np.arange(start, start + len(part))
+        start += len(part)
+    return arrays, split
+
+
+def csp_dataset(name: str, data_dir: str | os.PathLike | None = None) -> tuple[StructureArrays, dict, dict]:
+    """A CSP benchmark set as (structures, split positions {train, val, test}, info).
+
+    ``perov_5`` and ``carbon_24``: CDVAE's splits (train from the JARVIS copy of the same split, val and
+    test from CDVAE's CSVs). ``mp20``: the mp_cgcnn set of the shipped surrogates with at most
+    :data:`MP20_MAX_ATOMS` atoms, on the committed split (so no test structure of the surrogates is
+    trained on); the full MP-20 CSV is not available offline.
+    """
+    if name not in CSP_DATASETS:
+        raise ValueError(f'unknown CSP dataset {name!r}; known: {", ".join(CSP_DATASETS)}')
+    root = pathlib.Path(data_dir) if data_dir else (default_data_dir() or REPO.parent / 'shared' / 'data')
+    if name == 'mp20':
+        arrays, info = load_filtered(root / 'mp_cgcnn' / 'mp_cgcnn.csv.gz')
+        split = get_split(arrays)
+        split = {
+            key: np.array([i for i in value if arrays.natoms[i] <= MP20_MAX_ATOMS]) for key, value in split.items()
+        }
+        info = {**info, 'name': 'mp20', 'max_atoms': MP20_MAX_ATOMS, 'split_dir': 'benchmarks/splits/mp_cgcnn'}
+    else:
+        files = {'train': 'train_structures_from_jarvis.csv.gz', 'val': 'val.csv', 'test': 'test.csv'}
+        parts = {key: load_dataset(root / name / file, targets=[], cache=True).arrays for key, file in files.items()}
+        arrays, split = _concatenated_splits(parts)
+        info = {'name': name, 'source': {key: f'{name}/{file}' for key, file in files.items()}}
+    info['n_structures'] = {key: int(len(value)) for key, value in split.items()}
+    return arrays, split, info
+
+
 def thread_environment(threads: int) -> dict[str, str]:
     """The variables that hold a child process's OpenMP/MKL pools to ``threads``."""
     return {'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}

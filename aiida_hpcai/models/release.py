@@ -15,6 +15,8 @@ written by ``export-npz``; ``--split-dir``: the committed id lists)::
                      model, with the record beside it (``<file>.json``)
     recalibrate      refit a checkpoint's sigma scales on the validation split and rewrite its
                      uncertainty metrics, without retraining
+    train-equicsp    train one EquiCSP generator on a CSP set (--dataset perov_5, carbon_24 or mp20:
+                     the <= 20-atom part of the mp_cgcnn split above), resumable in --out
 
 What produced the shipped models (their ``.json`` records give each member's options and line)::
 
@@ -47,10 +49,12 @@ import numpy as np
 
 from .contract import METRICS_FILE, MODEL_FILE
 from .evaluation import (
+    CSP_DATASETS,
     MIN_FORMATION_ENERGY,
     REPO,
     SPLIT_DIR,
     TARGETS,
+    csp_dataset,
     default_source,
     get_split,
     git_commit,
@@ -264,6 +268,47 @@ def train(args) -> dict:
         'target': args.target,
         'test_mae': metrics['test'].get('mae'),
         'val_mae': metrics['val']['mae'],
+        'seconds': time.time() - started,
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+def train_equicsp(args) -> dict:
+    """Train one EquiCSP generator on a CSP benchmark set (``--dataset``), resumable in ``--out``."""
+    import torch
+
+    from .equicsp.training import train_equicsp as train_generator
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    arrays, split, info = csp_dataset(args.dataset, args.data_dir)
+    model_config = json.loads(args.config) if args.config.startswith('{') else args.config
+    training = {
+        'epochs': args.epochs,
+        'batch_size': args.batch_size,
+        'learning_rate': args.learning_rate,
+        'seed': args.seed,
+        'device': args.device,
+        'max_minutes': args.max_minutes,
+        'patience': args.patience,
+        'modes': args.modes,
+        'progress': not args.no_progress,
+    }
+    started = time.time()
+    _, metrics = train_generator(
+        arrays,
+        {'train': split['train'], 'val': split['val']},
+        args.out,
+        model_config=model_config,
+        training=training,
+        dataset=info,
+    )
+    summary = {
+        'dataset': args.dataset,
+        'val_loss': metrics['val']['loss'],
+        'best_epoch': metrics['best_epoch'],
+        'epochs_run': len(metrics['history'][0]),
         'seconds': time.time() - started,
     }
     print(json.dumps(summary))
@@ -568,6 +613,22 @@ def parser() -> argparse.ArgumentParser:
         help='start from one finished member (a train folder or shipped .pt, #K) and train it further',
     )
 
+    command = sub.add_parser('train-equicsp')
+    command.add_argument('--dataset', choices=CSP_DATASETS, required=True)
+    command.add_argument('--data-dir', default=None, help='the shared data folder (default: $HPCAI_DATA_DIR)')
+    command.add_argument('--out', required=True)
+    command.add_argument('--config', default='cpu', help='preset name or JSON dict')
+    command.add_argument('--modes', choices=('csp', 'abinitio', 'both'), default='both')
+    command.add_argument('--epochs', type=int, default=1000)
+    command.add_argument('--batch-size', type=int, default=64)
+    command.add_argument('--learning-rate', type=float, default=1e-3)
+    command.add_argument('--patience', type=int, default=200)
+    command.add_argument('--max-minutes', type=float, default=None)
+    command.add_argument('--seed', type=int, default=0)
+    command.add_argument('--device', default='cpu')
+    command.add_argument('--threads', type=int, default=0)
+    command.add_argument('--no-progress', action='store_true')
+
     command = sub.add_parser('pools')
     data_options(command)
     command.add_argument('--members', nargs='+', required=True, help=MEMBERS_HELP)
@@ -598,6 +659,7 @@ def parser() -> argparse.ArgumentParser:
 COMMANDS = {
     'export-npz': export_npz,
     'train': train,
+    'train-equicsp': train_equicsp,
     'merge': merge,
     'pools': pools,
     'ship': ship,

@@ -160,6 +160,28 @@ class StructureArrays:
         return hashlib.sha256('\n'.join(self.formulae()).encode()).hexdigest()
 
 
+def concatenate(parts: list[tuple[str, StructureArrays]]) -> StructureArrays:
+    """One set of the ``(prefix, arrays)`` parts, ids prefixed; labels kept where every part has them."""
+    parts = [(prefix, arrays) for prefix, arrays in parts if len(arrays)]
+    if not parts:
+        empty = np.zeros(0)
+        return StructureArrays(empty, empty, empty, empty, [0], [])
+    shared = set.intersection(*(set(arrays.labels) for _, arrays in parts))
+    offsets, total = [0], 0
+    for _, arrays in parts:
+        offsets.extend(total + arrays.offsets[1:])
+        total += int(arrays.offsets[-1])
+    return StructureArrays(
+        numbers=np.concatenate([arrays.numbers for _, arrays in parts]),
+        positions=np.concatenate([arrays.positions for _, arrays in parts]),
+        cells=np.concatenate([arrays.cells for _, arrays in parts]),
+        pbc=np.concatenate([arrays.pbc for _, arrays in parts]),
+        offsets=offsets,
+        ids=[f'{prefix}{identifier}' for prefix, arrays in parts for identifier in arrays.ids],
+        labels={name: np.concatenate([arrays.labels[name] for _, arrays in parts]) for name in sorted(shared)},
+    )
+
+
 def _hill_formula(counts: dict[str, int]) -> str:
     order = sorted(counts)
     if 'C' in counts:

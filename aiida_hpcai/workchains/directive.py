@@ -29,7 +29,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 from ..calculations.generate import GenerateCalculation
 from ..data.structure_set import StructureSet
 from ..models import contract
-from ..models.structure_io import StructureArrays
+from ..models.structure_io import concatenate
 from ..screening import filters, plots
 from ..screening.calcfunctions import screen_structure_set
 from .dft_batch import LABELS, DftBatchWorkChain
@@ -38,28 +38,6 @@ from .surrogate import PREDICTED_MEAN, PREDICTED_SIGMA, SurrogateWorkChain
 __all__ = ('DirectiveWorkChain', 'directive_report', 'merge_batches', 'rank_structures')
 
 RANK_ORDERS = ('lowest', 'highest')
-
-
-def _concatenate(parts: list[tuple[str, StructureArrays]]) -> StructureArrays:
-    """One set of the ``(prefix, arrays)`` parts, ids prefixed; labels kept where every part has them."""
-    parts = [(prefix, arrays) for prefix, arrays in parts if len(arrays)]
-    if not parts:
-        empty = np.zeros(0)
-        return StructureArrays(empty, empty, empty, empty, [0], [])
-    shared = set.intersection(*(set(arrays.labels) for _, arrays in parts))
-    offsets, total = [0], 0
-    for _, arrays in parts:
-        offsets.extend(total + arrays.offsets[1:])
-        total += int(arrays.offsets[-1])
-    return StructureArrays(
-        numbers=np.concatenate([arrays.numbers for _, arrays in parts]),
-        positions=np.concatenate([arrays.positions for _, arrays in parts]),
-        cells=np.concatenate([arrays.cells for _, arrays in parts]),
-        pbc=np.concatenate([arrays.pbc for _, arrays in parts]),
-        offsets=offsets,
-        ids=[f'{prefix}{identifier}' for prefix, arrays in parts for identifier in arrays.ids],
-        labels={name: np.concatenate([arrays.labels[name] for _, arrays in parts]) for name in sorted(shared)},
-    )
 
 
 def _prefix(key: str) -> str:
@@ -71,7 +49,7 @@ def merge_batches(**batches: StructureSet) -> StructureSet:
     """The batches (keys ``batch_b<job>``) as one StructureSet, ids prefixed ``b<job>-``; skipped records kept."""
     keys = sorted(batches, key=lambda key: int(key.removeprefix('batch_b')))
     skipped = [{**row, 'id': f'{_prefix(key)}{row["id"]}'} for key in keys for row in batches[key].get_skipped()]
-    return StructureSet(_concatenate([(_prefix(key), batches[key].arrays) for key in keys]), skipped=skipped)
+    return StructureSet(concatenate([(_prefix(key), batches[key].arrays) for key in keys]), skipped=skipped)
 
 
 @calcfunction
