@@ -48,6 +48,7 @@ import time
 import numpy as np
 
 from .contract import METRICS_FILE, MODEL_FILE
+from .equicsp.training import ARCHITECTURE as GENERATOR_ARCHITECTURE
 from .evaluation import (
     CSP_DATASETS,
     MIN_FORMATION_ENERGY,
@@ -522,6 +523,8 @@ def ship(args) -> dict:
     checkpoint = load_checkpoint(folder / MODEL_FILE)
     checkpoint['hyperparameters'] = portable_record(checkpoint['hyperparameters'])
     metrics = json.loads((folder / METRICS_FILE).read_text())
+    if checkpoint['architecture'] == GENERATOR_ARCHITECTURE:
+        return _ship_generator(args, folder, checkpoint, metrics)
     destination = pathlib.Path(args.destination or PRETRAINED_DIR) / PRETRAINED_FILES[checkpoint['target']]
     sha = save_checkpoint(checkpoint, destination)
     split_dir = checkpoint['dataset'].get('split_dir', portable_path(SPLIT_DIR))
@@ -554,6 +557,47 @@ def ship(args) -> dict:
         },
         'shipped': {'commit': git_commit(), 'command': args.invocation},
         'history': metrics['history'],
+    }
+    destination.with_suffix('.json').write_text(json.dumps(record, indent=2))
+    print(f'shipped {folder / MODEL_FILE} as {destination} (sha256 {sha})')
+    return record
+
+
+def _ship_generator(args, folder: pathlib.Path, checkpoint: dict, metrics: dict) -> dict:
+    """``ship`` of an EquiCSP generator: shipped under the key ``equicsp_<dataset>`` (``PRETRAINED_FILES``),
+    with a record of its data, split digests, options, training line and commands."""
+    from .checkpoint import PRETRAINED_DIR, PRETRAINED_FILES, save_checkpoint
+
+    key = f'{GENERATOR_ARCHITECTURE}_{checkpoint["dataset"].get("name")}'
+    if key not in PRETRAINED_FILES:
+        raise SystemExit(f'no shipped file is named for {key!r}; known: {", ".join(sorted(PRETRAINED_FILES))}')
+    destination = pathlib.Path(args.destination or PRETRAINED_DIR) / PRETRAINED_FILES[key]
+    sha = save_checkpoint(checkpoint, destination)
+    history = metrics['history'][0]
+    record = {
+        'file': destination.name,
+        'sha256': sha,
+        'architecture': checkpoint['architecture'],
+        'target': None,
+        'units': None,
+        'n_members': len(checkpoint['members']),
+        'n_parameters_per_member': metrics['n_parameters'],
+        'hyperparameters': checkpoint['hyperparameters'],
+        'elements': checkpoint['elements'],
+        'max_atoms': checkpoint['max_atoms'],
+        'modes': checkpoint['modes'],
+        'dataset': portable_record(checkpoint['dataset']),
+        'split': {'digests': checkpoint['split']},
+        'metrics': checkpoint['metrics'],
+        'training': {
+            'device': args.training_device,
+            'seconds': metrics.get('training_seconds'),
+            'epochs': len(history),
+            'best_epoch': metrics.get('best_epoch'),
+            'command': args.trained_with,
+        },
+        'shipped': {'commit': git_commit(), 'command': args.invocation},
+        'history': history,
     }
     destination.with_suffix('.json').write_text(json.dumps(record, indent=2))
     print(f'shipped {folder / MODEL_FILE} as {destination} (sha256 {sha})')
