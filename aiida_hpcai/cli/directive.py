@@ -8,22 +8,29 @@ import click
 from aiida.cmdline.utils import decorators, echo
 
 from ..engines import ENGINES
-from ..models.contract import GENERATE_MODES, N_STRATEGIES
+from ..models.contract import N_STRATEGIES
 from . import cli
 from .dft import _parse_overrides, load_dft_code, resolve_protocol
-from .generate import shipped_generator
-from .params import NON_NEGATIVE_INT, POSITIVE_INT, ProtocolChoice, WritablePath, load_node_of
-from .surrogate import DEFAULT_CODE, DEFAULT_TARGET, _load_code, _process_reports_to_stderr, _run, _submit, load_models
+from .generate import COMPOSITIONS, MODE, MODEL, SAMPLES, STEPS, shipped_generator
+from .params import (
+    CODE,
+    DEVICE,
+    JSON,
+    NON_NEGATIVE_INT,
+    OUTPUT,
+    POSITIVE_INT,
+    SUBMIT,
+    ProtocolChoice,
+    WritablePath,
+    load_node_of,
+)
+from .surrogate import DEFAULT_TARGET, _load_code, _process_reports_to_stderr, _run, _submit, load_models
 
 
 @cli.command('directive')
-@click.option('--mode', type=click.Choice(GENERATE_MODES), required=True, help='csp (composition given) or abinitio.')
-@click.option(
-    '--composition', 'compositions', multiple=True, metavar='FORMULA', help='csp: the formula of one cell; repeatable.'
-)
-@click.option(
-    '-n', '--samples', 'n_samples', type=POSITIVE_INT, required=True, help='Samples per batch (per composition in csp).'
-)
+@MODE(help='csp (composition given) or abinitio.')
+@COMPOSITIONS(help='csp: the formula of one cell; repeatable.')
+@SAMPLES(help='Samples per batch (per composition in csp).')
 @click.option('--batches', type=POSITIVE_INT, default=1, show_default=True, help='Rounds of generation.')
 @click.option(
     '--n-strategy',
@@ -33,13 +40,8 @@ from .surrogate import DEFAULT_CODE, DEFAULT_TARGET, _load_code, _process_report
     help='abinitio: the atom-count strategy; repeat it (--n-strategy dataset --n-strategy uniform) to run each '
     'batch once per strategy and compare their valid rates. Default: dataset.',
 )
-@click.option(
-    '--model',
-    metavar='PK_OR_UUID',
-    default=None,
-    help='The equicsp ModelData to sample from. Default: the checkpoint shipped with the package.',
-)
-@click.option('--steps', type=POSITIVE_INT, default=None, help="Sampler steps (default: the model's diffusion steps).")
+@MODEL()
+@STEPS()
 @click.option('--seed', type=NON_NEGATIVE_INT, default=None, help='Seed of the first job (0); job j uses seed + j.')
 @click.option(
     '--screening',
@@ -66,18 +68,14 @@ from .surrogate import DEFAULT_CODE, DEFAULT_TARGET, _load_code, _process_report
 @click.option('--protocol', type=ProtocolChoice(), default=None, help="DFT protocol; default: the engine's default.")
 @click.option('--dft-code', 'dft_code_label', default=None, help='DFT code; default pw@localhost or vasp@localhost.')
 @click.option('--max-concurrent', type=POSITIVE_INT, default=None, help='DFT calculations at once (4).')
-@click.option(
-    '--code', 'code_label', default=DEFAULT_CODE, show_default=True, help='Code running the hpcai-model program.'
-)
-@click.option('--device', default='cpu', show_default=True, help='cpu, cuda or cuda:<index>.')
-@click.option('--json', 'as_json', is_flag=True, help='Print machine-readable JSON instead of a table.')
-@click.option(
-    '--output',
+@CODE()
+@DEVICE()
+@JSON()
+@OUTPUT(
     type=WritablePath(folder_ok=True),
-    default=None,
     help='A folder (made if missing) for the plots (PNG), statistics.json and valid.extxyz. Checked before running.',
 )
-@click.option('--submit', is_flag=True, help='Submit to the daemon and return at once, instead of running here.')
+@SUBMIT()
 @decorators.with_dbenv()
 def directive(
     mode,

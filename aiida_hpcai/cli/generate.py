@@ -10,13 +10,57 @@ from aiida.cmdline.utils import decorators, echo
 
 from ..models.contract import GENERATE_MODES, N_STRATEGIES
 from . import cli
-from .params import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, WritablePath, load_node_of
-from .surrogate import DEFAULT_CODE, _load_code, _process_reports_to_stderr, _run, _submit
+from .params import (
+    CODE,
+    DEVICE,
+    JSON,
+    NON_NEGATIVE_INT,
+    OUTPUT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    SUBMIT,
+    OverridableOption,
+    WritablePath,
+    load_node_of,
+)
+from .surrogate import _load_code, _process_reports_to_stderr, _run, _submit
 
 GENERATOR_ARCHITECTURE = 'equicsp'
 # --output: a table of ids and formulae, all samples in one extxyz file, or (any other path) a folder of CIFs
 TABLE_SUFFIXES = ('.csv',)
 EXTXYZ_SUFFIXES = ('.extxyz', '.xyz')
+
+# -- the generator's options, shared with `aiida-hpcai directive` (which overrides the help where it differs) -------
+MODE = OverridableOption(
+    '--mode',
+    type=click.Choice(GENERATE_MODES),
+    required=True,
+    help='csp: the composition is given; abinitio: the atom count and the elements are sampled too.',
+)
+COMPOSITIONS = OverridableOption(
+    '--composition',
+    'compositions',
+    multiple=True,
+    metavar='FORMULA',
+    help='csp: the formula of one cell (Fe2O3 is five atoms); repeatable, each gets -n samples.',
+)
+SAMPLES = OverridableOption(
+    '-n',
+    '--samples',
+    'n_samples',
+    type=POSITIVE_INT,
+    required=True,
+    help='Samples per composition (csp) or in all (abinitio).',
+)
+MODEL = OverridableOption(
+    '--model',
+    metavar='PK_OR_UUID',
+    default=None,
+    help=f'The {GENERATOR_ARCHITECTURE} ModelData to sample from. Default: the checkpoint shipped with the package.',
+)
+STEPS = OverridableOption(
+    '--steps', type=POSITIVE_INT, default=None, help="Sampler steps (default: the model's diffusion steps)."
+)
 
 
 def shipped_generator():
@@ -71,27 +115,9 @@ def write_output(output, structures, rows) -> None:
 
 
 @cli.command('generate')
-@click.option(
-    '--mode',
-    type=click.Choice(GENERATE_MODES),
-    required=True,
-    help='csp: the composition is given; abinitio: the atom count and the elements are sampled too.',
-)
-@click.option(
-    '--composition',
-    'compositions',
-    multiple=True,
-    metavar='FORMULA',
-    help='csp: the formula of one cell (Fe2O3 is five atoms); repeatable, each gets -n samples.',
-)
-@click.option(
-    '-n',
-    '--samples',
-    'n_samples',
-    type=POSITIVE_INT,
-    required=True,
-    help='Samples per composition (csp) or in all (abinitio).',
-)
+@MODE()
+@COMPOSITIONS()
+@SAMPLES()
 @click.option(
     '--n-strategy',
     type=click.Choice(N_STRATEGIES),
@@ -100,29 +126,20 @@ def write_output(output, structures, rows) -> None:
     'uniform up to the largest training cell, or hybrid (dataset for the first --switch samples, then uniform).',
 )
 @click.option('--switch', type=NON_NEGATIVE_INT, default=None, help='hybrid: samples drawn by dataset (default half).')
-@click.option(
-    '--model',
-    metavar='PK_OR_UUID',
-    default=None,
-    help=f'The {GENERATOR_ARCHITECTURE} ModelData to sample from. Default: the checkpoint shipped with the package.',
-)
-@click.option('--steps', type=POSITIVE_INT, default=None, help="Sampler steps (default: the model's diffusion steps).")
+@MODEL()
+@STEPS()
 @click.option('--step-lr', type=POSITIVE_FLOAT, default=None, help='Langevin corrector step size (1e-5).')
 @click.option('--seed', type=NON_NEGATIVE_INT, default=None, help='Random seed (0): the same seed, the same samples.')
 @click.option('--batch-size', type=POSITIVE_INT, default=None, help='Crystals sampled at once (64).')
-@click.option(
-    '--code', 'code_label', default=DEFAULT_CODE, show_default=True, help='Code running the hpcai-model program.'
-)
-@click.option('--device', default='cpu', show_default=True, help='cpu, cuda or cuda:<index>.')
-@click.option('--json', 'as_json', is_flag=True, help='Print machine-readable JSON instead of a table.')
-@click.option(
-    '--output',
+@CODE()
+@DEVICE()
+@JSON()
+@OUTPUT(
     type=WritablePath(folder_ok=True),
-    default=None,
     help='Also write the results: a .csv of ids, formulae and status, an .extxyz of the valid structures, or '
     'a folder (made if missing) of one CIF per valid structure. Checked before anything runs.',
 )
-@click.option('--submit', is_flag=True, help='Submit to the daemon and return at once, instead of running here.')
+@SUBMIT()
 @decorators.with_dbenv()
 def generate(
     mode,

@@ -1,8 +1,12 @@
-"""What every ``aiida-hpcai`` and ``verdi data hpcai.*`` command shares: one-line errors and checked option types.
+"""What every ``aiida-hpcai`` and ``verdi data hpcai.*`` command shares: one-line errors, checked option types
+and the options several commands take.
 
 Values are checked by click before anything runs (a count must be positive, an output folder must
 exist and be writable), and any error a command raises reaches the user as one line; ``-v debug``
 prints the traceback for developers.
+
+The shared options are aiida's :class:`~aiida.cmdline.params.options.overridable.OverridableOption`: a command
+writes ``@CODE()``, and where it differs on purpose it says so, e.g. ``@OUTPUT(help=..., type=...)``.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import traceback
 
 import click
 from aiida.cmdline.groups.verdi import VerdiCommand, VerdiCommandGroup
+from aiida.cmdline.params.options.overridable import OverridableOption
 from aiida.cmdline.utils import echo
 
 POSITIVE_INT = click.IntRange(min=1)
 NON_NEGATIVE_INT = click.IntRange(min=0)
 POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
 NON_NEGATIVE_FLOAT = click.FloatRange(min=0)
+DEFAULT_CODE = 'hpcai-model@localhost'
 
 
 def one_line(exc: BaseException) -> str:
@@ -133,3 +139,16 @@ def load_node_of(identifier: str, node_class, param_hint: str):
             f'node {identifier} is a {type(node).__name__}, not a {node_class.__name__}', param_hint=param_hint
         )
     return node
+
+
+# -- options of the commands that run the hpcai-model program (generate, directive, predict, train) ----------------
+CODE = OverridableOption(
+    '--code', 'code_label', default=DEFAULT_CODE, show_default=True, help='Code running the hpcai-model program.'
+)
+DEVICE = OverridableOption('--device', default='cpu', show_default=True, help='cpu, cuda or cuda:<index>.')
+JSON = OverridableOption('--json', 'as_json', is_flag=True, help='Print machine-readable JSON instead of a table.')
+SUBMIT = OverridableOption(
+    '--submit', is_flag=True, help='Submit to the daemon and return at once, instead of running here.'
+)
+# what a command writes differs: each gives its own help (and folder_ok where a folder is accepted)
+OUTPUT = OverridableOption('--output', type=WritablePath(), default=None)

@@ -20,9 +20,18 @@ from aiida.cmdline.utils import decorators, echo
 from ..models import contract, registry
 from ..models.uncertainty import UNCERTAINTY_METHODS
 from . import cli
-from .params import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, WritablePath, load_node_of
+from .params import (
+    CODE,
+    DEVICE,
+    JSON,
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    OUTPUT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    load_node_of,
+)
 
-DEFAULT_CODE = 'hpcai-model@localhost'
 DEFAULT_TARGET = 'formation_energy_per_atom'
 TRAINABLE = sorted(name for name, entry in registry.architectures().items() if entry.supports('train'))
 
@@ -122,10 +131,8 @@ def skipped_rows(structures) -> list[dict]:
     help='Confident when sigma <= this (model units). Default: per target (0.12 eV/atom for formation '
     'energy, 0.6 eV for band gap).',
 )
-@click.option(
-    '--code', 'code_label', default=DEFAULT_CODE, show_default=True, help='Code running the hpcai-model program.'
-)
-@click.option('--device', default='cpu', show_default=True, help='cpu, cuda or cuda:<index>.')
+@CODE()
+@DEVICE()
 @click.option(
     '--batch-size',
     type=POSITIVE_INT,
@@ -142,13 +149,8 @@ def skipped_rows(structures) -> list[dict]:
 @click.option(
     '--mc-samples', type=POSITIVE_INT, default=None, help='Samples per member for the MC-dropout methods (10).'
 )
-@click.option('--json', 'as_json', is_flag=True, help='Print machine-readable JSON instead of a table.')
-@click.option(
-    '--output',
-    type=WritablePath(),
-    default=None,
-    help='Also write the rows to this CSV file (its folder is checked before anything runs).',
-)
+@JSON()
+@OUTPUT(help='Also write the rows to this CSV file (its folder is checked before anything runs).')
 @decorators.with_dbenv()
 def predict(files, models, target, threshold, code_label, device, batch_size, uncertainty, mc_samples, as_json, output):
     """Predict a property with an uncertainty for the structures in FILES (CIF, POSCAR, extxyz).
@@ -280,10 +282,8 @@ def _print_prediction_table(rows, summary, node) -> None:
 @click.option('--patience', type=POSITIVE_INT, default=None, help='Early stopping after this many epochs without gain.')
 @click.option('--parent', default=None, metavar='PK_OR_UUID', help='ModelData to fine-tune instead of starting fresh.')
 @click.option('--limit', type=POSITIVE_INT, default=None, help='When SOURCE is a file: read at most this many rows.')
-@click.option(
-    '--code', 'code_label', default=DEFAULT_CODE, show_default=True, help='Code running the hpcai-model program.'
-)
-@click.option('--device', default='cpu', show_default=True, help='cpu, cuda or cuda:<index>.')
+@CODE()
+@DEVICE()
 @decorators.with_dbenv()
 def train(
     source,
