@@ -131,13 +131,13 @@ def _clean(mean, sigma, truth) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _candidates(sigma: np.ndarray, max_candidates: int) -> np.ndarray:
-    """Up to ``max_candidates`` thresholds, each one of the sigmas (quantiles; all when fewer)."""
-    distinct = np.unique(sigma)
+    """Up to ``max_candidates`` thresholds, each one of the positive sigmas (quantiles; all when fewer;
+    a threshold of 0 is the rule that accepts nothing)."""
+    distinct = np.unique(sigma[sigma > 0])
     if len(distinct) <= max_candidates:
         return distinct
-    return np.unique(
-        np.quantile(sigma, np.linspace(1, max_candidates, max_candidates) / max_candidates, method='inverted_cdf')
-    )
+    levels = np.linspace(1, max_candidates, max_candidates) / max_candidates
+    return np.unique(np.quantile(sigma[sigma > 0], levels, method='inverted_cdf'))
 
 
 def _counts(thresholds: np.ndarray, sigma: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -216,3 +216,11 @@ def test_shipped_record_names_its_data_and_model():
     assert record['model'] == checkpoint['sha256']
     with pytest.raises(ValueError, match="no shipped acceptance record for target 'density'"):
         shipped_acceptance('density')
+
+
+def test_a_zero_sigma_is_never_a_threshold():
+    mean, sigma, truth = draw(3000, seed=11)
+    sigma[:500] = 0.0  # a degenerate ensemble whose members agree exactly
+    record = calibrate_acceptance(mean, sigma, truth)
+    assert min(record['grid']['thresholds']) > 0
+    assert record['threshold'] > 0 and accepted(sigma, record['threshold'])[:500].all()
