@@ -11,13 +11,16 @@ writes ``@CODE()``, and where it differs on purpose it says so, e.g. ``@OUTPUT(h
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
 import pathlib
 import traceback
 
 import click
 from aiida.cmdline.groups.verdi import VerdiCommand, VerdiCommandGroup
+from aiida.cmdline.params import options
 from aiida.cmdline.params.options.overridable import OverridableOption
 from aiida.cmdline.utils import echo
 
@@ -36,18 +39,34 @@ def one_line(exc: BaseException) -> str:
     return f'{type(exc).__name__}: {message}' if message else type(exc).__name__
 
 
+@contextlib.contextmanager
+def one_line_errors():
+    """Any unexpected error inside becomes one line on stderr (exit status 1); with ``-v debug`` its traceback first.
+
+    Click's own errors (usage, bad parameter, exit, abort) pass through: click reports them itself.
+    """
+    try:
+        yield
+    except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one place that turns any error into one line
+        debug = echo.CMDLINE_LOGGER.isEnabledFor(logging.DEBUG)
+        echo.echo_debug(traceback.format_exc())
+        hint = '' if debug or isinstance(exc, (ValueError, OSError)) else ' (`-v debug` shows the traceback)'
+        echo.echo_critical(f'{one_line(exc)}{hint}')
+
+
 class HpcaiCommand(VerdiCommand):
-    """A command whose unexpected errors end as one line on stderr (exit status 1), the traceback only with -v debug."""
+    """A command whose unexpected errors end as one line on stderr (exit status 1), the traceback only with -v debug:
+    errors of the command itself and those raised while its options are read (an option's callback)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        with one_line_errors():
+            return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
-        try:
+        with one_line_errors():
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
-        except Exception as exc:  # noqa: BLE001 - the one place that turns any error into one line
-            echo.echo_debug(traceback.format_exc())
-            hint = '' if isinstance(exc, (ValueError, OSError)) else ' (`-v debug` shows the traceback)'
-            echo.echo_critical(f'{one_line(exc)}{hint}')
 
 
 class HpcaiGroup(VerdiCommandGroup):
@@ -59,9 +78,11 @@ class HpcaiGroup(VerdiCommandGroup):
     def add_verbosity_option(cmd: click.Command) -> click.Command:
         # aiida applies the first --verbosity it meets and ignores later ones; on a group (`data`) that first one is
         # always the unset default, which would silence `aiida-hpcai data import ... -v debug`. Commands only.
-        if isinstance(cmd, click.Group):
+        # Eager: the level is set before any other option is read, so `-v debug` anywhere on the line also shows
+        # the traceback of an error raised while reading an option that stands before it.
+        if isinstance(cmd, click.Group) or 'verbosity' in [param.name for param in cmd.params]:
             return cmd
-        return VerdiCommandGroup.add_verbosity_option(cmd)
+        return options.VERBOSITY(is_eager=True)(cmd)
 
 
 class WritablePath(click.Path):

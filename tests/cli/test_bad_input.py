@@ -180,19 +180,59 @@ def test_import_names_the_labels_a_file_has(aiida_profile, tmp_path):
     assert stored_sets() == before
 
 
-def test_debug_verbosity_shows_the_traceback(aiida_profile, tmp_path, monkeypatch):
+def invoke_at_debug(monkeypatch, command, args):
+    """``command args`` run as a fresh process would run it: aiida applies --verbosity once per process (the first
+    command sets CLI_ACTIVE), so that is undone for this call, and the logging set up as before afterwards."""
     from aiida.common import log
 
+    with monkeypatch.context() as patch:
+        patch.setattr(log, 'CLI_ACTIVE', False)
+        patch.setattr(log, 'CLI_LOG_LEVEL', None)
+        result = invoke(command, args)
+    log.configure_logging()
+    return result
+
+
+def test_debug_verbosity_shows_the_traceback(aiida_profile, tmp_path, monkeypatch):
     (tmp_path / 'table.csv').write_text('material_id,energy\nmp-1,1.0\n')
-    # aiida applies --verbosity once per process (the first command sets CLI_ACTIVE); undo that for this call
-    monkeypatch.setattr(log, 'CLI_ACTIVE', False)
-    monkeypatch.setattr(log, 'CLI_LOG_LEVEL', None)
-    try:
-        result = invoke(cli, ['data', 'import', tmp_path / 'table.csv', '-v', 'debug'])
-    finally:
-        monkeypatch.undo()
-        log.configure_logging()
+    result = invoke_at_debug(monkeypatch, cli, ['data', 'import', tmp_path / 'table.csv', '-v', 'debug'])
     assert result.exit_code == 1 and 'Traceback' in result.output and 'needs a "cif" column' in result.output
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_with_debug(aiida_profile, files, tmp_path, monkeypatch):
+    """`verdi data hpcai.*`: an error no command expects is one line with a hint; `-v debug` shows where it came
+    from (the hint then left out)."""
+    node = StructureSet.from_files([files / 'good.cif']).store()
+
+    def broken_write(self, path):
+        raise KeyError('no such array')
+
+    monkeypatch.setattr(StructureSet, 'write', broken_write)
+    args = ['hpcai.structures', 'export', node.pk, tmp_path / 'x.npz']
+    assert_fails(invoke(verdi_data, args), 1, "KeyError: 'no such array'", '`-v debug` shows the traceback')
+    result = invoke_at_debug(monkeypatch, verdi_data, [*args, '-v', 'debug'])
+    assert result.exit_code == 1 and 'Traceback' in result.output and 'in broken_write' in result.output
+    assert "Critical: KeyError: 'no such array'" in result.output and 'shows the traceback' not in result.output
+
+
+@pytest.mark.parametrize('through', ['verdi data hpcai.structures show', 'aiida-hpcai data import'])
+def test_an_error_while_the_options_are_read_is_one_line_too(aiida_profile, files, tmp_path, monkeypatch, through):
+    """An option's callback that fails (--ids names a file that is no text) ends as one line, not a traceback;
+    `-v debug` shows the traceback even when it stands after that option."""
+    (tmp_path / 'ids.txt').write_bytes(b'\xff\xfe\x00 mp-1')
+    if through.startswith('verdi'):
+        command, args = (
+            verdi_data,
+            ['hpcai.structures', 'show', StructureSet.from_files([files / 'good.cif']).store().pk],
+        )
+    else:
+        command, args = cli, ['data', 'import', files / 'good.cif']
+    args += ['--ids', tmp_path / 'ids.txt']
+    before = stored_sets()
+    assert_fails(invoke(command, args), 1, "'utf-8' codec can't decode byte 0xff")
+    result = invoke_at_debug(monkeypatch, command, [*args, '-v', 'debug'])
+    assert result.exit_code == 1 and 'Traceback' in result.output and 'in parse_ids' in result.output
+    assert stored_sets() == before
 
 
 # -- verdi data hpcai.* ------------------------------------------------------------------------------------------
