@@ -8,7 +8,7 @@ displacement normalised by ``(volume / atoms) ** (1/3)``) over the matched pairs
 ``RecEval`` computes it.
 
 Pure pymatgen (no aiida, no torch); :func:`checked_structures` turns the sampler's output into
-structures, invalid samples as ``None``.
+structures, invalid samples as ``None``, and :func:`sample_like` draws one CSP sample per reference.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 
-__all__ = ('MATCHER_SETTINGS', 'checked_structures', 'match_rate_and_rmse')
+__all__ = ('MATCHER_SETTINGS', 'checked_structures', 'match_rate_and_rmse', 'sample_like', 'summarize')
 
 #: The StructureMatcher tolerances of the CSP benchmarks (CDVAE, DiffCSP, EquiCSP, FlowMM).
 MATCHER_SETTINGS = {'stol': 0.5, 'angle_tol': 10.0, 'ltol': 0.3}
@@ -66,13 +66,20 @@ def match_rate_and_rmse(
             errors += 1
             found = None
         distances.append(None if found is None else float(found[0]))
+    return {'n_compared': compared, 'n_errors': errors, **summarize(distances)}
+
+
+def summarize(distances: Sequence[float | None], valid: Sequence[bool] | None = None) -> dict:
+    """``n``, ``n_matched``, ``match_rate``, ``rmse`` and ``rms_dist`` of per-pair distances (None: a miss);
+    ``False`` in ``valid`` makes a pair a miss (another validity protocol over the same matching)."""
+    if valid is not None and len(valid) != len(distances):
+        raise ValueError(f'{len(valid)} validity flags for {len(distances)} pairs')
+    distances = [d if valid is None or valid[i] else None for i, d in enumerate(distances)]
     matched = [distance for distance in distances if distance is not None]
-    n = len(references)
+    n = len(distances)
     return {
         'n': n,
-        'n_compared': compared,
         'n_matched': len(matched),
-        'n_errors': errors,
         'match_rate': len(matched) / n if n else math.nan,
         'rmse': float(np.mean(matched)) if matched else None,
         'rms_dist': distances,
@@ -97,3 +104,45 @@ def checked_structures(crystals: Sequence[dict]) -> tuple[list[Structure | None]
             structures.append(None)
             reasons.append(problem[0])
     return structures, reasons
+
+
+def sample_like(
+    sampler,
+    references: Sequence[Structure],
+    steps: int | None = None,
+    step_lr: float = 1e-5,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> tuple[list[Structure | None], list[str | None]]:
+    """One CSP sample per reference, with its composition given (its atoms, in its order), from ``sampler``
+    (an :class:`~aiida_hpcai.models.equicsp.generation.EquiCSPSampler`); batch k of ``batch_size`` uses
+    ``seed + k``. Returns the samples aligned with ``references`` (``None`` for a miss) and, for each, ``None``
+    or why it is missing: ``unknown_element`` (an element the model does not know), ``too_many_atoms`` (more
+    than its ``max_atoms``; neither is sampled) or the reason of :func:`checked_structures`."""
+    lookup = {symbol: index for index, symbol in enumerate(sampler.elements)}
+    generated: list[Structure | None] = [None] * len(references)
+    reasons: list[str | None] = [None] * len(references)
+    asked = []
+    for row, structure in enumerate(references):
+        symbols = [site.specie.symbol for site in structure]
+        if any(symbol not in lookup for symbol in symbols):
+            reasons[row] = 'unknown_element'
+        elif len(symbols) > sampler.max_atoms:
+            reasons[row] = 'too_many_atoms'
+        else:
+            asked.append((row, np.array([lookup[symbol] for symbol in symbols])))
+    starts = range(0, len(asked), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f'sampling ({steps or "default"} steps)', unit=' batch')
+    for k, start in enumerate(starts):
+        chunk = asked[start : start + batch_size]
+        crystals = sampler.sample(
+            [len(t) for _, t in chunk], [t for _, t in chunk], steps, step_lr, seed + k, len(chunk)
+        )
+        structures, why = checked_structures(crystals)
+        for (row, _), structure, reason in zip(chunk, structures, why):
+            generated[row], reasons[row] = structure, reason
+    return generated, reasons
