@@ -1,0 +1,289 @@
+"""``hpcai.coordinate`` on a real profile: a tiny EquiCSP and a tiny Crysformer (both trained by ``hpcai.train``),
+an imported labelled StructureSet for the look-up, and one small pw.x run (``fast``) for the DFT branch, whose
+result fine-tunes the model (buffer of 1) while the loop goes on."""
+
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.engine import calcfunction, run_get_node
+from aiida.manage.caching import enable_caching
+from aiida.plugins import CalculationFactory, WorkflowFactory
+from PIL import Image
+from pymatgen.core import Lattice, Structure
+
+from aiida_hpcai.agent import operations
+from aiida_hpcai.data.structure_set import StructureSet
+from aiida_hpcai.workchains.coordinate import TABLE_COLUMNS
+from tests.generate_helpers import OPTIONS, model_program_code, train_tiny_equicsp
+
+CoordinateWorkChain = WorkflowFactory('hpcai.coordinate')
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+TARGET = 'formation_energy_per_atom'
+# A 3-epoch generator's 2-atom cells rarely have a charge-neutral composition, and their symmetry shows only at a
+# tolerance of 0.5 Å (the loop drops space group 1 at the screening's tolerance).
+LOOSE = {'charge_neutrality': False, 'symprec': 0.5}
+DFT_OPTIONS = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 2}, 'max_wallclock_seconds': 1800}
+
+
+@pytest.fixture(scope='module')
+def code(aiida_profile, tmp_path_factory):
+    return model_program_code(str(tmp_path_factory.mktemp('coordinate_work')))
+
+
+@pytest.fixture(scope='module')
+def generator(code):
+    return train_tiny_equicsp(code).outputs.model
+
+
+@calcfunction
+def relabel(structures: StructureSet) -> StructureSet:
+    """The generator's training cells with their synthetic label under the name of a Goal property. Made by a
+    process, the set is no reference data for the look-up (only sets a user imported are)."""
+    arrays = structures.arrays
+    relabelled = dataclasses.replace(arrays, labels={TARGET: arrays.labels['energy']})
+    return StructureSet(relabelled, label='synthetic CsCl-type cells (28), formation_energy_per_atom')
+
+
+@pytest.fixture(scope='module')
+def property_model(code, generator):
+    """A tiny Crysformer ensemble (2 members, 1 epoch) of the synthetic label, named formation_energy_per_atom."""
+    label = 'synthetic CsCl-type cells (28), formation_energy_per_atom'
+    structures = orm.QueryBuilder().append(StructureSet, filters={'label': label}).first(flat=True)
+    if structures is None:
+        structures = relabel(train_tiny_equicsp(code).inputs.structures)
+    parameters = {'target': TARGET, 'units': 'eV/atom', 'model_config': 'tiny', 'ensemble_size': 2, 'epochs': 1}
+    with enable_caching(identifier='aiida.calculations:hpcai.train'):
+        _, node = run_get_node(
+            CalculationFactory('hpcai.train'),
+            code=code,
+            structures=structures,
+            parameters=orm.Dict({**parameters, 'batch_size': 16, 'seed': 0}),
+            metadata={'options': OPTIONS},
+        )
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    return node.outputs.model
+
+
+@pytest.fixture(scope='module')
+def imported_set(aiida_profile):
+    """A labelled set as `aiida-hpcai data import` stores one (made by no process): rocksalt MgO with a test value."""
+    rocksalt = Structure.from_spacegroup('Fm-3m', Lattice.cubic(4.21), ['Mg', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    fluorite = Structure.from_spacegroup('Fm-3m', Lattice.cubic(5.0), ['Si', 'O'], [[0, 0, 0], [0.25, 0.25, 0.25]])
+    return StructureSet.from_pymatgen(
+        [rocksalt, fluorite], ids=['mgo-rocksalt', 'sio2-fluorite'], labels={TARGET: [-3.0, -2.0]}, label='coordinate'
+    ).store()
+
+
+def _inputs(code, generator, model, goal, **extra):
+    inputs = {
+        'goal': orm.Dict(goal),
+        'generate': {'code': code, 'model': generator, 'metadata': {'options': OPTIONS}},
+        'generation': orm.Dict({'steps': 10}),
+        'screening': orm.Dict(LOOSE),
+        'surrogate': {'models': {'m0': model}, 'predict': {'code': code, 'metadata': {'options': OPTIONS}}},
+    }
+    inputs.update(extra)
+    return inputs
+
+
+def _png_ok(node):
+    content = node.get_content(mode='rb')
+    assert content.startswith(PNG_MAGIC)
+    width, height = Image.open(io.BytesIO(content)).size
+    assert width > 300 and height > 200
+
+
+def _called(node, process_type):
+    return sorted((child for child in node.called if child.process_type == process_type), key=lambda n: n.pk)
+
+
+# -- look-up hit and AI acceptances, no DFT ----------------------------------------------------------------------
+def test_look_up_hit_and_ai_acceptances(code, generator, property_model, imported_set):
+    # The generator's training set (label `energy`) holds MgO too: without the bound it would be a hit
+    goal = {'composition': 'MgO', 'count': 4, 'bounds': {TARGET: [None, 0.0]}, 'objective': ['minimize', TARGET],
+            'dft_budget': 0}  # fmt: skip
+    inputs = _inputs(
+        code,
+        generator,
+        property_model,
+        goal,
+        samples_per_iteration=orm.Int(4),
+        max_iterations=orm.Int(2),
+        sigma_threshold=orm.Float(10.0),
+    )
+    results, node = run_get_node(CoordinateWorkChain, **inputs)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+
+    rows = results['table']['rows']
+    assert results['table']['columns'] == list(TABLE_COLUMNS)
+    assert results['structures'].ids == [row['id'] for row in rows]
+    assert 1 <= len(rows) <= 4
+    values = [row['value'] for row in rows]
+    assert values == sorted(values)  # the objective: lowest formation energy first
+    hits = [row for row in rows if row['source'] == 'database']
+    assert [(row['node_pk'], row['value']) for row in hits] == [(imported_set.pk, -3.0)]
+    assert values[0] == -3.0 and all(value < 0 for value in values)
+    assert all(row['formula'] == 'MgO' and row['spacegroup'] != 1 for row in rows)
+    assert np.allclose(results['structures'].get_label(TARGET), values)
+
+    # AI acceptances: within the threshold, the initial model (version 0), the surrogate run that predicted them
+    surrogates = _called(node, 'aiida.workflows:hpcai.surrogate')
+    assert len(surrogates) >= 1 and not _called(node, 'aiida.workflows:hpcai.dft_batch')
+    for row in rows:
+        if row['source'] == 'ai':
+            assert row['sigma'] <= 10.0 and row['model_version'] == 0 and row['model_pk'] == property_model.pk
+            assert row['node_pk'] in {s.pk for s in surrogates}
+            surrogate = orm.load_node(row['node_pk'])
+            predictions = surrogate.outputs.classified_predictions
+            index = list(predictions.get_array('ids')).index(row['id'])
+            assert predictions.get_array('mean')[index] == pytest.approx(row['value'])
+
+    log = results['decision_log'].get_dict()
+    # other tests may leave hpcai.dft results of MgO in the profile: those are hits too (source dft)
+    assert [hit['node_pk'] for hit in log['look_up']['hits'] if hit['source'] == 'database'] == [imported_set.pk]
+    assert [entry['iteration'] for entry in log['iterations']] == list(range(1, len(log['iterations']) + 1))
+    jobs = _called(node, 'aiida.calculations:hpcai.generate')
+    assert len(jobs) == len(log['iterations']) <= 2
+    for entry, job in zip(log['iterations'], jobs):
+        assert entry['generate_pk'] == job.pk and entry['mode'] == 'csp'
+        assert job.inputs.parameters['compositions'] == {'MgO': 4}
+        assert entry['candidates'] == len(job.outputs.structures)
+        assert entry['sent_to_dft'] == [] and entry['not_sent_to_dft'] == []
+    accepted = [a['id'] for entry in log['iterations'] for a in entry['accepted']]
+    kept_ai = [row['id'] for row in rows if row['source'] == 'ai']
+    assert kept_ai and set(kept_ai) <= set(accepted)
+    # whatever was accepted but is not a result was dropped for a reason the log gives
+    dropped = {row['id']: row['reason'] for row in log['dropped'] if row['source'] == 'ai'}
+    assert set(accepted) - set(kept_ai) == set(dropped)
+    assert set(dropped.values()) <= {'no_symmetry', 'duplicate_in_batch', 'beyond the count'}
+    _png_ok(results['plot'])
+    assert 'model' not in results
+
+
+# -- the DFT branch and an asynchronous fine-tune (buffer of 1) ----------------------------------------------------
+@pytest.fixture(scope='module')
+def dft_run(code, generator, property_model, pw_code, sssp_family):
+    """Simple-cubic Si as the only candidate of iteration 1; a threshold of 0 sends it to the one DFT run the goal
+    allows; its result fine-tunes the model while iteration 2 generates and predicts (nothing else fits the
+    budget). The lower bound keeps out what other tests leave in the profile (diamond Si at 0, MgO, SiO2 below 0),
+    so the look-up finds nothing."""
+    goal = operations.plan('structures with a formation energy between 0.05 and 1 eV/atom, at most 1 DFT run')
+    candidates = StructureSet.from_pymatgen([Structure(Lattice.cubic(2.53), ['Si'], [[0, 0, 0]])], ids=['Si-sc'])
+    inputs = _inputs(
+        code,
+        generator,
+        property_model,
+        goal,
+        candidates=candidates,
+        samples_per_iteration=orm.Int(2),
+        max_iterations=orm.Int(2),
+        sigma_threshold=orm.Float(0.0),
+        continue_without_dft=orm.Bool(True),
+        buffer_size=orm.Int(1),
+        fine_tune=orm.Dict({'epochs': 1, 'batch_size': 4}),
+        dft_batch={
+            'dft': {
+                'engine': orm.Str('quantumespresso'),
+                'code': pw_code,
+                'protocol': orm.Str('fast'),
+                'options': orm.Dict(DFT_OPTIONS),
+            }
+        },
+        generation=orm.Dict({'steps': 10, 'n_strategy': 'dataset'}),
+    )
+    return run_get_node(CoordinateWorkChain, **inputs)
+
+
+def test_uncertain_candidate_goes_to_dft_within_the_budget(dft_run):
+    results, node = dft_run
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    log = results['decision_log'].get_dict()
+    first = log['iterations'][0]
+    assert first['source'] == 'candidates' and first['candidates'] == 1
+    assert [entry['id'] for entry in first['sent_to_dft']] == ['i1-Si-sc']
+    assert first['sent_to_dft'][0]['reason'].startswith('sigma ') and first['accepted'] == []
+
+    (batch,) = _called(node, 'aiida.workflows:hpcai.dft_batch')
+    assert batch.pk == first['dft_pk'] and batch.inputs.structures.ids == ['i1-Si-sc']
+    assert batch.base.extras.get(operations.DFT_RUNS_EXTRA) == 1
+    assert batch.base.extras.get(operations.GOAL_EXTRA) == node.inputs.goal.uuid
+    # the budget is spent: later uncertain candidates stay without DFT, and say why
+    for entry in log['iterations'][1:]:
+        assert entry['sent_to_dft'] == []
+        assert all(item['not_sent'] == 'DFT budget spent' for item in entry['not_sent_to_dft'])
+
+    rows = [row for row in results['table']['rows'] if row['source'] == 'dft']
+    assert len(rows) == 1
+    row = rows[0]
+    child = orm.load_node(row['node_pk'])
+    assert child.process_type == 'aiida.workflows:hpcai.dft' and child.is_finished_ok
+    assert row['value'] == pytest.approx(child.outputs.formation_energy_per_atom.value)
+    # simple-cubic Si lies above diamond Si (the reference) and within the goal's bounds
+    assert 0.05 <= row['value'] <= 1 and row['spacegroup'] == 221
+    assert results['table']['counts']['dft'] == 1 and results['table']['counts']['ai'] == 0
+    _png_ok(results['plot'])
+
+
+def test_fine_tune_is_submitted_and_the_loop_switches(dft_run, property_model):
+    results, node = dft_run
+    log = results['decision_log'].get_dict()
+    submitted = log['iterations'][0]['fine_tune_submitted']
+    train = orm.load_node(submitted['pk'])
+    assert train.process_type == 'aiida.calculations:hpcai.train'
+    assert train.inputs.parent_model.pk == property_model.pk == submitted['parent_model_pk']
+    assert train.inputs.structures.ids == ['i1-Si-sc'] and TARGET in train.inputs.structures.label_names
+    assert train.is_finished_ok, train.exit_message
+
+    (event,) = log['fine_tunes']
+    assert event['status'] == 'switched' and event['fine_tune_pk'] == train.pk
+    new_model = train.outputs.model
+    assert results['model'].pk == new_model.pk == event['model_pk']
+    # the loop did not wait: iteration 2 started before the fine-tune ended; every iteration from the switch on
+    # predicted with the new model, every one before with the initial one
+    assert orm.load_node(log['iterations'][1]['generate_pk']).ctime < train.mtime
+    for entry in log['iterations']:
+        switched = entry['iteration'] >= event['from_iteration']
+        assert entry['model_version'] == (1 if switched else 0)
+        assert entry['model_pk'] == (new_model.pk if switched else property_model.pk)
+        if 'surrogate_pk' in entry:
+            (model,) = orm.load_node(entry['surrogate_pk']).inputs.models.values()
+            assert model.pk == entry['model_pk']
+
+
+def test_default_threshold_is_the_calibrated_rule_of_the_shipped_model(property_model):
+    from aiida_hpcai.data.model import ModelData
+    from aiida_hpcai.models.acceptance import shipped_acceptance
+    from aiida_hpcai.workchains.coordinate import acceptance_threshold
+    from aiida_hpcai.workchains.surrogate import default_sigma_threshold
+
+    shipped = ModelData.pretrained(TARGET)
+    threshold, source = acceptance_threshold([shipped])
+    assert threshold == shipped_acceptance(TARGET)['threshold'] and 'calibrated' in source
+    # another checkpoint (here the tiny model) is not what the record was calibrated for
+    threshold, source = acceptance_threshold([property_model])
+    assert threshold == default_sigma_threshold(TARGET) and 'surrogate.yaml' in source
+
+
+# -- inputs refused before anything runs ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    'change, message',
+    [
+        ({'goal': {'bounds': {'energy_above_hull': [0, 0]}}}, 'cannot evaluate energy_above_hull'),
+        ({'goal': {'composition': 'MgO', 'dft_budget': 2}}, 'give `dft_batch.dft`'),
+        ({'goal': {'count': 0}}, 'count'),
+        ({'no_generator': True}, 'give a generator'),
+        ({'fine_tune': {'temperature': 3}}, 'unknown fine-tune setting'),
+        ({'generation': {'mode': 'csp'}}, 'unknown generation setting'),
+    ],
+)
+def test_inputs_are_refused(code, generator, property_model, change, message):
+    goal = change.pop('goal', {'composition': 'MgO', 'dft_budget': 0})
+    inputs = _inputs(code, generator, property_model, goal)
+    if change.pop('no_generator', False):
+        del inputs['generate']
+    inputs.update({port: orm.Dict(value) for port, value in change.items()})
+    with pytest.raises(ValueError, match=message):
+        run_get_node(CoordinateWorkChain, **inputs)
