@@ -20,20 +20,26 @@ need: the training set's ``elements``, ``max_atoms``, the distribution of atom c
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import pathlib
 import time
 
 import numpy as np
 import torch
 
-from .. import plots
 from ..checkpoint import id_digest, new_checkpoint, save_checkpoint
-from ..contract import LEARNING_CURVE_FIGURE, METADATA_FILE, METRICS_FILE, MODEL_FILE
+from ..contract import MODEL_FILE
 from ..diffusion import CrystalBatch, LatticeScaler, Schedules, diffusion_loss
+from ..loop import (
+    STATE_FILE,
+    Budget,
+    load_state,
+    run_signature,
+    seconds_of,
+    seed_everything,
+    train_epochs,
+    write_run_files,
+)
 from ..structure_io import StructureArrays
-from ..training import STATE_FILE, _Budget, learning_rate_factor, seed_everything
 from .network import EquiCSPConfig, EquiCSPDenoiser, JsonOptions, count_parameters, resolve_config
 
 ARCHITECTURE = 'equicsp'
@@ -160,108 +166,40 @@ def train_equicsp(
     model = EquiCSPDenoiser(model_config, len(elements)).to(config.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    signature = json.dumps(
-        [
-            {k: v for k, v in config.to_dict().items() if k not in ('progress', 'device', 'max_minutes')},
-            model_config.to_dict(),
-            id_digest(train.ids)['sha256'],
-            id_digest(val.ids)['sha256'],
-        ],
-        sort_keys=True,
+    signature = run_signature(
+        config.to_dict(), model_config.to_dict(), id_digest(train.ids)['sha256'], id_digest(val.ids)['sha256']
     )
     state_path = output_dir / STATE_FILE
-    saved = torch.load(state_path, map_location='cpu', weights_only=True) if resume and state_path.exists() else None
-    if saved is not None and saved.get('signature') != signature:
-        saved = None  # a different run used this folder: start afresh
-    history: list[dict] = []
-    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    best_val, best_epoch, first_epoch, step = math.inf, -1, 0, 0
-    if saved is not None:
-        model.load_state_dict(saved['model'])
-        optimizer.load_state_dict(saved['optimizer'])
-        generator.set_state(saved['generator'])
-        best_state, best_val, best_epoch = saved['best_state'], saved['best_val'], saved['best_epoch']
-        history, first_epoch, step = saved['history'], saved['epoch'] + 1, saved['step']
-    budget = _Budget(config.max_minutes, sum(row['seconds'] for row in history))
-    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
-    total_steps = steps_per_epoch * config.epochs
-    warmup = max(1, int(config.warmup_fraction * total_steps))
-    shuffle = np.random.default_rng(config.seed)
-    for _ in range(first_epoch):  # the same shuffles as an uninterrupted run
-        shuffle.permutation(len(train))
+    saved = load_state(state_path, signature, resume)
+    budget = Budget(config.max_minutes, seconds_of(saved['history']) if saved else 0.0)
     started_all = time.monotonic()
-    epochs = range(first_epoch, config.epochs)
-    bar = None
-    if config.progress:
-        from tqdm import tqdm
 
-        bar = tqdm(epochs, desc='training equicsp', unit='epoch', mininterval=2.0)
-        epochs = bar
-    for epoch in epochs:
-        model.train()
-        started = time.monotonic()
-        losses = []
-        order = shuffle.permutation(len(train))
-        for start in range(0, len(train), config.batch_size):
-            chosen = order[start : start + config.batch_size]
-            used = 0.0 if budget.deadline is None else 1.0 - (budget.deadline - time.monotonic()) / budget.seconds
-            factor = learning_rate_factor(step, warmup, total_steps, used, config.warmup_fraction, config.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group['lr'] = config.learning_rate * factor
-            loss = diffusion_loss(
-                model,
-                train.batch(chosen).to(config.device),
-                schedules,
-                scaler,
-                len(elements),
-                CSP_FRACTION[config.modes],
-                generator,
-            )['loss']
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.gradient_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip)
-            optimizer.step()
-            step += 1
-            losses.append(float(loss.detach()))
-            if budget.exhausted():
-                break
+    def batch_loss(chosen):
+        batch = train.batch(chosen).to(config.device)
+        losses = diffusion_loss(model, batch, schedules, scaler, len(elements), CSP_FRACTION[config.modes], generator)
+        return losses['loss']
+
+    def validate(model) -> dict:
         terms = validation_loss(model, val, schedules, scaler, len(elements), config)
-        history.append(
-            {
-                'epoch': epoch,
-                'train_loss': float(np.mean(losses)),
-                'val_loss': terms['loss'],
-                'val_terms': {key: value for key, value in terms.items() if key != 'loss'},
-                'lr': optimizer.param_groups[0]['lr'],
-                'seconds': time.monotonic() - started,
-            }
-        )
-        if terms['loss'] < best_val:
-            best_val, best_epoch = terms['loss'], epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        if bar is not None:
-            bar.set_postfix(loss=f'{history[-1]["train_loss"]:.4f}', val=f'{terms["loss"]:.4f}', best=f'{best_val:.4f}')
-        stop = budget.exhausted() or epoch - best_epoch >= config.patience
-        torch.save(
-            {
-                'signature': signature,
-                'model': model.state_dict(),
-                'optimizer': optimizer.state_dict(),
-                'generator': generator.get_state(),
-                'step': step,
-                'best_state': best_state,
-                'best_val': best_val,
-                'best_epoch': best_epoch,
-                'history': history,
-                'epoch': config.epochs - 1 if stop else epoch,
-            },
-            state_path,
-        )
-        if stop:
-            break
-    if bar is not None:
-        bar.close()
+        return {'val_loss': terms['loss'], 'val_terms': {key: value for key, value in terms.items() if key != 'loss'}}
+
+    best_state, best_val, best_epoch, history = train_epochs(
+        model,
+        optimizer,
+        len(train),
+        batch_loss,
+        validate,
+        'val_loss',
+        config,
+        config.learning_rate,
+        config.seed,
+        budget,
+        state_path,
+        saved,
+        {'signature': signature},
+        generator,
+        label=ARCHITECTURE,
+    )
 
     counts = np.bincount(natoms, minlength=int(natoms.max()) + 1)
     checkpoint = new_checkpoint(
@@ -280,7 +218,7 @@ def train_equicsp(
         dataset=dict(dataset or {}),
     )
     sha = save_checkpoint(checkpoint, output_dir / MODEL_FILE)
-    training_seconds = sum(row['seconds'] for row in history)
+    training_seconds = seconds_of(history)
     metrics = {
         'history': [history],
         'best_epoch': best_epoch,
@@ -305,11 +243,11 @@ def train_equicsp(
         'dataset': checkpoint['dataset'],
         'split': checkpoint['split'],
     }
-    (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    plots.learning_curve(
+    write_run_files(
+        output_dir,
+        metadata,
+        metrics,
         [history],
-        output_dir / LEARNING_CURVE_FIGURE,
         metric='val_loss',
         metric_label='validation loss (fixed noise)',
         train_label='train diffusion loss',
