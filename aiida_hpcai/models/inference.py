@@ -226,17 +226,24 @@ def _resolve_device(requested: str) -> str:
     return requested
 
 
-def run_predict(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path) -> None:
-    """``hpcai-model predict`` of Crysformer checkpoints: ensemble mean and sigma for every structure."""
+def run_predict(
+    config: dict,
+    input_dir: pathlib.Path,
+    output_dir: pathlib.Path,
+    architecture: str = 'crysformer',
+    predictor_class: type[EnsemblePredictor] = EnsemblePredictor,
+) -> None:
+    """``hpcai-model predict`` of Crysformer checkpoints: ensemble mean and sigma for every structure.
+    An architecture built on Crysformer (the match discriminator) passes its name and its predictor class."""
     input_dir, output_dir = pathlib.Path(input_dir), pathlib.Path(output_dir)
     entries = config.get(MODELS_KEY) or []
     if not entries:
         raise TaskError(INVALID_CONFIG, 'config.json names no models')
-    checkpoints = [load_verified(entry, input_dir, 'crysformer') for entry in entries]
+    checkpoints = [load_verified(entry, input_dir, architecture) for entry in entries]
     device = _resolve_device(config.get('device', 'cpu'))
     start = time.perf_counter()
     try:
-        predictor = EnsemblePredictor(checkpoints, device)
+        predictor = predictor_class(checkpoints, device)
     except IncompatibleModels as exc:
         raise TaskError(INCOMPATIBLE_MODELS, str(exc)) from exc
     arrays = read_npz(input_dir / STRUCTURES_FILE)

@@ -69,3 +69,32 @@ def parity(
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def reliability_diagram(
+    curves: dict[str, dict], path: str | pathlib.Path, title: str = '', label: str = 'match'
+) -> None:
+    """Observed frequency of the positive class against the predicted probability, per probability bin, one line
+    per ``name: {'confidence', 'frequency', 'counts', 'ece'}`` (e.g. before and after temperature scaling),
+    with the diagonal of perfect calibration; the bins' counts below."""
+    plt = _pyplot()
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(4.6, 5.2), sharex=True, gridspec_kw={'height_ratios': [3, 1]})
+    top.plot([0, 1], [0, 1], 'k--', lw=0.8, label='perfect calibration')
+    width = 1.0 / max(len(next(iter(curves.values()))['counts']), 1) if curves else 0.1
+    for offset, (name, curve) in enumerate(curves.items()):
+        counts = np.asarray(curve['counts'])
+        filled = counts > 0
+        confidence = np.asarray(curve['confidence'], float)[filled]
+        frequency = np.asarray(curve['frequency'], float)[filled]
+        top.plot(confidence, frequency, 'o-', markersize=4, label=f'{name} (ECE {curve["ece"]:.3f})')
+        centres = (np.arange(len(counts)) + 0.5) * width
+        shift = (offset - (len(curves) - 1) / 2) * width / (len(curves) + 1)
+        bottom.bar(centres + shift, counts, width=width / (len(curves) + 1), label=name)
+    top.set(ylabel=f'observed fraction {label}', xlim=(0, 1), ylim=(0, 1), title=title)
+    top.grid(alpha=0.3)
+    top.legend(fontsize=8, loc='upper left')
+    bottom.set(xlabel=f'predicted probability of {label}', ylabel='structures', yscale='symlog')
+    bottom.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

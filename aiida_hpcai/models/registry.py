@@ -168,6 +168,21 @@ BUILTIN: dict[str, Architecture] = {
         checkpoint_keys=('elements', 'max_atoms', 'num_atoms_counts', 'lattice_scaler', 'modes'),
         description='periodic E(3)-equivariant diffusion (EquiCSP): crystal structures for a composition or ab initio',
     ),
+    'discriminator': Architecture(
+        name='discriminator',
+        tasks={
+            'train': 'aiida_hpcai.models.discriminator:run_train',
+            'predict': 'aiida_hpcai.models.discriminator:run_predict',
+        },
+        model='aiida_hpcai.models.crysformer:Crysformer',
+        presets=('cpu', 'paper', 'tiny'),  # aiida_hpcai.models.crysformer.PRESETS
+        # the Crysformer training options that apply to a classifier, plus the reliability diagram's bins
+        train_parameters=_CRYSFORMER_TRAIN_PARAMETERS - {'units', 'element_reference', 'ridge_alpha', 'mc_samples'}
+        | {'calibration_bins'},
+        checkpoint_keys=('target', 'units', 'normalization', 'temperature'),
+        description='match discriminator: the calibrated probability that a generated structure matches the ground '
+        'truth of its composition (Crysformer encoder, one logit, BCE, temperature scaling)',
+    ),
 }
 
 

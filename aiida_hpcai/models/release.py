@@ -17,6 +17,9 @@ written by ``export-npz``; ``--split-dir``: the committed id lists)::
                      uncertainty metrics, without retraining
     train-equicsp    train one EquiCSP generator on a CSP set (--dataset perov_5, carbon_24 or mp20:
                      the <= 20-atom part of the mp_cgcnn split above), resumable in --out
+    discriminator-data  sample an EquiCSP generator (--generator) for the compositions of one split of a CSP
+                     set and label each sample by StructureMatcher against its reference (label `match`):
+                     the structure set the match discriminator (architecture `discriminator`) trains on
 
 What produced the shipped models (their ``.json`` records give each member's options and line)::
 
@@ -314,6 +317,52 @@ def train_equicsp(args) -> dict:
     }
     print(json.dumps(summary))
     return summary
+
+
+def discriminator_data(args) -> dict:
+    """EquiCSP samples for the compositions of one split of a CSP set, labelled by StructureMatcher against their
+    references (:func:`aiida_hpcai.models.discriminator.sample_and_label`): ``--out`` (a structure-set npz with the
+    label ``match``) and its record ``<out>.json``."""
+    import torch
+
+    from .checkpoint import load_checkpoint, sha256_file
+    from .discriminator import sample_and_label
+    from .equicsp.generation import EquiCSPSampler
+    from .structure_io import write_npz
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    arrays, split, info = csp_dataset(args.dataset, args.data_dir)
+    chosen = np.asarray(split[args.split], dtype=np.int64)
+    if args.limit and args.limit < len(chosen):
+        chosen = np.sort(np.random.default_rng(args.seed).choice(chosen, args.limit, replace=False))
+    sampler = EquiCSPSampler(load_checkpoint(args.generator), args.device)
+    started = time.time()
+    samples, stats = sample_and_label(
+        sampler,
+        arrays.subset(chosen),
+        args.samples_per_composition,
+        steps=args.steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_npz(samples, out)
+    record = {
+        'dataset': {**info, 'split': args.split, 'n_chosen': int(len(chosen)), 'limit': args.limit},
+        'generator': {'file': pathlib.Path(args.generator).name, 'sha256': sha256_file(args.generator)},
+        'steps': args.steps or sampler.config.timesteps,
+        'seed': args.seed,
+        **stats,
+        'seconds': time.time() - started,
+        'run': run_record(args.invocation, load_before, device=args.device, threads=args.threads),
+    }
+    out.with_name(out.name + '.json').write_text(json.dumps(record, indent=2))
+    print(json.dumps({key: record[key] for key in ('n_references', 'n_samples', 'n_written', 'match_rate', 'seconds')}))
+    return record
 
 
 def merge(args) -> dict:
@@ -673,6 +722,21 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument('--threads', type=int, default=0)
     command.add_argument('--no-progress', action='store_true')
 
+    command = sub.add_parser('discriminator-data')
+    command.add_argument('--generator', required=True, help='an EquiCSP checkpoint (model.pt of train-equicsp)')
+    command.add_argument('--dataset', choices=CSP_DATASETS, required=True)
+    command.add_argument('--data-dir', default=None, help='the shared data folder (default: $HPCAI_DATA_DIR)')
+    command.add_argument('--split', choices=('train', 'val', 'test'), default='train')
+    command.add_argument('--limit', type=int, default=None, help='at most this many references (seeded choice)')
+    command.add_argument('--samples-per-composition', type=int, default=1, help='samples of each reference')
+    command.add_argument('--steps', type=int, default=None, help="sampling steps (default: the generator's)")
+    command.add_argument('--batch-size', type=int, default=64)
+    command.add_argument('--seed', type=int, default=0)
+    command.add_argument('--device', default='cpu')
+    command.add_argument('--threads', type=int, default=0)
+    command.add_argument('--no-progress', action='store_true')
+    command.add_argument('--out', required=True, help='the structure-set npz to write (record: <out>.json)')
+
     command = sub.add_parser('pools')
     data_options(command)
     command.add_argument('--members', nargs='+', required=True, help=MEMBERS_HELP)
@@ -704,6 +768,7 @@ COMMANDS = {
     'export-npz': export_npz,
     'train': train,
     'train-equicsp': train_equicsp,
+    'discriminator-data': discriminator_data,
     'merge': merge,
     'pools': pools,
     'ship': ship,

@@ -51,6 +51,12 @@ from .inference import EnsemblePredictor, element_reference_offsets
 from .structure_io import StructureArrays
 from .uncertainty import fit_sigma_scale, uncertainty_metrics
 
+# loss -> (the loss of a batch, the key of its validation metric in the history): 'l1' fits a standardised
+# property, 'bce' a 0/1 label with the network's output as the logit (binary cross-entropy)
+LOSSES = {
+    'l1': (torch.nn.functional.l1_loss, 'val_mae'),
+    'bce': (torch.nn.functional.binary_cross_entropy_with_logits, 'val_bce'),
+}
 STATE_FILE = 'training_state.pt'  # the train task's own resume file, not part of the CalcJob contract
 DEFAULT_UNITS = {'formation_energy_per_atom': 'eV/atom', 'band_gap': 'eV', 'energy_per_atom': 'eV/atom'}
 
@@ -75,6 +81,12 @@ class TrainingConfig:
     mc_samples: int = 10
     progress: bool = True
     graph_workers: int = 0  # processes that build the neighbour graphs (0: this one)
+    # 'l1' (a property: standardised target) or 'bce' (a 0/1 label: the output is a logit; the discriminator)
+    loss: str = 'l1'
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f'unknown loss {self.loss!r}; known: {sorted(LOSSES)}')
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -147,7 +159,8 @@ class _Budget:
         return self.deadline is not None and time.monotonic() > self.deadline
 
 
-def _evaluate_mae(model, data: PreparedData, normalization: dict, batch_size: int, device) -> float:
+def _evaluate(model, data: PreparedData, normalization: dict, batch_size: int, device, loss: str = 'l1') -> float:
+    """The validation metric of ``loss``: the MAE in physical units (l1), the mean binary cross-entropy (bce)."""
     model.eval()
     predictions = []
     with torch.no_grad():
@@ -155,6 +168,9 @@ def _evaluate_mae(model, data: PreparedData, normalization: dict, batch_size: in
             predictions.append(
                 model(collate(data.graphs[start : start + batch_size]).to(device)).double().cpu().numpy()
             )
+    if loss == 'bce':
+        logits, labels = torch.as_tensor(np.concatenate(predictions)), torch.as_tensor(data.targets)
+        return float(LOSSES['bce'][0](logits, labels.to(logits.dtype)))
     predicted = np.concatenate(predictions) * normalization['std']
     return float(np.mean(np.abs(predicted - data.targets * normalization['std'])))
 
@@ -221,6 +237,7 @@ def train_member(
     for _ in range(first_epoch):  # the same shuffles as an uninterrupted run
         generator.permutation(len(train.graphs))
     targets = torch.as_tensor(train.targets, dtype=torch.float32)
+    loss_function, val_key = LOSSES[config.loss]
     epochs = range(first_epoch, config.epochs)
     bar = None
     if config.progress:
@@ -236,7 +253,7 @@ def train_member(
         for start in range(0, len(order), config.batch_size):
             chosen = order[start : start + config.batch_size]
             batch = collate([train.graphs[i] for i in chosen]).to(device)
-            loss = torch.nn.functional.l1_loss(model(batch), targets[chosen].to(device))
+            loss = loss_function(model(batch), targets[chosen].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.gradient_clip:
@@ -247,21 +264,23 @@ def train_member(
             losses.append(float(loss.detach()))
             if budget.exhausted():
                 break
-        val_mae = _evaluate_mae(model, val, normalization, config.batch_size, device)
+        val_metric = _evaluate(model, val, normalization, config.batch_size, device, config.loss)
         history.append(
             {
                 'epoch': epoch,
                 'train_loss': float(np.mean(losses)),
-                'val_mae': val_mae,
+                val_key: val_metric,
                 'lr': optimizer.param_groups[0]['lr'],
                 'seconds': time.monotonic() - started,
             }
         )
-        if val_mae < best_val:
-            best_val, best_epoch = val_mae, epoch
+        if val_metric < best_val:
+            best_val, best_epoch = val_metric, epoch
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if bar is not None:
-            bar.set_postfix(loss=f'{history[-1]["train_loss"]:.4f}', val_mae=f'{val_mae:.4g}', best=f'{best_val:.4g}')
+            bar.set_postfix(
+                loss=f'{history[-1]["train_loss"]:.4f}', **{val_key: f'{val_metric:.4g}'}, best=f'{best_val:.4g}'
+            )
         stop = budget.exhausted() or epoch - best_epoch >= config.patience
         if state_path is not None:
             torch.save(
@@ -311,12 +330,19 @@ def train_ensemble(
     parent: dict | None = None,
     dataset: dict | None = None,
     resume: bool = True,
+    finalize=None,
 ) -> tuple[dict, dict]:
     """Train (or fine-tune from ``parent``) an ensemble; write model.pt, metadata.json,
-    metrics.json and the figures into ``output_dir``; return (checkpoint, metrics)."""
+    metrics.json and the figures into ``output_dir``; return (checkpoint, metrics).
+
+    With the loss ``bce`` the label is 0/1 and the output a logit: no element reference, no standardisation.
+    ``finalize`` (default :func:`finalize_ensemble`, same arguments) evaluates the members and writes the files:
+    the match discriminator (:mod:`aiida_hpcai.models.discriminator`) passes its own."""
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = training if isinstance(training, TrainingConfig) else TrainingConfig.from_dict(dict(training or {}))
+    if config.loss != 'l1' and finalize is None:
+        raise ValueError(f'a Crysformer regressor trains with the loss l1, not {config.loss!r}')
     if parent is not None:
         model_config = CrysformerConfig.from_dict(parent['hyperparameters']['model'])
         if config.learning_rate is None:
@@ -331,6 +357,8 @@ def train_ensemble(
     if parent is not None:
         reference = parent.get('element_reference')
         normalization = dict(parent['normalization'])
+    elif config.loss == 'bce':
+        reference, normalization = None, {'mean': 0.0, 'std': 1.0}
     else:
         train_numbers = [arrays.atoms_of(int(i))[0] for i in split['train']]
         reference = (
@@ -410,7 +438,7 @@ def train_ensemble(
     training_seconds = time.monotonic() - started
     if config.progress:
         print(f'trained {len(members)} member(s) in {training_seconds:.1f} s; evaluating', flush=True)
-    return finalize_ensemble(
+    return (finalize or finalize_ensemble)(
         members,
         histories,
         model_config,
