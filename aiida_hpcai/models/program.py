@@ -110,6 +110,27 @@ def task_function(name: str, config: dict, input_dir: pathlib.Path):
         raise TaskError(INVALID_CONFIG, str(exc)) from exc
 
 
+def import_e3nn_without_compiler() -> None:
+    """Import e3nn without torch's compiler stack, for a program that never compiles a model.
+
+    e3nn marks one function with ``torch.compiler.disable`` as it is imported, and that imports
+    ``torch._dynamo``: about 1.1 s of CPU, a fifth of the program's start-up before it predicts anything
+    (``python -X importtime``; benchmarks/predict_fixed_cost.py). The mark only matters under
+    ``torch.compile``, which this program does not use, so it is left off here; the numbers are the same
+    to the bit. Any other process (a user's script, the tests) imports e3nn as it is.
+    """
+    if 'e3nn' in sys.modules:
+        return
+    import torch
+
+    disable = torch.compiler.disable
+    torch.compiler.disable = lambda fn=None, recursive=True, **kwargs: (lambda f: f) if fn is None else fn
+    try:
+        import e3nn.o3  # noqa: F401
+    finally:
+        torch.compiler.disable = disable
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='hpcai-model',
@@ -130,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     output_dir.mkdir(parents=True, exist_ok=True)
     config_path = input_dir / CONFIG_FILE
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    if TASKS[args.task].function is None:  # an architecture's task: its models are built with e3nn
+        import_e3nn_without_compiler()
     try:
         task_function(args.task, config, input_dir)(config, input_dir, output_dir)
     except TaskError as exc:
