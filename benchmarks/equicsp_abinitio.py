@@ -82,6 +82,8 @@ def main(argv=None) -> dict:
     parser.add_argument('--result', type=pathlib.Path, default=RESULTS_FILE)
     parser.add_argument('--figure', type=pathlib.Path, default=None, help='default: the result with .png')
     args = parser.parse_args(argv)
+    if not args.checkpoint.is_file():
+        parser.error(f'no checkpoint file {args.checkpoint}')
     if args.batches < 1 or args.batch_size < 1:
         parser.error('--batches and --batch-size must be at least 1')
 

@@ -98,6 +98,8 @@ def main(argv=None) -> dict:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--result', type=pathlib.Path, default=None, help='default: results/equicsp_csp_<dataset>.json')
     args = parser.parse_args(argv)
+    if not args.checkpoint.is_file():
+        parser.error(f'no checkpoint file {args.checkpoint}')
     if args.limit is not None and args.limit < 1:
         parser.error('--limit must be at least 1')
 

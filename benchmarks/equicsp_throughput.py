@@ -41,6 +41,8 @@ def main(argv=None) -> dict:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--result', type=pathlib.Path, default=RESULTS_FILE)
     args = parser.parse_args(argv)
+    if not args.checkpoint.is_file():
+        parser.error(f'no checkpoint file {args.checkpoint}')
     if min(args.samples, args.batch_size, args.repeats) < 1:
         parser.error('--samples, --batch-size and --repeats must be at least 1')
 
