@@ -69,11 +69,18 @@ def property_model(code, generator):
 
 @pytest.fixture(scope='module')
 def imported_set(aiida_profile):
-    """A labelled set as `aiida-hpcai data import` stores one (made by no process): rocksalt MgO with a test value."""
+    """A labelled set as `aiida-hpcai data import` stores one (made by no process): rocksalt MgO with a test value.
+    Stored once per profile (the CLI tests use it too)."""
+    existing = orm.QueryBuilder().append(StructureSet, filters={'label': 'coordinate look-up table'}).first(flat=True)
+    if existing is not None:
+        return existing
     rocksalt = Structure.from_spacegroup('Fm-3m', Lattice.cubic(4.21), ['Mg', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])
     fluorite = Structure.from_spacegroup('Fm-3m', Lattice.cubic(5.0), ['Si', 'O'], [[0, 0, 0], [0.25, 0.25, 0.25]])
     return StructureSet.from_pymatgen(
-        [rocksalt, fluorite], ids=['mgo-rocksalt', 'sio2-fluorite'], labels={TARGET: [-3.0, -2.0]}, label='coordinate'
+        [rocksalt, fluorite],
+        ids=['mgo-rocksalt', 'sio2-fluorite'],
+        labels={TARGET: [-3.0, -2.0]},
+        label='coordinate look-up table',
     ).store()
 
 
