@@ -16,3 +16,8 @@ aiida-hpcai predict main_job/heldout.extxyz --target band_gap --threshold 0.5
 
 # DFT: relax + SCF + formation energy of Si with Quantum ESPRESSO (pw.x) through aiida-quantumespresso.
 aiida-hpcai dft main_job/Si.cif --engine quantumespresso --protocol fast
+
+# Coordinate pattern: a design request planned into a goal; the loop looks it up (the Si result above is a hit),
+# considers the candidate, predicts with the shipped model and may start at most one small DFT run.
+aiida-hpcai design "up to 3 Si structures with a formation energy below 0.5 eV/atom, at most 1 DFT run" \
+    --candidates main_job/Si.cif --protocol fast --output main_job/design

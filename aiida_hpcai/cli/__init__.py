@@ -17,4 +17,4 @@ def cli():
 
 
 # Sub-commands register themselves on `cli` when imported.
-from . import data, dft, directive, generate, mcp, plan, results, setup, surrogate  # noqa: E402,F401
+from . import data, design, dft, directive, generate, mcp, plan, results, setup, surrogate  # noqa: E402,F401

@@ -1,0 +1,294 @@
+"""``aiida-hpcai design``: a request in words, planned into a Goal and pursued by the ``hpcai.coordinate`` loop."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from aiida.cmdline.utils import decorators, echo
+
+from ..engines import ENGINES
+from . import cli
+from .dft import _parse_overrides, load_dft_code, resolve_protocol
+from .generate import MODEL, SAMPLES, STEPS, shipped_generator
+from .params import (
+    CODE,
+    DEVICE,
+    JSON,
+    NON_NEGATIVE_INT,
+    OUTPUT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    SUBMIT,
+    ProtocolChoice,
+    WritablePath,
+    load_node_of,
+)
+from .surrogate import _load_code, _process_reports_to_stderr, _run, _submit, load_models
+
+
+def loop_property(goal) -> str:
+    """The property the surrogate predicts: the objective's, else the one bounded property, else formation energy."""
+    from aiida_hpcai.workchains.coordinate import DFT_PROPERTIES
+
+    if goal.objective is not None and goal.objective[1] in DFT_PROPERTIES:
+        return goal.objective[1]
+    bounded = [name for name in goal.bounds if name in DFT_PROPERTIES]
+    return bounded[0] if len(bounded) == 1 else 'formation_energy_per_atom'
+
+
+def _plan(request: str, planner: str, dft_budget: int | None, as_json: bool):
+    """The Goal of ``request`` (its budget replaced by ``dft_budget``); a refusal ends the command in one line."""
+    from aiida_hpcai.agent.goal import PlanError, goal_from_dict
+    from aiida_hpcai.agent.planner import plan as plan_text
+
+    try:
+        goal = plan_text(request, planner)
+        if dft_budget is not None:
+            goal = goal_from_dict({**json.loads(goal.model_dump_json()), 'dft_budget': dft_budget})
+    except PlanError as error:
+        if as_json:
+            click.echo(json.dumps(error.as_dict(), indent=2))
+        unparsed = f' (unparsed: {" ".join(error.unparsed)})' if error.unparsed else ''
+        echo.echo_critical(f'cannot plan the request: {error.message}{unparsed}')
+    return goal
+
+
+@cli.command('design')
+@click.argument('request')
+@click.option(
+    '--planner', type=click.Choice(['rules', 'llm']), default='rules', show_default=True, help='See `aiida-hpcai plan`.'
+)
+@click.option('--dft-budget', type=NON_NEGATIVE_INT, default=None, help="DFT runs the loop may start (the request's).")
+@MODEL()
+@click.option(
+    '--surrogate-model',
+    'surrogate_models',
+    multiple=True,
+    metavar='PK_OR_UUID',
+    help="ModelData predicting the goal's property (repeatable: an ensemble). Default: the model shipped for it.",
+)
+@click.option(
+    '--sigma-threshold', type=POSITIVE_FLOAT, default=None, help="Accept predictions up to this sigma (the model's)."
+)
+@click.option(
+    '--candidates',
+    metavar='FILE_OR_PK',
+    default=None,
+    help='Structures to consider first (a structure file, or a StructureSet pk); without a generator, the only ones.',
+)
+@SAMPLES(required=False, default=10, show_default=True, help='Samples generated per iteration.')
+@click.option('--iterations', type=POSITIVE_INT, default=10, show_default=True, help='Most iterations of the loop.')
+@STEPS()
+@click.option(
+    '--screening', callback=_parse_overrides, default=None, help='Screening parameters as YAML/JSON text or file.'
+)
+@click.option(
+    '--buffer-size', type=NON_NEGATIVE_INT, default=5, show_default=True, help='Fine-tune after this many DFT results.'
+)
+@click.option('--fine-tune-epochs', type=POSITIVE_INT, default=None, help='Epochs of each fine-tune (20).')
+@click.option('--engine', type=click.Choice(sorted(ENGINES)), default='quantumespresso', show_default=True)
+@click.option('--protocol', type=ProtocolChoice(), default=None, help="DFT protocol; default: the engine's default.")
+@click.option('--dft-code', 'dft_code_label', default=None, help='DFT code; default pw@localhost or vasp@localhost.')
+@click.option('--max-concurrent', type=POSITIVE_INT, default=None, help='DFT calculations at once (4).')
+@CODE()
+@DEVICE()
+@JSON()
+@OUTPUT(
+    type=WritablePath(folder_ok=True),
+    help='A folder (made if missing) for results.extxyz, table.json, decision_log.json and progress.png.',
+)
+@SUBMIT()
+@decorators.with_dbenv()
+def design(
+    request,
+    planner,
+    dft_budget,
+    model,
+    surrogate_models,
+    sigma_threshold,
+    candidates,
+    n_samples,
+    iterations,
+    steps,
+    screening,
+    buffer_size,
+    fine_tune_epochs,
+    engine,
+    protocol,
+    dft_code_label,
+    max_concurrent,
+    code_label,
+    device,
+    as_json,
+    output,
+    submit,
+):
+    """Plan REQUEST into a Goal and run the coordinate loop towards it; print the results.
+
+    \b
+    aiida-hpcai design "up to 5 MgO structures with the lowest formation energy, at most 1 DFT run"
+    aiida-hpcai design "Fe2O3 with a formation energy below 1 eV/atom" --dft-budget 2 --output run/
+
+    The loop looks the goal up in the profile, generates candidates with EquiCSP, accepts the confident
+    predictions of the surrogate, sends the others to DFT (Quantum ESPRESSO by default) within the goal's
+    DFT budget, and fine-tunes the surrogate on the DFT results as it goes (docs: coordinate).
+    """
+    from aiida import orm
+
+    from aiida_hpcai.agent import operations
+    from aiida_hpcai.workchains.coordinate import CoordinateWorkChain, goal_problem
+
+    if submit and output is not None:
+        raise click.UsageError('--output writes the results, which --submit does not wait for')
+    if output is not None and output.exists() and not output.is_dir():
+        raise click.BadParameter(f'{output} is a file: give a folder', param_hint='--output')
+    goal = _plan(request, planner, dft_budget, as_json)
+    problem = goal_problem(goal)
+    if problem:
+        echo.echo_critical(f'the goal of this request: {problem}')
+    target = loop_property(goal)
+    code = _load_code(code_label)
+    candidate_set = _load_candidates(candidates) if candidates is not None else None
+    inputs = {
+        'surrogate': {
+            'models': load_models(surrogate_models, target),
+            'predict': {'code': code, 'device': orm.Str(device)},
+        },
+        'samples_per_iteration': orm.Int(n_samples),
+        'max_iterations': orm.Int(iterations),
+        'buffer_size': orm.Int(buffer_size),
+    }
+    generator = _generator(model, candidate_set is not None)
+    if generator is not None:
+        inputs['generate'] = {'code': code, 'model': generator, 'device': orm.Str(device)}
+    if candidate_set is not None:
+        inputs['candidates'] = candidate_set
+    if steps is not None:
+        inputs['generation'] = orm.Dict({'steps': steps})
+    if screening is not None:
+        inputs['screening'] = orm.Dict(screening)
+    if sigma_threshold is not None:
+        inputs['sigma_threshold'] = orm.Float(sigma_threshold)
+    if fine_tune_epochs is not None:
+        inputs['fine_tune'] = orm.Dict({'epochs': fine_tune_epochs})
+    if goal.dft_budget > 0 or dft_code_label is not None:
+        protocol = resolve_protocol(engine, protocol)
+        dft = {'engine': orm.Str(engine), 'code': load_dft_code(engine, dft_code_label, '--dft-code')}
+        inputs['dft_batch'] = {'dft': {**dft, 'protocol': orm.Str(protocol)}}
+        if max_concurrent:
+            inputs['dft_batch']['max_concurrent'] = orm.Int(max_concurrent)
+    # the stored Goal node: the loop's DFT runs count against the budget every client of this Goal shares
+    inputs['goal'] = operations.goal_node(goal)
+
+    if submit:
+        _submit(CoordinateWorkChain, inputs, 'hpcai.coordinate', as_json)
+        return
+
+    with _process_reports_to_stderr(enabled=as_json):
+        node = _run(CoordinateWorkChain, inputs)
+    if 'table' not in node.outputs:
+        echo.echo_critical(f'hpcai.coordinate<{node.pk}> failed [{node.exit_status}]: {node.exit_message}')
+    table = node.outputs.table.get_dict()
+    log = node.outputs.decision_log.get_dict()
+    if output is not None:
+        _write_output(output, node, table, log)
+    if as_json:
+        payload = {
+            'process_pk': node.pk,
+            'exit_status': node.exit_status,
+            'exit_message': node.exit_message,
+            'goal': json.loads(goal.model_dump_json()),
+            'property': log['property'],
+            'units': log['units'],
+            'rows': table['rows'],
+            'counts': table['counts'],
+            'stop_reason': log['stop_reason'],
+            'iterations': len(log['iterations']),
+            'dft_runs': sum(len(entry.get('sent_to_dft', [])) for entry in log['iterations']),
+            'structures_pk': node.outputs.structures.pk,
+            'decision_log_pk': node.outputs.decision_log.pk,
+            'plot_pk': node.outputs.plot.pk,
+            'model_pk': node.outputs.model.pk if 'model' in node.outputs else None,
+        }
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        _print_table(node, table, log)
+    if not node.is_finished_ok:
+        echo.echo_error(f'hpcai.coordinate<{node.pk}> [{node.exit_status}]: {node.exit_message}')
+        raise click.exceptions.Exit(1)
+
+
+def _generator(model, has_candidates: bool):
+    """The generator: ``--model``, else the shipped EquiCSP; none (candidates only) when there is none to ship and
+    candidates are given."""
+    from aiida_hpcai.data.model import ModelData
+
+    if model is not None:
+        return load_node_of(model, ModelData, '--model')
+    try:
+        return shipped_generator()
+    except click.UsageError:
+        if has_candidates:
+            return None
+        raise
+
+
+def _load_candidates(source: str):
+    """``--candidates``: a structure file read as every other door reads one (bad structures skipped with their
+    reason), stored as one StructureSet; or the pk/UUID of a StructureSet."""
+    import pathlib
+
+    from aiida_hpcai.data.structure_set import StructureSet
+
+    from .data import report_skipped
+
+    path = pathlib.Path(source)
+    if not path.exists():
+        return load_node_of(source, StructureSet, '--candidates')
+    structures = StructureSet.from_files([path])
+    report_skipped(structures.get_skipped())
+    if not structures.count:
+        raise click.BadParameter(f'{source} holds no valid structure', param_hint='--candidates')
+    structures.label = path.name
+    return structures.store()
+
+
+def _write_output(output, node, table, log) -> None:
+    output.mkdir(exist_ok=True)
+    node.outputs.structures.write(output / 'results.extxyz')
+    (output / 'table.json').write_text(json.dumps(table, indent=2))
+    (output / 'decision_log.json').write_text(json.dumps(log, indent=2))
+    (output / 'progress.png').write_bytes(node.outputs.plot.get_content(mode='rb'))
+
+
+def _print_table(node, table, log) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def number(value):
+        return '-' if value is None else f'{value:.4f}'
+
+    console = Console()
+    result = Table(title=f'hpcai.coordinate<{node.pk}>: {log["property"]} ({log["units"]})')
+    for column in ('id', 'formula', 'source', 'value', 'sigma', 'model', 'node', 'space group'):
+        result.add_column(column)
+    for row in table['rows']:
+        version = '-' if row['model_version'] is None else f'v{row["model_version"]} <{row["model_pk"]}>'
+        result.add_row(
+            row['id'],
+            row['formula'],
+            row['source'],
+            number(row['value']),
+            number(row['sigma']),
+            version,
+            str(row['node_pk']),
+            str(row['spacegroup']),
+        )
+    console.print(result)
+    counts = ', '.join(f'{source} {count}' for source, count in table['counts'].items())
+    dft_runs = sum(len(entry.get('sent_to_dft', [])) for entry in log['iterations'])
+    console.print(
+        f'{len(table["rows"])} result(s) ({counts}); {len(log["iterations"])} iteration(s), {dft_runs} DFT run(s); '
+        f'stopped: {log["stop_reason"]}. Decision log: verdi node attributes {node.outputs.decision_log.pk}'
+    )
