@@ -10,6 +10,10 @@ Fine-tuning starts from a parent checkpoint: its architecture, normalisation and
 reference are kept (the network's output space must not move), the learning rate is lower, and
 the embedding plus the first ``freeze_blocks`` blocks can be frozen.
 
+The epoch loop and its bookkeeping (schedule, budget, best epoch, history, progress bar, resume state) are
+:mod:`aiida_hpcai.models.loop`'s, shared with EquiCSP; this module brings the loss, the validation MAE and
+the ensemble around it.
+
 Resuming: after every epoch the state (current member, epoch, step, optimiser, finished
 members, histories, the member's budget) is written to ``training_state.pt`` in the output folder;
 running again with the same folder continues from there, and a wall-clock budget continues too:
@@ -20,10 +24,7 @@ submitted again ends its schedule where an uninterrupted run would have).
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import pathlib
-import random
 import time
 
 import numpy as np
@@ -35,9 +36,6 @@ from .contract import (
     INCOMPATIBLE_MODELS,
     INVALID_CONFIG,
     INVALID_SPLIT,
-    LEARNING_CURVE_FIGURE,
-    METADATA_FILE,
-    METRICS_FILE,
     MISSING_LABEL,
     MODEL_FILE,
     PARENT_KEY,
@@ -48,16 +46,19 @@ from .contract import (
 from .crysformer import Crysformer, CrysformerConfig, count_parameters, resolve_config
 from .graph import collate, graphs_from_arrays
 from .inference import EnsemblePredictor, element_reference_offsets
+from .loop import (
+    STATE_FILE,
+    Budget,
+    load_state,
+    run_signature,
+    seconds_of,
+    seed_everything,
+    train_epochs,
+    write_run_files,
+)
 from .structure_io import StructureArrays
 from .uncertainty import fit_sigma_scale, uncertainty_metrics
 
-# loss -> (the loss of a batch, the key of its validation metric in the history): 'l1' fits a standardised
-# property, 'bce' a 0/1 label with the network's output as the logit (binary cross-entropy)
-LOSSES = {
-    'l1': (torch.nn.functional.l1_loss, 'val_mae'),
-    'bce': (torch.nn.functional.binary_cross_entropy_with_logits, 'val_bce'),
-}
-STATE_FILE = 'training_state.pt'  # the train task's own resume file, not part of the CalcJob contract
 DEFAULT_UNITS = {'formation_energy_per_atom': 'eV/atom', 'band_gap': 'eV', 'energy_per_atom': 'eV/atom'}
 
 
@@ -81,12 +82,6 @@ class TrainingConfig:
     mc_samples: int = 10
     progress: bool = True
     graph_workers: int = 0  # processes that build the neighbour graphs (0: this one)
-    # 'l1' (a property: standardised target) or 'bce' (a 0/1 label: the output is a logit; the discriminator)
-    loss: str = 'l1'
-
-    def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ValueError(f'unknown loss {self.loss!r}; known: {sorted(LOSSES)}')
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -98,12 +93,6 @@ class TrainingConfig:
         if unknown:
             raise ValueError(f'unknown training options: {sorted(unknown)}')
         return cls(**values)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def composition_fractions(numbers_list, size: int = 101) -> np.ndarray:
@@ -143,24 +132,7 @@ def _prepare(
     return graphs, raw, residual, [str(arrays.ids[i]) for i in index_kept], failures
 
 
-class _Budget:
-    """A wall-clock budget of ``minutes``, of which ``spent_seconds`` were used before this process
-    (a resumed run keeps its clock, so its schedule goes on where it stopped)."""
-
-    def __init__(self, minutes: float | None, spent_seconds: float = 0.0):
-        self.seconds = None if minutes is None else max(60.0 * minutes, 1e-3)
-        self.deadline = None if minutes is None else time.monotonic() + self.seconds - spent_seconds
-
-    @property
-    def minutes(self) -> float | None:
-        return None if self.seconds is None else self.seconds / 60.0
-
-    def exhausted(self) -> bool:
-        return self.deadline is not None and time.monotonic() > self.deadline
-
-
-def _evaluate(model, data: PreparedData, normalization: dict, batch_size: int, device, loss: str = 'l1') -> float:
-    """The validation metric of ``loss``: the MAE in physical units (l1), the mean binary cross-entropy (bce)."""
+def _evaluate_mae(model, data: PreparedData, normalization: dict, batch_size: int, device) -> float:
     model.eval()
     predictions = []
     with torch.no_grad():
@@ -168,27 +140,8 @@ def _evaluate(model, data: PreparedData, normalization: dict, batch_size: int, d
             predictions.append(
                 model(collate(data.graphs[start : start + batch_size]).to(device)).double().cpu().numpy()
             )
-    if loss == 'bce':
-        logits, labels = torch.as_tensor(np.concatenate(predictions)), torch.as_tensor(data.targets)
-        return float(LOSSES['bce'][0](logits, labels.to(logits.dtype)))
     predicted = np.concatenate(predictions) * normalization['std']
     return float(np.mean(np.abs(predicted - data.targets * normalization['std'])))
-
-
-def learning_rate_factor(
-    step: int, warmup_steps: int, total_steps: int, budget_used: float, warmup_fraction: float, min_ratio: float
-) -> float:
-    """Linear warm-up, then cosine decay to ``min_ratio``, each over the steps or over the wall-clock
-    budget (``budget_used`` in 0..1; 0 without a budget), whichever runs out first: a budget shorter
-    than the warm-up epochs still reaches the peak learning rate, and still ends at a low one."""
-    if step < warmup_steps and budget_used < warmup_fraction:
-        return max((step + 1) / warmup_steps, budget_used / warmup_fraction)
-    progress = max(
-        (step - warmup_steps) / max(1, total_steps - warmup_steps),
-        (budget_used - warmup_fraction) / (1.0 - warmup_fraction),
-    )
-    progress = min(1.0, max(0.0, progress))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def train_member(
@@ -198,7 +151,7 @@ def train_member(
     normalization: dict,
     config: TrainingConfig,
     seed: int,
-    budget: _Budget,
+    budget: Budget,
     state_path: pathlib.Path | None = None,
     resume_state: dict | None = None,
     save_extra: dict | None = None,
@@ -210,98 +163,33 @@ def train_member(
     parameters = [p for p in model.parameters() if p.requires_grad]
     learning_rate = config.learning_rate or 1e-3
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train.graphs) / config.batch_size))
-    total_steps = steps_per_epoch * config.epochs
-    warmup = max(1, int(config.warmup_fraction * total_steps))
-    history: list[dict] = []
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    best_val, best_epoch, first_epoch, step = math.inf, -1, 0, 0
-    if resume_state is not None:
-        model.load_state_dict(resume_state['model'])
-        optimizer.load_state_dict(resume_state['optimizer'])
-        best_state, best_val, best_epoch = (
-            resume_state['best_state'],
-            resume_state['best_val'],
-            resume_state['best_epoch'],
-        )
-        history, first_epoch, step = resume_state['history'], resume_state['epoch'] + 1, resume_state['step']
-
-    def set_learning_rate() -> float:
-        used = 0.0 if budget.deadline is None else 1.0 - (budget.deadline - time.monotonic()) / budget.seconds
-        factor = learning_rate_factor(step, warmup, total_steps, used, config.warmup_fraction, config.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group['lr'] = learning_rate * factor
-        return learning_rate * factor
-
-    generator = np.random.default_rng(seed)
-    for _ in range(first_epoch):  # the same shuffles as an uninterrupted run
-        generator.permutation(len(train.graphs))
     targets = torch.as_tensor(train.targets, dtype=torch.float32)
-    loss_function, val_key = LOSSES[config.loss]
-    epochs = range(first_epoch, config.epochs)
-    bar = None
-    if config.progress:
-        from tqdm import tqdm
+    loss_function, val_key = torch.nn.functional.l1_loss, 'val_mae'
 
-        bar = tqdm(epochs, desc=f'training {label}'.strip(), unit='epoch', mininterval=2.0)
-        epochs = bar
-    for epoch in epochs:
-        model.train()
-        started = time.monotonic()
-        order = generator.permutation(len(train.graphs))
-        losses = []
-        for start in range(0, len(order), config.batch_size):
-            chosen = order[start : start + config.batch_size]
-            batch = collate([train.graphs[i] for i in chosen]).to(device)
-            loss = loss_function(model(batch), targets[chosen].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.gradient_clip:
-                torch.nn.utils.clip_grad_norm_(parameters, config.gradient_clip)
-            set_learning_rate()
-            optimizer.step()
-            step += 1
-            losses.append(float(loss.detach()))
-            if budget.exhausted():
-                break
-        val_metric = _evaluate(model, val, normalization, config.batch_size, device, config.loss)
-        history.append(
-            {
-                'epoch': epoch,
-                'train_loss': float(np.mean(losses)),
-                val_key: val_metric,
-                'lr': optimizer.param_groups[0]['lr'],
-                'seconds': time.monotonic() - started,
-            }
-        )
-        if val_metric < best_val:
-            best_val, best_epoch = val_metric, epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        if bar is not None:
-            bar.set_postfix(
-                loss=f'{history[-1]["train_loss"]:.4f}', **{val_key: f'{val_metric:.4g}'}, best=f'{best_val:.4g}'
-            )
-        stop = budget.exhausted() or epoch - best_epoch >= config.patience
-        if state_path is not None:
-            torch.save(
-                {
-                    **(save_extra or {}),
-                    'model': model.state_dict(),
-                    'optimizer': optimizer.state_dict(),
-                    'step': step,
-                    'best_state': best_state,
-                    'best_val': best_val,
-                    'best_epoch': best_epoch,
-                    'history': history,
-                    'epoch': config.epochs - 1 if stop else epoch,
-                },
-                state_path,
-            )
-        if stop:
-            break
-    if bar is not None:
-        bar.close()
-    return best_state, history
+    def batch_loss(chosen):
+        batch = collate([train.graphs[i] for i in chosen]).to(device)
+        return loss_function(model(batch), targets[chosen].to(device))
+
+    def validate(model) -> dict:
+        return {val_key: _evaluate_mae(model, val, normalization, config.batch_size, device)}
+
+    result = train_epochs(
+        model,
+        optimizer,
+        len(train.graphs),
+        batch_loss,
+        validate,
+        val_key,
+        config,
+        learning_rate,
+        seed,
+        budget,
+        state_path=state_path,
+        resume_state=resume_state,
+        save_extra=save_extra,
+        label=label,
+    )
+    return result.best_state, result.history
 
 
 def _seconds_spent(saved: dict | None) -> float:
@@ -310,7 +198,7 @@ def _seconds_spent(saved: dict | None) -> float:
         return 0.0
     rows = [row for history in saved.get('finished_histories', []) for row in history]
     rows += saved.get('history', []) if 'model' in saved else []
-    return float(sum(row['seconds'] for row in rows))
+    return seconds_of(rows)
 
 
 def _freeze(model: Crysformer, count: int) -> None:
@@ -330,19 +218,12 @@ def train_ensemble(
     parent: dict | None = None,
     dataset: dict | None = None,
     resume: bool = True,
-    finalize=None,
 ) -> tuple[dict, dict]:
     """Train (or fine-tune from ``parent``) an ensemble; write model.pt, metadata.json,
-    metrics.json and the figures into ``output_dir``; return (checkpoint, metrics).
-
-    With the loss ``bce`` the label is 0/1 and the output a logit: no element reference, no standardisation.
-    ``finalize`` (default :func:`finalize_ensemble`, same arguments) evaluates the members and writes the files:
-    the match discriminator (:mod:`aiida_hpcai.models.discriminator`) passes its own."""
+    metrics.json and the figures into ``output_dir``; return (checkpoint, metrics)."""
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = training if isinstance(training, TrainingConfig) else TrainingConfig.from_dict(dict(training or {}))
-    if config.loss != 'l1' and finalize is None:
-        raise ValueError(f'a Crysformer regressor trains with the loss l1, not {config.loss!r}')
     if parent is not None:
         model_config = CrysformerConfig.from_dict(parent['hyperparameters']['model'])
         if config.learning_rate is None:
@@ -357,8 +238,6 @@ def train_ensemble(
     if parent is not None:
         reference = parent.get('element_reference')
         normalization = dict(parent['normalization'])
-    elif config.loss == 'bce':
-        reference, normalization = None, {'mean': 0.0, 'std': 1.0}
     else:
         train_numbers = [arrays.atoms_of(int(i))[0] for i in split['train']]
         reference = (
@@ -379,12 +258,11 @@ def train_ensemble(
         )
 
     state_path = output_dir / STATE_FILE
-    saved = torch.load(state_path, map_location='cpu', weights_only=True) if resume and state_path.exists() else None
-    if saved is not None and saved.get('signature') != _signature(config, model_config, target, data):
-        saved = None  # a different run used this folder: start afresh
+    signature = _signature(config, model_config, target, data)
+    saved = load_state(state_path, signature, resume)
     members: list[dict] = list(saved['finished_members']) if saved else []
     histories: list[list] = list(saved['finished_histories']) if saved else []
-    budget = _Budget(config.max_minutes, _seconds_spent(saved))
+    budget = Budget(config.max_minutes, _seconds_spent(saved))
     for member in range(len(members), config.ensemble_size):
         seed = config.seed + member
         seed_everything(seed)
@@ -394,17 +272,15 @@ def train_ensemble(
             _freeze(model, config.freeze_blocks)
         resume_state = saved if saved is not None and saved.get('member') == member and 'model' in saved else None
         if resume_state is not None and config.max_minutes is not None and resume_state.get('member_budget_minutes'):
-            member_budget = _Budget(
-                resume_state['member_budget_minutes'], sum(row['seconds'] for row in resume_state['history'])
-            )
+            member_budget = Budget(resume_state['member_budget_minutes'], seconds_of(resume_state['history']))
         else:
-            member_budget = _Budget(
+            member_budget = Budget(
                 None
                 if config.max_minutes is None
                 else max(0.0, (budget.deadline - time.monotonic()) / 60.0) / (config.ensemble_size - member)
             )
         extra = {
-            'signature': _signature(config, model_config, target, data),
+            'signature': signature,
             'member': member,
             'finished_members': members,
             'finished_histories': histories,
@@ -438,7 +314,7 @@ def train_ensemble(
     training_seconds = time.monotonic() - started
     if config.progress:
         print(f'trained {len(members)} member(s) in {training_seconds:.1f} s; evaluating', flush=True)
-    return (finalize or finalize_ensemble)(
+    return finalize_ensemble(
         members,
         histories,
         model_config,
@@ -511,9 +387,7 @@ def finalize_ensemble(
         'dataset': checkpoint['dataset'],
         'split': checkpoint['split'],
     }
-    (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    plots.learning_curve(histories, output_dir / LEARNING_CURVE_FIGURE, units)
+    write_run_files(output_dir, metadata, metrics, histories, units=units)
     test = data['test'] if data['test'].graphs else data['val']
     mean, sigma = test_predictions
     plots.parity(
@@ -559,8 +433,7 @@ def prepare_splits(
 
 def _signature(config: TrainingConfig, model_config: CrysformerConfig, target: str, data: dict) -> str:
     ids = {name: id_digest(d.ids)['sha256'] for name, d in data.items()}
-    relevant = {k: v for k, v in config.to_dict().items() if k not in ('progress', 'device', 'max_minutes')}
-    return json.dumps([relevant, model_config.to_dict(), target, ids], sort_keys=True)
+    return run_signature(config.to_dict(), model_config.to_dict(), target, ids)
 
 
 def calibrate_method(predictor: EnsemblePredictor, splits: dict, method: str, batch_size: int, mc_samples: int):

@@ -212,13 +212,35 @@ def test_interrupted_training_resumes(tmp_path, monkeypatch):
     assert all(torch.equal(first[k], saved['finished_members'][0][k]) for k in first)
 
 
+def test_run_stopped_within_a_member_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Killed in the second member's second epoch and started again: every member is the uninterrupted run's,
+    to the bit (the same shuffles, learning rates and dropout draws)."""
+    arrays = synthetic_set(20, seed=3)
+    options = {**TINY, 'epochs': 3}
+    whole, _ = train_ensemble(arrays, 'energy', _split(20), tmp_path / 'whole', model_config='tiny', training=options)
+    # an epoch collates 2 training batches (14 structures, 7 a batch) and 1 validation batch: call 13 is in the
+    # first batch of the second member's second epoch
+    monkeypatch.setattr(training_module, 'collate', _crashing_on_call(training_module.collate, 13))
+    with pytest.raises(KeyboardInterrupt):
+        train_ensemble(arrays, 'energy', _split(20), tmp_path / 'parts', model_config='tiny', training=options)
+    saved = torch.load(tmp_path / 'parts' / training_module.STATE_FILE, weights_only=True)
+    assert (saved['member'], saved['epoch']) == (1, 0)
+    monkeypatch.undo()
+    resumed, metrics = train_ensemble(
+        arrays, 'energy', _split(20), tmp_path / 'parts', model_config='tiny', training=options
+    )
+    assert [[row['epoch'] for row in history] for history in metrics['history']] == [[0, 1, 2], [0, 1, 2]]
+    for member, member_resumed in zip(whole['members'], resumed['members'], strict=True):
+        assert all(torch.equal(member[key], member_resumed[key]) for key in member)
+
+
 def test_resumed_run_keeps_its_wall_clock_budget(tmp_path, monkeypatch):
     """A run stopped mid-member and started again counts the epochs already done against its budget
     (otherwise the schedule would warm up again and the run would exceed its budget)."""
     arrays = synthetic_set(20, seed=5)
     options = {**TINY, 'epochs': 3, 'ensemble_size': 1, 'max_minutes': 5.0}
-    original_evaluate = training_module._evaluate
-    monkeypatch.setattr(training_module, '_evaluate', _crashing_on_call(original_evaluate, 2))  # second epoch
+    original_evaluate = training_module._evaluate_mae
+    monkeypatch.setattr(training_module, '_evaluate_mae', _crashing_on_call(original_evaluate, 2))  # second epoch
     with pytest.raises(KeyboardInterrupt):
         train_ensemble(arrays, 'energy', _split(20), tmp_path, model_config='tiny', training=options)
     state_path = tmp_path / training_module.STATE_FILE
@@ -228,7 +250,7 @@ def test_resumed_run_keeps_its_wall_clock_budget(tmp_path, monkeypatch):
     saved['history'][0]['seconds'] = 120.0  # as if the first epoch had taken two minutes
     torch.save(saved, state_path)
 
-    monkeypatch.setattr(training_module, '_evaluate', original_evaluate)
+    monkeypatch.setattr(training_module, '_evaluate_mae', original_evaluate)
     budgets = []
     original_member = training_module.train_member
     monkeypatch.setattr(
@@ -268,7 +290,7 @@ def test_wall_clock_budget_stops_training(tmp_path):
 
 
 def test_learning_rate_schedule_follows_steps_or_budget_whichever_runs_out_first():
-    from aiida_hpcai.models.training import learning_rate_factor
+    from aiida_hpcai.models.loop import learning_rate_factor
 
     def factor(step, used=0.0):
         return learning_rate_factor(

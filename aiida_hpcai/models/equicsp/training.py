@@ -194,10 +194,10 @@ def train_equicsp(
         config.learning_rate,
         config.seed,
         budget,
-        state_path,
-        saved,
-        {'signature': signature},
-        generator,
+        state_path=state_path,
+        resume_state=saved,
+        save_extra={'signature': signature},
+        generator=generator,
         label=ARCHITECTURE,
     )
 
