@@ -39,6 +39,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 from ..agent import operations
 from ..agent.goal import PROPERTY_UNITS, PlanError, goal_from_dict
 from ..calculations.generate import GenerateCalculation
+from ..calculations.predict import PredictCalculation
 from ..calculations.train import TrainCalculation
 from ..data.model import ModelData
 from ..data.structure_set import StructureSet
@@ -332,6 +333,16 @@ def _generation(value, _):
         return f'unknown generation setting(s) {unknown}; the loop passes on {list(GENERATION_KEYS)}'
 
 
+def _discriminator(value, _):
+    if value is not None and value.architecture != 'discriminator':
+        return f'ModelData<{value.pk}> is a {value.architecture!r} model, not a match discriminator'
+
+
+def _probability(value, _):
+    if not 0.0 <= value.value <= 1.0:
+        return f'must be a probability between 0 and 1, not {value.value}'
+
+
 def _fine_tune(value, _):
     from ..models import registry
 
@@ -431,6 +442,21 @@ class CoordinateWorkChain(WorkChain):
             help='Accept a prediction whose sigma is at most this (model units). Default: the calibrated acceptance '
             "rule shipped for the model (aiida_hpcai.models.acceptance), else the surrogate's default for the target.",
         )
+        spec.input(
+            'discriminator',
+            valid_type=ModelData,
+            required=False,
+            validator=_discriminator,
+            help='A match discriminator (architecture `discriminator`): a prediction is accepted only when the '
+            "structure's match probability is at least `discriminator_threshold`; otherwise it goes to DFT.",
+        )
+        spec.input(
+            'discriminator_threshold',
+            valid_type=orm.Float,
+            default=lambda: orm.Float(0.5),
+            validator=_probability,
+            help='Smallest match probability of an accepted prediction (with `discriminator`).',
+        )
         spec.expose_inputs(
             DftBatchWorkChain,
             namespace='dft_batch',
@@ -520,6 +546,9 @@ class CoordinateWorkChain(WorkChain):
             431, 'ERROR_GENERATE_FAILED', message='hpcai.generate<{pk}> made no crystal, the loop stopped: {message}'
         )
         spec.exit_code(432, 'ERROR_SURROGATE_FAILED', message='hpcai.surrogate<{pk}> failed: {message}')
+        spec.exit_code(
+            433, 'ERROR_DISCRIMINATOR_FAILED', message='the discriminator PredictCalculation<{pk}> failed: {message}'
+        )
 
     # -- helpers ----------------------------------------------------------------------------------------
     def _goal(self):
@@ -560,6 +589,7 @@ class CoordinateWorkChain(WorkChain):
         self.ctx.stop_reason = None
         self.ctx.generate_failure = None
         self.ctx.surrogate_failure = None
+        self.ctx.discriminator_failure = None
         self.report(
             f'goal {goal.model_dump_json()}; {self.ctx.property} threshold sigma <= {threshold} {self.ctx.units}; '
             f'{self.ctx.dft_left} DFT run(s) left'
@@ -743,7 +773,22 @@ class CoordinateWorkChain(WorkChain):
         inputs.setdefault('metadata', {})['call_link_label'] = f'surrogate_{self.ctx.iteration}'
         node = self.submit(SurrogateWorkChain, **inputs)
         self._log()['surrogate_pk'] = node.pk
-        return ToContext(surrogate=node)
+        if 'discriminator' not in self.inputs:
+            return ToContext(surrogate=node)
+        # the match discriminator scores the same structures, at the same time, with the same code
+        predict = inputs['predict']
+        metadata = {'call_link_label': f'discriminator_{self.ctx.iteration}'}
+        if 'options' in predict.get('metadata', {}):
+            metadata['options'] = predict['metadata']['options']
+        job = self.submit(
+            PredictCalculation,
+            code=predict['code'],
+            structures=self.ctx.valid,
+            models={'discriminator': self.inputs.discriminator},
+            metadata=metadata,
+        )
+        self._log()['discriminator_pk'] = job.pk
+        return ToContext(surrogate=node, discriminator=job)
 
     def decide(self):
         """Accept, drop or send to DFT each prediction of this iteration; submit the DFT batch if any."""
@@ -755,6 +800,9 @@ class CoordinateWorkChain(WorkChain):
             self.ctx.stop_reason = f'surrogate failed: hpcai.surrogate<{node.pk}> [{node.exit_status}]'
             self.ctx.surrogate_failure = {'pk': node.pk, 'message': node.exit_message}
             return None
+        probability = self._match_probabilities()
+        if probability is None:
+            return None
         predictions = node.outputs.classified_predictions
         mean, sigma = predictions.get_array('mean'), predictions.get_array('sigma')
         status = predictions.get_array('status')
@@ -764,14 +812,25 @@ class CoordinateWorkChain(WorkChain):
         for index, identifier in enumerate(valid.ids):
             value, spread = _finite_or_none(mean[index]), _finite_or_none(sigma[index])
             entry = {'id': identifier, 'mean': value, 'sigma': spread}
+            matched = True
+            if probability is not False:
+                entry['match_probability'] = _finite_or_none(probability[index])
+                limit = self.inputs.discriminator_threshold.value
+                matched = entry['match_probability'] is not None and entry['match_probability'] >= limit
             if status[index] != 'ok' or value is None or spread is None:
                 uncertain.append({**entry, 'reason': f'not predicted ({status[index]})'})
                 continue
             fits = operations._bounds_fit(goal, {self.ctx.property: value})
             confident = spread <= self.ctx.threshold
-            # Hook: with a match discriminator (not yet available), confident also needs its probability above
-            # the discriminator's threshold.
-            if confident and fits:
+            if confident and not matched:
+                uncertain.append(
+                    {
+                        **entry,
+                        'reason': f'match probability {entry["match_probability"]} < '
+                        f'{self.inputs.discriminator_threshold.value}',
+                    }
+                )
+            elif confident and fits:
                 accepted.append(entry)
                 self.ctx.rows.append(
                     {
@@ -830,6 +889,20 @@ class CoordinateWorkChain(WorkChain):
         log['dft_pk'] = dft.pk
         self.ctx.dft = dft.pk
         return ToContext(dft_batch=dft)
+
+    def _match_probabilities(self):
+        """The discriminator's match probability per valid structure; False without a discriminator; None (the loop
+        stops) when its job failed."""
+        if 'discriminator' not in self.inputs:
+            return False
+        job = self.ctx.discriminator
+        if 'predictions' not in job.outputs:
+            self.ctx.stop_reason = f'discriminator failed: PredictCalculation<{job.pk}> [{job.exit_status}]'
+            self.ctx.discriminator_failure = {'pk': job.pk, 'message': job.exit_message}
+            return None
+        predictions = job.outputs.predictions
+        probability = np.asarray(predictions.get_array('mean'), dtype=float)
+        return np.where(predictions.get_array('status') == 'ok', probability, np.nan)
 
     def has_dft(self):
         return self.ctx.dft is not None
@@ -969,6 +1042,8 @@ class CoordinateWorkChain(WorkChain):
         # a failed step stops the loop with its exit code, the results found until then attached
         if self.ctx.surrogate_failure is not None:
             return self.exit_codes.ERROR_SURROGATE_FAILED.format(**self.ctx.surrogate_failure)
+        if self.ctx.discriminator_failure is not None:
+            return self.exit_codes.ERROR_DISCRIMINATOR_FAILED.format(**self.ctx.discriminator_failure)
         if self.ctx.generate_failure is not None:
             return self.exit_codes.ERROR_GENERATE_FAILED.format(**self.ctx.generate_failure)
         if not len(report['structures']):

@@ -75,7 +75,7 @@ def test_unparseable_request_as_json(aiida_profile):
     assert json.loads(result.stdout)['error']['unparsed'] == ['shiny']
 
 
-def test_design_json_and_output(code, generator, property_model, imported_set, tmp_path, capsys):  # noqa: F811
+def test_design_json_and_output(code, generator, property_model, imported_set, tmp_path, capsys, monkeypatch):  # noqa: F811
     folder = tmp_path / 'run'
     result = _invoke(
         REQUEST, '--model', generator.pk, '--surrogate-model', property_model.pk, '-n', 3, '--iterations', 1,
@@ -101,6 +101,7 @@ def test_design_json_and_output(code, generator, property_model, imported_set, t
 
     from aiida_hpcai.cli.design import _print_table
 
+    monkeypatch.setenv('COLUMNS', '240')  # rich folds long ids in a narrow terminal
     _print_table(node, node.outputs.table.get_dict(), node.outputs.decision_log.get_dict())
     printed = capsys.readouterr().out
     assert database['id'] in printed and 'stopped:' in printed

@@ -274,6 +274,59 @@ def test_default_threshold_is_the_calibrated_rule_of_the_shipped_model(property_
     assert threshold == default_sigma_threshold(TARGET) and 'surrogate.yaml' in source
 
 
+# -- the match discriminator as a second condition of acceptance --------------------------------------------------
+@pytest.fixture(scope='module')
+def discriminator(code):
+    """A tiny match discriminator (3 epochs) trained through hpcai.train on labelled CsCl-type samples."""
+    from tests.calculations.test_discriminator_calcjobs import PARAMETERS
+    from tests.models.test_discriminator import labelled_samples
+
+    with enable_caching(identifier='aiida.calculations:hpcai.train'):
+        _, node = run_get_node(
+            CalculationFactory('hpcai.train'),
+            code=code,
+            structures=StructureSet(labelled_samples(per_reference=4)),
+            parameters=orm.Dict(PARAMETERS),
+            metadata={'options': OPTIONS},
+        )
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    return node.outputs.model
+
+
+@pytest.mark.parametrize('limit', [0.0, 1.0])
+def test_discriminator_gates_ai_acceptance(code, property_model, discriminator, limit):
+    """The same confident prediction is accepted at a match-probability threshold of 0 and sent towards DFT (none
+    left in the budget) at 1: the discriminator's probability is below 1 for every structure."""
+    candidates = StructureSet.from_pymatgen(
+        [Structure(Lattice.cubic(3.1), ['Mg', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])], ids=['MgO-CsCl']
+    )
+    inputs = {
+        'goal': orm.Dict({'composition': 'MgO', 'bounds': {TARGET: [None, 0.0]}, 'dft_budget': 0}),
+        'candidates': candidates,
+        'screening': orm.Dict(LOOSE),
+        'surrogate': {'models': {'m0': property_model}, 'predict': {'code': code, 'metadata': {'options': OPTIONS}}},
+        'sigma_threshold': orm.Float(10.0),
+        'discriminator': discriminator,
+        'discriminator_threshold': orm.Float(limit),
+        'continue_without_dft': orm.Bool(True),
+    }
+    results, node = run_get_node(CoordinateWorkChain, **inputs)
+    (entry,) = results['decision_log']['iterations']
+    job = orm.load_node(entry['discriminator_pk'])
+    assert job.is_finished_ok and job.inputs.models['discriminator'].pk == discriminator.pk
+    probability = job.outputs.predictions.get_array('mean')[0]
+    assert 0 < probability < 1
+    if limit == 0.0:
+        assert [item['id'] for item in entry['accepted']] == ['i1-MgO-CsCl']
+        assert entry['accepted'][0]['match_probability'] == pytest.approx(probability)
+        assert 'i1-MgO-CsCl' in [row['id'] for row in results['table']['rows']]
+    else:
+        assert entry['accepted'] == [] and [item['id'] for item in entry['not_sent_to_dft']] == ['i1-MgO-CsCl']
+        assert entry['not_sent_to_dft'][0]['reason'].startswith('match probability')
+        assert entry['not_sent_to_dft'][0]['not_sent'] == 'DFT budget spent'
+        assert 'i1-MgO-CsCl' not in [row['id'] for row in results['table']['rows']]
+
+
 # -- inputs refused before anything runs ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
     'change, message',
@@ -284,6 +337,7 @@ def test_default_threshold_is_the_calibrated_rule_of_the_shipped_model(property_
         ({'no_generator': True}, 'give a generator'),
         ({'fine_tune': {'temperature': 3}}, 'unknown fine-tune setting'),
         ({'generation': {'mode': 'csp'}}, 'unknown generation setting'),
+        ({'discriminator_threshold': 1.5}, 'must be a probability'),
     ],
 )
 def test_inputs_are_refused(code, generator, property_model, change, message):
@@ -291,6 +345,6 @@ def test_inputs_are_refused(code, generator, property_model, change, message):
     inputs = _inputs(code, generator, property_model, goal)
     if change.pop('no_generator', False):
         del inputs['generate']
-    inputs.update({port: orm.Dict(value) for port, value in change.items()})
+    inputs.update({port: orm.Dict(v) if isinstance(v, dict) else orm.Float(v) for port, v in change.items()})
     with pytest.raises(ValueError, match=message):
         run_get_node(CoordinateWorkChain, **inputs)
