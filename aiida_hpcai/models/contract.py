@@ -61,6 +61,17 @@ METADATA_KEYS = ('architecture', 'hyperparameters', 'target', 'units', 'metrics'
 # predictions.npz: one row per structure of structures.npz
 PREDICTION_ARRAYS = ('mean', 'sigma', 'status', 'reason')
 STATUS_OK, STATUS_FAILED = 'ok', 'failed'
+# predict: structures per batch when config.json gives no `batch_size`. On a CPU small batches stay in cache
+# (24 gave a third more structures/s than 64 on 2 threads, 8 and 32 less than 24;
+# benchmarks/results/surrogate_throughput_vs_0d371cb.json); a GPU wants large ones.
+DEFAULT_BATCH_SIZE = {'cpu': 24, 'cuda': 64}
+
+
+def default_batch_size(device: str) -> int:
+    """The batch size of a predict task on ``device`` (``cpu``, ``cuda``, ``cuda:<index>``) without ``batch_size``."""
+    return DEFAULT_BATCH_SIZE.get(str(device).split(':')[0], DEFAULT_BATCH_SIZE['cpu'])
+
+
 # generate: the modes and the ab initio strategies for the atom count N (config keys `mode`, `n_strategy`)
 GENERATE_MODES = ('csp', 'abinitio')
 N_STRATEGIES = ('dataset', 'uniform', 'hybrid')
@@ -134,6 +145,12 @@ PROGRAM_ERRORS = (
     ),
     ProgramError(NO_SAMPLES, 372, 'ERROR_NO_SAMPLES', 'Zero samples were asked: {message}'),
 )
+
+
+# -- the program's own exit status (what the scheduler and a shell see) --------------------------------
+EXIT_UNEXPECTED = 1  # an unexpected exception: error.json says `unexpected_error`, the traceback is on stderr
+EXIT_TASK_ERROR = 2  # a TaskError: error.json has its code, stderr one line
+EXIT_OUT_OF_MEMORY = 3  # the task ran out of (GPU) memory: error.json says `out_of_memory`, stderr one line
 
 
 class TaskError(Exception):

@@ -27,20 +27,15 @@ from .contract import (
     STRUCTURES_FILE,
     SUMMARY_FILE,
     TaskError,
+    default_batch_size,
 )
 from .crysformer import Crysformer, enable_mc_dropout
 from .graph import GraphError, collate, neighbour_graph
 from .structure_io import InvalidStructure, StructureArrays, read_npz, validate_atoms
 from .uncertainty import MC_DROPOUT_METHODS, UNCERTAINTY_METHODS, spread
 
-# Structures per batch when the caller does not say: on a CPU small batches stay in cache (24 gave
-# a third more structures/s than 64 on 2 threads, 8 and 32 less than 24;
-# benchmarks/results/surrogate_throughput_vs_0d371cb.json); a GPU wants large ones
-DEFAULT_BATCH_SIZE = {'cpu': 24, 'cuda': 64}
-
-
-def default_batch_size(device: str | torch.device) -> int:
-    return DEFAULT_BATCH_SIZE.get(torch.device(device).type, DEFAULT_BATCH_SIZE['cpu'])
+#: The reason of a structure the model evaluated but gave no finite value.
+NOT_FINITE = 'prediction is not finite'
 
 
 class IncompatibleModels(ValueError):
@@ -215,7 +210,7 @@ class EnsemblePredictor:
             mean[good], sigma[good] = self.predict_graphs(graphs, batch_size, method, mc_samples)
         for index in good:
             if not np.isfinite(mean[index]):
-                status[index], reason[index] = STATUS_FAILED, 'prediction is not finite'
+                status[index], reason[index] = STATUS_FAILED, NOT_FINITE
         return {'mean': mean, 'sigma': sigma, 'status': status.astype(str), 'reason': reason.astype(str)}
 
 
@@ -254,6 +249,12 @@ def run_predict(
     torch.manual_seed(seed)
     result = predictor.predict(arrays, batch_size and int(batch_size), method, int(config.get('mc_samples', 10)))
     seconds = time.perf_counter() - start
+    n_ok = int((result['status'] == STATUS_OK).sum())
+    n_not_finite = int((result['reason'] == NOT_FINITE).sum())
+    if n_not_finite and n_ok == 0:
+        # A model that gives no finite value for any structure it evaluates is broken: no predictions are written
+        # (structures it could not evaluate, such as unknown elements, are not its fault and are written).
+        raise TaskError(NAN_OUTPUT, f'the model gave no finite value for any of the {n_not_finite} structures')
     np.savez(
         output_dir / PREDICTIONS_FILE,
         mean=result['mean'].astype(np.float64),
@@ -261,7 +262,6 @@ def run_predict(
         status=result['status'],
         reason=result['reason'],
     )
-    n_ok = int((result['status'] == STATUS_OK).sum())
     summary = {
         'target': predictor.target,
         'units': predictor.units,
@@ -276,5 +276,3 @@ def run_predict(
         'seed': seed,
     }
     (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    if len(arrays) and n_ok == 0 and np.all(~np.isfinite(result['mean'])):
-        raise TaskError(NAN_OUTPUT, 'no structure got a finite prediction')

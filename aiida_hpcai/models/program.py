@@ -35,6 +35,8 @@ from .contract import (
     CONFIG_FILE,
     DEFAULT_ARCHITECTURE,
     ERROR_FILE,
+    EXIT_OUT_OF_MEMORY,
+    EXIT_TASK_ERROR,
     INCOMPATIBLE_MODELS,
     INFO_FILE,
     INVALID_CONFIG,
@@ -158,16 +160,31 @@ def main(argv: list[str] | None = None) -> int:
     except TaskError as exc:
         _write_error(output_dir, exc.code, str(exc))
         print(f'hpcai-model {args.task}: {exc.code}: {exc}', file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - any crash is reported to the parser, then re-raised
-        code = OUT_OF_MEMORY if _is_out_of_memory(exc) else UNEXPECTED_ERROR
-        _write_error(output_dir, code, ''.join(traceback.format_exception_only(exc)).strip())
-        raise
+        return EXIT_TASK_ERROR
+    except Exception as exc:  # noqa: BLE001 - any crash is reported to the parser
+        message = ''.join(traceback.format_exception_only(exc)).strip()
+        if _is_out_of_memory(exc):
+            # Expected on a big batch: one line, no traceback, its own exit status; the caller retries smaller.
+            _write_error(output_dir, OUT_OF_MEMORY, message)
+            print(f'hpcai-model {args.task}: {OUT_OF_MEMORY}: {message}', file=sys.stderr)
+            return EXIT_OUT_OF_MEMORY
+        _write_error(output_dir, UNEXPECTED_ERROR, message)
+        raise  # the traceback, for a bug report
     return 0
 
 
-def _is_out_of_memory(exc: Exception) -> bool:
-    return isinstance(exc, MemoryError) or 'out of memory' in str(exc).lower()
+# What an allocation failure says: torch on a CPU ("DefaultCPUAllocator: can't allocate memory: you tried to
+# allocate ... bytes. Error code 12 (Cannot allocate memory)"), CUDA ("CUDA out of memory"), numpy, the kernel.
+_OUT_OF_MEMORY_MESSAGES = ('out of memory', "can't allocate memory", 'cannot allocate memory', 'unable to allocate')
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the task ran out of host or device memory."""
+    torch = sys.modules.get('torch')  # imported by every task that could run out of memory
+    oom_type = getattr(torch, 'OutOfMemoryError', None) if torch is not None else None
+    if isinstance(exc, MemoryError) or (oom_type is not None and isinstance(exc, oom_type)):
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc).lower() for text in _OUT_OF_MEMORY_MESSAGES)
 
 
 def _write_error(output_dir: pathlib.Path, code: str, message: str) -> None:

@@ -18,13 +18,12 @@ class PredictParser(ModelProgramParser):
     """Attach ``predictions`` (mean, sigma, status, reason; aligned with the input set) and ``summary``.
 
     Per-structure failures are data, not a job failure: they are recorded in ``status``/``reason``.
-    Only when no structure at all was predicted does the job exit non-zero; the outputs are
-    attached all the same (also with ``ERROR_NAN_OUTPUT``, which the program reports when no
-    structure got a finite value), so that the reasons can be read and every structure sent to DFT.
+    When no structure at all could be predicted (every one invalid for the model) the job exits with
+    ``ERROR_NO_STRUCTURE_PREDICTED`` and the outputs are attached all the same, so that the reasons can
+    be read and every structure sent to DFT. An error the program reported in ``error.json`` (out of
+    memory, NaN from the model for every structure it evaluated, a corrupt checkpoint, a crash) is the
+    job's exit code, with no outputs.
     """
-
-    def keeps_outputs_on_error(self, exit_code):
-        return exit_code.status == self.exit_codes.ERROR_NAN_OUTPUT.status
 
     def parse_outputs(self):
         content = self.read_bytes(PREDICTIONS_FILE)

@@ -1,6 +1,7 @@
 """``hpcai.surrogate``: an ML model replaces DFT where it is confident, and says which structures still need DFT.
 
-One ``hpcai.predict`` CalcJob predicts every structure (mean and sigma of an ensemble); a
+One ``hpcai.predict`` CalcJob predicts every structure (mean and sigma of an ensemble), run by
+``hpcai.predict_base``, which runs it again with a smaller batch when it runs out of memory; a
 calcfunction then splits the set at ``sigma_threshold``. The structures that were not predicted
 confidently (or not at all) come out as one StructureSet, ``needs_dft``, ready for a DFT WorkChain,
 with their ids and their predicted mean and sigma as labels (``predicted_mean``, ``predicted_sigma``).
@@ -19,6 +20,7 @@ from aiida_hpcai.calculations.predict import PredictCalculation
 from aiida_hpcai.data.model import ModelData
 from aiida_hpcai.data.structure_set import StructureSet
 
+from .predict_base import PredictBaseWorkChain
 from .structures import invalid_link_labels, link_label, structures_from_nodes
 
 __all__ = ('SurrogateWorkChain', 'classify_predictions', 'default_sigma_threshold')
@@ -132,6 +134,17 @@ class SurrogateWorkChain(WorkChain):
                 'help': 'Inputs of the `hpcai.predict` CalcJob (code, device, parameters, metadata.options).'
             },
         )
+        spec.expose_inputs(
+            PredictBaseWorkChain,
+            namespace='predict_base',
+            exclude=('predict', 'structures', 'models', 'metadata'),
+            namespace_options={
+                'required': False,
+                'populate_defaults': False,
+                'help': 'Inputs of the `hpcai.predict_base` WorkChain that runs the CalcJob and handles its failures: '
+                '`min_batch_size` and `max_iterations` of the out-of-memory retries, `clean_workdir`, ...',
+            },
+        )
         spec.input(
             'structures',
             valid_type=StructureSet,
@@ -223,29 +236,30 @@ class SurrogateWorkChain(WorkChain):
             self.report(f'using the default sigma_threshold {self.ctx.sigma_threshold.value} for target {target!r}')
 
     def run_predict(self):
-        inputs = self.exposed_inputs(PredictCalculation, namespace='predict')
+        given = 'predict_base' in self.inputs  # an optional namespace: absent when none of its ports was given
+        inputs = self.exposed_inputs(PredictBaseWorkChain, namespace='predict_base') if given else {}
+        inputs['predict'] = self.exposed_inputs(PredictCalculation, namespace='predict')
         inputs['structures'] = self.ctx.structures
         inputs['models'] = dict(self.inputs.models)
-        inputs.setdefault('metadata', {})['call_link_label'] = 'predict'
-        calculation = self.submit(PredictCalculation, **inputs)
-        self.report(f'launched PredictCalculation<{calculation.pk}> for {self.ctx.structures.count} structures')
-        return ToContext(predict=calculation)
+        inputs['metadata'] = {'call_link_label': 'predict'}
+        node = self.submit(PredictBaseWorkChain, **inputs)
+        self.report(f'launched PredictBaseWorkChain<{node.pk}> for {self.ctx.structures.count} structures')
+        return ToContext(predict=node)
 
     def inspect_predict(self):
-        calculation = self.ctx.predict
-        exit_codes = PredictCalculation.exit_codes
-        nothing_predicted = (exit_codes.ERROR_NO_STRUCTURE_PREDICTED.status, exit_codes.ERROR_NAN_OUTPUT.status)
-        if calculation.is_finished_ok:
+        workchain = self.ctx.predict
+        if workchain.is_finished_ok:
             return None
         # Nothing predicted is still an answer for a surrogate: every structure goes to DFT, with its reason.
-        if calculation.exit_status in nothing_predicted and 'predictions' in calculation.outputs:
-            self.report(
-                f'PredictCalculation<{calculation.pk}> predicted no structure ({calculation.exit_message}); '
-                'all of them need DFT'
-            )
+        nothing_predicted = PredictBaseWorkChain.exit_codes.ERROR_NO_STRUCTURE_PREDICTED.status
+        if workchain.exit_status == nothing_predicted and 'predictions' in workchain.outputs:
+            self.report(f'{workchain.process_label}<{workchain.pk}> predicted no structure; all of them need DFT')
             return None
+        # The last job says why (out of memory at the smallest batch, a corrupt checkpoint, NaN, a crash).
+        jobs = [child for child in workchain.called if isinstance(child, orm.CalcJobNode)]
+        failed = max(jobs, key=lambda job: job.pk) if jobs else workchain
         return self.exit_codes.ERROR_PREDICT_FAILED.format(
-            pk=calculation.pk, status=calculation.exit_status, message=calculation.exit_message
+            pk=failed.pk, status=failed.exit_status, message=failed.exit_message
         )
 
     def results(self):

@@ -104,7 +104,7 @@ def test_predict_json_and_csv(aiida_code_installed, shared_data_dir, structure_f
 
     workchain = load_node(payload['process_pk'])
     assert workchain.process_label == 'SurrogateWorkChain' and workchain.is_finished_ok
-    (calculation,) = [node for node in workchain.called if node.process_label == 'PredictCalculation']
+    (calculation,) = [node for node in workchain.called_descendants if node.process_label == 'PredictCalculation']
     assert calculation.inputs.parameters.get_dict() == {'uncertainty': 'mc_dropout_readout', 'mc_samples': 4}
     with table.open() as handle:
         written = list(csv.DictReader(handle))

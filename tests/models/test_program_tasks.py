@@ -158,10 +158,43 @@ def test_predict_task_errors(trained_task, small_mp_set, tmp_path):
     assert _run('predict', tmp_path / 'mixed', tmp_path / 'mixed_out') == 2
     assert _error(tmp_path / 'mixed_out') == 'incompatible_models'
 
+    # Structures the model cannot evaluate are no fault of the model: every one failed with its reason, no error.
     only_bad = _with_bad_structures(small_mp_set).subset([2, 3])
-    _predict_input(tmp_path / 'nan', only_bad, [(model, None)])
-    assert _run('predict', tmp_path / 'nan', tmp_path / 'nan_out') == 2
+    _predict_input(tmp_path / 'bad', only_bad, [(model, None)])
+    assert _run('predict', tmp_path / 'bad', tmp_path / 'bad_out') == 0
+    assert not (tmp_path / 'bad_out' / contract.ERROR_FILE).exists()
+    with np.load(tmp_path / 'bad_out' / 'predictions.npz', allow_pickle=False) as result:
+        assert result['status'].tolist() == ['failed', 'failed']
+
+    # A model whose weights went NaN: no finite value for any structure it evaluates, an error and no predictions.
+    broken = load_checkpoint(model)
+    for member in broken['members']:
+        for tensor in member.values():
+            if tensor.is_floating_point():
+                tensor.fill_(float('nan'))
+    torch.save(broken, tmp_path / 'nan.pt')
+    _predict_input(tmp_path / 'nan', small_mp_set.subset([0, 1]), [(tmp_path / 'nan.pt', None)])
+    assert _run('predict', tmp_path / 'nan', tmp_path / 'nan_out') == contract.EXIT_TASK_ERROR
     assert _error(tmp_path / 'nan_out') == 'nan_output'
+    assert not (tmp_path / 'nan_out' / contract.PREDICTIONS_FILE).exists()
+
+
+def test_what_counts_as_out_of_memory():
+    """The allocation failures of torch on a CPU and on CUDA, and Python's own; a real one (a job under `ulimit -v`)
+    is in tests/workchains/test_predict_base.py."""
+    import torch
+
+    out_of_memory = [
+        MemoryError(),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+            'allocate 1073741824 bytes. Error code 12 (Cannot allocate memory)'
+        ),
+        torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB'),
+        RuntimeError('CUDA error: out of memory'),
+    ]
+    assert all(program._is_out_of_memory(exc) for exc in out_of_memory)
+    assert not any(program._is_out_of_memory(exc) for exc in (RuntimeError('shape mismatch'), ValueError('memory')))
 
 
 def test_train_task_fine_tunes_a_parent(trained_task, small_mp_set, tmp_path):

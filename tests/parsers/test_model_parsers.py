@@ -160,15 +160,18 @@ def test_error_file_wins_over_complete_looking_outputs(predict_node):
     assert not results
 
 
-def test_nan_output_keeps_the_predictions_and_their_reasons(predict_node):
-    error = json.dumps({'error': 'nan_output', 'message': 'no structure got a finite prediction'}).encode()
-    npz = _predictions_npz([np.nan] * 3, [np.nan] * 3, ['failed'] * 3, ['no neighbour graph: NaN'] * 3)
-    node, temporary = predict_node({'error.json': error, 'summary.json': _summary(3, 0)}, {'predictions.npz': npz})
-    results, calcfunction = PredictParser.parse_from_node(
-        node, store_provenance=False, retrieved_temporary_folder=temporary
-    )
-    assert calcfunction.exit_status == PredictCalculation.exit_codes.ERROR_NAN_OUTPUT.status
-    assert results['predictions'].get_array('reason').tolist() == ['no neighbour graph: NaN'] * 3
+def test_program_errors_leave_no_outputs(predict_node):
+    """NaN from the model and out of memory: the exit code, and no predictions even where a file was left behind."""
+    npz = _predictions_npz([np.nan] * 3, [np.nan] * 3, ['failed'] * 3, ['prediction is not finite'] * 3)
+    for code, label in (('nan_output', 'ERROR_NAN_OUTPUT'), ('out_of_memory', 'ERROR_OUT_OF_MEMORY')):
+        error = json.dumps({'error': code, 'message': 'the program says why'}).encode()
+        node, temporary = predict_node({'error.json': error, 'summary.json': _summary(3, 0)}, {'predictions.npz': npz})
+        results, calcfunction = PredictParser.parse_from_node(
+            node, store_provenance=False, retrieved_temporary_folder=temporary
+        )
+        assert calcfunction.exit_status == PredictCalculation.exit_codes[label].status
+        assert 'the program says why' in calcfunction.exit_message
+        assert not results
 
 
 def test_unreadable_error_file(predict_node):

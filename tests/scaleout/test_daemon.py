@@ -27,8 +27,10 @@ def surrogate_inputs(structures, model, code, **options):
     }
 
 
-def predict_children(node):
-    return [link.node for link in node.base.links.get_outgoing(link_label_filter='predict').all()]
+def predict_jobs(node):
+    """The ``hpcai.predict`` CalcJobs of a surrogate (its ``hpcai.predict_base`` child runs them), oldest first."""
+    jobs = [child for child in node.called_descendants if child.process_type == 'aiida.calculations:hpcai.predict']
+    return sorted(jobs, key=lambda job: job.pk)
 
 
 def test_surrogate_on_the_daemon_with_two_workers(daemon, model_code, tiny_model, training_set):
@@ -41,7 +43,7 @@ def test_surrogate_on_the_daemon_with_two_workers(daemon, model_code, tiny_model
         assert node.is_finished_ok, (node.exit_status, node.exit_message)
         assert node.outputs.summary['n_structures'] == subset.count
         assert node.outputs.summary['n_confident'] == subset.count
-        (predict,) = predict_children(node)
+        (predict,) = predict_jobs(node)
         assert predict.is_finished_ok and predict.inputs.structures.uuid == subset.uuid
 
 
@@ -53,10 +55,10 @@ def test_worker_killed_during_surrogate(daemon, model_code, tiny_model, training
     # The job sleeps first, so the kill lands while it runs.
     node = submit(SurrogateWorkChain, **surrogate_inputs(subset, tiny_model, model_code, prepend_text='sleep 5'))
     start = time.monotonic()
-    while not (predict_children(node) and predict_children(node)[0].get_job_id()):
+    while not (predict_jobs(node) and predict_jobs(node)[0].get_job_id()):
         assert time.monotonic() - start < 180 and not node.is_terminated, node.process_state
         time.sleep(0.2)
-    (predict,) = predict_children(node)
+    (predict,) = predict_jobs(node)
     job_id = predict.get_job_id()
 
     killed = [int(pid) for pid in daemon.get_worker_info()['info']]  # the one holding the process is among them
@@ -69,7 +71,7 @@ def test_worker_killed_during_surrogate(daemon, model_code, tiny_model, training
     # Nothing lost: every structure predicted and classified. Nothing twice: one CalcJob, whose job was submitted
     # once (the job id of before the kill), and one split.
     assert node.outputs.summary['n_structures'] == node.outputs.summary['n_confident'] == subset.count
-    assert [child.pk for child in predict_children(node)] == [predict.pk]
+    assert [child.pk for child in predict_jobs(node)] == [predict.pk]
     assert predict.is_finished_ok and predict.get_job_id() == job_id
     calcfunctions = [child for child in node.called if isinstance(child, orm.CalcFunctionNode)]
     assert len(calcfunctions) == 1 and calcfunctions[0].is_finished_ok
