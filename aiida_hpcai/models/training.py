@@ -59,6 +59,12 @@ from .loop import (
 from .structure_io import StructureArrays
 from .uncertainty import fit_sigma_scale, uncertainty_metrics
 
+# loss -> (the loss of a batch, the key of its validation metric in the history): 'l1' fits a standardised
+# property, 'bce' a 0/1 label with the network's output as the logit (binary cross-entropy)
+LOSSES = {
+    'l1': (torch.nn.functional.l1_loss, 'val_mae'),
+    'bce': (torch.nn.functional.binary_cross_entropy_with_logits, 'val_bce'),
+}
 DEFAULT_UNITS = {'formation_energy_per_atom': 'eV/atom', 'band_gap': 'eV', 'energy_per_atom': 'eV/atom'}
 
 
@@ -82,6 +88,12 @@ class TrainingConfig:
     mc_samples: int = 10
     progress: bool = True
     graph_workers: int = 0  # processes that build the neighbour graphs (0: this one)
+    # 'l1' (a property: standardised target) or 'bce' (a 0/1 label: the output is a logit; the discriminator)
+    loss: str = 'l1'
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f'unknown loss {self.loss!r}; known: {sorted(LOSSES)}')
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -132,7 +144,8 @@ def _prepare(
     return graphs, raw, residual, [str(arrays.ids[i]) for i in index_kept], failures
 
 
-def _evaluate_mae(model, data: PreparedData, normalization: dict, batch_size: int, device) -> float:
+def _evaluate(model, data: PreparedData, normalization: dict, batch_size: int, device, loss: str = 'l1') -> float:
+    """The validation metric of ``loss``: the MAE in physical units (l1), the mean binary cross-entropy (bce)."""
     model.eval()
     predictions = []
     with torch.no_grad():
@@ -140,6 +153,9 @@ def _evaluate_mae(model, data: PreparedData, normalization: dict, batch_size: in
             predictions.append(
                 model(collate(data.graphs[start : start + batch_size]).to(device)).double().cpu().numpy()
             )
+    if loss == 'bce':
+        logits, labels = torch.as_tensor(np.concatenate(predictions)), torch.as_tensor(data.targets)
+        return float(LOSSES['bce'][0](logits, labels.to(logits.dtype)))
     predicted = np.concatenate(predictions) * normalization['std']
     return float(np.mean(np.abs(predicted - data.targets * normalization['std'])))
 
@@ -164,14 +180,14 @@ def train_member(
     learning_rate = config.learning_rate or 1e-3
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=config.weight_decay)
     targets = torch.as_tensor(train.targets, dtype=torch.float32)
-    loss_function, val_key = torch.nn.functional.l1_loss, 'val_mae'
+    loss_function, val_key = LOSSES[config.loss]
 
     def batch_loss(chosen):
         batch = collate([train.graphs[i] for i in chosen]).to(device)
         return loss_function(model(batch), targets[chosen].to(device))
 
     def validate(model) -> dict:
-        return {val_key: _evaluate_mae(model, val, normalization, config.batch_size, device)}
+        return {val_key: _evaluate(model, val, normalization, config.batch_size, device, config.loss)}
 
     result = train_epochs(
         model,
@@ -218,12 +234,19 @@ def train_ensemble(
     parent: dict | None = None,
     dataset: dict | None = None,
     resume: bool = True,
+    finalize=None,
 ) -> tuple[dict, dict]:
     """Train (or fine-tune from ``parent``) an ensemble; write model.pt, metadata.json,
-    metrics.json and the figures into ``output_dir``; return (checkpoint, metrics)."""
+    metrics.json and the figures into ``output_dir``; return (checkpoint, metrics).
+
+    With the loss ``bce`` the label is 0/1 and the output a logit: no element reference, no standardisation.
+    ``finalize`` (default :func:`finalize_ensemble`, same arguments) evaluates the members and writes the files:
+    the match discriminator (:mod:`aiida_hpcai.models.discriminator`) passes its own."""
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = training if isinstance(training, TrainingConfig) else TrainingConfig.from_dict(dict(training or {}))
+    if config.loss != 'l1' and finalize is None:
+        raise ValueError(f'a Crysformer regressor trains with the loss l1, not {config.loss!r}')
     if parent is not None:
         model_config = CrysformerConfig.from_dict(parent['hyperparameters']['model'])
         if config.learning_rate is None:
@@ -238,6 +261,8 @@ def train_ensemble(
     if parent is not None:
         reference = parent.get('element_reference')
         normalization = dict(parent['normalization'])
+    elif config.loss == 'bce':
+        reference, normalization = None, {'mean': 0.0, 'std': 1.0}
     else:
         train_numbers = [arrays.atoms_of(int(i))[0] for i in split['train']]
         reference = (
@@ -314,7 +339,7 @@ def train_ensemble(
     training_seconds = time.monotonic() - started
     if config.progress:
         print(f'trained {len(members)} member(s) in {training_seconds:.1f} s; evaluating', flush=True)
-    return finalize_ensemble(
+    return (finalize or finalize_ensemble)(
         members,
         histories,
         model_config,

@@ -239,8 +239,8 @@ def test_resumed_run_keeps_its_wall_clock_budget(tmp_path, monkeypatch):
     (otherwise the schedule would warm up again and the run would exceed its budget)."""
     arrays = synthetic_set(20, seed=5)
     options = {**TINY, 'epochs': 3, 'ensemble_size': 1, 'max_minutes': 5.0}
-    original_evaluate = training_module._evaluate_mae
-    monkeypatch.setattr(training_module, '_evaluate_mae', _crashing_on_call(original_evaluate, 2))  # second epoch
+    original_evaluate = training_module._evaluate
+    monkeypatch.setattr(training_module, '_evaluate', _crashing_on_call(original_evaluate, 2))  # second epoch
     with pytest.raises(KeyboardInterrupt):
         train_ensemble(arrays, 'energy', _split(20), tmp_path, model_config='tiny', training=options)
     state_path = tmp_path / training_module.STATE_FILE
@@ -250,7 +250,7 @@ def test_resumed_run_keeps_its_wall_clock_budget(tmp_path, monkeypatch):
     saved['history'][0]['seconds'] = 120.0  # as if the first epoch had taken two minutes
     torch.save(saved, state_path)
 
-    monkeypatch.setattr(training_module, '_evaluate_mae', original_evaluate)
+    monkeypatch.setattr(training_module, '_evaluate', original_evaluate)
     budgets = []
     original_member = training_module.train_member
     monkeypatch.setattr(
