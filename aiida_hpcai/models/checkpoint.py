@@ -50,6 +50,9 @@ PRETRAINED_DIR = pathlib.Path(__file__).with_name('pretrained')
 PRETRAINED_FILES = {
     'formation_energy_per_atom': 'crysformer_mp_formation_energy.pt',
     'band_gap': 'crysformer_mp_band_gap.pt',
+    # EquiCSP generators, by training set (see pretrained/README.md)
+    'equicsp_mp20': 'equicsp_mp20.pt',
+    'equicsp_perov_5': 'equicsp_perov_5.pt',
 }
 # Physical lower bounds of targets: a band gap is never negative (about 40% of mp_cgcnn's are exactly 0)
 LOWER_BOUNDS = {'band_gap': 0.0}
