@@ -17,7 +17,12 @@ aiida-hpcai predict main_job/heldout.extxyz --target band_gap --threshold 0.5
 # DFT: relax + SCF + formation energy of Si with Quantum ESPRESSO (pw.x) through aiida-quantumespresso.
 aiida-hpcai dft main_job/Si.cif --engine quantumespresso --protocol fast
 
+# Directive pattern: the shipped EquiCSP generates AlAs cells (CSP), the screening keeps the plausible ones, the
+# shipped surrogate ranks them and QE relaxes and evaluates the best one (plots and statistics in main_job/directive).
+aiida-hpcai directive --mode csp --composition AlAs -n 8 --steps 200 --top-k 1 --protocol fast --output main_job/directive
+
 # Coordinate pattern: a design request planned into a goal; the loop looks it up (the Si result above is a hit),
-# considers the candidate, predicts with the shipped model and may start at most one small DFT run.
+# considers the candidate and Si cells the shipped EquiCSP generates, predicts with the shipped model and may start
+# at most one small DFT run.
 aiida-hpcai design "up to 3 Si structures with a formation energy below 0.5 eV/atom, at most 1 DFT run" \
-    --candidates main_job/Si.cif --protocol fast --output main_job/design
+    --candidates main_job/Si.cif --steps 200 --protocol fast --output main_job/design

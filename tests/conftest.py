@@ -100,3 +100,11 @@ def pw_code(aiida_profile, tmp_path_factory):
         return orm.InstalledCode(
             label='pw', computer=computer, filepath_executable=executable, default_calc_job_plugin='quantumespresso.pw'
         ).store()
+
+
+@pytest.fixture
+def no_shipped_generator(monkeypatch, tmp_path):
+    """As an installation without the shipped EquiCSP checkpoints (the package's pretrained folder empty)."""
+    from aiida_hpcai.models import checkpoint
+
+    monkeypatch.setattr(checkpoint, 'PRETRAINED_DIR', tmp_path / 'no-pretrained')

@@ -582,7 +582,7 @@ def _dft_of_nodes(nodes: list, dft_inputs: dict):
 
 
 def generate(
-    model: int | str,
+    model: int | str | None = None,
     composition: str | None = None,
     count: int = 10,
     seed: int = 0,
@@ -594,8 +594,8 @@ def generate(
     ``composition`` (the formula of one cell, ``Fe2O3`` is five atoms): ``count`` samples of it (CSP mode);
     without one, ``count`` samples whose composition the model draws too (ab initio, not restricted to a
     chemical system). Returns the StructureSet of the valid samples (ids ``<formula>#<k>``) with each id and
-    reduced formula, and the invalid samples with their reasons. No model is shipped yet: give the pk of
-    one trained with ``aiida-hpcai train SOURCE --architecture equicsp``.
+    reduced formula, and the invalid samples with their reasons. Without ``model``: the generator shipped with
+    the package (``ModelData.pretrained(DEFAULT_GENERATOR)``: MP structures of up to 20 atoms).
     """
     from aiida.engine import run_get_node
     from plumpy.ports import PortValidationError
@@ -614,7 +614,7 @@ def generate(
         parameters['steps'] = steps
     inputs = {
         'code': _load_code(code or f'{MODEL_CODE_LABEL}@localhost'),
-        'model': _load(model, ModelData, 'ModelData'),
+        'model': _shipped_generator() if model is None else _load(model, ModelData, 'ModelData'),
         'parameters': orm.Dict(parameters),
     }
     try:
@@ -644,6 +644,16 @@ def generate(
         ],
         'invalid': structures.get_skipped(),
     }
+
+
+def _shipped_generator():
+    from aiida_hpcai.data.model import ModelData
+    from aiida_hpcai.models.checkpoint import DEFAULT_GENERATOR
+
+    try:
+        return ModelData.pretrained(DEFAULT_GENERATOR)
+    except FileNotFoundError as exception:
+        raise OperationError(f'no generator is shipped with this installation: {exception}') from None
 
 
 # ---------------------------------------------------------------------------------------------- status, results

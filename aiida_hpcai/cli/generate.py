@@ -66,14 +66,12 @@ STEPS = OverridableOption(
 def shipped_generator():
     """The EquiCSP checkpoint shipped with the package, as one stored node; a usage error when none is shipped."""
     from aiida_hpcai.data.model import ModelData
-    from aiida_hpcai.models.checkpoint import PRETRAINED_FILES, pretrained_path, pretrained_record
+    from aiida_hpcai.models.checkpoint import DEFAULT_GENERATOR
 
-    for key in PRETRAINED_FILES:
-        try:
-            if pretrained_record(key).get('architecture') == GENERATOR_ARCHITECTURE:
-                return ModelData.get_or_create(pretrained_path(key))[0]
-        except FileNotFoundError:  # a checkpoint missing from this installation
-            continue
+    try:
+        return ModelData.pretrained(DEFAULT_GENERATOR)
+    except FileNotFoundError:  # the checkpoint is missing from this installation
+        pass
     raise click.UsageError(
         f'no {GENERATOR_ARCHITECTURE} checkpoint is shipped with this version; train one with '
         f'`aiida-hpcai train SOURCE --architecture {GENERATOR_ARCHITECTURE}` and pass its pk with --model'

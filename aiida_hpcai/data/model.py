@@ -96,20 +96,26 @@ class ModelData(orm.SinglefileData):
     @classmethod
     def find_by_sha256(cls, sha256: str, **attributes) -> ModelData | None:
         """The first stored node with these bytes (and these attribute values, where given), or None."""
-        filters = {'attributes.sha256': sha256, **{f'attributes.{key}': value for key, value in attributes.items()}}
+        # a None value (a generator has no target) is compared here: SQLite's JSON filters cannot ask `== None`
+        filters = {'attributes.sha256': sha256}
+        filters.update({f'attributes.{key}': value for key, value in attributes.items() if value is not None})
         query = orm.QueryBuilder().append(cls, filters=filters, project='*')
-        query.order_by({cls: {'id': 'asc'}}).limit(1)
-        result = query.first()
-        return result[0] if result else None
+        query.order_by({cls: {'id': 'asc'}})
+        for (node,) in query.iterall():
+            if all(node.base.attributes.get(key) == value for key, value in attributes.items()):
+                return node
+        return None
 
     @classmethod
     def pretrained(cls, target: str = 'formation_energy_per_atom') -> ModelData:
-        """The pretrained model shipped for ``target`` as ONE stored node (the same node on every call), labelled
-        from its JSON record. ``KeyError`` for a target without one, ``FileNotFoundError`` if it is missing."""
-        from aiida_hpcai.models.checkpoint import pretrained_path
+        """The pretrained model shipped for ``target`` (a surrogate's target, or a generator's key such as
+        ``equicsp_mp20``) as ONE stored node (the same node on every call), labelled from its JSON record.
+        ``KeyError`` for a target without one, ``FileNotFoundError`` if it is missing."""
+        from aiida_hpcai.models.checkpoint import pretrained_path, pretrained_record
 
         node, _ = cls.get_or_create(pretrained_path(target))
-        if node.target != target:
+        expected = pretrained_record(target).get('target')  # None for a generator
+        if node.target != expected:
             raise ValueError(f'the shipped model for {target!r} has no matching record (it says {node.target!r})')
         return node
 

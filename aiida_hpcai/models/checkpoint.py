@@ -54,6 +54,7 @@ PRETRAINED_FILES = {
     'equicsp_mp20': 'equicsp_mp20.pt',
     'equicsp_perov_5': 'equicsp_perov_5.pt',
 }
+DEFAULT_GENERATOR = 'equicsp_mp20'  # sampled when no generator is named: any composition of MP's elements
 # Physical lower bounds of targets: a band gap is never negative (about 40% of mp_cgcnn's are exactly 0)
 LOWER_BOUNDS = {'band_gap': 0.0}
 REQUIRED_KEYS = ('format_version', 'architecture', 'hyperparameters', 'members')

@@ -59,7 +59,9 @@ def _loops() -> int:
         ),
     ],
 )
-def test_refusals(code, generator, property_model, args, status, fragments):  # noqa: F811
+def test_refusals(code, generator, property_model, args, status, fragments, request):  # noqa: F811
+    if 'no equicsp checkpoint is shipped' in fragments:
+        request.getfixturevalue('no_shipped_generator')
     replaced = {'GENERATOR': generator.pk, 'MODEL': property_model.pk}
     args = [replaced.get(arg, arg) for arg in args]
     before = _loops()
@@ -107,18 +109,10 @@ def test_design_json_and_output(code, generator, property_model, imported_set, t
     assert database['id'] in printed and 'stopped:' in printed
 
 
-def test_candidates_without_a_generator(code, property_model, imported_set, tmp_path):  # noqa: F811
-    """--candidates and no --model (no EquiCSP ships): the loop considers the file's structures and stops."""
+def test_candidates_without_a_generator(code, property_model, imported_set, tmp_path, no_shipped_generator):  # noqa: F811
+    """--candidates and no --model where no EquiCSP ships: the loop considers the file's structures and stops."""
     from pymatgen.core import Lattice, Structure
 
-    from aiida_hpcai.cli.generate import shipped_generator
-
-    try:
-        shipped_generator()
-    except Exception:  # noqa: BLE001 -- click.UsageError: none ships, which is what this test is about
-        pass
-    else:
-        pytest.skip('an EquiCSP ships now: --candidates without --model also generates')
     cif = tmp_path / 'MgO-CsCl.cif'
     Structure(Lattice.cubic(3.1), ['Mg', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(filename=str(cif))
     result = _invoke(

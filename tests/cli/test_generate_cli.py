@@ -99,9 +99,27 @@ def test_model_that_cannot_generate(code, model):
     )
 
 
-def test_no_shipped_model_says_how_to_train_one(code):
+def test_no_shipped_model_says_how_to_train_one(code, no_shipped_generator):
     result = invoke('--mode', 'abinitio', '-n', 1, '--code', code.full_label)
     assert_fails(result, 2, 'no equicsp checkpoint is shipped', 'aiida-hpcai train SOURCE --architecture equicsp')
+
+
+def test_shipped_generator_is_the_default(code):
+    """Without --model the shipped EquiCSP (MP, <= 20 atoms) samples: one stored node, a crystal of the composition."""
+    from aiida_hpcai.models.checkpoint import DEFAULT_GENERATOR
+
+    shipped = ModelData.pretrained(DEFAULT_GENERATOR)
+    assert shipped.architecture == 'equicsp' and ModelData.pretrained(DEFAULT_GENERATOR).pk == shipped.pk
+    result = invoke(
+        '--mode', 'csp', '--composition', 'AlAs', '-n', 2, '--steps', 20, '--code', code.full_label, '--json'
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    job = orm.load_node(payload['process_pk'])
+    assert job.inputs.model.pk == shipped.pk
+    assert (payload['mode'], payload['steps'], payload['n_requested']) == ('csp', 20, 2)
+    for row in payload['rows']:
+        assert row['id'].startswith('AlAs#')
 
 
 def test_output_is_checked_first(code, model, tmp_path):

@@ -349,9 +349,11 @@ def _generate_jobs() -> int:
         ),
     ],
 )
-def test_cli_refusals(code, generator, args, status, fragments):
+def test_cli_refusals(code, generator, args, status, fragments, request):
     from tests.cli.test_bad_input import assert_fails
 
+    if 'no equicsp checkpoint is shipped' in fragments:
+        request.getfixturevalue('no_shipped_generator')
     if args[-1] == 'MODEL':
         args = (*args[:-1], '--model', generator.pk, '--no-surrogate')
     before = _generate_jobs()
