@@ -104,7 +104,8 @@ def pw_code(aiida_profile, tmp_path_factory):
 
 @pytest.fixture
 def no_shipped_generator(monkeypatch, tmp_path):
-    """As an installation without the shipped EquiCSP checkpoints (the package's pretrained folder empty)."""
+    """As an installation whose shipped EquiCSP checkpoints are missing (the surrogates still there)."""
     from aiida_hpcai.models import checkpoint
 
-    monkeypatch.setattr(checkpoint, 'PRETRAINED_DIR', tmp_path / 'no-pretrained')
+    missing = {key: f'missing-{name}' for key, name in checkpoint.PRETRAINED_FILES.items() if key.startswith('equicsp')}
+    monkeypatch.setattr(checkpoint, 'PRETRAINED_FILES', {**checkpoint.PRETRAINED_FILES, **missing})
