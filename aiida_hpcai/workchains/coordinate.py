@@ -71,6 +71,7 @@ TABLE_COLUMNS = (
 #: Training settings of a fine-tune unless ``fine_tune`` says otherwise (the parent's architecture and
 #: hyperparameters are kept; ``ensemble_size`` defaults to the parent's).
 FINE_TUNE_DEFAULTS = {'epochs': 20, 'batch_size': 16, 'seed': 0}
+PREDICT_ONLY_OPTIONS = ('parser_name', 'input_filename', 'output_filename')
 #: Settings of the generator the loop passes on from ``generation`` (mode and samples are the loop's).
 GENERATION_KEYS = ('steps', 'step_lr', 'batch_size', 'seed', 'n_strategy')
 
@@ -987,6 +988,13 @@ class CoordinateWorkChain(WorkChain):
             'split': {'train': ids, 'val': ids, 'test': []},
         }
         predict = self.exposed_inputs(SurrogateWorkChain, namespace='surrogate')['predict']
+        # where and how the predict jobs run (resources, environment, queue), not what is specific to hpcai.predict:
+        # its parser and file names come with the exposed options too
+        options = {
+            key: value
+            for key, value in predict.get('metadata', {}).get('options', {}).items()
+            if key not in PREDICT_ONLY_OPTIONS
+        }
         inputs = {
             'code': predict['code'],
             'structures': training,
@@ -994,7 +1002,7 @@ class CoordinateWorkChain(WorkChain):
             'parent_model': parent,
             'metadata': {
                 'call_link_label': f'fine_tune_{self.ctx.iteration}',
-                **({'options': predict['metadata']['options']} if 'options' in predict.get('metadata', {}) else {}),
+                **({'options': options} if options else {}),
             },
         }
         node = self.submit(TrainCalculation, **inputs)
