@@ -79,7 +79,7 @@ def imported_set(aiida_profile):
     from aiida.tools import delete_nodes
 
     others = orm.QueryBuilder().append(StructureSet, filters={'attributes.elements': {'contains': ['Mg', 'O']}})
-    tables = [node.pk for node in others.all(flat=True) if node.creator is None and 'mgo-rocksalt' in node.ids]
+    tables = [node.pk for node in others.all(flat=True) if node.creator is None and TARGET in node.label_names]
     delete_nodes(tables, dry_run=False)
     rocksalt = Structure.from_spacegroup('Fm-3m', Lattice.cubic(4.21), ['Mg', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])
     fluorite = Structure.from_spacegroup('Fm-3m', Lattice.cubic(5.0), ['Si', 'O'], [[0, 0, 0], [0.25, 0.25, 0.25]])
