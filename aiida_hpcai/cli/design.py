@@ -7,9 +7,8 @@ import json
 import click
 from aiida.cmdline.utils import decorators, echo
 
-from ..engines import ENGINES
 from . import cli
-from .dft import _parse_overrides, load_dft_code, resolve_protocol
+from .dft import DFT_CODE, DFT_PROTOCOL, ENGINE, MAX_CONCURRENT, _parse_overrides, load_dft_code, resolve_protocol
 from .generate import MODEL, SAMPLES, STEPS, shipped_generator
 from .params import (
     CODE,
@@ -20,7 +19,6 @@ from .params import (
     POSITIVE_FLOAT,
     POSITIVE_INT,
     SUBMIT,
-    ProtocolChoice,
     WritablePath,
     load_node_of,
 )
@@ -87,10 +85,10 @@ def _plan(request: str, planner: str, dft_budget: int | None, as_json: bool):
     '--buffer-size', type=NON_NEGATIVE_INT, default=5, show_default=True, help='Fine-tune after this many DFT results.'
 )
 @click.option('--fine-tune-epochs', type=POSITIVE_INT, default=None, help='Epochs of each fine-tune (20).')
-@click.option('--engine', type=click.Choice(sorted(ENGINES)), default='quantumespresso', show_default=True)
-@click.option('--protocol', type=ProtocolChoice(), default=None, help="DFT protocol; default: the engine's default.")
-@click.option('--dft-code', 'dft_code_label', default=None, help='DFT code; default pw@localhost or vasp@localhost.')
-@click.option('--max-concurrent', type=POSITIVE_INT, default=None, help='DFT calculations at once (4).')
+@ENGINE()
+@DFT_PROTOCOL()
+@DFT_CODE()
+@MAX_CONCURRENT()
 @CODE()
 @DEVICE()
 @JSON()

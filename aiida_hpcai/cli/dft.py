@@ -9,7 +9,7 @@ from aiida.cmdline.utils import decorators, echo
 
 from ..engines import ENGINES
 from . import cli
-from .params import POSITIVE_INT, ProtocolChoice
+from .params import POSITIVE_INT, OverridableOption, ProtocolChoice
 from .surrogate import _submit
 
 DEFAULT_CODES = {'quantumespresso': 'pw@localhost', 'vasp': 'vasp@localhost'}
@@ -32,9 +32,22 @@ def _parse_overrides(ctx, param, value):
     return overrides
 
 
+# -- the DFT options of the commands that run hpcai.dft_batch (directive, design) -----------------------------------
+ENGINE = OverridableOption('--engine', type=click.Choice(sorted(ENGINES)), default='quantumespresso', show_default=True)
+DFT_PROTOCOL = OverridableOption(
+    '--protocol', type=ProtocolChoice(), default=None, help="DFT protocol; default: the engine's default."
+)
+DFT_CODE = OverridableOption(
+    '--dft-code', 'dft_code_label', default=None, help='DFT code; default pw@localhost or vasp@localhost.'
+)
+MAX_CONCURRENT = OverridableOption(
+    '--max-concurrent', type=POSITIVE_INT, default=None, help='DFT calculations at once (4).'
+)
+
+
 @cli.command('dft')
 @click.argument('file', type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path))
-@click.option('--engine', type=click.Choice(sorted(ENGINES)), default='quantumespresso', show_default=True)
+@ENGINE()
 @click.option(
     '--protocol', type=ProtocolChoice(), default=None, help="Protocol; default: the engine's default protocol."
 )

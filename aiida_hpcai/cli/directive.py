@@ -7,10 +7,9 @@ import json
 import click
 from aiida.cmdline.utils import decorators, echo
 
-from ..engines import ENGINES
 from ..models.contract import N_STRATEGIES
 from . import cli
-from .dft import _parse_overrides, load_dft_code, resolve_protocol
+from .dft import DFT_CODE, DFT_PROTOCOL, ENGINE, MAX_CONCURRENT, _parse_overrides, load_dft_code, resolve_protocol
 from .generate import COMPOSITIONS, MODE, MODEL, SAMPLES, STEPS, shipped_generator
 from .params import (
     CODE,
@@ -20,7 +19,6 @@ from .params import (
     OUTPUT,
     POSITIVE_INT,
     SUBMIT,
-    ProtocolChoice,
     WritablePath,
     load_node_of,
 )
@@ -64,10 +62,10 @@ from .surrogate import DEFAULT_TARGET, _load_code, _process_reports_to_stderr, _
 @click.option(
     '--top-k', type=NON_NEGATIVE_INT, default=0, show_default=True, help='DFT on this many best ranked; 0: no DFT.'
 )
-@click.option('--engine', type=click.Choice(sorted(ENGINES)), default='quantumespresso', show_default=True)
-@click.option('--protocol', type=ProtocolChoice(), default=None, help="DFT protocol; default: the engine's default.")
-@click.option('--dft-code', 'dft_code_label', default=None, help='DFT code; default pw@localhost or vasp@localhost.')
-@click.option('--max-concurrent', type=POSITIVE_INT, default=None, help='DFT calculations at once (4).')
+@ENGINE()
+@DFT_PROTOCOL()
+@DFT_CODE()
+@MAX_CONCURRENT()
 @CODE()
 @DEVICE()
 @JSON()
