@@ -179,7 +179,9 @@ def provenance_times(workchain_pk: int) -> dict:
     from aiida import orm
 
     workchain = orm.load_node(workchain_pk)
-    calcjob = workchain.base.links.get_outgoing(link_label_filter='predict').one().node
+    # the job of the last (successful) try: hpcai.surrogate -> hpcai.predict_base -> hpcai.predict
+    jobs = [node for node in workchain.called_descendants if isinstance(node, orm.CalcJobNode)]
+    calcjob = max(jobs, key=lambda node: node.ctime)
     workdir = pathlib.Path(calcjob.outputs.remote_folder.get_remote_path())
     summary = json.loads((workdir / 'outputs' / 'summary.json').read_text())
     return {
