@@ -15,7 +15,10 @@ __all__ = ('GenerateCalculation',)
 MODEL_TARGET = model_file_target('model')
 # the keys of `config.json` the generate task reads (aiida_hpcai.models.equicsp.generation), by mode
 COMMON_PARAMETERS = {'mode', 'steps', 'step_lr', 'seed', 'batch_size'}
-MODE_PARAMETERS = {'csp': {'compositions'}, 'abinitio': {'n_samples', 'n_strategy', 'switch'}}
+MODE_PARAMETERS = {
+    'csp': {'compositions'},
+    'abinitio': {'n_samples', 'n_strategy', 'switch', 'elements', 'required_elements'},
+}
 GENERATE_PARAMETERS = COMMON_PARAMETERS.union(*MODE_PARAMETERS.values())
 
 
@@ -61,6 +64,30 @@ def validate_generate_parameters(node, port):
         return f'`n_samples` must be a whole number of samples, not {parameters.get("n_samples")!r}'
     if parameters['n_samples'] == 0:
         return 'zero samples asked: `n_samples` must be at least 1'
+    return _validate_elements(parameters)
+
+
+def _validate_elements(parameters: dict) -> str | None:
+    """``elements`` and ``required_elements``: lists of element symbols, ``elements`` not empty, the required ones
+    among ``elements``. Whether the model knows them is the program's to say (exit code 370)."""
+    from pymatgen.core.periodic_table import Element
+
+    for key in ('elements', 'required_elements'):
+        if key not in parameters:
+            continue
+        value = parameters[key]
+        if not isinstance(value, list) or not all(isinstance(symbol, str) for symbol in value):
+            return f'`{key}` must be a list of element symbols, e.g. ["Fe", "O"], not {value!r}'
+        unknown = [symbol for symbol in value if not Element.is_valid_symbol(symbol)]
+        if unknown:
+            return f'`{key}`: {", ".join(map(repr, unknown))} is not an element symbol'
+        if len(set(value)) != len(value):
+            return f'`{key}` names an element twice: {value}'
+    if 'elements' in parameters and not parameters['elements']:
+        return "`elements` is empty: name at least one element, or leave it out to sample from all of the model's"
+    foreign = sorted(set(parameters.get('required_elements', [])) - set(parameters.get('elements') or []))
+    if 'elements' in parameters and foreign:
+        return f'`required_elements` {foreign} are not among `elements` {parameters["elements"]}'
     return None
 
 
@@ -115,7 +142,9 @@ class GenerateCalculation(ModelProgramCalculation):
             help='`mode` (`csp` or `abinitio`). csp: `compositions`, {formula: number of samples} (a formula is one '
             'cell: Fe2O3 has five atoms). abinitio: `n_samples` and `n_strategy` for the atom count (`dataset`, the '
             "training set's distribution, the default; `uniform`, 1 to the largest training cell; `hybrid`, dataset "
-            'for the first `switch` samples, default half, then uniform). Both: `steps` (sampler steps, default the '
+            'for the first `switch` samples, default half, then uniform); `elements`, the only elements the samples '
+            'may hold, and `required_elements`, those every sample holds (default all of `elements`: a chemical '
+            'system; [] for any of them; alone: with any other element of the model). Both: `steps` (sampler steps, default the '
             "model's diffusion steps), `step_lr` (Langevin corrector step, 1e-5), `seed` (0), `batch_size` (64).",
         )
         spec.inputs['metadata']['options']['parser_name'].default = 'hpcai.generate'

@@ -19,6 +19,7 @@ from .params import (
     POSITIVE_FLOAT,
     POSITIVE_INT,
     SUBMIT,
+    ElementList,
     OverridableOption,
     WritablePath,
     load_node_of,
@@ -57,6 +58,21 @@ MODEL = OverridableOption(
     metavar='PK_OR_UUID',
     default=None,
     help=f'The {GENERATOR_ARCHITECTURE} ModelData to sample from. Default: the checkpoint shipped with the package.',
+)
+ELEMENTS = OverridableOption(
+    '--elements',
+    type=ElementList(),
+    default=None,
+    help='abinitio: the only elements the samples may hold, e.g. Fe,O; each of them in every sample (the Fe-O '
+    'system) unless --require says otherwise.',
+)
+REQUIRE = OverridableOption(
+    '--require',
+    'required_elements',
+    type=ElementList(none_ok=True),
+    default=None,
+    help='abinitio: elements every sample holds, e.g. Si (default: all of --elements; none: any of them). '
+    'Without --elements the samples hold these and any others of the model.',
 )
 STEPS = OverridableOption(
     '--steps', type=POSITIVE_INT, default=None, help="Sampler steps (default: the model's diffusion steps)."
@@ -124,6 +140,8 @@ def write_output(output, structures, rows) -> None:
     'uniform up to the largest training cell, or hybrid (dataset for the first --switch samples, then uniform).',
 )
 @click.option('--switch', type=NON_NEGATIVE_INT, default=None, help='hybrid: samples drawn by dataset (default half).')
+@ELEMENTS()
+@REQUIRE()
 @MODEL()
 @STEPS()
 @click.option('--step-lr', type=POSITIVE_FLOAT, default=None, help='Langevin corrector step size (1e-5).')
@@ -145,6 +163,8 @@ def generate(
     n_samples,
     n_strategy,
     switch,
+    elements,
+    required_elements,
     model,
     steps,
     step_lr,
@@ -161,6 +181,7 @@ def generate(
     \b
     aiida-hpcai generate --mode csp --composition Fe2O3 -n 20
     aiida-hpcai generate --mode abinitio -n 100 --output generated/
+    aiida-hpcai generate --mode abinitio -n 20 --elements Fe,O
 
     Runs the hpcai.generate CalcJob: the valid samples become one StructureSet (ids <formula>#<k>), the
     others are listed with the reason they are no crystal.
@@ -174,6 +195,12 @@ def generate(
         raise click.UsageError('--mode csp needs at least one --composition')
     if mode == 'abinitio' and compositions:
         raise click.UsageError('--composition applies to --mode csp; ab initio samples the composition')
+    if mode == 'csp' and (elements is not None or required_elements is not None):
+        raise click.UsageError('--elements and --require apply to --mode abinitio; csp takes --composition')
+    if elements is not None and required_elements and set(required_elements) - set(elements):
+        raise click.UsageError(
+            f'--require {",".join(required_elements)}: not all among --elements {",".join(elements)}'
+        )
     if submit and output is not None:
         raise click.UsageError('--output writes the results, which --submit does not wait for')
     _check_output(output)
@@ -186,6 +213,8 @@ def generate(
     optional = {
         'n_strategy': n_strategy,
         'switch': switch,
+        'elements': elements,
+        'required_elements': required_elements,
         'steps': steps,
         'step_lr': step_lr,
         'seed': seed,

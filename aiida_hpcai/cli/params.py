@@ -110,6 +110,33 @@ class WritablePath(click.Path):
         return path
 
 
+class ElementList(click.ParamType):
+    """Element symbols separated by commas (``Fe,O``); each must be an element, none named twice, at least one.
+    ``none_ok``: the word ``none`` is the empty list."""
+
+    name = 'elements'
+
+    def __init__(self, none_ok: bool = False):
+        self.none_ok = none_ok
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        from pymatgen.core.periodic_table import Element
+
+        if self.none_ok and value.strip().lower() == 'none':
+            return []
+        symbols = [symbol.strip() for symbol in value.split(',') if symbol.strip()]
+        if not symbols:
+            self.fail('name at least one element, e.g. Fe,O', param, ctx)
+        unknown = [symbol for symbol in symbols if not Element.is_valid_symbol(symbol)]
+        if unknown:
+            self.fail(f'{", ".join(map(repr, unknown))} is not an element symbol (write Fe,O)', param, ctx)
+        if len(set(symbols)) != len(symbols):
+            self.fail(f'{value!r} names an element twice', param, ctx)
+        return symbols
+
+
 class ProtocolChoice(click.Choice):
     """The protocol names of every registered DFT engine, read when first needed (importing engines is slow)."""
 

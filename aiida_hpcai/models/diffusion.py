@@ -14,7 +14,12 @@ forward process, all sharing one time index ``t`` in ``1..T``:
   the wrapped normal, divided by its root mean square at ``sigma_t`` so every t weighs alike.
   The displacement is centred per crystal before wrapping: a denoiser that sees only
   differences of coordinates cannot tell a rigid translation, so none is put in.
-- **Atom types** (ab initio only; DDPM on one-hot vectors over the model's elements).
+- **Atom types** (ab initio only; DDPM on one-hot vectors over the model's elements). Sampling can be
+  restricted to a set of elements (:class:`TypeRestriction`): at every step the predicted clean type
+  vectors are projected onto the allowed elements (the columns of the others set to 0, the clean value
+  of every allowed one-hot) and, when some elements are required, the atoms that the best assignment
+  covering every required element moves are set to the one-hot of their new element, so the geometry
+  follows the constrained types for the rest of the chain; the final types are that assignment.
 
 Loss weights follow the papers: lattice 1, coordinates 1, types 20 for ab initio samples; a CSP
 sample (composition given) has clean types and no type loss. The predictor-corrector sampler
@@ -275,6 +280,61 @@ def diffusion_loss(
 
 
 # -- sampling ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TypeRestriction:
+    """Ab initio types limited to ``allowed`` (element indices) with each of ``required`` (a subset) in every
+    crystal; a crystal needs at least ``len(required)`` atoms."""
+
+    allowed: list[int]
+    required: list[int] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        self.allowed, self.required = sorted(set(self.allowed)), sorted(set(self.required))
+        if not self.allowed:
+            raise ValueError('a type restriction needs at least one allowed element')
+        if not set(self.required) <= set(self.allowed):
+            raise ValueError(f'required elements {self.required} are not all allowed ({self.allowed})')
+
+    def mask(self, num_elements: int, device) -> torch.Tensor:
+        allowed = torch.zeros(num_elements, dtype=torch.bool, device=device)
+        allowed[self.allowed] = True
+        return allowed
+
+    def assign(self, scores: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+        """Element index per atom: the allowed element of highest score, except where a crystal lacks a required
+        element; there the assignment of most total score that holds every required element (each required
+        element gets a distinct atom, matched at least cost ``best - score`` by the Hungarian method; an atom
+        that already holds it costs nothing; the other atoms keep their best)."""
+        from scipy.optimize import linear_sum_assignment
+
+        allowed = self.mask(scores.shape[-1], scores.device)
+        masked = scores.masked_fill(~allowed, -torch.inf)
+        best, types = masked.max(-1)
+        if not self.required:
+            return types
+        required = torch.as_tensor(self.required, device=scores.device)
+        present = torch.zeros((size, scores.shape[-1]), dtype=torch.long, device=scores.device)
+        present.index_put_((index, types), torch.ones_like(types), accumulate=True)
+        lacking = (present[:, required] == 0).any(-1).nonzero().flatten().tolist()
+        for crystal in lacking:
+            atoms = (index == crystal).nonzero().flatten()
+            regret = (best[atoms, None] - masked[atoms][:, required]).double().cpu().numpy()  # (atoms, required)
+            rows, columns = linear_sum_assignment(regret.T)  # needs atoms >= required elements
+            types[atoms[columns]] = required[rows]
+        return types
+
+    def project(self, clean: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+        """Predicted clean type vectors moved onto the restriction (see the module docstring)."""
+        allowed = self.mask(clean.shape[-1], clean.device)
+        clean = clean.masked_fill(~allowed, 0.0)
+        if not self.required:
+            return clean
+        types = self.assign(clean, index, size)
+        moved = types != clean.masked_fill(~allowed, -torch.inf).argmax(-1)
+        onehot = torch.nn.functional.one_hot(types, clean.shape[-1]).to(clean.dtype)
+        return torch.where(moved[:, None], onehot, clean)
+
+
 def sampling_times(timesteps: int, steps: int) -> list[int]:
     """The decreasing times visited by a sampler of ``steps`` steps (all of 1..T when steps >= T)."""
     steps = max(1, min(int(steps), timesteps))
@@ -294,10 +354,11 @@ def sample(
     generator: torch.Generator | None = None,
     dtype=torch.float32,
     device='cpu',
+    restriction: TypeRestriction | None = None,
 ) -> dict[str, torch.Tensor]:
     """Predictor-corrector sampling of ``len(num_atoms)`` crystals; ``types`` (indices, one per atom)
-    given is CSP, None is ab initio (types sampled too). Returns the final ``lattice`` state,
-    ``frac``, ``types`` and the cells' ``lengths``/``angles``."""
+    given is CSP, None is ab initio (types sampled too, within ``restriction`` when given). Returns the
+    final ``lattice`` state, ``frac``, ``types`` and the cells' ``lengths``/``angles``."""
     num_atoms = num_atoms.to(device)
     size, n = len(num_atoms), int(num_atoms.sum())
     index = torch.repeat_interleave(torch.arange(size, device=device), num_atoms)
@@ -306,6 +367,11 @@ def sample(
         return torch.randn(shape, generator=generator, dtype=dtype).to(device)
 
     known = torch.full((size,), types is not None, device=device)
+    if restriction is not None and types is not None:
+        raise ValueError('a type restriction applies to ab initio sampling; CSP samples have their types')
+    if restriction is not None and int(num_atoms.min()) < len(restriction.required):
+        raise ValueError(f'{len(restriction.required)} required elements need at least as many atoms per crystal')
+    project = None if restriction is None else (lambda clean: restriction.project(clean, index, size))
     lattice = noise(size, 6)
     frac = torch.rand((n, 3), generator=generator, dtype=dtype).to(device)
     type_state = (
@@ -332,17 +398,27 @@ def sample(
         frac = (frac + spread * centred(score, index, size) * norms[t] + frac_std * noise(n, 3)) % 1.0
         lattice = _ddpm_step(lattice, pred_lattice, abar[t], abar[t_prev], noise(size, 6))
         if types is None:
-            type_state = _ddpm_step(type_state, pred_types, abar[t], abar[t_prev], noise(n, num_elements))
+            type_state = _ddpm_step(
+                type_state, pred_types, abar[t], abar[t_prev], noise(n, num_elements), project=project
+            )
     lengths, angles = scaler.lengths_angles(lattice, num_atoms)
-    final_types = types.to(device) if types is not None else type_state.argmax(-1)
+    if types is not None:
+        final_types = types.to(device)
+    elif restriction is not None:
+        final_types = restriction.assign(type_state, index, size)
+    else:
+        final_types = type_state.argmax(-1)
     return {'lattice': lattice, 'frac': frac, 'types': final_types, 'lengths': lengths, 'angles': angles}
 
 
-def _ddpm_step(state, eps, abar_t, abar_prev, fresh_noise, clip: float = X0_CLIP):
+def _ddpm_step(state, eps, abar_t, abar_prev, fresh_noise, clip: float = X0_CLIP, project=None):
     """Ancestral DDPM step from ``t`` to ``t_prev`` (respaced: alpha = abar_t / abar_prev) through the
     predicted clean state, clipped to ``+-clip`` (the DDPM sampler's clipping): near t = T, abar_t is
-    ~1e-10 and an error of the predicted noise would otherwise be amplified ~1e5-fold."""
+    ~1e-10 and an error of the predicted noise would otherwise be amplified ~1e5-fold. ``project``, when
+    given, maps the clean state onto the states allowed (a :class:`TypeRestriction`)."""
     alpha = abar_t / abar_prev
     clean = ((state - torch.sqrt(1 - abar_t) * eps) / torch.sqrt(abar_t)).clamp(-clip, clip)
+    if project is not None:
+        clean = project(clean)
     mean = (torch.sqrt(abar_prev) * (1 - alpha) * clean + torch.sqrt(alpha) * (1 - abar_prev) * state) / (1 - abar_t)
     return mean + torch.sqrt((1 - alpha) * (1 - abar_prev) / (1 - abar_t)) * fresh_noise

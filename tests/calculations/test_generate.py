@@ -105,6 +105,23 @@ def test_abinitio(code, model):
     assert structures.base.attributes.get('mode') == 'abinitio'
 
 
+def test_abinitio_within_elements(code, model):
+    parameters = {'mode': 'abinitio', 'n_samples': 4, 'steps': 6, 'seed': 1, 'elements': ['Li', 'O']}
+    node = _generate(code, model, parameters)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    summary = node.outputs.summary.get_dict()
+    assert (summary['elements'], summary['required_elements']) == (['Li', 'O'], ['Li', 'O'])
+    formulae = [identifier.split('#')[0] for identifier in _all_ids(node.outputs.structures)]
+    assert len(formulae) == 4 and all(Composition(f).chemical_system == 'Li-O' for f in formulae), formulae
+
+
+@pytest.mark.parametrize('key', ['elements', 'required_elements'])
+def test_an_element_the_model_does_not_know_is_an_exit_code(code, model, key):
+    node = _generate(code, model, {'mode': 'abinitio', 'n_samples': 1, 'steps': 2, key: ['Na']})
+    assert node.exit_status == GenerateCalculation.exit_codes['ERROR_UNKNOWN_ELEMENT'].status
+    assert 'Na' in node.exit_message and 'structures' not in node.outputs
+
+
 @pytest.mark.parametrize(
     'compositions, exit_label',
     [({'NaCl': 1}, 'ERROR_UNKNOWN_ELEMENT'), ({'Li2O2': 1}, 'ERROR_TOO_MANY_ATOMS')],
@@ -135,6 +152,12 @@ def test_what_the_model_cannot_do_is_an_exit_code(code, model, compositions, exi
         ({'mode': 'abinitio', 'n_samples': 2, 'seed': -1}, '`seed` must be an integer >= 0'),
         ({'mode': 'abinitio', 'n_samples': 2, 'batch_size': True}, '`batch_size` must be an integer'),
         ({'mode': 'abinitio', 'n_samples': 2, 'step_lr': 0}, '`step_lr` must be a positive number'),
+        ({'mode': 'abinitio', 'n_samples': 2, 'elements': []}, '`elements` is empty'),
+        ({'mode': 'abinitio', 'n_samples': 2, 'elements': 'Fe,O'}, '`elements` must be a list of element symbols'),
+        ({'mode': 'abinitio', 'n_samples': 2, 'elements': ['Fe', 'Xx']}, "'Xx' is not an element symbol"),
+        ({'mode': 'abinitio', 'n_samples': 2, 'elements': ['O', 'O']}, 'names an element twice'),
+        ({'mode': 'abinitio', 'n_samples': 2, 'elements': ['Li'], 'required_elements': ['O']}, 'are not among'),
+        ({'mode': 'csp', 'compositions': {'LiO': 1}, 'elements': ['Li', 'O']}, "do not apply to mode 'csp'"),
     ],
 )
 def test_parameters_are_refused_before_a_job_runs(code, model, parameters, message):

@@ -7,6 +7,7 @@ import ase.io
 import pytest
 from aiida import orm
 from click.testing import CliRunner
+from pymatgen.core import Composition
 
 from aiida_hpcai.cli import cli
 from aiida_hpcai.cli.generate import write_output
@@ -73,6 +74,30 @@ def test_abinitio_table_and_cif_folder(code, model, tmp_path):
     assert sorted(path.stem for path in folder.glob('*.cif')) == sorted(i.replace('#', '_') for i in node.ids)
 
 
+def test_abinitio_within_elements(code, model):
+    result = invoke('--mode', 'abinitio', '-n', 3, '--steps', 6, '--elements', 'Li,O', '--model', model.pk,
+                    '--code', code.full_label, '--json')  # fmt: skip
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert len(payload['rows']) == 3
+    assert all(set(Composition(row['formula']).as_dict()) == {'Li', 'O'} for row in payload['rows']), payload['rows']
+    node = orm.load_node(payload['process_pk'])
+    assert node.inputs.parameters['elements'] == ['Li', 'O'] and 'required_elements' not in node.inputs.parameters
+    result = invoke('--mode', 'abinitio', '-n', 1, '--steps', 2, '--elements', 'Li,O', '--require', 'none',
+                    '--model', model.pk, '--code', code.full_label, '--json')  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert orm.load_node(json.loads(result.stdout)['process_pk']).inputs.parameters['required_elements'] == []
+
+
+def test_an_element_the_model_does_not_know(code, model):
+    result = invoke('--mode', 'abinitio', '-n', 1, '--steps', 2, '--elements', 'Na,O', '--model', model.pk,
+                    '--code', code.full_label)  # fmt: skip
+    # the job ran and failed: its parser's report line, then the command's own one-line error
+    assert result.exit_code == 1 and 'Traceback' not in result.output, result.output
+    critical = [line for line in result.output.splitlines() if line.startswith('Critical:')]
+    assert len(critical) == 1 and 'exit status 370' in critical[0] and 'Na not among' in critical[0], result.output
+
+
 @pytest.mark.parametrize(
     'args, status, fragments',
     [
@@ -82,6 +107,11 @@ def test_abinitio_table_and_cif_folder(code, model, tmp_path):
         (['--mode', 'sideways', '-n', 2], 2, ["'sideways' is not one of"]),
         (['--mode', 'csp', '-n', 1, '--composition', 'fe2o3'], 1, ["cannot read the formula 'fe2o3'"]),
         (['--mode', 'abinitio', '-n', 1, '--switch', 1], 1, ['only to `n_strategy` hybrid']),
+        (['--mode', 'abinitio', '-n', 1, '--elements', 'Fe,Xx'], 2, ["'Xx' is not an element symbol"]),
+        (['--mode', 'abinitio', '-n', 1, '--elements', ','], 2, ['name at least one element']),
+        (['--mode', 'abinitio', '-n', 1, '--elements', 'O,O'], 2, ['names an element twice']),
+        (['--mode', 'abinitio', '-n', 1, '--elements', 'Li', '--require', 'O'], 2, ['not all among --elements']),
+        (['--mode', 'csp', '-n', 1, '--composition', 'LiO', '--elements', 'Li,O'], 2, ['apply to --mode abinitio']),
     ],
 )
 def test_refused_before_anything_runs(code, model, args, status, fragments):

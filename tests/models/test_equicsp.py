@@ -442,3 +442,107 @@ def test_generate_task_reports_nan_samples_and_keeps_the_rest(generate_dir, monk
     assert sorted(row['id'] for row in invalid if row['reason'] == 'nan') == ['MgS#0', 'MgS#1']
     kept = list(read_npz(out / contract.STRUCTURES_FILE).ids) + [r['id'] for r in invalid if r['reason'] != 'nan']
     assert sorted(kept) == ['LiO#0', 'LiO#1']
+
+
+# -- ab initio sampling restricted to elements ---------------------------------------------------------------
+def test_elements_assignment_is_the_best_that_holds_every_required_element():
+    """The constrained assignment against brute force over every assignment of 4 atoms to 3 allowed elements."""
+    from aiida_hpcai.models.diffusion import TypeRestriction
+
+    restriction = TypeRestriction(allowed=[0, 2, 3], required=[0, 2, 3])
+    scores = torch.randn(9, 5, generator=torch.Generator().manual_seed(4))
+    scores[:, 1] = 10.0  # best everywhere, and not allowed
+    index = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    types = restriction.assign(scores, index, 2)
+    for crystal in (0, 1):
+        atoms = (index == crystal).nonzero().flatten()
+        best = max(
+            sum(scores[a, e].item() for a, e in zip(atoms, choice))
+            for choice in itertools.product([0, 2, 3], repeat=len(atoms))
+            if set(choice) == {0, 2, 3}
+        )
+        assert set(types[atoms].tolist()) == {0, 2, 3}
+        assert math.isclose(sum(scores[a, types[a]].item() for a in atoms), best, rel_tol=1e-6)
+    # nothing required: the best allowed element of each atom
+    assert TypeRestriction([0, 2]).assign(scores, index, 2).tolist() == scores[:, [0, 2]].argmax(-1).mul(2).tolist()
+    with pytest.raises(ValueError, match='not all allowed'):
+        TypeRestriction([0], [1])
+
+
+@pytest.mark.parametrize('required', [[0, 3], []])
+def test_elements_restrict_ab_initio_samples_of_a_tiny_model(required):
+    """An untrained tiny denoiser samples any of its six elements; restricted, only the allowed ones, and
+    every required one in every crystal."""
+    from aiida_hpcai.models.diffusion import TypeRestriction
+
+    torch.manual_seed(0)
+    model = EquiCSPDenoiser(PRESETS['tiny'], num_elements=6).eval()
+    num_atoms = torch.tensor([2, 3, 4, 2, 5, 3, 2, 4])
+    index = torch.repeat_interleave(torch.arange(len(num_atoms)), num_atoms)
+    scaler, schedules = LatticeScaler(), Schedules(50)
+
+    def types(restriction):
+        generator = torch.Generator().manual_seed(1)
+        out = sample(model, num_atoms, schedules, scaler, 6, steps=10, generator=generator, restriction=restriction)
+        return [set(out['types'][index == crystal].tolist()) for crystal in range(len(num_atoms))]
+
+    assert set().union(*types(None)) - {0, 3}  # unrestricted: other elements too (so the test can fail)
+    restricted = types(TypeRestriction([0, 3], required))
+    assert all(crystal <= {0, 3} for crystal in restricted)
+    if required:
+        assert all(crystal == {0, 3} for crystal in restricted)
+    with pytest.raises(ValueError, match='at least as many atoms'):
+        sample(model, torch.tensor([1]), schedules, scaler, 6, steps=2, restriction=TypeRestriction([0, 3], [0, 3]))
+
+
+def test_elements_atom_counts_hold_the_required_elements():
+    counts = np.array([0, 0, 5, 0, 3])
+    rng = np.random.default_rng(0)
+    assert set(atom_counts(200, 'dataset', counts, 4, rng, min_atoms=3)) == {4}
+    assert set(atom_counts(200, 'uniform', counts, 4, rng, min_atoms=3)) == {3, 4}
+    assert set(atom_counts(50, 'dataset', np.array([0, 4, 0, 0, 0]), 4, rng, min_atoms=2)) <= {2, 3, 4}
+    with pytest.raises(ValueError, match='at least 5 atoms'):
+        atom_counts(1, 'dataset', counts, 4, rng, min_atoms=5)
+
+
+@pytest.mark.parametrize(
+    'restriction, check',
+    [
+        ({'elements': ['Li', 'O']}, lambda elements: elements == {'Li', 'O'}),
+        ({'elements': ['Li', 'O'], 'required_elements': []}, lambda elements: elements <= {'Li', 'O'}),
+        ({'required_elements': ['Fe']}, lambda elements: 'Fe' in elements),
+    ],
+)
+def test_generate_task_elements(generate_dir, restriction, check):
+    from pymatgen.core import Composition
+
+    tmp_path, entry = generate_dir
+    config = {'models': [entry], 'mode': 'abinitio', 'n_samples': 6, 'steps': 8, **restriction}
+    code, error, out = _generate(tmp_path, config)
+    assert (code, error) == (0, None)
+    summary = json.loads((out / contract.SUMMARY_FILE).read_text())
+    ids = list(read_npz(out / contract.STRUCTURES_FILE).ids) + [
+        r['id'] for r in json.loads((out / contract.INVALID_FILE).read_text())
+    ]
+    assert len(ids) == 6
+    assert all(check({str(e) for e in Composition(i.split('#')[0]).elements}) for i in ids), ids
+    expected = restriction.get('required_elements', restriction.get('elements'))
+    assert sorted(summary['required_elements']) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    'config, expected',
+    [
+        ({'mode': 'abinitio', 'n_samples': 2, 'elements': ['Na', 'O']}, contract.UNKNOWN_ELEMENT),
+        ({'mode': 'abinitio', 'n_samples': 2, 'required_elements': ['Na']}, contract.UNKNOWN_ELEMENT),
+        ({'mode': 'abinitio', 'n_samples': 2, 'elements': []}, contract.INVALID_CONFIG),
+        ({'mode': 'abinitio', 'n_samples': 2, 'elements': 'Fe,O'}, contract.INVALID_CONFIG),
+        ({'mode': 'abinitio', 'n_samples': 2, 'elements': ['Li'], 'required_elements': ['O']}, contract.INVALID_CONFIG),
+        ({'mode': 'abinitio', 'n_samples': 2, 'elements': ['Li', 'O', 'Fe']}, contract.TOO_MANY_ATOMS),
+        ({'mode': 'csp', 'compositions': {'LiO': 1}, 'elements': ['Li', 'O']}, contract.INVALID_CONFIG),
+    ],
+)
+def test_generate_task_elements_error_codes(generate_dir, config, expected):
+    tmp_path, entry = generate_dir
+    code, error, _ = _generate(tmp_path, {'models': [entry], **config})
+    assert (code, error) == (2, expected)

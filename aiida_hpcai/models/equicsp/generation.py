@@ -21,7 +21,11 @@ Task files (input: ``config.json`` and the checkpoint it names in ``models``; ou
 Config keys: ``models`` (one checkpoint entry), ``mode`` (``csp``/``abinitio``), ``compositions``
 (``{formula: n_samples}``, CSP), ``n_samples``, ``n_strategy``, ``switch`` (ab initio), ``steps``
 (default: the model's training steps), ``step_lr`` (Langevin corrector step, default 1e-5), ``seed``,
-``batch_size``, ``device``.
+``batch_size``, ``device``; ab initio only: ``elements`` (the only elements the samples may hold) and
+``required_elements`` (elements every sample holds; default all of ``elements``, so ``elements: ["Fe", "O"]``
+alone is the Fe-O system: Fe and O both present, nothing else; ``[]`` lets a sample hold any of ``elements``;
+without ``elements`` the required ones come with any of the model's elements). Every sample then has at least
+as many atoms as required elements.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import torch
 
 from ..contract import GENERATE_MODES as MODES
 from ..contract import INVALID_FILE, N_STRATEGIES
-from ..diffusion import LatticeScaler, Schedules, parameters_to_cell, sample
+from ..diffusion import LatticeScaler, Schedules, TypeRestriction, parameters_to_cell, sample
 from ..structure_io import MIN_DISTANCE, StructureArrays, _shortest_periodic_distance, write_npz
 from .network import EquiCSPConfig, EquiCSPDenoiser
 
@@ -72,9 +76,11 @@ class EquiCSPSampler:
         step_lr: float = 1e-5,
         seed: int = 0,
         batch_size: int = 64,
+        restriction: TypeRestriction | None = None,
     ) -> list[dict]:
-        """One crystal per entry of ``num_atoms`` (with ``types``, element indices, for CSP): a list of
-        ``{'numbers', 'frac', 'cell'}`` in the order asked. Deterministic for a seed and batch size."""
+        """One crystal per entry of ``num_atoms`` (with ``types``, element indices, for CSP; ab initio within
+        ``restriction`` when given): a list of ``{'numbers', 'frac', 'cell'}`` in the order asked.
+        Deterministic for a seed and batch size."""
         generator = torch.Generator().manual_seed(int(seed))
         atomic_numbers = np.array([_atomic_number(symbol) for symbol in self.elements])
         out = []
@@ -92,6 +98,7 @@ class EquiCSPSampler:
                 step_lr=step_lr,
                 generator=generator,
                 device=self.device,
+                restriction=restriction,
             )
             frac = result['frac'].double().cpu().numpy()
             state_finite = torch.isfinite(result['lattice']).all(-1).cpu().numpy()
@@ -132,13 +139,20 @@ def atom_counts(
     max_atoms: int,
     rng: np.random.Generator,
     switch: int | None = None,
+    min_atoms: int = 1,
 ) -> list[int]:
-    """Atom counts of ``n_samples`` ab initio samples by one of :data:`N_STRATEGIES`."""
+    """Atom counts of ``n_samples`` ab initio samples by one of :data:`N_STRATEGIES`, none below ``min_atoms``
+    (the dataset's distribution above it, renormalised; uniform where the dataset has no cell that large)."""
     if strategy not in N_STRATEGIES:
         raise ValueError(f'unknown N strategy {strategy!r}; known: {list(N_STRATEGIES)}')
+    if not 1 <= min_atoms <= max_atoms:
+        raise ValueError(f'cannot draw cells of at least {min_atoms} atoms from 1 .. {max_atoms}')
     sizes = np.arange(len(counts))
-    from_dataset = rng.choice(sizes, size=n_samples, p=counts / counts.sum())
-    uniform = rng.integers(1, max_atoms + 1, size=n_samples)
+    weights = np.where(sizes >= min_atoms, counts, 0.0)
+    if not weights.sum():
+        weights = ((sizes >= min_atoms) & (sizes <= max_atoms)).astype(float)
+    from_dataset = rng.choice(sizes, size=n_samples, p=weights / weights.sum())
+    uniform = rng.integers(min_atoms, max_atoms + 1, size=n_samples)
     if strategy == 'dataset':
         chosen = from_dataset
     elif strategy == 'uniform':
@@ -191,6 +205,39 @@ def _csp_plan(compositions: dict, sampler: EquiCSPSampler) -> tuple[list[int], l
     return num_atoms, types
 
 
+def _restriction(config: dict, sampler: EquiCSPSampler) -> TypeRestriction | None:
+    """The ab initio type restriction of ``elements`` and ``required_elements``; TaskErrors for what cannot be."""
+    from ..contract import INVALID_CONFIG, TOO_MANY_ATOMS, UNKNOWN_ELEMENT, TaskError
+
+    if 'elements' not in config and 'required_elements' not in config:
+        return None
+    lists = {}
+    for key in ('elements', 'required_elements'):
+        value = config.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(symbol, str) for symbol in value):
+            raise TaskError(INVALID_CONFIG, f'"{key}" must be a list of element symbols, not {value!r}')
+        lists[key] = value
+    if 'elements' in config and not lists['elements']:
+        raise TaskError(INVALID_CONFIG, '"elements" is empty: name at least one element, or leave it out')
+    lookup = {symbol: n for n, symbol in enumerate(sampler.elements)}
+    unknown = sorted(set(lists['elements'] + lists['required_elements']) - set(lookup))
+    if unknown:
+        raise TaskError(UNKNOWN_ELEMENT, f"{', '.join(unknown)} not among the model's elements {sampler.elements}")
+    allowed = lists['elements'] if 'elements' in config else sampler.elements
+    required = lists['required_elements'] if 'required_elements' in config else lists['elements']
+    if not set(required) <= set(allowed):
+        raise TaskError(
+            INVALID_CONFIG, f'required elements {sorted(set(required) - set(allowed))} are not among "elements"'
+        )
+    if len(set(required)) > sampler.max_atoms:
+        raise TaskError(
+            TOO_MANY_ATOMS,
+            f'{len(set(required))} required elements need cells of as many atoms; '
+            f'the model was trained on at most {sampler.max_atoms}',
+        )
+    return TypeRestriction([lookup[s] for s in allowed], [lookup[s] for s in required])
+
+
 def run_generate(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path) -> None:
     """``hpcai-model generate``: sample crystals from an EquiCSP checkpoint (see the module docstring)."""
     from ..checkpoint import load_verified
@@ -210,9 +257,13 @@ def run_generate(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path
     device = _resolve_device(config.get('device', 'cpu'))
     sampler = EquiCSPSampler(checkpoint, device)
     seed = int(config.get('seed', 0))
+    restriction = None
     if mode == 'csp':
+        if 'elements' in config or 'required_elements' in config:
+            raise TaskError(INVALID_CONFIG, '"elements" and "required_elements" apply to mode abinitio')
         num_atoms, types = _csp_plan(config.get('compositions') or {}, sampler)
     else:
+        restriction = _restriction(config, sampler)
         strategy = config.get('n_strategy', 'dataset')
         if strategy not in N_STRATEGIES:
             raise TaskError(INVALID_CONFIG, f'unknown n_strategy {strategy!r}; known: {list(N_STRATEGIES)}')
@@ -224,6 +275,7 @@ def run_generate(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path
             sampler.max_atoms,
             np.random.default_rng(seed),
             config.get('switch'),
+            min_atoms=max(1, len(restriction.required)) if restriction else 1,
         )
         types = None
     if not num_atoms:
@@ -232,7 +284,9 @@ def run_generate(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path
     steps = int(config.get('steps') or sampler.config.timesteps)
     step_lr = float(config.get('step_lr', 1e-5))
     started = time.perf_counter()
-    crystals = sampler.sample(num_atoms, types, steps, step_lr, seed, int(config.get('batch_size', 64)))
+    crystals = sampler.sample(
+        num_atoms, types, steps, step_lr, seed, int(config.get('batch_size', 64)), restriction=restriction
+    )
     seconds = time.perf_counter() - started
 
     arrays = _to_arrays(crystals)
@@ -260,6 +314,8 @@ def run_generate(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path
         'n_strategy': config.get('n_strategy', 'dataset') if mode == 'abinitio' else None,
         'switch': config.get('switch') if mode == 'abinitio' else None,
         'compositions': config.get('compositions') if mode == 'csp' else None,
+        'elements': [sampler.elements[i] for i in restriction.allowed] if restriction else None,
+        'required_elements': [sampler.elements[i] for i in restriction.required] if restriction else None,
         'n_requested': len(crystals),
         'n_valid': len(valid),
         'n_invalid': len(invalid),
