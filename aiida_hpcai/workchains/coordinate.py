@@ -6,9 +6,9 @@ Steps (docs/source/coordinate.md):
    finished ``hpcai.dft`` results and labelled entries of imported StructureSets) becomes results at once, gathered
    by the calcfunction :func:`gather_hits` so that every hit is linked to its source node;
 2. each iteration proposes candidates: the ``candidates`` StructureSet in the first iteration when given, else one
-   ``hpcai.generate`` job (CSP mode for the Goal's composition, ab initio otherwise; EquiCSP's ab initio sampler
-   cannot be restricted to a chemical system, so its samples are filtered to the Goal's elements afterwards by
-   :func:`goal_candidates`), screened by ``hpcai.screen`` (duplicates of the hits, of earlier iterations and of the
+   ``hpcai.generate`` job (CSP mode for the Goal's composition, ab initio otherwise, restricted to the Goal's
+   chemical system or required elements by :func:`goal_elements`; what still falls outside the Goal, such as
+   excluded elements or another symmetry, is dropped by :func:`goal_candidates`), screened by ``hpcai.screen`` (duplicates of the hits, of earlier iterations and of the
    profile's fingerprinted structures rejected) and predicted by ``hpcai.surrogate`` with the current model;
 3. each prediction is accepted when its sigma is at most the threshold and its mean lies within the Goal's bounds;
    a confident prediction outside the bounds is dropped; the others go to ``hpcai.dft_batch``, as many as the Goal's
@@ -50,7 +50,14 @@ from .dft_batch import LABELS, DftBatchWorkChain
 from .structures import select_structures
 from .surrogate import SurrogateWorkChain, default_sigma_threshold
 
-__all__ = ('CoordinateWorkChain', 'coordinate_report', 'gather_hits', 'goal_candidates', 'progress_plot')
+__all__ = (
+    'CoordinateWorkChain',
+    'coordinate_report',
+    'gather_hits',
+    'goal_candidates',
+    'goal_elements',
+    'progress_plot',
+)
 
 SOURCES = ('database', 'dft', 'ai')
 #: Goal properties a DFT result of ``hpcai.dft`` gives (the others can only come from the look-up).
@@ -77,6 +84,23 @@ GENERATION_KEYS = ('steps', 'step_lr', 'batch_size', 'seed', 'n_strategy')
 
 
 # ---------------------------------------------------------------------------------------------- calcfunctions
+
+
+def goal_elements(goal) -> dict:
+    """The element restriction of ab initio sampling for a Goal without a composition (generate parameters).
+
+    A chemical system is sampled as itself: ``elements`` its elements, every one of them in every sample (a
+    sample of Fe alone is not in the Fe-O system). Elements the Goal must include without naming the system
+    become ``required_elements``: every sample holds them, with any other element of the model (``must_include``
+    Si asks for Si and SiO2 alike, so restricting to Si alone would narrow the Goal). Excluded elements are not
+    passed on (the generator would need all its other elements listed); :func:`goal_candidates` still drops
+    the samples that hold one.
+    """
+    if goal.chemsys is not None:
+        return {'elements': goal.chemsys.split('-')}
+    if goal.must_include:
+        return {'required_elements': list(goal.must_include)}
+    return {}
 
 
 def _finite_or_none(value) -> float | None:
@@ -112,7 +136,8 @@ def gather_hits(hits: orm.Dict, **sources) -> StructureSet:
 def goal_candidates(structures: StructureSet, goal: orm.Dict, prefix: orm.Str) -> dict:
     """The structures of ``structures`` whose composition (and symmetry, when the Goal asks for it) fit ``goal``.
 
-    The ab initio sampler draws compositions freely: this keeps the Goal's composition, chemical system,
+    The generator is restricted to the Goal's composition, chemical system or required elements
+    (:func:`goal_elements`), given candidates are not: this keeps the Goal's composition, chemical system,
     required and excluded elements, space group and crystal system. Outputs ``structures`` (the subset, ids
     prefixed with ``prefix`` so that they stay unique over the iterations) and ``rejected``
     (``{'rejected': [{'id', 'reason'}]}``).
@@ -713,13 +738,14 @@ class CoordinateWorkChain(WorkChain):
         if goal.composition is not None:
             parameters.update(mode='csp', compositions={goal.composition: count})
         else:
-            parameters.update(mode='abinitio', n_samples=count)
+            parameters.update(mode='abinitio', n_samples=count, **goal_elements(goal))
             if 'n_strategy' in settings:
                 parameters['n_strategy'] = settings['n_strategy']
         inputs['parameters'] = orm.Dict(parameters)
         inputs.setdefault('metadata', {})['call_link_label'] = f'generate_{self.ctx.iteration}'
         node = self.submit(GenerateCalculation, **inputs)
-        self._log().update(source='generate', generate_pk=node.pk, mode=parameters['mode'])
+        restricted = {key: parameters[key] for key in ('elements', 'required_elements') if key in parameters}
+        self._log().update(source='generate', generate_pk=node.pk, mode=parameters['mode'], **restricted)
         self.report(f'iteration {self.ctx.iteration}: launched GenerateCalculation<{node.pk}> ({parameters["mode"]})')
         return ToContext(generate=node)
 

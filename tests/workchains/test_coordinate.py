@@ -355,3 +355,45 @@ def test_inputs_are_refused(code, generator, property_model, change, message):
     inputs.update({port: orm.Dict(v) if isinstance(v, dict) else orm.Float(v) for port, v in change.items()})
     with pytest.raises(ValueError, match=message):
         run_get_node(CoordinateWorkChain, **inputs)
+
+
+# -- ab initio generation restricted to the Goal's elements ------------------------------------------------------
+def test_chemsys_goal_generates_within_its_elements(code, generator, property_model):
+    goal = {'chemsys': 'Li-O', 'count': 2, 'dft_budget': 0}
+    inputs = _inputs(
+        code,
+        generator,
+        property_model,
+        goal,
+        samples_per_iteration=orm.Int(4),
+        max_iterations=orm.Int(1),
+        sigma_threshold=orm.Float(10.0),
+    )
+    results, node = run_get_node(CoordinateWorkChain, **inputs)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    (job,) = _called(node, 'aiida.calculations:hpcai.generate')
+    parameters = job.inputs.parameters.get_dict()
+    assert (parameters['mode'], parameters['elements']) == ('abinitio', ['Li', 'O'])
+    assert 'required_elements' not in parameters  # the default: all of them, the Li-O system
+    structures = job.outputs.structures
+    ids = structures.ids + [row['id'] for row in structures.get_skipped()]
+    assert len(ids) == 4 and {operations._reduced(i.split('#')[0])[1] for i in ids} == {frozenset({'Li', 'O'})}
+    (entry,) = results['decision_log']['iterations']
+    assert entry['elements'] == ['Li', 'O'] and entry['outside_goal'] == []
+
+
+@pytest.mark.parametrize(
+    'goal, expected',
+    [
+        ({'chemsys': 'Fe-O'}, {'elements': ['Fe', 'O']}),
+        ({'chemsys': 'Fe-O', 'must_include': ['Fe']}, {'elements': ['Fe', 'O']}),
+        ({'must_include': ['Si']}, {'required_elements': ['Si']}),
+        ({'must_include': ['Li', 'O'], 'exclude': ['Co']}, {'required_elements': ['Li', 'O']}),
+        ({'exclude': ['Co']}, {}),
+    ],
+)
+def test_goal_elements_of_ab_initio_generation(goal, expected):
+    from aiida_hpcai.agent.goal import goal_from_dict
+    from aiida_hpcai.workchains.coordinate import goal_elements
+
+    assert goal_elements(goal_from_dict(goal)) == expected
