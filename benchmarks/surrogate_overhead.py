@@ -214,6 +214,31 @@ def model_node(path: pathlib.Path):
     return node
 
 
+def timed_job_options(threads: int, program_cores: list[int] | None = None) -> dict:
+    """``metadata.options`` of the predict job that record when the program starts and ends and its CPU time."""
+    return {
+        'environment_variables': thread_environment(threads),
+        # wall clock of the program inside the job, to split the AiiDA time (two `date` calls), and
+        # the CPU time of the job script's children (bash `times`), to compare with the bare run's
+        'prepend_text': (f'taskset -cp {",".join(map(str, program_cores))} $$ > /dev/null\n' if program_cores else '')
+        + 'hpcai_program_start=$(date +%s.%N)',
+        'append_text': f'echo "$hpcai_program_start $(date +%s.%N)" > {PROGRAM_TIMES_FILENAME}; '
+        f'times >> {PROGRAM_TIMES_FILENAME}',
+        'additional_retrieve_list': [PROGRAM_TIMES_FILENAME],
+    }
+
+
+def program_times(calculation) -> tuple[float, float, float]:
+    """(start epoch, end epoch, CPU seconds) of the program inside a job run with :func:`timed_job_options`."""
+    times = calculation.outputs.retrieved.base.repository.get_object_content(PROGRAM_TIMES_FILENAME).splitlines()
+    program_start, program_end = map(float, times[0].split())
+    # `times`: the shell's user/system time, then its children's (the program): e.g. '1m30.200s 0m2.100s'
+    program_cpu = sum(
+        int(minutes) * 60 + float(seconds) for minutes, seconds in re.findall(r'(\d+)m([\d.]+)s', times[2])
+    )
+    return program_start, program_end, program_cpu
+
+
 def run_aiida(code, model, arrays, args) -> dict:
     from aiida import orm
     from aiida.engine import run_get_node
@@ -226,18 +251,7 @@ def run_aiida(code, model, arrays, args) -> dict:
     structures = StructureSet(arrays).store()
     store_seconds = time.perf_counter() - started
 
-    options = {
-        'environment_variables': thread_environment(args.threads),
-        # wall clock of the program inside the job, to split the AiiDA time (two `date` calls), and
-        # the CPU time of the job script's children (bash `times`), to compare with the bare run's
-        'prepend_text': (
-            f'taskset -cp {",".join(map(str, args.program_cores))} $$ > /dev/null\n' if args.program_cores else ''
-        )
-        + 'hpcai_program_start=$(date +%s.%N)',
-        'append_text': f'echo "$hpcai_program_start $(date +%s.%N)" > {PROGRAM_TIMES_FILENAME}; '
-        f'times >> {PROGRAM_TIMES_FILENAME}',
-        'additional_retrieve_list': [PROGRAM_TIMES_FILENAME],
-    }
+    options = timed_job_options(args.threads, args.program_cores)
     parameters = {'batch_size': args.batch_size, 'uncertainty': args.uncertainty, 'mc_samples': args.mc_samples}
     inputs = {
         'structures': structures,
@@ -266,12 +280,7 @@ def run_aiida(code, model, arrays, args) -> dict:
         raise SystemExit(f'SurrogateWorkChain<{node.pk}> failed: {node.exit_status} {node.exit_message}')
     calculation = node.base.links.get_outgoing(link_label_filter='predict').one().node
     summary = calculation.outputs.summary.get_dict()
-    times = calculation.outputs.retrieved.base.repository.get_object_content(PROGRAM_TIMES_FILENAME).splitlines()
-    program_start, program_end = map(float, times[0].split())
-    # `times`: the shell's user/system time, then its children's (the program): e.g. '1m30.200s 0m2.100s'
-    program_cpu = sum(
-        int(minutes) * 60 + float(seconds) for minutes, seconds in re.findall(r'(\d+)m([\d.]+)s', times[2])
-    )
+    program_start, program_end, program_cpu = program_times(calculation)
     predictions = node.outputs.classified_predictions
     return {
         'structureset_store_seconds': store_seconds,
