@@ -155,6 +155,28 @@ def band_gap_from_eigenvalues(
     return float(max(0.0, lowest_unoccupied - highest_occupied))
 
 
+def last_calculation(node):
+    """The newest calculation job under the engine WorkChain ``node`` (the run that decided its end), or ``None``."""
+    from aiida import orm
+
+    calculations = [child for child in node.called_descendants if isinstance(child, orm.CalcJobNode)]
+    return max(calculations, key=lambda child: child.ctime) if calculations else None
+
+
+def failure_cause(node) -> str:
+    """Why the engine WorkChain ``node`` failed, said by its last calculation job (for ``hpcai.dft``'s messages).
+
+    The WorkChain's own exit status (e.g. PwBaseWorkChain's 402, "unhandled failure") does not say what happened
+    to the code; its last calculation does (pw.x killed: 305, output files incomplete).
+    """
+    last = last_calculation(node)
+    if last is None:
+        return 'no calculation ran'
+    status = last.exit_status if last.is_finished else last.process_state.value
+    message = f': {last.exit_message}' if last.exit_message else ''
+    return f'last calculation {last.process_label}<{last.pk}> exit status {status}{message}'
+
+
 def merge_overrides(
     base: Mapping[str, Any],
     overrides: Mapping[str, Any] | None,

@@ -20,6 +20,7 @@ from .base import (
     EngineAdapter,
     ScfResult,
     band_gap_from_eigenvalues,
+    last_calculation,
     merge_overrides,
 )
 
@@ -188,8 +189,5 @@ class QuantumEspressoEngine(EngineAdapter):
             PwCalculation.exit_codes.ERROR_ELECTRONIC_CONVERGENCE_NOT_REACHED.status,
             PwCalculation.exit_codes.ERROR_IONIC_CYCLE_ELECTRONIC_CONVERGENCE_NOT_REACHED.status,
         }
-        calculations = [child for child in node.called_descendants if isinstance(child, orm.CalcJobNode)]
-        if not calculations:
-            return False
-        last = max(calculations, key=lambda child: child.ctime)
-        return last.exit_status in unconverged
+        last = last_calculation(node)
+        return last is not None and last.exit_status in unconverged

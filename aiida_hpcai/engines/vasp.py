@@ -29,7 +29,7 @@ import pathlib
 import numpy as np
 from aiida import orm
 
-from .base import EngineAdapter, ScfResult, band_gap_from_eigenvalues
+from .base import EngineAdapter, ScfResult, band_gap_from_eigenvalues, last_calculation
 
 #: Tags pymatgen may leave in an INCAR that are not VASP tags.
 PYMATGEN_PSEUDO_TAGS = ('EDIFF_PER_ATOM',)
@@ -313,8 +313,5 @@ class VaspEngine(EngineAdapter):
         }
         if node.exit_status in unconverged:
             return True
-        calculations = [child for child in node.called_descendants if isinstance(child, orm.CalcJobNode)]
-        if not calculations:
-            return False
-        last = max(calculations, key=lambda child: child.ctime)
-        return last.exit_status == VaspCalculation.exit_codes.ERROR_ELECTRONIC_NOT_CONVERGED.status
+        last = last_calculation(node)
+        return last is not None and last.exit_status == VaspCalculation.exit_codes.ERROR_ELECTRONIC_NOT_CONVERGED.status

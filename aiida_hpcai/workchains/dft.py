@@ -23,7 +23,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 
 from ..engines import get_engine
 from ..engines import references as refs
-from ..engines.base import merge_overrides
+from ..engines.base import failure_cause, merge_overrides
 
 
 def validate_inputs(inputs, _):
@@ -248,17 +248,22 @@ class DftWorkChain(WorkChain):
             message='element(s) {elements} have no elemental reference structure, so no formation energy '
             '(run with compute_formation_energy=False, or add them to engines/reference_structures.json)',
         )
-        spec.exit_code(401, 'ERROR_RELAX_FAILED', message='the relaxation {process} failed with exit status {status}')
+        spec.exit_code(
+            401, 'ERROR_RELAX_FAILED', message='the relaxation {process} failed with exit status {status} ({cause})'
+        )
         spec.exit_code(
             402,
             'ERROR_SCF_NOT_CONVERGED',
-            message='the static SCF {process} did not converge, after its own restarts (exit status {status})',
+            message='the static SCF {process} did not converge, after its own restarts (exit status {status}; {cause})',
         )
-        spec.exit_code(403, 'ERROR_SCF_FAILED', message='the static SCF {process} failed with exit status {status}')
+        spec.exit_code(
+            403, 'ERROR_SCF_FAILED', message='the static SCF {process} failed with exit status {status} ({cause})'
+        )
         spec.exit_code(
             404,
             'ERROR_REFERENCE_FAILED',
-            message='the elemental reference calculation of {element} ({process}) failed with exit status {status}',
+            message='the elemental reference calculation of {element} ({process}) failed with exit status {status}: '
+            '{cause}',
         )
 
     # -- steps ------------------------------------------------------------------------------------------
@@ -370,7 +375,7 @@ class DftWorkChain(WorkChain):
         node = self.ctx.relax
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_RELAX_FAILED.format(
-                process=f'{node.process_label}<{node.pk}>', status=node.exit_status
+                process=f'{node.process_label}<{node.pk}>', status=node.exit_status, cause=failure_cause(node)
             )
         self.ctx.relaxed_structure = self.engine.get_relaxed_structure(node)
         self.out('relaxed_structure', self.ctx.relaxed_structure)
@@ -393,9 +398,10 @@ class DftWorkChain(WorkChain):
         node = self.ctx.scf
         process = f'{node.process_label}<{node.pk}>'
         if not node.is_finished_ok:
+            exit_code = self.exit_codes.ERROR_SCF_FAILED
             if self.engine.is_scf_unconverged(node):
-                return self.exit_codes.ERROR_SCF_NOT_CONVERGED.format(process=process, status=node.exit_status)
-            return self.exit_codes.ERROR_SCF_FAILED.format(process=process, status=node.exit_status)
+                exit_code = self.exit_codes.ERROR_SCF_NOT_CONVERGED
+            return exit_code.format(process=process, status=node.exit_status, cause=failure_cause(node))
         outputs = collect_scf_result(
             engine=self.inputs.engine,
             identity=orm.Dict(self.ctx.identity),
@@ -434,7 +440,10 @@ class DftWorkChain(WorkChain):
         node = self.ctx.reference
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_REFERENCE_FAILED.format(
-                element=element, process=f'{node.process_label}<{node.pk}>', status=node.exit_status
+                element=element,
+                process=f'{node.process_label}<{node.pk}>',
+                status=node.exit_status,
+                cause=node.exit_message or 'no message',
             )
         refs.tag_reference(node, element, self.ctx.reference_identity)
         self.ctx.reference_energies[element] = node.outputs.energy_per_atom
