@@ -290,3 +290,5 @@ def _print_table(node, table, log) -> None:
         f'{len(table["rows"])} result(s) ({counts}); {len(log["iterations"])} iteration(s), {dft_runs} DFT run(s); '
         f'stopped: {log["stop_reason"]}. Decision log: verdi node attributes {node.outputs.decision_log.pk}'
     )
+    if 'model' in node.outputs:
+        console.print(f'The fine-tuned surrogate: ModelData<{node.outputs.model.pk}> (--surrogate-model takes its pk)')
