@@ -1,7 +1,10 @@
 """The model program's start-up: e3nn without torch's compiler stack, and the same numbers."""
 
+import json
 import subprocess
 import sys
+
+from aiida_hpcai.models import program
 
 CHECK = """
 import sys
@@ -26,3 +29,16 @@ def test_program_imports_e3nn_without_dynamo():
     assert light.returncode == 0, light.stderr
     plain = subprocess.run([sys.executable, '-c', PLAIN], capture_output=True, text=True, check=True)
     assert light.stdout == plain.stdout
+
+
+def test_console_script_exits_with_the_task_status_and_its_files_written(tmp_path):
+    """``run`` leaves without the interpreter's teardown: the status, the error file and stderr must survive that."""
+    output = tmp_path / 'out'
+    refused = subprocess.run(
+        [sys.executable, '-c', 'from aiida_hpcai.models.program import run; run()', 'predict', '--input',
+         str(tmp_path), '--output', str(output)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert refused.returncode == program.EXIT_TASK_ERROR
+    assert json.loads((output / program.ERROR_FILE).read_text())['error'] == 'invalid_config'
+    assert refused.stderr.strip() == 'hpcai-model predict: invalid_config: config.json names no models'
