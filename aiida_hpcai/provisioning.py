@@ -126,7 +126,8 @@ def machine_cores() -> int:
 
 
 def ensure_localhost(report: SetupReport, new_profile: bool = False):
-    """The ``localhost`` computer; on a profile created just now (``verdi presto`` made it) configured our way.
+    """The ``localhost`` computer; one created here, on a profile created just now or by ``verdi presto``
+    configured our way (no login shell: see LOCALHOST_TRANSPORT).
 
     A localhost created here or by ``verdi presto`` runs as many MPI processes as the machine has cores by
     default (``verdi presto`` sets 1, which left DFT on one core of a many-core machine).
@@ -152,7 +153,8 @@ def ensure_localhost(report: SetupReport, new_profile: bool = False):
         computer.set_minimum_job_poll_interval(1)
         report.add('computer localhost', 'created', str(workdir))
     else:
-        if new_profile or not computer.is_configured:
+        own = new_profile or computer.description in _OWN_LOCALHOST_DESCRIPTIONS
+        if not computer.is_configured or (own and uses_login_shell(computer)):
             computer.configure(**LOCALHOST_TRANSPORT)
             report.add('computer localhost', 'updated', f'{computer.get_workdir()}; configured without a login shell')
         elif uses_login_shell(computer):  # someone else's: a hint only

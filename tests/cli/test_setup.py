@@ -69,9 +69,11 @@ def test_help(args):
 
 
 def test_localhost_login_shell(aiida_localhost):
-    """A localhost setup did not make keeps its login shell (with a hint); on a new profile setup turns it off."""
+    """A localhost setup did not make keeps its login shell (with a hint); on a new profile, or made by
+    `verdi presto`, setup turns it off."""
     from aiida_hpcai.provisioning import LOCALHOST_TRANSPORT, SetupReport, ensure_localhost
 
+    description = aiida_localhost.description
     aiida_localhost.configure(safe_interval=0, use_login_shell=True)
     try:
         report = SetupReport()
@@ -84,7 +86,16 @@ def test_localhost_login_shell(aiida_localhost):
         ensure_localhost(report, new_profile=True)
         assert aiida_localhost.get_configuration()['use_login_shell'] is False
         assert ('computer localhost', 'updated') in [(item, status) for item, status, _ in report.rows]
+
+        # the localhost `verdi presto` made on an existing profile (presto first, then setup) is ours too
+        aiida_localhost.configure(safe_interval=0, use_login_shell=True)
+        aiida_localhost.description = 'Localhost automatically created by `verdi presto`'
+        report = SetupReport()
+        ensure_localhost(report, new_profile=False)
+        assert aiida_localhost.get_configuration()['use_login_shell'] is False
+        assert ('computer localhost', 'updated') in [(item, status) for item, status, _ in report.rows]
     finally:
+        aiida_localhost.description = description
         aiida_localhost.configure(**LOCALHOST_TRANSPORT)
 
 
