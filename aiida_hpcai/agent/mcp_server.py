@@ -129,13 +129,28 @@ def create_server(worker: MainThreadWorker):
 
     @server.tool()
     async def generate(
-        model: int | str, composition: str | None = None, count: int = 10, seed: int = 0, steps: int | None = None
+        model: int | str,
+        composition: str | None = None,
+        count: int = 10,
+        seed: int = 0,
+        steps: int | None = None,
+        elements: list[str] | None = None,
+        required_elements: list[str] | None = None,
     ) -> dict[str, Any]:
         """Sample crystal structures with a generative model (EquiCSP ModelData, pk or uuid): `count` samples of
-        `composition` (the formula of one cell), or, without one, ab initio. Returns the StructureSet of the
-        valid samples (ids <formula>#<k>) and the invalid ones with reasons. Runs to the end."""
+        `composition` (the formula of one cell), or, without one, ab initio, optionally restricted to `elements`
+        (only these, each present: ["Fe", "O"] is the Fe-O system) and `required_elements` (present in every
+        sample). Returns the StructureSet of the valid samples (ids <formula>#<k>) and the invalid ones with
+        reasons. Runs to the end."""
         return await call(
-            operations.generate, model=model, composition=composition, count=count, seed=seed, steps=steps
+            operations.generate,
+            model=model,
+            composition=composition,
+            count=count,
+            seed=seed,
+            steps=steps,
+            elements=elements,
+            required_elements=required_elements,
         )
 
     @server.tool()

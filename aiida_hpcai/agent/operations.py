@@ -588,12 +588,15 @@ def generate(
     seed: int = 0,
     steps: int | None = None,
     code: str | None = None,
+    elements: list[str] | None = None,
+    required_elements: list[str] | None = None,
 ) -> dict:
     """Sample crystal structures from a generative ``ModelData`` (EquiCSP) with ``hpcai.generate``, here, to the end.
 
     ``composition`` (the formula of one cell, ``Fe2O3`` is five atoms): ``count`` samples of it (CSP mode);
-    without one, ``count`` samples whose composition the model draws too (ab initio, not restricted to a
-    chemical system). Returns the StructureSet of the valid samples (ids ``<formula>#<k>``) with each id and
+    without one, ``count`` samples whose composition the model draws too (ab initio), restricted to
+    ``elements`` (the only elements a sample holds; each of them in every sample unless ``required_elements``
+    says otherwise) and ``required_elements`` (the elements every sample holds). Returns the StructureSet of the valid samples (ids ``<formula>#<k>``) with each id and
     reduced formula, and the invalid samples with their reasons. Without ``model``: the generator shipped with
     the package (``ModelData.pretrained(DEFAULT_GENERATOR)``: MP structures of up to 20 atoms).
     """
@@ -612,6 +615,9 @@ def generate(
     parameters['seed'] = seed
     if steps is not None:
         parameters['steps'] = steps
+    for key, value in (('elements', elements), ('required_elements', required_elements)):
+        if value is not None:
+            parameters[key] = list(value)
     inputs = {
         'code': _load_code(code or f'{MODEL_CODE_LABEL}@localhost'),
         'model': _shipped_generator() if model is None else _load(model, ModelData, 'ModelData'),

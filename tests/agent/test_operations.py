@@ -3,7 +3,7 @@ before the broker, at the point where the process node exists)."""
 
 import pytest
 from aiida import orm
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Composition, Lattice, Structure
 
 from aiida_hpcai.agent import operations
 from aiida_hpcai.agent.goal import PlanError
@@ -200,6 +200,11 @@ def test_generate_samples_a_composition(aiida_profile, tmp_path_factory):
 
     with pytest.raises(operations.OperationError, match='refused its inputs'):
         operations.generate(model.pk, composition='Mg1.5S', code=CODE)  # no whole cell
+    restricted = operations.generate(model.pk, count=2, steps=4, code=CODE, elements=['Mg', 'S'])
+    formulae = [row['id'].split('#')[0] for row in restricted['valid'] + restricted['invalid']]
+    assert len(formulae) == 2 and all(sorted(Composition(f).as_dict()) == ['Mg', 'S'] for f in formulae), formulae
+    with pytest.raises(operations.OperationError, match='do not apply to mode'):
+        operations.generate(model.pk, composition='MgS', code=CODE, elements=['Mg', 'S'])
     predictor = ModelData.pretrained('formation_energy_per_atom')
     with pytest.raises(operations.OperationError, match='cannot generate'):
         operations.generate(predictor.pk, composition='MgS', code=CODE)
