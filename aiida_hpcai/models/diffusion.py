@@ -320,6 +320,7 @@ class TypeRestriction:
             atoms = (index == crystal).nonzero().flatten()
             regret = (best[atoms, None] - masked[atoms][:, required]).double().cpu().numpy()  # (atoms, required)
             rows, columns = linear_sum_assignment(regret.T)  # needs atoms >= required elements
+            rows, columns = (torch.as_tensor(x, device=scores.device) for x in (rows, columns))
             types[atoms[columns]] = required[rows]
         return types
 
