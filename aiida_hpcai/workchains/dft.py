@@ -88,6 +88,23 @@ def reference_inputs(element: str, engine: orm.Str, code, protocol: orm.Str, ove
     return inputs
 
 
+def lost_to_a_daemon_fault(node) -> bool:
+    """Whether the engine's WorkChain ``node`` failed because one of its CalcJobs finished ok without ``remote_folder``.
+
+    aiida-core (2.9.4) marks a CalcJob's upload as done before its next checkpoint; when the worker is killed in
+    between, the worker that takes the process up again skips the upload as done and never attaches the
+    ``remote_folder`` output. The job then runs and finishes ok without it, and the engine's WorkChain
+    (PwBaseWorkChain: exit status 11) fails on the missing required output. Seen in tests/scaleout/test_daemon_faults.py.
+    """
+    if node.is_finished_ok:
+        return False
+    return any(
+        descendant.is_finished_ok and 'remote_folder' not in descendant.outputs
+        for descendant in node.called_descendants
+        if isinstance(descendant, orm.CalcJobNode)
+    )
+
+
 @calcfunction
 def standardize_structure(structure: orm.StructureData) -> orm.StructureData:
     """Return spglib's standardized primitive cell of ``structure`` (symprec 1e-3 Å).
@@ -205,8 +222,10 @@ class DftWorkChain(WorkChain):
             cls.check_structure,
             if_(cls.should_standardize)(cls.standardize),
             cls.run_relax,
+            while_(cls.relax_lost_to_daemon_fault)(cls.run_relax),
             cls.inspect_relax,
             cls.run_scf,
+            while_(cls.scf_lost_to_daemon_fault)(cls.run_scf),
             cls.inspect_scf,
             if_(cls.should_compute_formation_energy)(
                 while_(cls.has_references_to_compute)(
@@ -370,6 +389,26 @@ class DftWorkChain(WorkChain):
         node = self.submit(builder)
         self.report(f'launched relaxation {node.process_label}<{node.pk}>')
         return ToContext(relax=node)
+
+    def relax_lost_to_daemon_fault(self):
+        return self._rerun_after_daemon_fault(self.ctx.relax, 'relax')
+
+    def scf_lost_to_daemon_fault(self):
+        return self._rerun_after_daemon_fault(self.ctx.scf, 'scf')
+
+    def _rerun_after_daemon_fault(self, node, step: str) -> bool:
+        """Run ``step`` once more when its WorkChain failed only because a daemon fault cost one of its CalcJobs an
+        output (:func:`lost_to_a_daemon_fault`): the calculation itself was fine, and its result is needed."""
+        reruns = dict(self.ctx.get('reruns', {}))
+        if reruns.get(step, 0) >= 1 or not lost_to_a_daemon_fault(node):
+            return False
+        reruns[step] = reruns.get(step, 0) + 1
+        self.ctx.reruns = reruns
+        self.report(
+            f'{node.process_label}<{node.pk}> failed because a CalcJob lost its remote_folder output to a daemon '
+            f'worker killed in the middle of it; running the {step} again'
+        )
+        return True
 
     def inspect_relax(self):
         node = self.ctx.relax

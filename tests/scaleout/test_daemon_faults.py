@@ -27,6 +27,7 @@ from aiida_hpcai.workchains.coordinate import CoordinateWorkChain
 from tests.scaleout.conftest import DAEMON_WORKERS, stop_daemon, wait_for
 from tests.scaleout.test_daemon import pw_code  # noqa: F401 -- fixture
 from tests.workchains.test_coordinate import (  # noqa: F401 -- fixtures: tiny EquiCSP, tiny Crysformer
+    LOOSE,
     TARGET,
     _inputs,
     code,
@@ -121,15 +122,24 @@ def assert_pw_ran_once_per_step(base) -> list:
 
 
 def assert_dft_child_complete(child) -> list:
-    """One relax and one SCF (each run once), all outputs; returns its PwCalculations."""
+    """One relax and one SCF, each run once unless a daemon fault cost the first run an output and the child ran it
+    again (``lost_to_a_daemon_fault``); all outputs; returns its PwCalculations."""
+    from aiida_hpcai.workchains.dft import lost_to_a_daemon_fault
+
     assert child.is_finished_ok, (child.pk, child.exit_status, child.exit_message)
     links = called(child)
-    assert sorted(links) == ['relax', 'scf'] and all(len(nodes) == 1 for nodes in links.values()), links
+    assert sorted(links) == ['relax', 'scf'], links
     for output in ('relaxed_structure', 'total_energy', 'energy_per_atom', 'band_gap', 'identity'):
         assert output in child.outputs, output
     calculations = []
-    for base in descendants(child, PW_BASE):
-        calculations += assert_pw_ran_once_per_step(base)
+    for label, nodes in links.items():
+        *lost, kept = sorted(nodes, key=lambda n: n.pk)
+        assert len(lost) <= 1 and all(lost_to_a_daemon_fault(node) for node in lost), (label, nodes)
+        if lost:
+            print(f'{child.label}: the {label} ran again after {lost[0].process_label}<{lost[0].pk}> lost an output')
+            calculations += descendants(lost[0], PW)
+        for base in [kept] if kept.process_type == PW_BASE else descendants(kept, PW_BASE):
+            calculations += assert_pw_ran_once_per_step(base)
     return calculations
 
 
@@ -312,6 +322,9 @@ def test_coordinate_survives_a_daemon_restart(user_daemon, code, generator, prop
         sigma_threshold=orm.Float(1e6),
         continue_without_dft=orm.Bool(True),
         buffer_size=orm.Int(0),
+        # every generated cell goes on to the surrogate, so every iteration predicts (the tiny generator's MgO cells
+        # are mostly one structure, some P1): the report drops duplicates and P1 among the results, and says so
+        screening=orm.Dict({**LOOSE, 'deduplicate': False, 'reject_p1': False, 'min_distance': None}),
     )
     node = submit(CoordinateWorkChain, **inputs)
     start = time.monotonic()
@@ -361,16 +374,58 @@ def test_coordinate_survives_a_daemon_restart(user_daemon, code, generator, prop
         (surrogate,) = works[f'surrogate_{entry["iteration"]}']
         assert surrogate.pk == entry['surrogate_pk'] and surrogate.is_finished_ok
 
-    # the results table agrees with the log: each AI row accepted in its iteration by that iteration's surrogate
+    # the log accounts for every valid candidate of each iteration, and the results table agrees with it: every
+    # accepted prediction is a result or dropped from the results for a reason, each AI row comes from the surrogate
+    # of its iteration
+    assert all(entry['valid'] for entry in iterations)
+    accepted = {}
+    for entry in iterations:
+        decided = [
+            item['id'] for key in ('accepted', 'dropped', 'sent_to_dft', 'not_sent_to_dft') for item in entry[key]
+        ]
+        assert len(decided) == len(set(decided)) == entry['valid']
+        assert all(identifier.startswith(f'i{entry["iteration"]}-') for identifier in decided)
+        accepted.update({item['id']: entry['iteration'] for item in entry['accepted']})
     table = node.outputs.table.get_dict()
     rows = table['rows']
     assert rows and [row['id'] for row in rows] == node.outputs.structures.ids
     assert len({row['id'] for row in rows}) == len(rows)
-    accepted = {entry['iteration']: {item['id'] for item in entry['accepted']} for entry in iterations}
-    surrogates = {entry['iteration']: entry.get('surrogate_pk') for entry in iterations}
+    surrogates = {entry['iteration']: entry['surrogate_pk'] for entry in iterations}
     for row in rows:
-        if row['source'] == 'ai':
-            assert row['id'] in accepted[row['iteration']] and row['id'].startswith(f'i{row["iteration"]}-')
-            assert row['node_pk'] == surrogates[row['iteration']]
-    assert table['counts']['ai'] == sum(row['source'] == 'ai' for row in rows) >= 1
-    print(f'{len(rows)} results {table["counts"]}; valid per iteration {[entry["valid"] for entry in iterations]}')
+        assert row['source'] == 'ai' and accepted[row['id']] == row['iteration']
+        assert row['node_pk'] == surrogates[row['iteration']]
+    dropped = {item['id'] for item in log['dropped']}
+    assert set(accepted) == {row['id'] for row in rows} | dropped and not dropped & {row['id'] for row in rows}
+    assert table['counts']['ai'] == len(rows)
+    print(f'{len(rows)} results {table["counts"]}, {len(accepted)} accepted, {len(dropped)} dropped from the results')
+
+
+def test_lost_output_is_recognised(local_computer):
+    """The failure ``hpcai.dft`` runs a step again for (seen once in test_worker_killed_during_dft_batch, whose kill
+    lands in that window only by chance): a failed engine WorkChain whose CalcJob finished ok without
+    ``remote_folder``; not a CalcJob that failed, nor one with its outputs."""
+    from aiida.common.links import LinkType
+    from aiida.engine import ProcessState
+
+    from aiida_hpcai.workchains.dft import lost_to_a_daemon_fault
+
+    def base(exit_status, calc_exit_status, remote_folder):
+        workflow = orm.WorkflowNode()
+        workflow.set_process_state(ProcessState.FINISHED)
+        workflow.set_exit_status(exit_status)
+        workflow.store()
+        calculation = orm.CalcJobNode(computer=local_computer)
+        calculation.set_process_state(ProcessState.FINISHED)
+        calculation.set_exit_status(calc_exit_status)
+        calculation.base.links.add_incoming(workflow, LinkType.CALL_CALC, 'iteration_01')
+        calculation.store()
+        if remote_folder:
+            remote = orm.RemoteData(computer=local_computer, remote_path='/tmp')
+            remote.base.links.add_incoming(calculation, LinkType.CREATE, 'remote_folder')
+            remote.store()
+        return workflow
+
+    assert lost_to_a_daemon_fault(base(11, 0, remote_folder=False))
+    assert not lost_to_a_daemon_fault(base(402, 305, remote_folder=True))  # pw.x itself failed
+    assert not lost_to_a_daemon_fault(base(402, 305, remote_folder=False))
+    assert not lost_to_a_daemon_fault(base(0, 0, remote_folder=True))
