@@ -96,6 +96,12 @@ def main(argv=None) -> dict:
     parser.add_argument('--steps', type=int, default=100)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument(
+        '--final-only',
+        action='store_true',
+        help='ablation: restrict only the final types (the projection at every step switched off); '
+        'records the runs under "final-only elements ..." only',
+    )
     parser.add_argument('--output', type=pathlib.Path, default=RESULTS_FILE)
     args = parser.parse_args(argv)
 
@@ -105,13 +111,21 @@ def main(argv=None) -> dict:
     base = {'mode': 'abinitio', 'n_samples': args.samples, 'steps': args.steps, 'seed': args.seed}
     systems = {name: frozenset(name.split('-')) for name in args.systems}
     started = time.time()
-    all_sets, valid_sets, seconds = _generate(args.checkpoint, base)
-    runs = {
-        'unrestricted': {'seconds': seconds, **{n: _fractions(all_sets, valid_sets, s) for n, s in systems.items()}}
-    }
+    prefix, runs = '', {}
+    if args.final_only:
+        from aiida_hpcai.models.diffusion import TypeRestriction
+
+        TypeRestriction.project = lambda self, clean, index, size: clean
+        prefix, args.contains = 'final-only ', []
+    else:
+        all_sets, valid_sets, seconds = _generate(args.checkpoint, base)
+        runs['unrestricted'] = {
+            'seconds': seconds,
+            **{n: _fractions(all_sets, valid_sets, s) for n, s in systems.items()},
+        }
     for name, system in systems.items():
         all_sets, valid_sets, seconds = _generate(args.checkpoint, {**base, 'elements': sorted(system)})
-        runs[f'elements {name}'] = {'seconds': seconds, name: _fractions(all_sets, valid_sets, system)}
+        runs[f'{prefix}elements {name}'] = {'seconds': seconds, name: _fractions(all_sets, valid_sets, system)}
     for name in args.contains:
         system = frozenset(name.split('-'))
         all_sets, valid_sets, seconds = _generate(args.checkpoint, {**base, 'required_elements': sorted(system)})
