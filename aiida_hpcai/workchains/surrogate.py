@@ -210,7 +210,7 @@ class SurrogateWorkChain(WorkChain):
         spec.exit_code(
             401,
             'ERROR_PREDICT_FAILED',
-            message='The hpcai.predict CalcJob<{pk}> failed with exit status {status}: {message}',
+            message='The prediction failed: {process}<{pk}> ended with exit status {status}: {message}',
         )
         spec.exit_code(
             402,
@@ -256,10 +256,18 @@ class SurrogateWorkChain(WorkChain):
             self.report(f'{workchain.process_label}<{workchain.pk}> predicted no structure; all of them need DFT')
             return None
         # The last job says why (out of memory at the smallest batch, a corrupt checkpoint, NaN, a crash).
+        # (the restart WorkChain itself, where it was excepted or killed: a lost daemon worker, a locked database)
         jobs = [child for child in workchain.called if isinstance(child, orm.CalcJobNode)]
-        failed = max(jobs, key=lambda job: job.pk) if jobs else workchain
+        if jobs and workchain.exit_status is not None:
+            failed = max(jobs, key=lambda job: job.pk)
+        else:
+            failed = workchain
+        exception = (failed.exception or '').strip().splitlines()
         return self.exit_codes.ERROR_PREDICT_FAILED.format(
-            pk=failed.pk, status=failed.exit_status, message=failed.exit_message
+            process=failed.process_label,
+            pk=failed.pk,
+            status=failed.exit_status if failed.exit_status is not None else failed.process_state.value,
+            message=failed.exit_message or (exception[-1] if exception else 'no message'),
         )
 
     def results(self):

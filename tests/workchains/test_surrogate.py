@@ -224,6 +224,8 @@ def test_failed_predict_job_is_an_exit_code(aiida_code_installed):
 
     assert node.exit_status == SurrogateWorkChain.exit_codes.ERROR_PREDICT_FAILED.status
     assert str(PredictCalculation.exit_codes.ERROR_CHECKPOINT_MISMATCH.status) in node.exit_message
+    job = max(node.called_descendants, key=lambda child: child.pk)
+    assert f'PredictCalculation<{job.pk}> ended with exit status {job.exit_status}: ' in node.exit_message
     assert 'predictions' not in node.outputs
     gathered = node.outputs.structures
     assert gathered.ids == ['salt']
