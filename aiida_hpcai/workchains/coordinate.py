@@ -29,6 +29,7 @@ survives a daemon restart.
 from __future__ import annotations
 
 import io
+import json
 import math
 import tempfile
 
@@ -283,6 +284,7 @@ def coordinate_report(goal: orm.Dict, records: orm.Dict, **sets: StructureSet) -
         'fine_tunes': content['fine_tunes'],
         'threshold': content['threshold'],
         'threshold_source': content['threshold_source'],
+        'acceptance': content.get('acceptance'),
         'dropped': dropped,
         'results': counts,
         'property': content['property'],
@@ -296,10 +298,11 @@ def coordinate_report(goal: orm.Dict, records: orm.Dict, **sets: StructureSet) -
     }
 
 
-def acceptance_threshold(models: list) -> tuple[float, str]:
-    """The sigma threshold of the initial ``models`` and where it comes from: the calibrated acceptance rule
-    shipped for the model (:func:`aiida_hpcai.models.acceptance.shipped_acceptance`, when its record names these
-    checkpoint bytes), else the surrogate's default for the target (``surrogate.yaml``)."""
+def acceptance_threshold(models: list) -> tuple[float, str, dict | None]:
+    """The sigma threshold of the initial ``models``, where it comes from and the acceptance record behind it:
+    the calibrated acceptance rule shipped for the model (:func:`aiida_hpcai.models.acceptance.shipped_acceptance`,
+    when its record names these checkpoint bytes), else the surrogate's default for the target
+    (``surrogate.yaml``; no record)."""
     from ..models.acceptance import shipped_acceptance
 
     target = models[0].target
@@ -309,8 +312,13 @@ def acceptance_threshold(models: list) -> tuple[float, str]:
         except ValueError:
             record = None
         if record is not None and record.get('model') == models[0].sha256:
-            return float(record['threshold']), 'calibrated acceptance rule of the shipped model'
-    return default_sigma_threshold(target), 'default of hpcai.surrogate (surrogate.yaml)'
+            return float(record['threshold']), 'calibrated acceptance rule of the shipped model', record
+    return default_sigma_threshold(target), 'default of hpcai.surrogate (surrogate.yaml)', None
+
+
+def _json_clean(record: dict) -> dict:
+    # a checkpointed context and a Dict node hold plain JSON: the record's counts may be numpy numbers
+    return json.loads(json.dumps(record, default=lambda value: value.tolist()))
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -378,6 +386,15 @@ def _fine_tune(value, _):
         return f'unknown fine-tune setting(s) {unknown}; known: {sorted(allowed)}'
 
 
+def _acceptance_record(value, _):
+    if value is None:
+        return None
+    record = value.get_dict()
+    missing = sorted({'threshold', 'tolerance', 'level', 'confidence', 'n'} - set(record))
+    if missing:
+        return f'not an acceptance record (made by calibrate_acceptance): it lacks {missing}'
+
+
 def validate_inputs(inputs, ctx):
     """A model of a property the Goal can name; DFT inputs when the budget allows DFT; one model to fine-tune."""
     ports = set(ctx)
@@ -389,7 +406,9 @@ def validate_inputs(inputs, ctx):
         (target,) = targets
         if target not in DFT_PROPERTIES:
             return f'the surrogate predicts {target!r}; the loop needs one of {list(DFT_PROPERTIES)}'
-        if 'sigma_threshold' not in inputs and default_sigma_threshold(target) is None:
+        if 'sigma_threshold' in inputs and 'acceptance' in inputs:
+            return 'give `sigma_threshold` (a fixed threshold) or `acceptance` (a calibration record), not both'
+        if 'sigma_threshold' not in inputs and 'acceptance' not in inputs and default_sigma_threshold(target) is None:
             return f'there is no default sigma_threshold for {target!r}: give one'
         if inputs.get('buffer_size') is not None and inputs['buffer_size'].value > 0 and len(models) != 1:
             return 'fine-tuning needs one ModelData in `surrogate.models` (it may hold an ensemble); or buffer_size 0'
@@ -467,6 +486,15 @@ class CoordinateWorkChain(WorkChain):
             required=False,
             help='Accept a prediction whose sigma is at most this (model units). Default: the calibrated acceptance '
             "rule shipped for the model (aiida_hpcai.models.acceptance), else the surrogate's default for the target.",
+        )
+        spec.input(
+            'acceptance',
+            valid_type=orm.Dict,
+            required=False,
+            validator=_acceptance_record,
+            help='A calibration record of the acceptance rule to start from (as aiida_hpcai.models.acceptance.'
+            "calibrate_acceptance makes it; a loop's `decision_log.acceptance.record` continues it), instead of the "
+            'one shipped for the model. The loop refreshes it with its own DFT results.',
         )
         spec.input(
             'discriminator',
@@ -590,11 +618,15 @@ class CoordinateWorkChain(WorkChain):
         self.ctx.property = next(iter(models.values())).target
         self.ctx.units = PROPERTY_UNITS[self.ctx.property]
         if 'sigma_threshold' in self.inputs:
-            threshold, source = self.inputs.sigma_threshold.value, 'input'
+            threshold, source, record = self.inputs.sigma_threshold.value, 'input', None
+        elif 'acceptance' in self.inputs:
+            record = self.inputs.acceptance.get_dict()
+            threshold, source = float(record['threshold']), f'acceptance record Dict<{self.inputs.acceptance.pk}>'
         else:
-            threshold, source = acceptance_threshold(list(models.values()))
-        # Not yet: refreshing the rule with the loop's DFT results after each fine-tune (acceptance.refresh); the
-        # fine-tuned models keep this threshold.
+            threshold, source, record = acceptance_threshold(list(models.values()))
+        # The rule is refreshed with the loop's DFT results (acceptance.refresh), a fixed threshold is not.
+        self.ctx.acceptance = None if record is None else _json_clean(record)
+        self.ctx.loop_checks = []  # (iteration, model version, id, mean, sigma, DFT value) of every DFT'd candidate
         self.ctx.threshold = threshold
         self.ctx.threshold_source = source
         self.ctx.models = models
@@ -987,6 +1019,73 @@ class CoordinateWorkChain(WorkChain):
                 }
             )
         log.update(dft_accepted=accepted, dft_outside_goal=outside)
+        self._refresh_acceptance(relaxed)
+
+    def _refresh_acceptance(self, relaxed: StructureSet):
+        """Count this iteration's DFT results against the current model's predictions of them and refresh the
+        acceptance rule on them (:func:`aiida_hpcai.models.acceptance.refresh`): none was in the model's training.
+
+        The counts of the record are pooled across fine-tunes: a fine-tuned model's sigma is taken to sort its
+        errors as its parent's did, and the refresh's own check (the new results alone must not be evidence
+        against the promise) is what reacts when it does not."""
+        from ..models import acceptance
+
+        log = self._log()
+        predicted = {entry['id']: entry for entry in log['sent_to_dft']}
+        truth = relaxed.get_label(LABELS[self.ctx.property])
+        checks = [
+            {
+                'iteration': self.ctx.iteration,
+                'model_version': self.ctx.model_version,
+                'id': identifier,
+                'mean': predicted[identifier]['mean'],
+                'sigma': predicted[identifier]['sigma'],
+                'dft': _finite_or_none(truth[index]),
+            }
+            for index, identifier in enumerate(relaxed.ids)
+            if identifier in predicted and predicted[identifier]['mean'] is not None
+        ]
+        checks = [check for check in checks if check['dft'] is not None and check['sigma'] is not None]
+        self.ctx.loop_checks.extend(checks)
+        if self.ctx.acceptance is None or not checks:
+            return
+        before = self.ctx.threshold
+        record = acceptance.refresh(
+            self.ctx.acceptance,
+            [check['mean'] for check in checks],
+            [check['sigma'] for check in checks],
+            [check['dft'] for check in checks],
+        )
+        self.ctx.acceptance = _json_clean(record)
+        self.ctx.threshold = float(record['threshold'])
+        log['acceptance_refresh'] = {
+            'results': len(checks),
+            'threshold_before': before,
+            'threshold_after': self.ctx.threshold,
+            'pooled': record.get('pooled'),
+            'reason': record.get('reason'),
+        }
+        self.report(
+            f'acceptance rule refreshed with {len(checks)} DFT result(s): threshold {before:.4g} -> '
+            f'{self.ctx.threshold:.4g}'
+        )
+
+    def _acceptance_summary(self) -> dict:
+        """How the surrogate did on the loop's DFT results: the share within the rule's tolerance, overall and
+        among those the threshold in use at the end accepts; and the final record (to start the next loop)."""
+        record = self.ctx.acceptance
+        tolerance = float(record['tolerance']) if record else None
+        checks = self.ctx.loop_checks
+        within = [abs(check['mean'] - check['dft']) <= tolerance for check in checks] if record else []
+        accepted = [ok for ok, check in zip(within, checks) if check['sigma'] <= self.ctx.threshold]
+        return {
+            'record': record,
+            'tolerance': tolerance,
+            'loop_results': checks,
+            'loop_within_tolerance': sum(within) if record else None,
+            'loop_accepted_by_final_threshold': len(accepted),
+            'loop_accepted_within_tolerance': sum(accepted),
+        }
 
     def close_iteration(self):
         """Submit a fine-tune when the buffer is full (and none is running); never wait for it here."""
@@ -1058,6 +1157,7 @@ class CoordinateWorkChain(WorkChain):
             'fine_tunes': self.ctx.fine_tunes,
             'threshold': self.ctx.threshold,
             'threshold_source': self.ctx.threshold_source,
+            'acceptance': self._acceptance_summary(),
             'symprec': self._screening().symprec,
             'angle_tolerance': self._screening().angle_tolerance,
         }

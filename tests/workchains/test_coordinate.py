@@ -16,7 +16,8 @@ from pymatgen.core import Lattice, Structure
 
 from aiida_hpcai.agent import operations
 from aiida_hpcai.data.structure_set import StructureSet
-from aiida_hpcai.workchains.coordinate import TABLE_COLUMNS
+from aiida_hpcai.models.acceptance import calibrate_acceptance
+from aiida_hpcai.workchains.coordinate import TABLE_COLUMNS, _json_clean
 from tests.generate_helpers import OPTIONS, model_program_code, train_tiny_equicsp
 
 CoordinateWorkChain = WorkflowFactory('hpcai.coordinate')
@@ -178,11 +179,15 @@ def test_look_up_hit_and_ai_acceptances(code, generator, property_model, importe
 
 
 # -- the DFT branch and an asynchronous fine-tune (buffer of 1) ----------------------------------------------------
+# A calibration on which every error is 1 eV/atom: no threshold keeps 90% within 0.12 eV/atom, so nothing is accepted
+ACCEPTS_NOTHING = calibrate_acceptance(np.zeros(60), np.linspace(0.01, 0.5, 60), np.ones(60))
+
+
 @pytest.fixture(scope='module')
 def dft_run(code, generator, property_model, pw_code, sssp_family):
-    """Simple-cubic Si as the only candidate of iteration 1; a threshold of 0 sends it to the one DFT run the goal
-    allows; its result fine-tunes the model while iteration 2 generates and predicts (nothing else fits the
-    budget). The lower bound keeps out what other tests leave in the profile (diamond Si at 0, MgO, SiO2 below 0),
+    """Simple-cubic Si as the only candidate of iteration 1; an acceptance record whose rule accepts nothing
+    (threshold 0) sends it to the one DFT run the goal allows, and that result refreshes the record; it also
+    fine-tunes the model while iteration 2 generates and predicts (nothing else fits the budget). The lower bound keeps out what other tests leave in the profile (diamond Si at 0, MgO, SiO2 below 0),
     so the look-up finds nothing."""
     goal = operations.plan('structures with a formation energy between 0.05 and 1 eV/atom, at most 1 DFT run')
     candidates = StructureSet.from_pymatgen([Structure(Lattice.cubic(2.53), ['Si'], [[0, 0, 0]])], ids=['Si-sc'])
@@ -194,7 +199,7 @@ def dft_run(code, generator, property_model, pw_code, sssp_family):
         candidates=candidates,
         samples_per_iteration=orm.Int(2),
         max_iterations=orm.Int(2),
-        sigma_threshold=orm.Float(0.0),
+        acceptance=orm.Dict(_json_clean(ACCEPTS_NOTHING)),
         continue_without_dft=orm.Bool(True),
         buffer_size=orm.Int(1),
         fine_tune=orm.Dict({'epochs': 1, 'batch_size': 4}),
@@ -240,6 +245,19 @@ def test_uncertain_candidate_goes_to_dft_within_the_budget(dft_run):
     assert results['table']['counts']['dft'] == 1 and results['table']['counts']['ai'] == 0
     _png_ok(results['plot'])
 
+    # the DFT result refreshed the acceptance rule, against the prediction that sent it to DFT
+    assert ACCEPTS_NOTHING['threshold'] == 0.0 and log['threshold_source'].startswith('acceptance record Dict<')
+    refresh = first['acceptance_refresh']
+    assert refresh['results'] == 1 and refresh['threshold_before'] == 0.0 and refresh['pooled'] is True
+    acceptance = log['acceptance']
+    (check,) = acceptance['loop_results']
+    sent = first['sent_to_dft'][0]
+    assert (check['id'], check['mean'], check['sigma']) == ('i1-Si-sc', sent['mean'], sent['sigma'])
+    assert check['dft'] == pytest.approx(row['value']) and check['model_version'] == 0
+    assert acceptance['loop_within_tolerance'] == int(abs(check['mean'] - check['dft']) <= 0.12)
+    assert acceptance['record']['n'] == 61 and len(acceptance['record']['refreshes']) == 1
+    assert acceptance['record']['threshold'] == refresh['threshold_after'] == log['threshold']
+
 
 def test_fine_tune_is_submitted_and_the_loop_switches(dft_run, property_model):
     results, node = dft_run
@@ -274,11 +292,11 @@ def test_default_threshold_is_the_calibrated_rule_of_the_shipped_model(property_
     from aiida_hpcai.workchains.surrogate import default_sigma_threshold
 
     shipped = ModelData.pretrained(TARGET)
-    threshold, source = acceptance_threshold([shipped])
-    assert threshold == shipped_acceptance(TARGET)['threshold'] and 'calibrated' in source
+    threshold, source, record = acceptance_threshold([shipped])
+    assert threshold == shipped_acceptance(TARGET)['threshold'] == record['threshold'] and 'calibrated' in source
     # another checkpoint (here the tiny model) is not what the record was calibrated for
-    threshold, source = acceptance_threshold([property_model])
-    assert threshold == default_sigma_threshold(TARGET) and 'surrogate.yaml' in source
+    threshold, source, record = acceptance_threshold([property_model])
+    assert threshold == default_sigma_threshold(TARGET) and 'surrogate.yaml' in source and record is None
 
 
 # -- the match discriminator as a second condition of acceptance --------------------------------------------------
@@ -345,6 +363,8 @@ def test_discriminator_gates_ai_acceptance(code, property_model, discriminator, 
         ({'fine_tune': {'temperature': 3}}, 'unknown fine-tune setting'),
         ({'generation': {'mode': 'csp'}}, 'unknown generation setting'),
         ({'discriminator_threshold': 1.5}, 'must be a probability'),
+        ({'acceptance': {'threshold': 0.1}}, 'not an acceptance record'),
+        ({'acceptance': _json_clean(ACCEPTS_NOTHING), 'sigma_threshold': 0.1}, 'not both'),
     ],
 )
 def test_inputs_are_refused(code, generator, property_model, change, message):
