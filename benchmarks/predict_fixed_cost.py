@@ -60,9 +60,12 @@ PROGRAM_INPUTS = ('config.json', 'structures.npz', 'models')
 
 # -- the child: the command, instrumented ------------------------------------------------------------
 def instrumented_cli(marks_path: str, argv: list[str]) -> None:
-    """Run ``aiida-hpcai <argv>`` in this process, writing the time of each step to ``marks_path``."""
+    """Run ``aiida-hpcai <argv>`` in this process as the tree's console script does, writing the time of each
+    step to ``marks_path``; then leave as that console script leaves (trees before 1d9ef84: a normal exit)."""
     marks = {'python_up': time.time()}
+    package = None
     try:
+        import aiida_hpcai.cli as package
         from aiida_hpcai.cli import cli
 
         marks['cli_imported'] = time.time()
@@ -77,6 +80,8 @@ def instrumented_cli(marks_path: str, argv: list[str]) -> None:
         # the commands the transport ran (submission, scheduler polls); not the job, which the scheduler detaches
         marks['commands_cpu_seconds'] = cpu_seconds(resource.RUSAGE_CHILDREN)
         pathlib.Path(marks_path).write_text(json.dumps(marks))
+    if hasattr(package, 'exit_without_teardown'):
+        package.exit_without_teardown(0)
 
 
 def cpu_seconds(who) -> float:
@@ -116,6 +121,9 @@ def program_probe(input_dir: str, output_dir: str, marks_path: str) -> None:
     task(config, pathlib.Path(input_dir), pathlib.Path(output_dir))
     marks['predicted'] = time.time()
     pathlib.Path(marks_path).write_text(json.dumps(marks))
+    # leave as the tree's program leaves (trees before 1d9ef84: a normal exit)
+    if hasattr(program, 'exit_without_teardown'):
+        program.exit_without_teardown(0)
 
 
 # -- the parent ----------------------------------------------------------------------------------------

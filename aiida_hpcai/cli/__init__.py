@@ -25,21 +25,32 @@ from . import data, design, dft, directive, generate, mcp, plan, results, setup,
 
 
 def main() -> None:
-    """The console script: the command, then an exit without the interpreter's teardown.
+    """The console script: the command, then an exit without the interpreter's teardown."""
+    exit_without_teardown(command_status())
 
-    Tearing down the ~1,200 modules a command imports took 0.7-0.9 s of every call on two cores
-    (benchmarks/predict_fixed_cost.py), more than any step of a small prediction but the job itself. The
-    profile's storage and broker connection are closed and every stream flushed first, as at a normal exit.
-    """
+
+def command_status() -> int:
+    """Run the command of ``sys.argv`` as the console script does; its exit status."""
     try:
         cli.main(prog_name='aiida-hpcai')
-        status = 0
+        return 0
     except SystemExit as exc:  # click ends every standalone call with one
         status = exc.code
-    if not isinstance(status, int):  # sys.exit('message') prints the message and exits with 1
-        if status is not None:
-            print(status, file=sys.stderr)
-        status = 0 if status is None else 1
+    if isinstance(status, int):
+        return status
+    if status is not None:  # sys.exit('message') prints the message and exits with 1
+        print(status, file=sys.stderr)
+        return 1
+    return 0
+
+
+def exit_without_teardown(status: int) -> None:
+    """Leave with ``status`` without tearing down the ~1,200 modules a command imports.
+
+    That teardown took 0.7-0.9 s of every call on two cores (benchmarks/predict_fixed_cost.py), more than any
+    step of a small prediction but the job itself. The profile's storage and broker connection are closed and
+    every stream flushed first, as at a normal exit.
+    """
     from aiida.manage import get_manager
 
     get_manager().reset_profile()

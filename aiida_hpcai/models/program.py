@@ -193,13 +193,17 @@ def _write_error(output_dir: pathlib.Path, code: str, message: str) -> None:
 
 
 def run() -> None:
-    """The console script: :func:`main`, then an exit without the interpreter's teardown of torch and e3nn.
+    """The console script: :func:`main`, then :func:`exit_without_teardown`. A crash still raises with its
+    traceback."""
+    exit_without_teardown(main())
+
+
+def exit_without_teardown(status: int) -> None:
+    """Leave with ``status`` without the interpreter's teardown of torch and e3nn.
 
     That teardown took about 0.65 s on two cores, a third of a small prediction job's start-up and exit
-    (benchmarks/predict_fixed_cost.py). Every output file is written and closed when ``main`` returns; a crash
-    still raises with its traceback.
+    (benchmarks/predict_fixed_cost.py). Every output file is written and closed when a task returns.
     """
-    status = main()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
