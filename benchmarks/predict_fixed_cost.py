@@ -455,7 +455,8 @@ def main():
         {
             'benchmark': 'predict_fixed_cost',
             'what': 'aiida-hpcai predict FILE --json (shipped formation-energy ensemble, every default) on a fresh '
-            'profile made by aiida-hpcai setup; steps in seconds, medians of the repeats',
+            'embedded profile (verdi presto --use-zeromq, then aiida-hpcai setup); steps in seconds, medians of the '
+            'repeats',
             'structures': {
                 'source': 'mp_cgcnn test split (committed split), small_test_structures',
                 str(min(COUNTS)): f'first {min(COUNTS)} with <= {SMALL_MAX_ATOMS} atoms',
