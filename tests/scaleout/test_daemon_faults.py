@@ -64,6 +64,16 @@ def user_daemon(daemon, services_profile):
         config.update_profile(services_profile)
         config.store()
         daemon.start_daemon(number_workers=DAEMON_WORKERS)
+        # the workers declare the queue when they connect, after the start returns: a task sent before that has
+        # no route (kiwipy UnroutableError NO_ROUTE, seen in the fresh-clone CI)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            listed = subprocess.run(
+                ['rabbitmqctl', '-q', 'list_queues', '-p', vhost, 'name'], capture_output=True, text=True, timeout=120
+            )
+            if queue in listed.stdout.split():
+                break
+            time.sleep(1)
 
     switch(False)
     yield daemon
