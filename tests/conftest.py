@@ -109,3 +109,21 @@ def no_shipped_generator(monkeypatch, tmp_path):
 
     missing = {key: f'missing-{name}' for key, name in checkpoint.PRETRAINED_FILES.items() if key.startswith('equicsp')}
     monkeypatch.setattr(checkpoint, 'PRETRAINED_FILES', {**checkpoint.PRETRAINED_FILES, **missing})
+
+
+@pytest.fixture(autouse=True)
+def process_reports_in_the_database():
+    """Process reports stored as Log nodes in every test, as in a process that loaded the profile.
+
+    A command run in this process (CliRunner) reconfigures logging through its verbosity option, without the
+    handler that stores reports in the database (aiida.common.log.configure_logging(with_orm=False)): every
+    later test then found no Log node of its processes (tests/workchains/test_dft_faults.py in the CI).
+    """
+    yield
+    import logging
+
+    from aiida.common.log import configure_logging
+    from aiida.orm.utils.log import DBLogHandler
+
+    if not any(isinstance(handler, DBLogHandler) for handler in logging.getLogger('aiida').handlers):
+        configure_logging(with_orm=True)
