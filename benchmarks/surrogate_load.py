@@ -52,6 +52,7 @@ from surrogate_overhead import (
     model_node,
     program_times,
     run_bare,
+    surrogate_inputs,
     timed_job_options,
 )
 
@@ -228,7 +229,6 @@ def profile_phase(storage: str, arrays_file: pathlib.Path, checkpoint: pathlib.P
 
 
 def submit_and_wait(code, checkpoint, arrays, args, classify) -> dict:
-    from aiida import orm
     from aiida.engine import submit
     from aiida.manage.caching import disable_caching
 
@@ -240,17 +240,7 @@ def submit_and_wait(code, checkpoint, arrays, args, classify) -> dict:
     structures = StructureSet(arrays).store()
     store_seconds = time.perf_counter() - started
 
-    parameters = {'batch_size': args.batch_size, 'uncertainty': args.uncertainty, 'mc_samples': args.mc_samples}
-    inputs = {
-        'structures': structures,
-        'models': {'model': model},
-        'predict': {
-            'code': code,
-            'device': orm.Str('cpu'),
-            'parameters': orm.Dict(parameters),
-            'metadata': {'options': timed_job_options(args.threads)},
-        },
-    }
+    inputs = surrogate_inputs(structures, model, code, args, timed_job_options(args.threads))
     sampler = PeakSampler(classify, args.sample_interval)
     load_before = os.getloadavg()
     sampler.start()

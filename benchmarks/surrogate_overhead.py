@@ -239,6 +239,23 @@ def program_times(calculation) -> tuple[float, float, float]:
     return program_start, program_end, program_cpu
 
 
+def surrogate_inputs(structures, model, code, args, options: dict) -> dict:
+    """The ``hpcai.surrogate`` inputs of a measured run: the program options of ``args``, the job ``options``."""
+    from aiida import orm
+
+    parameters = {'batch_size': args.batch_size, 'uncertainty': args.uncertainty, 'mc_samples': args.mc_samples}
+    return {
+        'structures': structures,
+        'models': {'model': model},
+        'predict': {
+            'code': code,
+            'device': orm.Str('cpu'),
+            'parameters': orm.Dict(parameters),
+            'metadata': {'options': options},
+        },
+    }
+
+
 def run_aiida(code, model, arrays, args) -> dict:
     from aiida import orm
     from aiida.engine import run_get_node
@@ -251,18 +268,7 @@ def run_aiida(code, model, arrays, args) -> dict:
     structures = StructureSet(arrays).store()
     store_seconds = time.perf_counter() - started
 
-    options = timed_job_options(args.threads, args.program_cores)
-    parameters = {'batch_size': args.batch_size, 'uncertainty': args.uncertainty, 'mc_samples': args.mc_samples}
-    inputs = {
-        'structures': structures,
-        'models': {'model': model},
-        'predict': {
-            'code': code,
-            'device': orm.Str('cpu'),
-            'parameters': orm.Dict(parameters),
-            'metadata': {'options': options},
-        },
-    }
+    inputs = surrogate_inputs(structures, model, code, args, timed_job_options(args.threads, args.program_cores))
     if args.sigma_threshold is not None:
         inputs['sigma_threshold'] = orm.Float(args.sigma_threshold)
 
