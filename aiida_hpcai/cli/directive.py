@@ -10,7 +10,17 @@ from aiida.cmdline.utils import decorators, echo
 from ..models.contract import N_STRATEGIES
 from . import cli
 from .dft import DFT_CODE, DFT_PROTOCOL, ENGINE, MAX_CONCURRENT, _parse_overrides, load_dft_code, resolve_protocol
-from .generate import COMPOSITIONS, MODE, MODEL, SAMPLES, STEPS, shipped_generator
+from .generate import (
+    COMPOSITIONS,
+    ELEMENTS,
+    MODE,
+    MODEL,
+    REQUIRE,
+    SAMPLES,
+    STEPS,
+    check_element_restriction,
+    shipped_generator,
+)
 from .params import (
     CODE,
     DEVICE,
@@ -38,6 +48,8 @@ from .surrogate import DEFAULT_TARGET, _load_code, _process_reports_to_stderr, _
     help='abinitio: the atom-count strategy; repeat it (--n-strategy dataset --n-strategy uniform) to run each '
     'batch once per strategy and compare their valid rates. Default: dataset.',
 )
+@ELEMENTS()
+@REQUIRE()
 @MODEL()
 @STEPS()
 @click.option('--seed', type=NON_NEGATIVE_INT, default=None, help='Seed of the first job (0); job j uses seed + j.')
@@ -81,6 +93,8 @@ def directive(
     n_samples,
     batches,
     n_strategies,
+    elements,
+    required_elements,
     model,
     steps,
     seed,
@@ -105,6 +119,7 @@ def directive(
     \b
     aiida-hpcai directive --mode abinitio -n 50 --batches 4 --n-strategy dataset --n-strategy uniform
     aiida-hpcai directive --mode csp --composition Fe2O3 -n 20 --top-k 2 --protocol fast --output run/
+    aiida-hpcai directive --mode abinitio -n 50 --elements Si,O --top-k 2
 
     Runs the hpcai.directive WorkChain and prints per batch the samples generated, the crystals and the
     valid ones after screening, then the DFT results of the top K.
@@ -120,6 +135,7 @@ def directive(
         raise click.UsageError('--composition applies to --mode csp; ab initio samples the composition')
     if mode == 'csp' and n_strategies:
         raise click.UsageError('--n-strategy applies to --mode abinitio')
+    element_parameters = check_element_restriction(mode, elements, required_elements)
     if submit and output is not None:
         raise click.UsageError('--output writes the results, which --submit does not wait for')
     if output is not None and output.exists() and not output.is_dir():
@@ -130,6 +146,7 @@ def directive(
         parameters['compositions'] = dict.fromkeys(compositions, n_samples)
     else:
         parameters['n_samples'] = n_samples
+    parameters.update(element_parameters)
     parameters.update({key: value for key, value in (('steps', steps), ('seed', seed)) if value is not None})
     code = _load_code(code_label)
     inputs = {

@@ -94,6 +94,19 @@ def shipped_generator():
     )
 
 
+def check_element_restriction(mode, elements, required_elements) -> dict:
+    """The sampler parameters ``elements`` and ``required_elements`` of --elements and --require (those given);
+    a usage error when they do not apply to ``mode`` or contradict each other."""
+    if mode == 'csp' and (elements is not None or required_elements is not None):
+        raise click.UsageError('--elements and --require apply to --mode abinitio; csp takes --composition')
+    if elements is not None and required_elements and set(required_elements) - set(elements):
+        raise click.UsageError(
+            f'--require {",".join(required_elements)}: not all among --elements {",".join(elements)}'
+        )
+    given = {'elements': elements, 'required_elements': required_elements}
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def _check_output(output):
     """An output path that exists must be of the kind its suffix names (a folder of CIFs otherwise)."""
     if output is None or output.suffix in TABLE_SUFFIXES + EXTXYZ_SUFFIXES:
@@ -195,12 +208,7 @@ def generate(
         raise click.UsageError('--mode csp needs at least one --composition')
     if mode == 'abinitio' and compositions:
         raise click.UsageError('--composition applies to --mode csp; ab initio samples the composition')
-    if mode == 'csp' and (elements is not None or required_elements is not None):
-        raise click.UsageError('--elements and --require apply to --mode abinitio; csp takes --composition')
-    if elements is not None and required_elements and set(required_elements) - set(elements):
-        raise click.UsageError(
-            f'--require {",".join(required_elements)}: not all among --elements {",".join(elements)}'
-        )
+    element_parameters = check_element_restriction(mode, elements, required_elements)
     if submit and output is not None:
         raise click.UsageError('--output writes the results, which --submit does not wait for')
     _check_output(output)
@@ -213,8 +221,7 @@ def generate(
     optional = {
         'n_strategy': n_strategy,
         'switch': switch,
-        'elements': elements,
-        'required_elements': required_elements,
+        **element_parameters,
         'steps': steps,
         'step_lr': step_lr,
         'seed': seed,

@@ -347,6 +347,14 @@ def _generate_jobs() -> int:
             1,
             ['unknown screening parameter'],
         ),
+        (('--mode', 'abinitio', '-n', 2, '--elements', 'Fe,Xx', 'MODEL'), 2, ["'Xx' is not an element symbol"]),
+        (('--mode', 'abinitio', '-n', 2, '--elements', 'O,O', 'MODEL'), 2, ['names an element twice']),
+        (('--mode', 'abinitio', '-n', 2, '--elements', 'O', '--require', 'Li', 'MODEL'), 2, ['not all among']),
+        (
+            ('--mode', 'csp', '--composition', 'LiO', '-n', 2, '--elements', 'Li,O', 'MODEL'),
+            2,
+            ['--elements and --require apply to --mode abinitio'],
+        ),
     ],
 )
 def test_cli_refusals(code, generator, args, status, fragments, request):
@@ -375,3 +383,28 @@ def test_cli_json(code, generator):
     assert payload['statistics']['totals']['generated'] == 2 and payload['dft'] == []
     assert orm.load_node(payload['generated_structures_pk']).uuid == node.outputs.generated_structures.uuid
     assert set(payload['plots']) >= {'valid_rate'}
+
+
+def test_cli_elements(code, generator):
+    """--elements and --require reach every generate job as the sampler's ``elements``/``required_elements``;
+    an element the model does not know fails the run with one line."""
+    import json
+
+    result = _invoke(
+        '--mode', 'abinitio', '-n', 3, '--steps', 8, '--elements', 'Li,O', '--require', 'O', '--model', generator.pk,
+        '--no-surrogate', '--screening', json.dumps(LOOSE), '--code', code.full_label, '--json',
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    node = orm.load_node(json.loads(result.stdout)['process_pk'])
+    jobs = node.base.links.get_outgoing(GenerateCalculation).all_nodes()
+    assert len(jobs) == 1 and jobs[0].inputs.parameters['elements'] == ['Li', 'O']
+    assert jobs[0].inputs.parameters['required_elements'] == ['O']
+    for structure in node.outputs.generated_structures:
+        assert 'O' in structure.composition and set(structure.composition.as_dict()) <= {'Li', 'O'}
+
+    result = _invoke('--mode', 'abinitio', '-n', 1, '--steps', 2, '--elements', 'Na,O', '--model', generator.pk,
+                     '--no-surrogate', '--code', code.full_label)  # fmt: skip
+    assert result.exit_code == 1 and 'Traceback' not in result.output, result.output
+    # the tables of what ran, then the command's own one-line error
+    errors = [line for line in result.output.splitlines() if line.startswith('Error: hpcai.directive<')]
+    assert len(errors) == 1 and '[420]' in errors[0] and 'Na not among' in errors[0], result.output
