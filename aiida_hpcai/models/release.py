@@ -51,6 +51,8 @@ import time
 import numpy as np
 
 from .contract import METRICS_FILE, MODEL_FILE
+from .discriminator import ARCHITECTURE as DISCRIMINATOR_ARCHITECTURE
+from .discriminator import RELIABILITY_FIGURE
 from .equicsp.training import ARCHITECTURE as GENERATOR_ARCHITECTURE
 from .evaluation import (
     CSP_DATASETS,
@@ -335,6 +337,12 @@ def discriminator_data(args) -> dict:
     load_before = os.getloadavg()
     arrays, split, info = csp_dataset(args.dataset, args.data_dir)
     chosen = np.asarray(split[args.split], dtype=np.int64)
+    if args.exclude:  # references sampled before (another --seed): their groups never appear twice
+        from .discriminator import GROUP_SEPARATOR
+        from .structure_io import read_npz
+
+        done = {str(i).split(GROUP_SEPARATOR)[0] for path in args.exclude for i in read_npz(path).ids}
+        chosen = np.array([i for i in chosen if str(arrays.ids[i]) not in done], dtype=np.int64)
     if args.limit and args.limit < len(chosen):
         chosen = np.sort(np.random.default_rng(args.seed).choice(chosen, args.limit, replace=False))
     sampler = EquiCSPSampler(load_checkpoint(args.generator), args.device)
@@ -352,7 +360,13 @@ def discriminator_data(args) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_npz(samples, out)
     record = {
-        'dataset': {**info, 'split': args.split, 'n_chosen': int(len(chosen)), 'limit': args.limit},
+        'dataset': {
+            **info,
+            'split': args.split,
+            'n_chosen': int(len(chosen)),
+            'limit': args.limit,
+            'excluded': [portable_path(path) for path in args.exclude or []],
+        },
         'generator': {'file': pathlib.Path(args.generator).name, 'sha256': sha256_file(args.generator)},
         'steps': args.steps or sampler.config.timesteps,
         'seed': args.seed,
@@ -574,6 +588,8 @@ def ship(args) -> dict:
     metrics = json.loads((folder / METRICS_FILE).read_text())
     if checkpoint['architecture'] == GENERATOR_ARCHITECTURE:
         return _ship_generator(args, folder, checkpoint, metrics)
+    if checkpoint['architecture'] == DISCRIMINATOR_ARCHITECTURE:
+        return _ship_discriminator(args, folder, checkpoint, metrics)
     destination = pathlib.Path(args.destination or PRETRAINED_DIR) / PRETRAINED_FILES[checkpoint['target']]
     sha = save_checkpoint(checkpoint, destination)
     split_dir = checkpoint['dataset'].get('split_dir', portable_path(SPLIT_DIR))
@@ -647,6 +663,67 @@ def _ship_generator(args, folder: pathlib.Path, checkpoint: dict, metrics: dict)
         },
         'shipped': {'commit': git_commit(), 'command': args.invocation},
         'history': history,
+    }
+    destination.with_suffix('.json').write_text(json.dumps(record, indent=2))
+    print(f'shipped {folder / MODEL_FILE} as {destination} (sha256 {sha})')
+    return record
+
+
+def _ship_discriminator(args, folder: pathlib.Path, checkpoint: dict, metrics: dict) -> dict:
+    """``ship`` of a match discriminator: shipped under the key ``discriminator_<dataset>`` (``PRETRAINED_FILES``;
+    the dataset is the train config's ``dataset_name``), with a record of the samples it trained on (``--data-record``:
+    the ``discriminator-data`` record, generator sha256, steps, counts, match rate), its temperature, the metrics
+    per split before and after calibration, and every epoch. ``--figures DIR`` copies its reliability diagram and
+    learning curve there as ``<key>_reliability.png`` and ``<key>_learning_curve.png`` (named in the record)."""
+    import shutil
+
+    from .checkpoint import PRETRAINED_DIR, PRETRAINED_FILES, save_checkpoint
+    from .contract import LEARNING_CURVE_FIGURE
+
+    key = f'{DISCRIMINATOR_ARCHITECTURE}_{checkpoint["dataset"].get("name")}'
+    if key not in PRETRAINED_FILES:
+        raise SystemExit(f'no shipped file is named for {key!r}; known: {", ".join(sorted(PRETRAINED_FILES))}')
+    if not args.data_record:
+        raise SystemExit('a discriminator ships with the record of its samples: give --data-record (<data>.npz.json)')
+    samples = json.loads(pathlib.Path(args.data_record).read_text())
+    destination = pathlib.Path(args.destination or PRETRAINED_DIR) / PRETRAINED_FILES[key]
+    sha = save_checkpoint(checkpoint, destination)
+    figures = {}
+    if args.figures:
+        for name, figure in (('reliability', RELIABILITY_FIGURE), ('learning_curve', LEARNING_CURVE_FIGURE)):
+            target = pathlib.Path(args.figures) / f'{key}_{name}.png'
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / figure, target)
+            figures[name] = portable_path(target)
+    record = {
+        'file': destination.name,
+        'sha256': sha,
+        'architecture': checkpoint['architecture'],
+        'target': checkpoint['target'],
+        'units': checkpoint['units'],
+        'n_members': len(checkpoint['members']),
+        'n_parameters_per_member': metrics['n_parameters'],
+        'hyperparameters': checkpoint['hyperparameters'],
+        'temperature': checkpoint['temperature'],
+        'samples': samples,
+        'dataset': checkpoint['dataset'],
+        'split': {
+            'by': 'composition group (the id before #)',
+            'n': metrics['n_structures'],
+            'digests': checkpoint['split'],
+        },
+        'metrics': checkpoint['metrics'],
+        'calibration_bins': metrics.get('calibration_bins'),
+        'reliability': metrics.get('reliability'),
+        'figures': figures,
+        'training': {
+            'device': args.training_device,
+            'seconds': metrics.get('training_seconds'),
+            'epochs_per_member': [len(h) for h in metrics['history']],
+            'command': args.trained_with,
+        },
+        'shipped': {'commit': git_commit(), 'command': args.invocation},
+        'history': metrics['history'],
     }
     destination.with_suffix('.json').write_text(json.dumps(record, indent=2))
     print(f'shipped {folder / MODEL_FILE} as {destination} (sha256 {sha})')
@@ -736,6 +813,9 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument('--threads', type=int, default=0)
     command.add_argument('--no-progress', action='store_true')
     command.add_argument('--out', required=True, help='the structure-set npz to write (record: <out>.json)')
+    command.add_argument(
+        '--exclude', nargs='+', default=None, help='structure-set npz files whose references are not sampled again'
+    )
 
     command = sub.add_parser('pools')
     data_options(command)
@@ -750,6 +830,8 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument('--training-device', required=True, help='where and how it was trained (recorded)')
     command.add_argument('--trained-with', required=True, help='the commands that trained it (recorded)')
     command.add_argument('--destination', default=None, help="folder to ship into (default: the package's)")
+    command.add_argument('--data-record', default=None, help='a discriminator: the discriminator-data record')
+    command.add_argument('--figures', default=None, help="a discriminator: the folder for its figures' copies")
 
     command = sub.add_parser('recalibrate')
     data_options(command)

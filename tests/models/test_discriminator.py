@@ -271,3 +271,33 @@ def test_release_discriminator_data_writes_a_labelled_set_and_its_record(tiny_ge
     saved = json.loads((tmp_path / 'data.npz.json').read_text())
     assert saved['generator']['sha256'] == sha256_file(path) and saved['steps'] == 4
     assert saved['dataset']['split'] == 'train' and 'discriminator-data' in saved['run']['command']
+    more = tmp_path / 'more.npz'
+    release.main([*argv, '--seed', '1', '--steps', '4', '--no-progress', '--exclude', str(out), '--out', str(more)])
+    assert not groups & {i.split('#')[0] for i in read_npz(more).ids}  # the references of out are not sampled again
+    assert json.loads((tmp_path / 'more.npz.json').read_text())['dataset']['excluded'] == ['data.npz']
+
+
+# -- shipping --------------------------------------------------------------------------------------------
+def test_release_ships_a_discriminator_with_the_record_of_its_samples(trained, tmp_path, monkeypatch):
+    from aiida_hpcai.models import checkpoint as checkpoints
+
+    root, _ = trained
+    key = f'discriminator_{load_checkpoint(root / "trained" / contract.MODEL_FILE)["dataset"]["name"]}'
+    monkeypatch.setattr(checkpoints, 'PRETRAINED_FILES', {**checkpoints.PRETRAINED_FILES, key: 'd.pt'})
+    data_record = tmp_path / 'data.npz.json'
+    data_record.write_text(json.dumps({'generator': {'sha256': 'abc'}, 'steps': 7, 'n_matched': 3}))
+    argv = ['ship', '--run', str(root / 'trained'), '--training-device', 'tiny', '--trained-with', 'release; train']
+    with pytest.raises(SystemExit, match='--data-record'):
+        release.main([*argv, '--destination', str(tmp_path / 'shipped')])
+    record = release.main(
+        [*argv, '--destination', str(tmp_path / 'shipped'), '--data-record', str(data_record)]
+        + ['--figures', str(tmp_path / 'figures')]
+    )
+    path = tmp_path / 'shipped' / 'd.pt'
+    assert json.loads(path.with_suffix('.json').read_text()) == record and record['sha256'] == sha256_file(path)
+    assert record['samples']['steps'] == 7 and record['target'] == MATCH_LABEL
+    assert record['temperature'] == load_checkpoint(path)['temperature'] > 0
+    assert set(record['metrics']) == {'val'} and 'uncalibrated' in record['metrics']['val']
+    for name in ('reliability', 'learning_curve'):
+        assert (tmp_path / 'figures' / f'{key}_{name}.png').read_bytes().startswith(b'\x89PNG')
+        assert record['figures'][name].endswith(f'{key}_{name}.png')
