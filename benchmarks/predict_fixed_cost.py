@@ -134,6 +134,18 @@ def child_environment(aiida_path: pathlib.Path, source_tree: pathlib.Path | None
     return env
 
 
+def make_embedded_profile(env: dict, cwd: pathlib.Path) -> float:
+    """``verdi presto --use-zeromq`` then ``aiida-hpcai setup`` in the ``AIIDA_PATH`` of ``env``; the seconds taken.
+
+    The embedded default of a fresh machine (SQLite + ZeroMQ), even where RabbitMQ runs (presto would take it)."""
+    started = time.perf_counter()
+    for command in (['verdi', 'presto', '--use-zeromq'], ['aiida-hpcai', 'setup']):
+        setup = subprocess.run(command, env=env, capture_output=True, text=True, cwd=cwd)
+        if setup.returncode != 0:
+            raise SystemExit(f'{" ".join(command)} failed:\n{setup.stdout}\n{setup.stderr}')
+    return time.perf_counter() - started
+
+
 def package_location(env: dict) -> str:
     """Where the children import aiida_hpcai from (the source tree of the phase)."""
     code = 'import aiida_hpcai, pathlib; print(pathlib.Path(aiida_hpcai.__file__).parent.parent)'
@@ -366,13 +378,7 @@ def measure(args) -> dict:
     counts = sorted(args.counts)
     files = write_inputs(scratch, counts)
 
-    started = time.perf_counter()
-    # The embedded default of a fresh machine (SQLite + ZeroMQ), even where RabbitMQ runs (presto would take it)
-    for command in (['verdi', 'presto', '--use-zeromq'], ['aiida-hpcai', 'setup']):
-        setup = subprocess.run(command, env=env, capture_output=True, text=True, cwd=scratch)
-        if setup.returncode != 0:
-            raise SystemExit(f'{" ".join(command)} failed:\n{setup.stdout}\n{setup.stderr}')
-    setup_seconds = time.perf_counter() - started
+    setup_seconds = make_embedded_profile(env, scratch)
 
     os.environ['AIIDA_PATH'] = str(aiida_path)
     from aiida import load_profile, orm
