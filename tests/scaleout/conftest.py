@@ -69,6 +69,17 @@ def postgres_database():
     postgres.drop_dbuser(user)
 
 
+def add_vhost(vhost: str) -> None:
+    """An empty RabbitMQ virtual host ``vhost`` that the broker user ``guest`` may use."""
+    subprocess.run(['rabbitmqctl', '-q', 'add_vhost', vhost], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        ['rabbitmqctl', '-q', 'set_permissions', '-p', vhost, 'guest', '.*', '.*', '.*'],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
 @pytest.fixture(scope='package', autouse=True)
 def services_profile(aiida_config_factory, aiida_profile_factory, tmp_path_factory, postgres_database):
     """A ``core.psql_dos`` + ``core.rabbitmq`` profile in a throw-away config, loaded for every test of this folder;
@@ -78,12 +89,7 @@ def services_profile(aiida_config_factory, aiida_profile_factory, tmp_path_facto
     storage_config = {**postgres_database, 'repository_uri': (root / 'repository').as_uri()}
     # A virtual host of its own: its queues and exchanges go with it at the end.
     vhost = postgres_database['database_name']
-    subprocess.run(['rabbitmqctl', '-q', 'add_vhost', vhost], check=True, capture_output=True)
-    subprocess.run(
-        ['rabbitmqctl', '-q', 'set_permissions', '-p', vhost, 'guest', '.*', '.*', '.*'],
-        check=True,
-        capture_output=True,
-    )
+    add_vhost(vhost)
     broker_config = {
         'broker_protocol': 'amqp',
         'broker_username': 'guest',

@@ -24,7 +24,7 @@ from aiida.engine import submit
 from aiida_hpcai.data.structure_set import StructureSet
 from aiida_hpcai.engines import references as refs
 from aiida_hpcai.workchains.coordinate import CoordinateWorkChain
-from tests.scaleout.conftest import DAEMON_WORKERS, stop_daemon, wait_for
+from tests.scaleout.conftest import DAEMON_WORKERS, add_vhost, stop_daemon, wait_for
 from tests.scaleout.test_daemon import pw_code  # noqa: F401 -- fixture
 from tests.workchains.test_coordinate import (  # noqa: F401 -- fixtures: tiny EquiCSP, tiny Crysformer
     LOOSE,
@@ -47,8 +47,17 @@ DFT_OPTIONS = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 2}, 
 @pytest.fixture(scope='module')
 def user_daemon(daemon, services_profile):
     """The package's daemon (2 workers) on the profile made an ordinary (non-test) one: a durable task queue that
-    outlives a stopped daemon, as on a profile of ``verdi presto`` or ``aiida-hpcai setup``. Switched back after."""
+    outlives a stopped daemon, as on a profile of ``verdi presto`` or ``aiida-hpcai setup``. Switched back after.
+
+    A switch needs a new start on the RabbitMQ side, for the daemon and for this process. On a test profile kiwipy
+    declares the profile's exchanges ``auto_delete``; on an ordinary one not, and RabbitMQ refuses to declare an
+    existing exchange with the other setting (PRECONDITION_FAILED). This process's communicator, made by an earlier
+    test's submission, keeps the test profile's task exchange alive (its reply queue is bound to it) and its own
+    setting: the new workers then cannot subscribe, and every task sent has no route (kiwipy UnroutableError
+    NO_ROUTE). So the daemon is stopped, this process's communicator and runner are closed (the next submission makes
+    them anew, for the profile as it is now), and the profile's virtual host is made again, empty."""
     from aiida.brokers.rabbitmq.utils import get_launch_queue_name
+    from aiida.manage import get_manager
     from aiida.manage.configuration import get_config
 
     vhost = services_profile.process_control_config['broker_virtual_host']
@@ -56,28 +65,42 @@ def user_daemon(daemon, services_profile):
 
     def switch(test_profile: bool):
         stop_daemon(daemon)
-        # a queue declared durable cannot be declared again non-durable, nor the other way round; no task of the
-        # earlier tests is pending (their processes have terminated)
-        subprocess.run(['rabbitmqctl', '-q', 'delete_queue', '-p', vhost, queue], capture_output=True, timeout=120)
+        # no task of the earlier tests is pending (their processes have terminated)
+        manager = get_manager()
+        manager.reset_broker()
+        manager.reset_runner()
+        subprocess.run(['rabbitmqctl', '-q', 'delete_vhost', vhost], check=True, capture_output=True, timeout=120)
+        add_vhost(vhost)
         services_profile.is_test_profile = test_profile
         config = get_config()
         config.update_profile(services_profile)
         config.store()
         daemon.start_daemon(number_workers=DAEMON_WORKERS)
-        # the workers declare the queue when they connect, after the start returns: a task sent before that has
-        # no route (kiwipy UnroutableError NO_ROUTE, seen in the fresh-clone CI)
+        # every worker subscribed to the task queue: it could declare the profile's exchanges and the queue
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            listed = subprocess.run(
-                ['rabbitmqctl', '-q', 'list_queues', '-p', vhost, 'name'], capture_output=True, text=True, timeout=120
-            )
-            if queue in listed.stdout.split():
-                break
+        while (consumers := queue_consumers(vhost, queue)) < DAEMON_WORKERS:
+            log = pathlib.Path(daemon.daemon_log_file).read_text()[-4000:]
+            assert time.monotonic() < deadline, f'{consumers} consumer(s) of {queue} after 120 s: {log}'
             time.sleep(1)
 
     switch(False)
     yield daemon
     switch(True)
+
+
+def queue_consumers(vhost: str, queue: str) -> int:
+    """The number of consumers of ``queue`` in ``vhost`` (0 when it is not declared)."""
+    listed = subprocess.run(
+        ['rabbitmqctl', '-q', 'list_queues', '-p', vhost, 'name', 'consumers'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    for line in listed.stdout.splitlines():
+        name, _, consumers = line.partition('\t')
+        if name == queue and consumers.isdigit():
+            return int(consumers)
+    return 0
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
@@ -230,10 +253,6 @@ def recover_after_kill(daemon) -> str:
     return text
 
 
-@pytest.mark.skip(
-    reason='quarantined at stop 28: after the module switches the shared services profile to a non-test one, '
-    'submissions fail with NO_ROUTE in the full suite (passes alone); to run on a profile of its own'
-)
 def test_worker_killed_during_dft_batch(user_daemon, pw_code, silicon_cells):  # noqa: F811
     """SIGKILL the worker that holds the batch while a structure's pw.x runs, then recover as a user does; the batch
     finishes with both structures computed, one hpcai.dft child each, the Si reference computed once, each
@@ -317,10 +336,6 @@ GENERATE = 'aiida.calculations:hpcai.generate'
 ITERATIONS = 3
 
 
-@pytest.mark.skip(
-    reason='quarantined at stop 28: after the module switches the shared services profile to a non-test one, '
-    'submissions fail with NO_ROUTE in the full suite (passes alone); to run on a profile of its own'
-)
 def test_coordinate_survives_a_daemon_restart(user_daemon, code, generator, property_model):  # noqa: F811
     """``verdi daemon stop`` while the generate job of iteration 2 runs, the daemon left stopped longer than a test
     profile's queue would survive, ``verdi daemon start 2``: the loop goes on from its checkpoint to the iteration cap,
