@@ -148,6 +148,20 @@ def loop_figures(node) -> dict:
             {key: tune.get(key) for key in ('status', 'model_pk', 'model_version')}
             for tune in log.get('fine_tunes', [])
         ],
+        # the loop's own DFT results against the predictions that sent them to DFT (the model of the time)
+        'acceptance_on_loop_dft': {
+            key: (log.get('acceptance') or {}).get(key)
+            for key in (
+                'tolerance',
+                'loop_results',
+                'loop_within_tolerance',
+                'loop_accepted_by_final_threshold',
+                'loop_accepted_within_tolerance',
+            )
+        },
+        'threshold_refreshes': [
+            entry['acceptance_refresh'] for entry in iterations if entry.get('acceptance_refresh') is not None
+        ],
         'results_by_source': table['counts'],
         'unique_results': len(table['rows']),
         'rows': [
