@@ -178,7 +178,7 @@ def predict(files, models, target, threshold, code_label, device, batch_size, un
         inputs['sigma_threshold'] = orm.Float(threshold)
 
     with _process_reports_to_stderr(enabled=as_json):
-        node = _run(SurrogateWorkChain, inputs)
+        node = _run(SurrogateWorkChain, inputs, poll_interval=PREDICT_POLL_INTERVAL)
     if not node.is_finished_ok:
         echo.echo_critical(
             f'SurrogateWorkChain<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}'
@@ -353,13 +353,31 @@ def train(
     echo.echo_success(f'ModelData<{model.pk}> ({model.uuid}) from TrainCalculation<{node.pk}>')
 
 
-def _run(process_class, inputs):
-    """Run the process here; inputs it refuses are reported as a one-line error, not a traceback."""
+#: Seconds between the checks a WorkChain run by ``predict`` makes of the child it waits for. A process run in
+#: this shell (``aiida.engine.run_get_node``: a runner without a broker connection) learns that its child ended
+#: only from these checks, every ``runner.poll.interval`` of the profile (1 s on a ``verdi presto`` profile): about
+#: 0.5 s of waiting per child, twice per call (the job, then ``hpcai.predict_base``), as long as all the rest
+#: of the work after a small job (benchmarks/predict_fixed_cost.py). A check is one query of the child's state
+#: (~0.5 ms of CPU), and ``predict`` has two processes waiting at a time.
+PREDICT_POLL_INTERVAL = 0.1
+
+
+def _run(process_class, inputs, poll_interval: float | None = None):
+    """Run the process here; inputs it refuses are reported as a one-line error, not a traceback.
+
+    ``poll_interval``: seconds between the checks of a waiting process for its child's end (default: the
+    profile's ``runner.poll.interval``).
+    """
     from aiida.engine import run_get_node
+    from aiida.manage import get_manager
     from plumpy.ports import PortValidationError
 
     try:
-        return run_get_node(process_class, **inputs)[1]
+        if poll_interval is None:
+            return run_get_node(process_class, **inputs)[1]
+        # as run_get_node does (a runner of its own, no broker connection), with this poll interval
+        runner = get_manager().create_runner(communicator=None, poll_interval=poll_interval)
+        return runner.run_get_node(process_class, **inputs)[1]
     except ValueError as exc:  # plumpy raises ValueError(PortValidationError) for refused inputs
         if not (exc.args and isinstance(exc.args[0], PortValidationError)):
             raise

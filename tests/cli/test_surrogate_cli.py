@@ -143,11 +143,25 @@ def test_pretrained_model_is_uploaded_once(shipped_checkpoint):
 
 
 @needs_model_program
-def test_predict_table_with_the_shipped_model(shipped_checkpoint, structure_files):
+def test_predict_table_with_the_shipped_model(shipped_checkpoint, structure_files, monkeypatch):
+    from aiida.manage.manager import Manager
+
+    from aiida_hpcai.cli.surrogate import PREDICT_POLL_INTERVAL
+
+    create_runner, poll_intervals = Manager.create_runner, []
+
+    def recording(self, *args, **kwargs):
+        runner = create_runner(self, *args, **kwargs)
+        poll_intervals.append(runner._poll_interval)
+        return runner
+
+    monkeypatch.setattr(Manager, 'create_runner', recording)
     paths, _ = structure_files
     result = CliRunner().invoke(cli, ['predict', str(paths[0]), '--target', 'heat_ref', '--threshold', '0'])
     assert result.exit_code == 0, result.output
     assert 'first.cif' in result.stdout and '0 of 1 confident, 1 need DFT' in result.stdout
+    # the WorkChains check their children every PREDICT_POLL_INTERVAL, not every runner.poll.interval of the profile
+    assert poll_intervals == [PREDICT_POLL_INTERVAL]
 
 
 def test_predict_refuses_a_node_that_is_not_a_model(aiida_code_installed, structure_files):
