@@ -366,6 +366,51 @@ def summarize(runs: dict) -> tuple[dict, dict]:
     return results, targets
 
 
+def profile_settings(aiida_path: pathlib.Path) -> dict:
+    """The profile's storage and broker and the ``localhost`` computer the calls ran on."""
+    os.environ['AIIDA_PATH'] = str(aiida_path)
+    from aiida import load_profile, orm
+
+    profile = load_profile()
+    computer = orm.load_computer('localhost')
+    return {
+        'storage': profile.storage_backend,
+        'broker': profile.process_control_backend,
+        'minimum_job_poll_interval': computer.get_minimum_job_poll_interval(),
+        'transport': computer.get_configuration(),
+        'scheduler': computer.scheduler_type,
+        'transport_type': computer.transport_type,
+    }
+
+
+def measure_partial(args) -> dict:
+    """The runs a measurement stopped before its end completed (its scratch folder's ``runs.json``), filed as
+    :func:`measure` files them; the setup's time was not kept."""
+    from aiida_hpcai.models.datasets import read_structure_files
+    from aiida_hpcai.models.evaluation import run_record
+
+    scratch = args.partial
+    runs = {int(count): rows for count, rows in json.loads((scratch / 'runs.json').read_text()).items()}
+    env = child_environment(scratch / 'aiida', args.source_tree)
+    results, targets = summarize(runs)
+    return {
+        'source_tree': package_location(env),
+        'source_commit': args.source_commit,
+        'setup_seconds': None,
+        'localhost': profile_settings(scratch / 'aiida'),
+        'inputs_mean_atoms': {
+            str(count): float(read_structure_files([scratch / f'test_{count}.extxyz']).arrays.natoms.mean())
+            for count in runs
+        },
+        'results': results,
+        'targets_met': targets,
+        'counts_measured': sorted(runs),
+        'repeats': {str(count): len(rows) for count, rows in runs.items()},
+        'stopped_early': f'filed from {scratch}/runs.json with --partial: the runs completed when it was stopped',
+        'run': run_record(aiida_path=str(scratch / 'aiida')),
+    }
+
+
 def measure(args) -> dict:
     from aiida_hpcai.models.evaluation import git_commit, run_record
 
@@ -380,19 +425,7 @@ def measure(args) -> dict:
 
     setup_seconds = make_embedded_profile(env, scratch)
 
-    os.environ['AIIDA_PATH'] = str(aiida_path)
-    from aiida import load_profile, orm
-
-    profile = load_profile()
-    computer = orm.load_computer('localhost')
-    settings = {
-        'storage': profile.storage_backend,
-        'broker': profile.process_control_backend,
-        'minimum_job_poll_interval': computer.get_minimum_job_poll_interval(),
-        'transport': computer.get_configuration(),
-        'scheduler': computer.scheduler_type,
-        'transport_type': computer.transport_type,
-    }
+    settings = profile_settings(aiida_path)
 
     runs = {count: [] for count in counts}
     for repeat in range(args.repeats):
@@ -450,6 +483,12 @@ def main():
     parser.add_argument('--counts', type=int, nargs='+', default=list(COUNTS), help='structures per call (12 1500)')
     parser.add_argument('--output', type=pathlib.Path, default=None)
     parser.add_argument(
+        '--partial',
+        type=pathlib.Path,
+        default=None,
+        help='file the completed runs of a measurement stopped before its end (its scratch folder, hpcai-fixed-cost-*)',
+    )
+    parser.add_argument(
         '--merge', type=pathlib.Path, nargs='+', default=None, help='file the phases of these result files instead'
     )
     args = parser.parse_args()
@@ -478,7 +517,7 @@ def main():
         for path in args.merge:
             payload.setdefault('phases', {}).update(json.loads(path.read_text())['phases'])
     else:
-        payload.setdefault('phases', {})[args.phase] = measure(args)
+        payload.setdefault('phases', {})[args.phase] = measure_partial(args) if args.partial else measure(args)
     output.write_text(json.dumps(payload, indent=2) + '\n')
     print(f'wrote {output}')
 
