@@ -53,8 +53,11 @@ PRETRAINED_FILES = {
     # EquiCSP generators, by training set (see pretrained/README.md)
     'equicsp_mp20': 'equicsp_mp20.pt',
     'equicsp_perov_5': 'equicsp_perov_5.pt',
+    # match discriminators, by the generator and training set of their samples
+    'discriminator_mp20': 'discriminator_mp20.pt',
 }
 DEFAULT_GENERATOR = 'equicsp_mp20'  # sampled when no generator is named: any composition of MP's elements
+DEFAULT_DISCRIMINATOR = 'discriminator_mp20'  # trained on samples of DEFAULT_GENERATOR
 # Physical lower bounds of targets: a band gap is never negative (about 40% of mp_cgcnn's are exactly 0)
 LOWER_BOUNDS = {'band_gap': 0.0}
 REQUIRED_KEYS = ('format_version', 'architecture', 'hyperparameters', 'members')

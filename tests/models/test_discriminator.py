@@ -301,3 +301,19 @@ def test_release_ships_a_discriminator_with_the_record_of_its_samples(trained, t
     for name in ('reliability', 'learning_curve'):
         assert (tmp_path / 'figures' / f'{key}_{name}.png').read_bytes().startswith(b'\x89PNG')
         assert record['figures'][name].endswith(f'{key}_{name}.png')
+
+
+def test_the_shipped_discriminator_gives_probabilities_invariant_to_the_order_of_the_atoms():
+    from aiida_hpcai.models.checkpoint import DEFAULT_DISCRIMINATOR, pretrained_path, pretrained_record
+
+    checkpoint = load_checkpoint(pretrained_path(DEFAULT_DISCRIMINATOR))
+    record = pretrained_record(DEFAULT_DISCRIMINATOR)
+    assert checkpoint['architecture'] == 'discriminator' and checkpoint['temperature'] == record['temperature']
+    predictor = DiscriminatorPredictor([checkpoint])
+    structure = rocksalt(4.2, ('Mg', 'O'))
+    structure.perturb(0.1, min_distance=0.05)
+    order = np.random.default_rng(2).permutation(len(structure))
+    permuted = Structure(structure.lattice, [structure.species[i] for i in order], structure.frac_coords[order])
+    result = predictor.predict(from_pymatgen([structure, permuted, caesium_chloride(2.6, ('Mg', 'O'))]))
+    assert np.all((result['mean'] >= 0.0) & (result['mean'] <= 1.0))
+    assert result['mean'][0] == pytest.approx(result['mean'][1], abs=1e-6)
