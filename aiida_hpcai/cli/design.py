@@ -70,6 +70,19 @@ def _plan(request: str, planner: str, dft_budget: int | None, as_json: bool):
     '--sigma-threshold', type=POSITIVE_FLOAT, default=None, help="Accept predictions up to this sigma (the model's)."
 )
 @click.option(
+    '--discriminator',
+    metavar='shipped|PK_OR_UUID',
+    default=None,
+    help="A match discriminator: accept a generated structure's prediction only when its match probability is at "
+    "least --discriminator-threshold. 'shipped': the one trained on samples of the shipped generator.",
+)
+@click.option(
+    '--discriminator-threshold',
+    type=click.FloatRange(0, 1),
+    default=None,
+    help='Smallest match probability of an accepted prediction (0.5).',
+)
+@click.option(
     '--candidates',
     metavar='FILE_OR_PK',
     default=None,
@@ -105,6 +118,8 @@ def design(
     model,
     surrogate_models,
     sigma_threshold,
+    discriminator,
+    discriminator_threshold,
     candidates,
     n_samples,
     iterations,
@@ -168,6 +183,12 @@ def design(
         inputs['screening'] = orm.Dict(screening)
     if sigma_threshold is not None:
         inputs['sigma_threshold'] = orm.Float(sigma_threshold)
+    if discriminator_threshold is not None and discriminator is None:
+        raise click.UsageError('--discriminator-threshold needs --discriminator')
+    if discriminator is not None:
+        inputs['discriminator'] = _discriminator(discriminator)
+        if discriminator_threshold is not None:
+            inputs['discriminator_threshold'] = orm.Float(discriminator_threshold)
     if fine_tune_epochs is not None:
         inputs['fine_tune'] = orm.Dict({'epochs': fine_tune_epochs})
     if goal.dft_budget > 0 or dft_code_label is not None:
@@ -215,6 +236,27 @@ def design(
     if not node.is_finished_ok:
         echo.echo_error(f'hpcai.coordinate<{node.pk}> [{node.exit_status}]: {node.exit_message}')
         raise click.exceptions.Exit(1)
+
+
+def _discriminator(value: str):
+    """The ModelData of ``--discriminator``: ``shipped`` (the one shipped for the default generator), or a pk/uuid of
+    a match discriminator; a usage error otherwise."""
+    from aiida_hpcai.data.model import ModelData
+    from aiida_hpcai.models.checkpoint import DEFAULT_DISCRIMINATOR
+    from aiida_hpcai.models.discriminator import ARCHITECTURE
+
+    if value == 'shipped':
+        try:
+            return ModelData.pretrained(DEFAULT_DISCRIMINATOR)
+        except (KeyError, FileNotFoundError, ValueError) as exc:
+            raise click.UsageError(f'no match discriminator is shipped ({exc}); pass --discriminator PK') from exc
+    node = load_node_of(value, ModelData, '--discriminator')
+    if node.architecture != ARCHITECTURE:
+        raise click.BadParameter(
+            f'ModelData<{node.pk}> is a {node.architecture!r} model, not a match discriminator',
+            param_hint='--discriminator',
+        )
+    return node
 
 
 def _generator(model, has_candidates: bool):

@@ -52,6 +52,12 @@ def _loops() -> int:
             ['--dft-code', 'nowhere@nothing'],
         ),  # fmt: skip
         ((REQUEST, '--dft-budget', -1), 2, ['--dft-budget']),
+        ((REQUEST, '--discriminator-threshold', 0.7), 2, ['--discriminator-threshold needs --discriminator']),
+        (
+            (REQUEST, '--model', 'GENERATOR', '--surrogate-model', 'MODEL', '--discriminator', 'MODEL'),
+            2,
+            ['--discriminator', 'not a match discriminator'],
+        ),
         ((REQUEST, '--submit', '--output', '.'), 2, ['--output writes the results']),
         (
             ('oxides within 0.1 eV/atom of the hull', '--model', 'GENERATOR', '--surrogate-model', 'MODEL'),
@@ -128,3 +134,29 @@ def test_candidates_without_a_generator(code, property_model, imported_set, tmp_
     rows = {row['source']: row for row in payload['rows']}
     assert rows['database']['node_pk'] == imported_set.pk
     assert rows['ai']['id'] == 'i1-MgO-CsCl.cif' and rows['ai']['spacegroup'] == 221 and rows['ai']['value'] < 0
+
+
+def test_design_with_the_shipped_discriminator(code, property_model, tmp_path, no_shipped_generator):  # noqa: F811
+    """--discriminator shipped: the loop scores its candidates with the shipped match discriminator."""
+    from pymatgen.core import Lattice, Structure
+
+    from aiida_hpcai.data.model import ModelData
+    from aiida_hpcai.models.checkpoint import DEFAULT_DISCRIMINATOR, pretrained_path, sha256_file
+
+    cif = tmp_path / 'MgO-CsCl.cif'
+    Structure(Lattice.cubic(3.1), ['Mg', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(filename=str(cif))
+    result = _invoke(
+        'up to 3 MgO structures with a negative formation energy, no DFT', '--candidates', cif,
+        '--surrogate-model', property_model.pk, '--sigma-threshold', 10, '--code', code.full_label,
+        '--discriminator', 'shipped', '--discriminator-threshold', 0.0, '--json',
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    node = orm.load_node(json.loads(result.stdout)['process_pk'])
+    shipped = node.inputs.discriminator
+    assert shipped.uuid == ModelData.pretrained(DEFAULT_DISCRIMINATOR).uuid and shipped.architecture == 'discriminator'
+    assert shipped.sha256 == sha256_file(pretrained_path(DEFAULT_DISCRIMINATOR))
+    assert node.inputs.discriminator_threshold.value == 0.0
+    (entry,) = node.outputs.decision_log['iterations']
+    job = orm.load_node(entry['discriminator_pk'])
+    assert job.is_finished_ok and 0.0 <= job.outputs.predictions.get_array('mean')[0] <= 1.0
+    assert entry['accepted'][0]['match_probability'] == pytest.approx(job.outputs.predictions.get_array('mean')[0])
