@@ -150,7 +150,13 @@ def package_location(env: dict) -> str:
     """Where the children import aiida_hpcai from (the source tree of the phase)."""
     code = 'import aiida_hpcai, pathlib; print(pathlib.Path(aiida_hpcai.__file__).parent.parent)'
     return subprocess.run(
-        [sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True
+        # not from here: `-c` puts the working directory (a checkout) before PYTHONPATH
+        [sys.executable, '-c', code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.sep,
     ).stdout.strip()
 
 
