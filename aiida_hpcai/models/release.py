@@ -573,6 +573,33 @@ def recalibrate(args) -> dict:
     return record
 
 
+def _require_shipped_name(key: str) -> None:
+    from .checkpoint import PRETRAINED_FILES
+
+    if key not in PRETRAINED_FILES:
+        raise SystemExit(f'no shipped file is named for {key!r}; known: {", ".join(sorted(PRETRAINED_FILES))}')
+
+
+def _record_head(destination: pathlib.Path, sha: str, checkpoint: dict, metrics: dict) -> dict:
+    """What every shipped record begins with: the file, its digest and what the model is."""
+    return {
+        'file': destination.name,
+        'sha256': sha,
+        'architecture': checkpoint['architecture'],
+        'target': checkpoint.get('target'),
+        'units': checkpoint.get('units'),
+        'n_members': len(checkpoint['members']),
+        'n_parameters_per_member': metrics['n_parameters'],
+        'hyperparameters': checkpoint['hyperparameters'],
+    }
+
+
+def _write_record(record: dict, folder: pathlib.Path, destination: pathlib.Path) -> dict:
+    destination.with_suffix('.json').write_text(json.dumps(record, indent=2))
+    print(f'shipped {folder / MODEL_FILE} as {destination} (sha256 {record["sha256"]})')
+    return record
+
+
 def ship(args) -> dict:
     """Save a finished run's checkpoint into ``args.destination`` (the package's ``pretrained/`` by
     default) as the pretrained model of its target, with the record beside it (``<file>.json``:
@@ -594,14 +621,7 @@ def ship(args) -> dict:
     sha = save_checkpoint(checkpoint, destination)
     split_dir = checkpoint['dataset'].get('split_dir', portable_path(SPLIT_DIR))
     record = {
-        'file': destination.name,
-        'sha256': sha,
-        'architecture': checkpoint['architecture'],
-        'target': checkpoint['target'],
-        'units': checkpoint['units'],
-        'n_members': len(checkpoint['members']),
-        'n_parameters_per_member': metrics['n_parameters'],
-        'hyperparameters': checkpoint['hyperparameters'],
+        **_record_head(destination, sha, checkpoint, metrics),
         'dataset': {
             'name': 'mp_cgcnn',
             'source': DATASET_SOURCE,
@@ -623,9 +643,7 @@ def ship(args) -> dict:
         'shipped': {'commit': git_commit(), 'command': args.invocation},
         'history': metrics['history'],
     }
-    destination.with_suffix('.json').write_text(json.dumps(record, indent=2))
-    print(f'shipped {folder / MODEL_FILE} as {destination} (sha256 {sha})')
-    return record
+    return _write_record(record, folder, destination)
 
 
 def _ship_generator(args, folder: pathlib.Path, checkpoint: dict, metrics: dict) -> dict:
@@ -634,20 +652,14 @@ def _ship_generator(args, folder: pathlib.Path, checkpoint: dict, metrics: dict)
     from .checkpoint import PRETRAINED_DIR, PRETRAINED_FILES, save_checkpoint
 
     key = f'{GENERATOR_ARCHITECTURE}_{checkpoint["dataset"].get("name")}'
-    if key not in PRETRAINED_FILES:
-        raise SystemExit(f'no shipped file is named for {key!r}; known: {", ".join(sorted(PRETRAINED_FILES))}')
+    _require_shipped_name(key)
     destination = pathlib.Path(args.destination or PRETRAINED_DIR) / PRETRAINED_FILES[key]
     sha = save_checkpoint(checkpoint, destination)
     history = metrics['history'][0]
     record = {
-        'file': destination.name,
-        'sha256': sha,
-        'architecture': checkpoint['architecture'],
+        **_record_head(destination, sha, checkpoint, metrics),
         'target': None,
         'units': None,
-        'n_members': len(checkpoint['members']),
-        'n_parameters_per_member': metrics['n_parameters'],
-        'hyperparameters': checkpoint['hyperparameters'],
         'elements': checkpoint['elements'],
         'max_atoms': checkpoint['max_atoms'],
         'modes': checkpoint['modes'],
@@ -664,9 +676,7 @@ def _ship_generator(args, folder: pathlib.Path, checkpoint: dict, metrics: dict)
         'shipped': {'commit': git_commit(), 'command': args.invocation},
         'history': history,
     }
-    destination.with_suffix('.json').write_text(json.dumps(record, indent=2))
-    print(f'shipped {folder / MODEL_FILE} as {destination} (sha256 {sha})')
-    return record
+    return _write_record(record, folder, destination)
 
 
 def _ship_discriminator(args, folder: pathlib.Path, checkpoint: dict, metrics: dict) -> dict:
@@ -681,8 +691,7 @@ def _ship_discriminator(args, folder: pathlib.Path, checkpoint: dict, metrics: d
     from .contract import LEARNING_CURVE_FIGURE
 
     key = f'{DISCRIMINATOR_ARCHITECTURE}_{checkpoint["dataset"].get("name")}'
-    if key not in PRETRAINED_FILES:
-        raise SystemExit(f'no shipped file is named for {key!r}; known: {", ".join(sorted(PRETRAINED_FILES))}')
+    _require_shipped_name(key)
     if not args.data_record:
         raise SystemExit('a discriminator ships with the record of its samples: give --data-record (<data>.npz.json)')
     samples = json.loads(pathlib.Path(args.data_record).read_text())
@@ -696,14 +705,7 @@ def _ship_discriminator(args, folder: pathlib.Path, checkpoint: dict, metrics: d
             shutil.copyfile(folder / figure, target)
             figures[name] = portable_path(target)
     record = {
-        'file': destination.name,
-        'sha256': sha,
-        'architecture': checkpoint['architecture'],
-        'target': checkpoint['target'],
-        'units': checkpoint['units'],
-        'n_members': len(checkpoint['members']),
-        'n_parameters_per_member': metrics['n_parameters'],
-        'hyperparameters': checkpoint['hyperparameters'],
+        **_record_head(destination, sha, checkpoint, metrics),
         'temperature': checkpoint['temperature'],
         'samples': samples,
         'dataset': checkpoint['dataset'],
@@ -725,9 +727,7 @@ def _ship_discriminator(args, folder: pathlib.Path, checkpoint: dict, metrics: d
         'shipped': {'commit': git_commit(), 'command': args.invocation},
         'history': metrics['history'],
     }
-    destination.with_suffix('.json').write_text(json.dumps(record, indent=2))
-    print(f'shipped {folder / MODEL_FILE} as {destination} (sha256 {sha})')
-    return record
+    return _write_record(record, folder, destination)
 
 
 def export_npz(args) -> None:

@@ -8,7 +8,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from aiida_hpcai.models import release
-from aiida_hpcai.models.checkpoint import load_checkpoint
+from aiida_hpcai.models.checkpoint import PRETRAINED_FILES, load_checkpoint, sha256_file
 from aiida_hpcai.models.contract import METADATA_FILE, MODEL_FILE
 from aiida_hpcai.models.evaluation import csp_dataset
 from tests.samples import cif_of
@@ -68,6 +68,14 @@ def test_train_equicsp_on_a_tiny_perov_5(perov_dir, tmp_path, capsys):
     assert metadata['architecture'] == 'equicsp' and metadata['sha256']
     assert metadata['dataset']['name'] == 'perov_5' and metadata['dataset']['n_structures']['test'] == 3
     assert metadata['modes'] == ['csp', 'abinitio']  # --modes both by default
+
+    # shipped under its dataset's key, with a record of the file and no target
+    record = release.main(['ship', '--run', str(out), '--training-device', 'tiny test', '--trained-with', 'train-equicsp',
+                           '--destination', str(tmp_path / 'pretrained')])  # fmt: skip
+    shipped = tmp_path / 'pretrained' / PRETRAINED_FILES['equicsp_perov_5']
+    assert json.loads(shipped.with_suffix('.json').read_text()) == record
+    assert record['sha256'] == sha256_file(shipped) and record['architecture'] == 'equicsp'
+    assert record['target'] is None and record['modes'] == ['csp', 'abinitio'] and record['training']['epochs'] == 2
 
 
 def test_train_equicsp_refuses_an_unknown_dataset(tmp_path, capsys):
