@@ -234,7 +234,10 @@ def test_uncertain_candidate_goes_to_dft_within_the_budget(dft_run):
         assert entry['sent_to_dft'] == []
         assert all(item['not_sent'] == 'DFT budget spent' for item in entry['not_sent_to_dft'])
 
-    rows = [row for row in results['table']['rows'] if row['source'] == 'dft']
+    # DFT results of earlier modules' runs in the shared profile may be look-up hits (iteration 0): the loop's own
+    # DFT result is the one of iteration 1
+    dft_rows = [row for row in results['table']['rows'] if row['source'] == 'dft']
+    rows = [row for row in dft_rows if row['iteration'] >= 1]
     assert len(rows) == 1
     row = rows[0]
     child = orm.load_node(row['node_pk'])
@@ -242,7 +245,7 @@ def test_uncertain_candidate_goes_to_dft_within_the_budget(dft_run):
     assert row['value'] == pytest.approx(child.outputs.formation_energy_per_atom.value)
     # simple-cubic Si lies above diamond Si (the reference) and within the goal's bounds
     assert 0.05 <= row['value'] <= 1 and row['spacegroup'] == 221
-    assert results['table']['counts']['dft'] == 1 and results['table']['counts']['ai'] == 0
+    assert results['table']['counts']['dft'] == len(dft_rows) and results['table']['counts']['ai'] == 0
     _png_ok(results['plot'])
 
     # the DFT result refreshed the acceptance rule, against the prediction that sent it to DFT
