@@ -48,6 +48,7 @@ from ..models.plots import _pyplot
 from ..screening import filters
 from ..screening.calcfunctions import screen_structure_set
 from .dft_batch import LABELS, DftBatchWorkChain
+from .launch_once import LaunchesOnce
 from .structures import select_structures
 from .surrogate import SurrogateWorkChain, default_sigma_threshold
 
@@ -424,7 +425,7 @@ def validate_inputs(inputs, ctx):
 # ---------------------------------------------------------------------------------------------- the WorkChain
 
 
-class CoordinateWorkChain(WorkChain):
+class CoordinateWorkChain(LaunchesOnce, WorkChain):
     """Look up, generate, predict, send the uncertain to DFT and fine-tune on the results, until the Goal is met."""
 
     @classmethod

@@ -24,6 +24,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 from ..engines import get_engine
 from ..engines import references as refs
 from ..engines.base import failure_cause, merge_overrides
+from .launch_once import LaunchesOnce
 
 
 def validate_inputs(inputs, _):
@@ -150,7 +151,7 @@ def compute_formation_energy(structure: orm.StructureData, energy_per_atom: orm.
     return orm.Float(energy_per_atom.value - reference_sum / natoms)
 
 
-class DftWorkChain(WorkChain):
+class DftWorkChain(LaunchesOnce, WorkChain):
     """Relax a structure, run a static SCF and compute its formation energy, with the engine given as input."""
 
     @classmethod

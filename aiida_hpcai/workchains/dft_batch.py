@@ -31,6 +31,7 @@ from ..engines import get_engine
 from ..engines import references as refs
 from ..screening.calcfunctions import set_fingerprint
 from .dft import DftWorkChain, reference_identity, reference_inputs
+from .launch_once import LaunchesOnce
 
 #: Output name of ``hpcai.dft`` -> label of the relaxed ``StructureSet``.
 LABELS = {
@@ -126,7 +127,7 @@ def plan_references(
     return references, needs
 
 
-class DftBatchWorkChain(WorkChain):
+class DftBatchWorkChain(LaunchesOnce, WorkChain):
     """Relax and compute every structure of a ``StructureSet`` with ``hpcai.dft``, references computed once."""
 
     @classmethod

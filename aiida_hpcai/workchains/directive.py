@@ -33,6 +33,7 @@ from ..models.structure_io import concatenate
 from ..screening import filters, plots
 from ..screening.calcfunctions import screen_structure_set
 from .dft_batch import LABELS, DftBatchWorkChain
+from .launch_once import LaunchesOnce
 from .surrogate import PREDICTED_MEAN, PREDICTED_SIGMA, SurrogateWorkChain
 
 __all__ = ('DirectiveWorkChain', 'directive_report', 'merge_batches', 'rank_structures')
@@ -192,7 +193,7 @@ def validate_inputs(inputs, ctx):
     return None
 
 
-class DirectiveWorkChain(WorkChain):
+class DirectiveWorkChain(LaunchesOnce, WorkChain):
     """Generate crystals in batches, screen them, rank the valid ones with a surrogate and run DFT on the best."""
 
     @classmethod

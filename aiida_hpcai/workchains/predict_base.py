@@ -24,6 +24,7 @@ from aiida_hpcai.calculations.predict import PredictCalculation
 from aiida_hpcai.data.model import ModelData
 from aiida_hpcai.data.structure_set import StructureSet
 from aiida_hpcai.models import contract
+from aiida_hpcai.workchains.launch_once import LaunchesOnce
 
 __all__ = ('PredictBaseWorkChain',)
 
@@ -46,7 +47,7 @@ def validate_min_batch_size(node, _):
     return None
 
 
-class PredictBaseWorkChain(BaseRestartWorkChain):
+class PredictBaseWorkChain(LaunchesOnce, BaseRestartWorkChain):
     """Run ``hpcai.predict`` on a StructureSet; retry with a smaller batch when the program runs out of memory."""
 
     _process_class = PredictCalculation

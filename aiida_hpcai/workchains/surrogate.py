@@ -20,6 +20,7 @@ from aiida_hpcai.calculations.predict import PredictCalculation
 from aiida_hpcai.data.model import ModelData
 from aiida_hpcai.data.structure_set import StructureSet
 
+from .launch_once import LaunchesOnce
 from .predict_base import PredictBaseWorkChain
 from .structures import invalid_link_labels, link_label, structures_from_nodes
 
@@ -120,7 +121,7 @@ def validate_inputs(inputs, ctx):
     return None
 
 
-class SurrogateWorkChain(WorkChain):
+class SurrogateWorkChain(LaunchesOnce, WorkChain):
     """Predict a property for many structures with an ML ensemble and flag those that need DFT."""
 
     @classmethod
