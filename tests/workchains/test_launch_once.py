@@ -5,10 +5,13 @@ second run of a step is made on purpose: the step launches its children, forgets
 killed before the next checkpoint leaves behind: the context of the last checkpoint) and runs its body again.
 """
 
+from importlib.metadata import entry_points
+
 import pytest
 from aiida import orm
 from aiida.common.links import LinkType
 from aiida.engine import ToContext, WorkChain, run_get_node
+from aiida.plugins import WorkflowFactory
 
 from aiida_hpcai.workchains.launch_once import LAUNCHED, LaunchesOnce, orphaned_child
 
@@ -94,3 +97,10 @@ def test_orphaned_child_matches_label_and_process_type_and_skips_known(aiida_pro
     assert orphaned_child(parent, 'scf', relax, []) is None  # another process type under that label
     assert orphaned_child(parent, 'rela_', relax, []) is None  # the label is matched exactly, not as a pattern
     assert orphaned_child(parent, 'missing', relax, []) is None
+
+
+@pytest.mark.parametrize(
+    'name', sorted(entry.name for entry in entry_points(group='aiida.workflows') if entry.name.startswith('hpcai.'))
+)
+def test_every_workchain_of_the_plugin_launches_once(name):
+    assert issubclass(WorkflowFactory(name), LaunchesOnce)
