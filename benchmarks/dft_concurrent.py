@@ -28,7 +28,9 @@ need at most 50 Ry and whose references are cheap (``CHEAP_ELEMENTS``), smallest
     python benchmarks/dft_concurrent.py --count 4 --output /tmp/dft4.json          # check the machinery
     nohup python benchmarks/dft_concurrent.py > /work/notes/load_dft.log 2>&1 &   # 50 on each target
 
-Writes benchmarks/results/dft_concurrent.json (or ``--output``), rewritten every minute while it runs.
+Writes benchmarks/results/dft_concurrent.json (or ``--output``), rewritten every minute while it runs;
+``--resume`` keeps the targets that finished there (each with its own date and commit) and runs the others in a
+new profile, which then computes the references again (recorded with that target).
 """
 
 from __future__ import annotations
@@ -344,6 +346,9 @@ def main(argv=None) -> None:
     )
     parser.add_argument('--keep', action='store_true', help='keep the profile and its AIIDA_PATH (printed)')
     parser.add_argument('--output', type=pathlib.Path, default=RESULTS_FILE)
+    parser.add_argument(
+        '--resume', action='store_true', help='keep the targets finished in --output (same structures); run the others'
+    )
     args = parser.parse_args(argv)
 
     structures = select_structures(args.data_dir, args.count, args.max_atoms)
@@ -359,6 +364,11 @@ def main(argv=None) -> None:
         'mpi_processes_per_job': 1,
         'targets': {},
     }
+    previous = json.loads(args.output.read_text()) if args.resume and args.output.exists() else {}
+    if previous.get('structures') == result['structures']:
+        for target, record in previous['targets'].items():
+            if 'checks' in record:  # finished; its own run record (date, commit) stays with it
+                result['targets'][target] = {**record, 'run': record.get('run', previous.get('run'))}
     load_before = os.getloadavg()
 
     def save():
@@ -375,12 +385,13 @@ def main(argv=None) -> None:
         info = make_profile(f'hpcai-dft-load-{secrets.token_hex(3)}', args.workers)
         result['aiida'] = {key: value for key, value in info.items() if key != 'storage_config'}
         save()
-        for target in args.targets:
+        for target in [target for target in args.targets if target not in result['targets']]:
             print(f'{target}: started {time.strftime("%H:%M:%S")}, load {os.getloadavg()}', file=sys.stderr, flush=True)
             record = result['targets'].setdefault(target, {})
             run_target(target, structures, args, record, save)
+            record['run'] = run_record(load_before=tuple(record['load_average_before']))
             print(f'{target}: {json.dumps({k: v for k, v in record.items() if k != "runs"})}', file=sys.stderr)
-        result['complete'] = True
+        result['complete'] = set(result['targets']) == set(TARGETS)
         save()
     finally:
         if info is not None and not args.keep:
