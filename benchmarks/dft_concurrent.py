@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import os
 import pathlib
 import platform
@@ -201,7 +202,11 @@ def run_target(target: str, structures, args, record: dict, save) -> None:
     from aiida_hpcai.workchains.dft_batch import plan_references
 
     code = orm.load_code('pw@localhost' if target == 'direct' else 'pw@slurm')
-    options = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 1}, 'max_wallclock_seconds': 3600}
+    # core.direct starts all N jobs at once and they time-share the cores, so a job's wall time grows with N:
+    # with 1 h, 9 of 50 relaxations ran out of it (each pw.x had about 1/25 of a core) and aiida-quantumespresso's
+    # restart of a run stopped inside its first SCF ended with "charge is wrong" (531). Slurm queues instead.
+    hours = math.ceil(len(structures) / (os.cpu_count() or 1)) if target == 'direct' else 1
+    options = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 1}, 'max_wallclock_seconds': 3600 * hours}
     if target == 'slurm':
         options['queue_name'] = 'debug'
     workdir = code.computer.get_workdir().split('{')[0]
