@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
         '--final-only',
         action='store_true',
         help='ablation: restrict only the final types (the projection at every step switched off); '
-        'records the runs under "final-only elements ..." only',
+        'records its runs under "ablation_final_only" of --output, beside the main runs',
     )
     parser.add_argument('--output', type=pathlib.Path, default=RESULTS_FILE)
     args = parser.parse_args(argv)
@@ -138,6 +138,12 @@ def main(argv=None) -> dict:
         'runs': runs,
         'wall_seconds': time.time() - started,
     }
+    # the ablation is filed inside the figure's one result file, with its own run record; each run keeps the other
+    previous = json.loads(args.output.read_text()) if args.output.exists() else {}
+    if args.final_only:
+        record = {**previous, 'ablation_final_only': record}
+    elif 'ablation_final_only' in previous:
+        record['ablation_final_only'] = previous['ablation_final_only']
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2) + '\n')
     print(json.dumps(runs, indent=2))
