@@ -369,3 +369,11 @@ class EngineAdapter(abc.ABC):
         The default says no; adapters override it with their engine's exit statuses.
         """
         return False
+
+    def failed_restarting_after_walltime(self, node) -> bool:
+        """Return whether the failed process ``node`` ended because the engine's restart of a calculation stopped at
+        its wall time failed, where a run from scratch would not (``hpcai.dft`` then runs the step once more).
+
+        The default says no; adapters override it where their engine's restart is known to fail that way.
+        """
+        return False

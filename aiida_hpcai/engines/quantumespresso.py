@@ -191,3 +191,21 @@ class QuantumEspressoEngine(EngineAdapter):
         }
         last = last_calculation(node)
         return last is not None and last.exit_status in unconverged
+
+    def failed_restarting_after_walltime(self, node) -> bool:
+        """Whether the last pw.x run of ``node`` stopped with 'charge is wrong' (531) on restarting a run that had
+        stopped at its wall time (400).
+
+        PwBaseWorkChain's walltime handler always restarts in full (``restart_mode='restart'``); when pw.x was
+        stopped inside the first SCF of a relaxation, the restart can read no consistent charge density and stops
+        with 531 (9 of 50 relaxations in benchmarks/dft_concurrent.py with 50 pw.x on 2 cores). A run from
+        scratch does not depend on the stopped run's files.
+        """
+        from aiida_quantumespresso.calculations.pw import PwCalculation
+
+        last = last_calculation(node)
+        if last is None or last.exit_status != PwCalculation.exit_codes.ERROR_CHARGE_IS_WRONG.status:
+            return False
+        parent_folder = getattr(last.inputs, 'parent_folder', None)
+        stopped = parent_folder.creator if parent_folder is not None else None
+        return stopped is not None and stopped.exit_status == PwCalculation.exit_codes.ERROR_OUT_OF_WALLTIME.status

@@ -223,10 +223,10 @@ class DftWorkChain(LaunchesOnce, WorkChain):
             cls.check_structure,
             if_(cls.should_standardize)(cls.standardize),
             cls.run_relax,
-            while_(cls.relax_lost_to_daemon_fault)(cls.run_relax),
+            while_(cls.relax_to_run_again)(cls.run_relax),
             cls.inspect_relax,
             cls.run_scf,
-            while_(cls.scf_lost_to_daemon_fault)(cls.run_scf),
+            while_(cls.scf_to_run_again)(cls.run_scf),
             cls.inspect_scf,
             if_(cls.should_compute_formation_energy)(
                 while_(cls.has_references_to_compute)(
@@ -391,24 +391,32 @@ class DftWorkChain(LaunchesOnce, WorkChain):
         self.report(f'launched relaxation {node.process_label}<{node.pk}>')
         return ToContext(relax=node)
 
-    def relax_lost_to_daemon_fault(self):
-        return self._rerun_after_daemon_fault(self.ctx.relax, 'relax')
+    def relax_to_run_again(self):
+        return self._run_again(self.ctx.relax, 'relax')
 
-    def scf_lost_to_daemon_fault(self):
-        return self._rerun_after_daemon_fault(self.ctx.scf, 'scf')
+    def scf_to_run_again(self):
+        return self._run_again(self.ctx.scf, 'scf')
 
-    def _rerun_after_daemon_fault(self, node, step: str) -> bool:
-        """Run ``step`` once more when its WorkChain failed only because a daemon fault cost one of its CalcJobs an
-        output (:func:`lost_to_a_daemon_fault`): the calculation itself was fine, and its result is needed."""
+    def _run_again(self, node, step: str) -> bool:
+        """Run ``step`` once more, from scratch, when its WorkChain failed for a cause outside the calculation:
+
+        * a daemon fault cost one of its CalcJobs an output (:func:`lost_to_a_daemon_fault`): the calculation itself
+          was fine, and its result is needed;
+        * the engine's restart of a run stopped at its wall time failed (the adapter's
+          ``failed_restarting_after_walltime``): a run from scratch does not read the stopped run's files.
+        """
         reruns = dict(self.ctx.get('reruns', {}))
-        if reruns.get(step, 0) >= 1 or not lost_to_a_daemon_fault(node):
+        if reruns.get(step, 0) >= 1:
+            return False
+        if lost_to_a_daemon_fault(node):
+            cause = 'a CalcJob lost its remote_folder output to a daemon worker killed in the middle of it'
+        elif self.engine.failed_restarting_after_walltime(node):
+            cause = f'its restart of a calculation stopped at the wall time failed ({failure_cause(node)})'
+        else:
             return False
         reruns[step] = reruns.get(step, 0) + 1
         self.ctx.reruns = reruns
-        self.report(
-            f'{node.process_label}<{node.pk}> failed because a CalcJob lost its remote_folder output to a daemon '
-            f'worker killed in the middle of it; running the {step} again'
-        )
+        self.report(f'{node.process_label}<{node.pk}> failed because {cause}; running the {step} again from scratch')
         return True
 
     def inspect_relax(self):

@@ -176,3 +176,53 @@ def test_magnetic_elements_start_spin_polarized(sssp_family, pw_code):
     # An explicit empty mapping turns spin polarization off.
     parameters = engine.get_scf_builder(_structure('Fe'), pw_code, protocol, magnetic_moments={}).pw.parameters
     assert 'nspin' not in parameters.get_dict()['SYSTEM']
+
+
+def test_failed_restart_after_walltime_is_recognised(aiida_localhost):
+    """The provenance that ``hpcai.dft`` runs a step again from scratch for (seen 9 times in 50 in
+    benchmarks/dft_concurrent.py): pw.x stopped at its wall time (400), and the full restart from that run's folder
+    stopped with 'charge is wrong' (531). Not a 531 without a stopped parent, nor a restart that failed otherwise."""
+    from aiida.common.links import LinkType
+    from aiida.engine import ProcessState
+    from aiida_quantumespresso.calculations.pw import PwCalculation
+
+    out_of_walltime = PwCalculation.exit_codes.ERROR_OUT_OF_WALLTIME.status
+    charge_is_wrong = PwCalculation.exit_codes.ERROR_CHARGE_IS_WRONG.status
+
+    def base_workchain(*exit_statuses, parents=None):
+        """A failed PwBaseWorkChain whose pw.x runs ended with ``exit_statuses``; run ``i`` restarts from the folder
+        of run ``parents[i]`` (default: each from the one before; ``None``: from scratch)."""
+        parents = parents if parents is not None else [None, *range(len(exit_statuses) - 1)]
+        workflow = orm.WorkflowNode()
+        workflow.set_process_state(ProcessState.FINISHED)
+        workflow.set_exit_status(402)
+        workflow.store()
+        folders = []
+        for iteration, (exit_status, parent) in enumerate(zip(exit_statuses, parents)):
+            calculation = orm.CalcJobNode(computer=aiida_localhost)
+            calculation.set_process_state(ProcessState.FINISHED)
+            calculation.set_exit_status(exit_status)
+            calculation.base.links.add_incoming(workflow, LinkType.CALL_CALC, f'iteration_{iteration + 1:02d}')
+            if parent is not None:
+                calculation.base.links.add_incoming(folders[parent], LinkType.INPUT_CALC, 'parent_folder')
+            calculation.store()
+            folder = orm.RemoteData(computer=aiida_localhost, remote_path='/tmp')
+            folder.base.links.add_incoming(calculation, LinkType.CREATE, 'remote_folder')
+            folders.append(folder.store())
+        return workflow
+
+    engine = QuantumEspressoEngine()
+    assert engine.failed_restarting_after_walltime(base_workchain(out_of_walltime, charge_is_wrong))
+    # PwBaseWorkChain runs an unhandled failure once more with the same inputs: both restarts from the stopped run.
+    assert engine.failed_restarting_after_walltime(
+        base_workchain(out_of_walltime, charge_is_wrong, charge_is_wrong, parents=[None, 0, 0])
+    )
+    assert not engine.failed_restarting_after_walltime(base_workchain(charge_is_wrong))
+    assert not engine.failed_restarting_after_walltime(base_workchain(out_of_walltime, 305))
+    assert not engine.failed_restarting_after_walltime(base_workchain(410, charge_is_wrong))
+    assert not engine.failed_restarting_after_walltime(
+        base_workchain(out_of_walltime, charge_is_wrong, parents=[None, None])
+    )
+    assert not engine.failed_restarting_after_walltime(orm.WorkflowNode().store())
+    # Engines that do not know such a failure say no.
+    assert not get_engine('vasp').failed_restarting_after_walltime(base_workchain(out_of_walltime, charge_is_wrong))
