@@ -28,7 +28,8 @@ Structures: the ``mp_cgcnn`` test split, then val, then train (as ``surrogate_ov
     nohup python benchmarks/surrogate_load.py > /work/notes/load_surrogate.log 2>&1 &   # 100,000
 
 Writes benchmarks/results/surrogate_load.json (or ``--output``) after every phase; ``--resume`` keeps the
-phases already there (same count and options) and runs the others.
+phases already there (same count and options) and runs the others; each phase records when it started and
+finished (UTC), so a phase run again alone (its entry removed, then ``--resume --phases NAME``) says so.
 """
 
 from __future__ import annotations
@@ -386,10 +387,12 @@ def main(argv=None) -> None:
                 print(f'{phase}: kept from {args.output}', file=sys.stderr)
                 continue
             print(f'{phase}: started {time.strftime("%H:%M:%S")}, load {os.getloadavg()}', file=sys.stderr, flush=True)
+            started = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
             if phase == 'bare':
                 phases[phase] = bare_phase(arrays, checkpoint, args)
             else:
                 phases[phase] = run_child(phase, arrays_file, checkpoint, scratch, argv)
+            phases[phase] |= {'started': started, 'finished': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
             print(f'{phase}: {json.dumps(phases[phase])}', file=sys.stderr, flush=True)
             write(result, args, load_before, torch.__version__, complete=False)
     finally:
