@@ -196,10 +196,10 @@ class QuantumEspressoEngine(EngineAdapter):
         """Whether the last pw.x run of ``node`` stopped with 'charge is wrong' (531) on restarting a run that had
         stopped at its wall time (400).
 
-        PwBaseWorkChain's walltime handler always restarts in full (``restart_mode='restart'``); when pw.x was
-        stopped inside the first SCF of a relaxation, the restart can read no consistent charge density and stops
-        with 531 (9 of 50 relaxations in benchmarks/dft_concurrent.py with 50 pw.x on 2 cores). A run from
-        scratch does not depend on the stopped run's files.
+        PwBaseWorkChain's walltime handler always restarts in full (``restart_mode='restart'``). Restarts of pw.x
+        stopped inside the first SCF of a relaxation ended 531 in 9 of 50 relaxations of
+        benchmarks/dft_concurrent.py (50 pw.x on 2 cores); the trigger is not pinned down (such restarts made by
+        hand worked). A run from scratch does not read the stopped run's files.
         """
         from aiida_quantumespresso.calculations.pw import PwCalculation
 
