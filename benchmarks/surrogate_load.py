@@ -387,18 +387,22 @@ def main(argv=None) -> None:
                 print(f'{phase}: kept from {args.output}', file=sys.stderr)
                 continue
             print(f'{phase}: started {time.strftime("%H:%M:%S")}, load {os.getloadavg()}', file=sys.stderr, flush=True)
-            started = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+            started = utc_timestamp()
             if phase == 'bare':
                 phases[phase] = bare_phase(arrays, checkpoint, args)
             else:
                 phases[phase] = run_child(phase, arrays_file, checkpoint, scratch, argv)
-            phases[phase] |= {'started': started, 'finished': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
+            phases[phase] |= {'started': started, 'finished': utc_timestamp()}
             print(f'{phase}: {json.dumps(phases[phase])}', file=sys.stderr, flush=True)
             write(result, args, load_before, torch.__version__, complete=False)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     write(result, args, load_before, torch.__version__, complete=all(p in result['phases'] for p in PHASES))
     print(json.dumps(result.get('summary', {}), indent=2))
+
+
+def utc_timestamp() -> str:
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
 
 
 def run_child(phase: str, arrays_file, checkpoint, scratch: pathlib.Path, argv) -> dict:

@@ -1,4 +1,5 @@
-"""Small structures and data sets that several test modules build (plain functions, not fixtures)."""
+"""Small structures, data sets and provenance records that several test modules build (plain functions, not
+fixtures)."""
 
 import numpy as np
 from pymatgen.core import Lattice, Structure
@@ -61,3 +62,33 @@ TINY = {
     'progress': False,
     'patience': 50,
 }
+
+
+def engine_workchain(computer, exit_status: int, runs):
+    """A stored, finished engine WorkChain node (as PwBaseWorkChain leaves it) with one CalcJob per entry of
+    ``runs``: ``(exit status, index of the earlier run whose remote_folder it restarts from or None, whether it
+    has a remote_folder output)``."""
+    from aiida import orm
+    from aiida.common.links import LinkType
+    from aiida.engine import ProcessState
+
+    workflow = orm.WorkflowNode()
+    workflow.set_process_state(ProcessState.FINISHED)
+    workflow.set_exit_status(exit_status)
+    workflow.store()
+    folders = []
+    for iteration, (calc_exit_status, parent, has_remote_folder) in enumerate(runs, start=1):
+        calculation = orm.CalcJobNode(computer=computer)
+        calculation.set_process_state(ProcessState.FINISHED)
+        calculation.set_exit_status(calc_exit_status)
+        calculation.base.links.add_incoming(workflow, LinkType.CALL_CALC, f'iteration_{iteration:02d}')
+        if parent is not None:
+            calculation.base.links.add_incoming(folders[parent], LinkType.INPUT_CALC, 'parent_folder')
+        calculation.store()
+        folder = None
+        if has_remote_folder:
+            folder = orm.RemoteData(computer=computer, remote_path='/tmp')
+            folder.base.links.add_incoming(calculation, LinkType.CREATE, 'remote_folder')
+            folder.store()
+        folders.append(folder)
+    return workflow

@@ -8,6 +8,7 @@ from aiida_hpcai.engines import get_engine
 from aiida_hpcai.engines.base import band_gap_from_eigenvalues, merge_overrides, protocol_digest
 from aiida_hpcai.engines.quantumespresso import QuantumEspressoEngine
 from tests.conftest import PSEUDO_FAMILY
+from tests.samples import engine_workchain
 
 
 def _structure(formula: str) -> orm.StructureData:
@@ -182,8 +183,6 @@ def test_failed_restart_after_walltime_is_recognised(aiida_localhost):
     """The provenance that ``hpcai.dft`` runs a step again from scratch for (seen 9 times in 50 in
     benchmarks/dft_concurrent.py): pw.x stopped at its wall time (400), and the full restart from that run's folder
     stopped with 'charge is wrong' (531). Not a 531 without a stopped parent, nor a restart that failed otherwise."""
-    from aiida.common.links import LinkType
-    from aiida.engine import ProcessState
     from aiida_quantumespresso.calculations.pw import PwCalculation
 
     out_of_walltime = PwCalculation.exit_codes.ERROR_OUT_OF_WALLTIME.status
@@ -193,23 +192,9 @@ def test_failed_restart_after_walltime_is_recognised(aiida_localhost):
         """A failed PwBaseWorkChain whose pw.x runs ended with ``exit_statuses``; run ``i`` restarts from the folder
         of run ``parents[i]`` (default: each from the one before; ``None``: from scratch)."""
         parents = parents if parents is not None else [None, *range(len(exit_statuses) - 1)]
-        workflow = orm.WorkflowNode()
-        workflow.set_process_state(ProcessState.FINISHED)
-        workflow.set_exit_status(402)
-        workflow.store()
-        folders = []
-        for iteration, (exit_status, parent) in enumerate(zip(exit_statuses, parents)):
-            calculation = orm.CalcJobNode(computer=aiida_localhost)
-            calculation.set_process_state(ProcessState.FINISHED)
-            calculation.set_exit_status(exit_status)
-            calculation.base.links.add_incoming(workflow, LinkType.CALL_CALC, f'iteration_{iteration + 1:02d}')
-            if parent is not None:
-                calculation.base.links.add_incoming(folders[parent], LinkType.INPUT_CALC, 'parent_folder')
-            calculation.store()
-            folder = orm.RemoteData(computer=aiida_localhost, remote_path='/tmp')
-            folder.base.links.add_incoming(calculation, LinkType.CREATE, 'remote_folder')
-            folders.append(folder.store())
-        return workflow
+        return engine_workchain(
+            aiida_localhost, 402, [(status, parent, True) for status, parent in zip(exit_statuses, parents)]
+        )
 
     engine = QuantumEspressoEngine()
     assert engine.failed_restarting_after_walltime(base_workchain(out_of_walltime, charge_is_wrong))

@@ -25,6 +25,7 @@ from aiida.engine import submit
 from aiida_hpcai.data.structure_set import StructureSet
 from aiida_hpcai.engines import references as refs
 from aiida_hpcai.workchains.coordinate import CoordinateWorkChain
+from tests.samples import engine_workchain
 from tests.scaleout.conftest import DAEMON_WORKERS, add_vhost, stop_daemon, wait_for
 from tests.scaleout.test_daemon import pw_code  # noqa: F401 -- fixture
 from tests.workchains.test_coordinate import (  # noqa: F401 -- fixtures: tiny EquiCSP, tiny Crysformer
@@ -465,26 +466,10 @@ def test_lost_output_is_recognised(local_computer):
     """The failure ``hpcai.dft`` runs a step again for (seen once in test_worker_killed_during_dft_batch, whose kill
     lands in that window only by chance): a failed engine WorkChain whose CalcJob finished ok without
     ``remote_folder``; not a CalcJob that failed, nor one with its outputs."""
-    from aiida.common.links import LinkType
-    from aiida.engine import ProcessState
-
     from aiida_hpcai.workchains.dft import lost_to_a_daemon_fault
 
     def base(exit_status, calc_exit_status, remote_folder):
-        workflow = orm.WorkflowNode()
-        workflow.set_process_state(ProcessState.FINISHED)
-        workflow.set_exit_status(exit_status)
-        workflow.store()
-        calculation = orm.CalcJobNode(computer=local_computer)
-        calculation.set_process_state(ProcessState.FINISHED)
-        calculation.set_exit_status(calc_exit_status)
-        calculation.base.links.add_incoming(workflow, LinkType.CALL_CALC, 'iteration_01')
-        calculation.store()
-        if remote_folder:
-            remote = orm.RemoteData(computer=local_computer, remote_path='/tmp')
-            remote.base.links.add_incoming(calculation, LinkType.CREATE, 'remote_folder')
-            remote.store()
-        return workflow
+        return engine_workchain(local_computer, exit_status, [(calc_exit_status, None, remote_folder)])
 
     assert lost_to_a_daemon_fault(base(11, 0, remote_folder=False))
     assert not lost_to_a_daemon_fault(base(402, 305, remote_folder=True))  # pw.x itself failed
