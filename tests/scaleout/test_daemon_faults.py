@@ -25,6 +25,7 @@ from aiida.engine import submit
 from aiida_hpcai.data.structure_set import StructureSet
 from aiida_hpcai.engines import references as refs
 from aiida_hpcai.workchains.coordinate import CoordinateWorkChain
+from tests.generate_helpers import OPTIONS
 from tests.samples import engine_workchain
 from tests.scaleout.conftest import DAEMON_WORKERS, add_vhost, stop_daemon, wait_for
 from tests.scaleout.test_daemon import pw_code  # noqa: F401 -- fixture
@@ -128,6 +129,14 @@ def verdi(daemon, *arguments, timeout=300) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
+
+
+def terminated_why(node, daemon) -> str:
+    """What a process that ended too early said: its state, exit status and report, and the daemon log's tail."""
+    from aiida.cmdline.utils.common import get_workchain_report
+
+    log = pathlib.Path(daemon.daemon_log_file).read_text()[-3000:]
+    return f'{node.process_state} {node.exit_status} {node.exit_message}\n{get_workchain_report(node, "REPORT")}\n{log}'
 
 
 def called(node, link_type=LinkType.CALL_WORK) -> dict[str, list]:
@@ -365,7 +374,7 @@ GENERATE = 'aiida.calculations:hpcai.generate'
 ITERATIONS = 3
 
 
-def test_coordinate_survives_a_daemon_restart(user_daemon, code, generator, property_model):  # noqa: F811
+def test_coordinate_survives_a_daemon_restart(user_daemon, code, generator, property_model, tmp_path):  # noqa: F811
     """``verdi daemon stop`` while the generate job of iteration 2 runs, the daemon left stopped longer than a test
     profile's queue would survive, ``verdi daemon start 2``: the loop goes on from its checkpoint to the iteration cap,
     its decision log numbered 1..n, one generate job per iteration (the one running at the stop kept its job id),
@@ -388,12 +397,19 @@ def test_coordinate_survives_a_daemon_restart(user_daemon, code, generator, prop
         # are mostly one structure, some P1): the report drops duplicates and P1 among the results, and says so
         screening=orm.Dict({**LOOSE, 'deduplicate': False, 'reject_p1': False, 'min_distance': None}),
     )
+    # The tiny generator takes a second or two: on a busy machine the job of iteration 2 ended before `verdi daemon
+    # stop` took effect. While `hold` exists a generate job first sleeps, so the stop lands while that job runs.
+    hold = tmp_path / 'hold'
+    inputs['generate']['metadata']['options'] = {**OPTIONS, 'prepend_text': f'if [ -e {hold} ]; then sleep 20; fi'}
     node = submit(CoordinateWorkChain, **inputs)
     start = time.monotonic()
     job = None
     while job is None:  # the generate job of iteration 2 running
         assert time.monotonic() - start < 300 and not node.is_terminated, node.process_state
-        jobs = called(node, LinkType.CALL_CALC).get('generate_2', [])
+        calcs = called(node, LinkType.CALL_CALC)
+        if not hold.exists() and any(job.is_terminated for job in calcs.get('generate_1', [])):
+            hold.touch()  # long before the job of iteration 2 starts: the surrogate of iteration 1 runs in between
+        jobs = calcs.get('generate_2', [])
         if jobs and jobs[0].get_job_id() and not jobs[0].is_terminated:
             job = jobs[0]
         time.sleep(0.2)
@@ -405,8 +421,9 @@ def test_coordinate_survives_a_daemon_restart(user_daemon, code, generator, prop
         assert time.monotonic() - stopped_at < 180, 'the daemon did not stop'
         time.sleep(0.5)
     print(f'\n`verdi daemon stop` at {stopped_at - start:.0f} s: {" ".join(stop.stdout.split())}')
-    assert not job.is_terminated and not node.is_terminated
+    assert not job.is_terminated and not node.is_terminated, terminated_why(node, daemon)
     time.sleep(12)  # a test profile's task queue would be gone now, with the loop's task
+    hold.unlink()  # the job of iteration 2 is in its sleep; that of iteration 3 runs at once
     assert verdi(daemon, 'daemon', 'start', str(DAEMON_WORKERS)).returncode == 0
     assert not set(workers(daemon)) & set(before)
 
