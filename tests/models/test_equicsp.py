@@ -25,7 +25,7 @@ from aiida_hpcai.models.diffusion import (
     wrapped_normal_score,
 )
 from aiida_hpcai.models.equicsp.generation import INVALID_REASONS, EquiCSPSampler, atom_counts, check_crystal
-from aiida_hpcai.models.equicsp.network import PRESETS, EquiCSPDenoiser
+from aiida_hpcai.models.equicsp.network import PRESETS, EquiCSPDenoiser, _mlp, edge_messages, full_edges
 from aiida_hpcai.models.equicsp.training import prepare, train_equicsp, validation_loss
 from aiida_hpcai.models.structure_io import read_npz, write_npz
 from tests.samples import synthetic_set
@@ -189,6 +189,16 @@ def test_denoiser_equivariant_to_lattice_axis_permutations(denoiser_inputs, axes
     permuted = dict(inputs, cells=inputs['cells'][:, axes], frac=inputs['frac'][:, axes])
     expected_lattice = torch.cat([lattice[:, :3][:, axes], lattice[:, 3:][:, axes]], 1)
     _assert_close(_run_denoiser(model, permuted), (expected_lattice, score[:, axes], types))
+
+
+def test_edge_messages_are_the_mlp_of_the_concatenated_edge_features():
+    """The per-atom projection is the same sum of products as the MLP on [h_receiver, h_sender, geometry]."""
+    torch.manual_seed(0)
+    mlp, h = _mlp(3 * 8, 8, 8), torch.randn(7, 8)
+    receivers, senders = full_edges(torch.tensor([3, 4]))
+    geometry = torch.randn(len(receivers), 8)
+    direct = mlp(torch.cat([h[receivers], h[senders], geometry], -1))
+    assert torch.allclose(edge_messages(mlp, h, geometry, receivers, senders), direct, atol=1e-6)
 
 
 def test_lattice_state_invariant_to_rotations():

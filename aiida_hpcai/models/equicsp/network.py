@@ -118,6 +118,21 @@ def full_edges(num_atoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return receivers, senders
 
 
+def edge_messages(mlp: nn.Sequential, h, geometry, receivers, senders):
+    """``mlp(cat[h[receivers], h[senders], geometry])`` for an ``_mlp`` of input ``3 H``, computed as
+    ``W_r h + W_s h`` per atom, gathered per edge, plus ``W_g geometry``: the same sum of products with
+    the receiver and sender parts done once per atom instead of once per edge (a crystal of n atoms has
+    n^2 edges), the costliest product of sampling."""
+    first = mlp[0]
+    receiver, sender, edge = first.weight.split(h.shape[-1], dim=1)  # contiguous copies are H x H: cheap
+    pre = (
+        torch.nn.functional.linear(h, receiver.contiguous())[receivers]
+        + torch.nn.functional.linear(h, sender.contiguous())[senders]
+        + torch.nn.functional.linear(geometry, edge.contiguous(), first.bias)
+    )
+    return mlp[1:](pre)
+
+
 class _Layer(nn.Module):
     def __init__(self, hidden: int):
         super().__init__()
@@ -127,7 +142,7 @@ class _Layer(nn.Module):
 
     def forward(self, h, geometry, receivers, senders):
         normed = self.norm(h)
-        messages = self.edge(torch.cat([normed[receivers], normed[senders], geometry], -1))
+        messages = edge_messages(self.edge, normed, geometry, receivers, senders)
         return h + self.node(torch.cat([normed, segment_mean(messages, receivers, len(h))], -1))
 
 
@@ -189,7 +204,7 @@ class EquiCSPDenoiser(nn.Module):
         for layer in self.layers:
             h = layer(h, geometry, receivers, senders)
         h = self.final_norm(h)
-        messages = self.out_edge(torch.cat([h[receivers], h[senders], geometry], -1))
+        messages = edge_messages(self.out_edge, h, geometry, receivers, senders)
 
         # per axis: the shared heads on that axis's tokens, gated by the (axis-free) edge messages
         score_edges = self.score_out(
