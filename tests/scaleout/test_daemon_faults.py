@@ -407,7 +407,7 @@ def test_coordinate_survives_a_daemon_restart(user_daemon, code, generator, prop
     while job is None:  # the generate job of iteration 2 running
         assert time.monotonic() - start < 300 and not node.is_terminated, node.process_state
         calcs = called(node, LinkType.CALL_CALC)
-        if not hold.exists() and any(job.is_terminated for job in calcs.get('generate_1', [])):
+        if not hold.exists() and any(calc.is_terminated for calc in calcs.get('generate_1', [])):
             hold.touch()  # long before the job of iteration 2 starts: the surrogate of iteration 1 runs in between
         jobs = calcs.get('generate_2', [])
         if jobs and jobs[0].get_job_id() and not jobs[0].is_terminated:
