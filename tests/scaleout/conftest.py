@@ -199,12 +199,17 @@ def tiny_model(model_code, training_set):
     return train_tiny_model(model_code, training_set).outputs.model
 
 
+def daemon_log_tail(daemon) -> str:
+    """The last 4,000 characters of the daemon's log: what a failure message shows of it."""
+    return pathlib.Path(daemon.daemon_log_file).read_text()[-4000:]
+
+
 def wait_for(node, timeout: float = 180, daemon=None):
     """Wait until ``node`` is terminated; on a timeout fail with its state and the daemon log's tail."""
     start = time.monotonic()
     while not node.is_terminated:
         if time.monotonic() - start > timeout:
-            log = pathlib.Path(daemon.daemon_log_file).read_text()[-4000:] if daemon else ''
+            log = daemon_log_tail(daemon) if daemon else ''
             pytest.fail(f'{node} not terminated after {timeout} s ({node.process_state}): {log}')
         time.sleep(0.5)
     return node

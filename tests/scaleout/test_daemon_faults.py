@@ -27,7 +27,7 @@ from aiida_hpcai.engines import references as refs
 from aiida_hpcai.workchains.coordinate import CoordinateWorkChain
 from tests.generate_helpers import OPTIONS
 from tests.samples import engine_workchain
-from tests.scaleout.conftest import DAEMON_WORKERS, add_vhost, stop_daemon, wait_for
+from tests.scaleout.conftest import DAEMON_WORKERS, add_vhost, daemon_log_tail, stop_daemon, wait_for
 from tests.scaleout.test_daemon import pw_code  # noqa: F401 -- fixture
 from tests.workchains.test_coordinate import (  # noqa: F401 -- fixtures: tiny EquiCSP, tiny Crysformer
     LOOSE,
@@ -82,8 +82,9 @@ def user_daemon(daemon, services_profile):
         # every worker subscribed to the task queue: it could declare the profile's exchanges and the queue
         deadline = time.monotonic() + 120
         while (consumers := queue_consumers(vhost, queue)) < DAEMON_WORKERS:
-            log = pathlib.Path(daemon.daemon_log_file).read_text()[-4000:]
-            assert time.monotonic() < deadline, f'{consumers} consumer(s) of {queue} after 120 s: {log}'
+            assert time.monotonic() < deadline, (
+                f'{consumers} consumer(s) of {queue} after 120 s: {daemon_log_tail(daemon)}'
+            )
             time.sleep(1)
 
     switch(False)
@@ -135,8 +136,8 @@ def terminated_why(node, daemon) -> str:
     """What a process that ended too early said: its state, exit status and report, and the daemon log's tail."""
     from aiida.cmdline.utils.common import get_workchain_report
 
-    log = pathlib.Path(daemon.daemon_log_file).read_text()[-3000:]
-    return f'{node.process_state} {node.exit_status} {node.exit_message}\n{get_workchain_report(node, "REPORT")}\n{log}'
+    report = get_workchain_report(node, 'REPORT')
+    return f'{node.process_state} {node.exit_status} {node.exit_message}\n{report}\n{daemon_log_tail(daemon)}'
 
 
 def called(node, link_type=LinkType.CALL_WORK) -> dict[str, list]:
