@@ -63,6 +63,13 @@ MAX_CONCURRENT = OverridableOption(
 )
 @click.option('--max-wallclock-seconds', type=POSITIVE_INT, default=None, help='Wall-time limit of each calculation.')
 @click.option('--no-formation-energy', is_flag=True, help='Skip the elemental references and the formation energy.')
+@click.option(
+    '--energy-correction',
+    type=click.Choice(['mp2020', 'none']),
+    default='mp2020',
+    show_default=True,
+    help="Anion corrections added to the formation energy: Materials Project's (the surrogate's scale) or none.",
+)
 @click.option('--no-standardize', is_flag=True, help='Keep the cell as given instead of its standard primitive cell.')
 @click.option('--submit', is_flag=True, help='Submit to the daemon and return at once, instead of running here.')
 @decorators.with_dbenv()
@@ -75,6 +82,7 @@ def dft(
     num_mpiprocs,
     max_wallclock_seconds,
     no_formation_energy,
+    energy_correction,
     no_standardize,
     submit,
 ):
@@ -104,6 +112,7 @@ def dft(
         'protocol': orm.Str(protocol),
         'options': orm.Dict(options),
         'compute_formation_energy': orm.Bool(not no_formation_energy),
+        'energy_correction': orm.Str(energy_correction),
         'standardize': orm.Bool(not no_standardize),
         'metadata': {'label': f'{structure.composition.reduced_formula} {file.name}'},
     }
@@ -176,12 +185,19 @@ def _print_results(node, structure):
         ('total energy (eV)', 'total_energy', '{:.5f}'),
         ('energy per atom (eV/atom)', 'energy_per_atom', '{:.5f}'),
         ('formation energy (eV/atom)', 'formation_energy_per_atom', '{:.4f}'),
+        ('formation energy, raw GGA (eV/atom)', 'formation_energy_per_atom_uncorrected', '{:.4f}'),
         ('band gap (eV)', 'band_gap', '{:.3f}'),
         ('total magnetization (μB/cell)', 'total_magnetization', '{:.3f}'),
     ]
     for title, name, form in rows:
         if name in outputs:
             table.add_row(title, form.format(outputs[name].value))
+    if 'energy_corrections' in outputs:
+        corrections = outputs.energy_corrections.get_dict()
+        for item in corrections['adjustments']:
+            table.add_row(f'  {item["name"]} (eV/atom)', f'{item["per_atom"]:.4f}')
+        if corrections['gga_u_elements']:
+            table.add_row('  not on MP scale: MP uses +U for', ', '.join(corrections['gga_u_elements']))
     computed = table.row_count
     if 'relaxed_structure' in outputs:
         relaxed = outputs.relaxed_structure

@@ -24,6 +24,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 from ..engines import get_engine
 from ..engines import references as refs
 from ..engines.base import failure_cause, merge_overrides
+from ..engines.corrections import SCHEMES, anion_corrections
 from .launch_once import LaunchesOnce
 
 
@@ -37,6 +38,11 @@ def validate_inputs(inputs, _):
         engine.load_protocol(inputs['protocol'].value, overrides)
     except (ValueError, ImportError) as exception:
         return str(exception)
+
+
+def _energy_correction(value, _):
+    if value.value not in SCHEMES:
+        return f'energy_correction {value.value!r}: choose one of {", ".join(SCHEMES)}'
 
 
 def validate_structure(structure, _):
@@ -143,12 +149,24 @@ def collect_scf_result(engine: orm.Str, identity: orm.Dict, **nodes) -> dict:
 
 
 @calcfunction
-def compute_formation_energy(structure: orm.StructureData, energy_per_atom: orm.Float, **reference_energies):
-    """Formation energy per atom (eV): ``(E - sum_i n_i mu_i) / N`` with ``mu_i`` the references per atom."""
+def compute_formation_energy(
+    structure: orm.StructureData, energy_per_atom: orm.Float, energy_correction: orm.Str, **reference_energies
+):
+    """Formation energy per atom (eV): ``(E - sum_i n_i mu_i) / N`` with ``mu_i`` the references per atom.
+
+    Returns it raw (``formation_energy_per_atom_uncorrected``) and with the anion corrections of
+    ``energy_correction`` added (``formation_energy_per_atom``; ``energy_corrections`` says which).
+    """
     composition = collections.Counter(structure.get_kind(site.kind_name).symbol for site in structure.sites)
     natoms = sum(composition.values())
     reference_sum = sum(count * reference_energies[element].value for element, count in composition.items())
-    return orm.Float(energy_per_atom.value - reference_sum / natoms)
+    raw = energy_per_atom.value - reference_sum / natoms
+    record = anion_corrections(structure.get_pymatgen_structure(), energy_correction.value)
+    return {
+        'formation_energy_per_atom': orm.Float(raw + record['per_atom']),
+        'formation_energy_per_atom_uncorrected': orm.Float(raw),
+        'energy_corrections': orm.Dict(record),
+    }
 
 
 class DftWorkChain(LaunchesOnce, WorkChain):
@@ -216,6 +234,14 @@ class DftWorkChain(LaunchesOnce, WorkChain):
             default=lambda: orm.Bool(True),
             help='Compute the formation energy from elemental references (computed once per identity).',
         )
+        spec.input(
+            'energy_correction',
+            valid_type=orm.Str,
+            default=lambda: orm.Str('mp2020'),
+            validator=_energy_correction,
+            help="Anion corrections added to the formation energy: 'mp2020' (Materials Project's, the scale the "
+            "surrogate learns) or 'none' (raw GGA). The raw value is always an output too.",
+        )
         spec.inputs.validator = validate_inputs
 
         spec.outline(
@@ -244,7 +270,21 @@ class DftWorkChain(LaunchesOnce, WorkChain):
             'formation_energy_per_atom',
             valid_type=orm.Float,
             required=False,
-            help='Formation energy per atom (eV/atom) from elemental references of the same identity.',
+            help='Formation energy per atom (eV/atom) from elemental references of the same identity, with the '
+            'anion corrections of `energy_correction`.',
+        )
+        spec.output(
+            'formation_energy_per_atom_uncorrected',
+            valid_type=orm.Float,
+            required=False,
+            help='The same without corrections (raw GGA, eV/atom).',
+        )
+        spec.output(
+            'energy_corrections',
+            valid_type=orm.Dict,
+            required=False,
+            help='The corrections added (scheme, adjustments in eV/atom, and the elements MP would run with +U, '
+            "for which the corrected value is still not on MP's scale).",
         )
         spec.output(
             'band_gap',
@@ -498,14 +538,22 @@ class DftWorkChain(LaunchesOnce, WorkChain):
         return None
 
     def compute_formation_energy(self):
-        formation_energy = compute_formation_energy(
+        results = compute_formation_energy(
             structure=self.ctx.relaxed_structure,
             energy_per_atom=self.ctx.energy_per_atom,
+            energy_correction=self.inputs.energy_correction,
             metadata={'call_link_label': 'compute_formation_energy'},
             **self.ctx.reference_energies,
         )
-        self.out('formation_energy_per_atom', formation_energy)
-        self.report(f'formation energy {formation_energy.value:.4f} eV/atom')
+        self.out_many(results)
+        corrections = results['energy_corrections'].get_dict()
+        message = f'formation energy {results["formation_energy_per_atom"].value:.4f} eV/atom'
+        if corrections['adjustments']:
+            names = ', '.join(item['name'] for item in corrections['adjustments'])
+            message += f' (raw {results["formation_energy_per_atom_uncorrected"].value:.4f}; {names})'
+        if corrections['gga_u_elements']:
+            message += f'; MP runs {", ".join(corrections["gga_u_elements"])} here with +U, so not on its scale'
+        self.report(message)
         if 'own_reference' in self.ctx:
             # Found by later WorkChains once this one has finished ok (the look-up asks for exit status 0).
             refs.tag_reference(self.node, self.ctx.own_reference, self.ctx.reference_identity)

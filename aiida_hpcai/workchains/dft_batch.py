@@ -37,6 +37,7 @@ from .launch_once import LaunchesOnce
 LABELS = {
     'energy_per_atom': 'energy_per_atom',
     'formation_energy_per_atom': 'formation_energy_per_atom',
+    'formation_energy_per_atom_uncorrected': 'formation_energy_per_atom_uncorrected',
     'band_gap': 'band_gap',
 }
 
@@ -161,7 +162,8 @@ class DftBatchWorkChain(LaunchesOnce, WorkChain):
             valid_type=StructureSet,
             required=False,
             help='The relaxed structures that succeeded, with their input ids and the labels energy_per_atom, '
-            'formation_energy_per_atom and band_gap (eV/atom, eV/atom, eV; NaN where a child did not compute it).',
+            'formation_energy_per_atom (with the anion corrections of `dft.energy_correction`), '
+            'formation_energy_per_atom_uncorrected and band_gap (eV/atom, eV; NaN where a child did not compute it).',
         )
         spec.output(
             'results',

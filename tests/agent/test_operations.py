@@ -221,3 +221,10 @@ def test_generate_samples_a_composition(aiida_profile, tmp_path_factory):
         operations.generate(predictor.pk, composition='MgS', code=CODE)
     with pytest.raises(operations.OperationError, match='count'):
         operations.generate(model.pk, count=0, code=CODE)
+
+
+def test_look_up_reads_formation_energies_on_mp_scale_only():
+    """A Goal's formation energy is on MP's scale: hpcai.dft results without MP's anion corrections don't count."""
+    assert operations._on_mp_scale({'energy_corrections': {'scheme': 'mp2020'}})
+    assert not operations._on_mp_scale({'energy_corrections': {'scheme': 'none'}})
+    assert not operations._on_mp_scale({})  # made before hpcai.dft had the corrections

@@ -380,6 +380,16 @@ def test_inputs_are_refused(code, generator, property_model, change, message):
         run_get_node(CoordinateWorkChain, **inputs)
 
 
+def test_raw_dft_formation_energies_are_refused(code, generator, property_model):
+    # The surrogate learned MP's corrected formation energies; raw GGA would judge and fine-tune it off scale.
+    inputs = _inputs(code, generator, property_model, {'composition': 'MgO', 'dft_budget': 1})
+    inputs['dft_batch'] = {
+        'dft': {'engine': orm.Str('quantumespresso'), 'code': code, 'energy_correction': orm.Str('none')}
+    }
+    with pytest.raises(ValueError, match="energy_correction 'none' puts DFT on another scale"):
+        run_get_node(CoordinateWorkChain, **inputs)
+
+
 # -- ab initio generation restricted to the Goal's elements ------------------------------------------------------
 def test_chemsys_goal_generates_within_its_elements(code, generator, property_model):
     # a count the look-up cannot fill: Li-O entries that earlier test modules stored would otherwise end the loop

@@ -153,10 +153,16 @@ def test_mgo_formation_energy(mgo_run, dataset):
     results, node = mgo_run
     assert node.is_finished_ok, node.exit_message
     formation_energy = results['formation_energy_per_atom'].value
+    raw = results['formation_energy_per_atom_uncorrected'].value
     dataset_value = dataset['mp-1265'][0]
-    assert formation_energy < 0
-    # Raw PBE against MP's corrected value (O2 overbinding correction; see docs/source/dft.md).
-    assert abs(formation_energy - dataset_value) < 0.6
+    assert raw < 0
+    # MP's value carries its oxide correction (-0.687 eV per O): raw PBE sits about 0.35 eV/atom above it,
+    # the corrected value within our `fast` settings' scatter of it (see docs/source/dft.md).
+    assert results['energy_corrections']['adjustments'] == [
+        {'name': 'MP2020 anion correction (oxide)', 'per_atom': pytest.approx(-0.687 / 2)}
+    ]
+    assert formation_energy == pytest.approx(raw - 0.687 / 2)
+    assert abs(formation_energy - dataset_value) < 0.15 < abs(raw - dataset_value)
     assert results['band_gap'].value > 3.0
     references = {child.base.extras.get(refs.REFERENCE_EXTRA)['element'] for child in _reference_children(node)}
     assert references == {'Mg', 'O'}
@@ -187,7 +193,7 @@ def test_second_workchain_reuses_references(mgo_run, mgo_second_run):
         return {
             link.link_label: link.node.pk
             for link in calcfunction.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()
-            if link.link_label not in ('structure', 'energy_per_atom')
+            if link.link_label not in ('structure', 'energy_per_atom', 'energy_correction')
         }
 
     # The very same reference energy nodes feed both formation energies.

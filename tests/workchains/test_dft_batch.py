@@ -74,7 +74,12 @@ def test_batch_results_and_failures(batch_run):
 
     relaxed = results['relaxed_structures']
     assert relaxed.ids == ['Si#0', 'Si#1']
-    assert set(relaxed.label_names) == {'energy_per_atom', 'formation_energy_per_atom', 'band_gap'}
+    assert set(relaxed.label_names) == {
+        'energy_per_atom',
+        'formation_energy_per_atom',
+        'formation_energy_per_atom_uncorrected',
+        'band_gap',
+    }
     for index, identifier in enumerate(relaxed.ids):
         child = orm.load_node(rows[identifier]['process'])
         assert relaxed.get_label('energy_per_atom')[index] == child.outputs.energy_per_atom.value
