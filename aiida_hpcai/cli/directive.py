@@ -74,6 +74,12 @@ from .surrogate import DEFAULT_TARGET, _load_code, _process_reports_to_stderr, _
 @click.option(
     '--top-k', type=NON_NEGATIVE_INT, default=0, show_default=True, help='DFT on this many best ranked; 0: no DFT.'
 )
+@click.option(
+    '--dft-max-atoms',
+    type=POSITIVE_INT,
+    default=None,
+    help='Only cells of at most this many atoms go to DFT (the ranking passes over larger ones).',
+)
 @ENGINE()
 @DFT_PROTOCOL()
 @DFT_CODE()
@@ -104,6 +110,7 @@ def directive(
     no_surrogate,
     rank_by,
     top_k,
+    dft_max_atoms,
     engine,
     protocol,
     dft_code_label,
@@ -176,6 +183,8 @@ def directive(
         inputs['dft_batch'] = {'dft': dft}
         if max_concurrent:
             inputs['dft_batch']['max_concurrent'] = orm.Int(max_concurrent)
+        if dft_max_atoms:
+            inputs['dft_max_atoms'] = orm.Int(dft_max_atoms)
 
     if submit:
         _submit(DirectiveWorkChain, inputs, 'hpcai.directive', as_json)

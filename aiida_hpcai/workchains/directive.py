@@ -55,13 +55,17 @@ def merge_batches(**batches: StructureSet) -> StructureSet:
 
 @calcfunction
 def rank_structures(
-    structures: StructureSet, top_k: orm.Int, rank_by: orm.Str, predictions: orm.ArrayData | None = None
+    structures: StructureSet,
+    top_k: orm.Int,
+    rank_by: orm.Str,
+    predictions: orm.ArrayData | None = None,
+    max_atoms: orm.Int | None = None,
 ) -> StructureSet:
     """The ``top_k`` structures of ``structures`` with the lowest (or highest) predicted mean, best first.
 
     ``predictions``: ``hpcai.surrogate``'s ``classified_predictions`` (aligned with ``structures``); structures
-    it could not predict come last. Without predictions, the first ``top_k`` in order. The selection carries
-    the predicted mean and sigma as labels.
+    it could not predict come last. Without predictions, the first ``top_k`` in order. ``max_atoms``: larger
+    cells are passed over. The selection carries the predicted mean and sigma as labels.
     """
     count = len(structures)
     if predictions is None:
@@ -73,6 +77,9 @@ def rank_structures(
         order = sorted(
             range(count), key=lambda i: (not np.isfinite(mean[i]), sign * mean[i] if np.isfinite(mean[i]) else 0)
         )
+    if max_atoms is not None:
+        natoms = structures.arrays.natoms
+        order = [index for index in order if natoms[index] <= max_atoms.value]
     chosen = order[: top_k.value]
     arrays = structures.arrays.subset(chosen)
     arrays.labels[PREDICTED_MEAN] = np.asarray(mean, float)[chosen]
@@ -245,6 +252,13 @@ class DirectiveWorkChain(LaunchesOnce, WorkChain):
             default=lambda: orm.Int(0),
             validator=_not_negative,
             help='Run DFT on this many of the best ranked valid structures; 0: no DFT.',
+        )
+        spec.input(
+            'dft_max_atoms',
+            valid_type=orm.Int,
+            required=False,
+            validator=_positive,
+            help='Only cells of at most this many atoms go to DFT (the ranking passes over larger ones).',
         )
         spec.expose_inputs(
             DftBatchWorkChain,
@@ -449,9 +463,14 @@ class DirectiveWorkChain(LaunchesOnce, WorkChain):
 
     def run_dft(self):
         ranking = {'predictions': self.ctx.surrogate.outputs.classified_predictions} if self.should_rank() else {}
+        if 'dft_max_atoms' in self.inputs:
+            ranking['max_atoms'] = self.inputs.dft_max_atoms
         selected = rank_structures(self.ctx.valid_set, self.inputs.top_k, self.inputs.rank_by, **ranking)
         self.out('selected_structures', selected)
         self.ctx.report_nodes['selected'] = selected
+        if not len(selected):
+            self.report(f'no valid structure has at most {self.inputs.dft_max_atoms.value} atoms: no DFT')
+            return None
         inputs = self.exposed_inputs(DftBatchWorkChain, namespace='dft_batch')
         inputs['structures'] = selected
         inputs.setdefault('metadata', {})['call_link_label'] = 'dft_batch'
@@ -460,6 +479,8 @@ class DirectiveWorkChain(LaunchesOnce, WorkChain):
         return ToContext(dft_batch=node)
 
     def inspect_dft(self):
+        if 'dft_batch' not in self.ctx:
+            return None
         node = self.ctx.dft_batch
         self.out_many(self.exposed_outputs(node, DftBatchWorkChain, namespace='dft'))
         if not node.is_finished_ok:

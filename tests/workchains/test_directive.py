@@ -93,6 +93,22 @@ def test_rank_structures(aiida_profile, rank_by, expected):
     assert unranked.ids == structures.ids[:3] and np.isnan(unranked.get_label('predicted_mean')).all()
 
 
+def test_rank_structures_passes_over_cells_too_large_for_dft(aiida_profile):
+    from aiida_hpcai.workchains.directive import rank_structures
+
+    lattice = Lattice.cubic(4.0)
+    big = Structure(lattice, ['Li', 'Li', 'O', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0], [0, 0.5, 0.5]])
+    small = Structure(lattice, ['Mg', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    structures = StructureSet.from_pymatgen([big, small], ids=['b0-Li2O2#0', 'b0-MgO#0']).store()
+    predictions = orm.ArrayData()
+    predictions.set_array('mean', np.array([-3.0, -2.0]))  # the 4-atom cell ranks first
+    predictions.set_array('sigma', np.array([0.1, 0.1]))
+    selected = rank_structures(structures, orm.Int(2), orm.Str('lowest'), predictions=predictions, max_atoms=orm.Int(2))
+    assert selected.ids == ['b0-MgO#0']
+    none = rank_structures(structures, orm.Int(2), orm.Str('lowest'), predictions=predictions, max_atoms=orm.Int(1))
+    assert len(none) == 0
+
+
 def test_report_compares_surrogate_and_dft(aiida_profile):
     from aiida_hpcai.workchains.directive import directive_report
 
@@ -241,6 +257,18 @@ def test_directive_without_dft(code, generator, property_model):
     assert sorted(results['plots']) == ['atoms_per_cell', 'crystal_systems', 'elements', 'valid_rate']
     for picture in results['plots'].values():
         assert picture.get_content(mode='rb').startswith(PNG_MAGIC)
+
+
+def test_no_dft_when_every_valid_cell_is_larger_than_dft_max_atoms(code, generator):
+    # a DFT code that could run nothing: no hpcai.dft_batch may start
+    inputs = _inputs(code, generator, screening=orm.Dict(LOOSE), top_k=orm.Int(2), dft_max_atoms=orm.Int(1))
+    inputs['dft_batch'] = {'dft': {'engine': orm.Str('quantumespresso'), 'code': code, 'protocol': orm.Str('fast')}}
+    results, node = run_get_node(DirectiveWorkChain, **inputs)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    assert min(results['valid_structures'].arrays.natoms) > 1  # this seed's valid cells: none of one atom
+    assert len(results['selected_structures']) == 0 and 'dft' not in results
+    assert not [child for child in node.called if child.process_label == 'DftBatchWorkChain']
+    assert any('at most 1 atoms: no DFT' in entry.message for entry in orm.Log.collection.get_logs_for(node))
 
 
 def test_none_valid_is_an_exit_code_with_statistics(code, generator):
