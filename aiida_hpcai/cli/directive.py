@@ -224,7 +224,15 @@ def _dft_rows(node) -> list[dict]:
     """Per structure sent to DFT: id, status and the DFT values (from ``dft_batch``'s results)."""
     if 'dft' not in node.outputs:
         return []
-    fields = ('id', 'status', 'formation_energy_per_atom', 'band_gap', 'exit_status', 'exit_message')
+    fields = (
+        'id',
+        'status',
+        'formation_energy_per_atom',
+        'formation_energy_per_atom_uncorrected',
+        'band_gap',
+        'exit_status',
+        'exit_message',
+    )
     return [{key: row.get(key) for key in fields} for row in node.outputs.dft.results.get('structures', [])]
 
 

@@ -28,6 +28,8 @@ from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 
 from ..calculations.generate import GenerateCalculation
 from ..data.structure_set import StructureSet
+from ..engines import get_engine
+from ..engines import references as refs
 from ..models import contract
 from ..models.structure_io import concatenate
 from ..screening import filters, plots
@@ -36,7 +38,7 @@ from .dft_batch import LABELS, DftBatchWorkChain
 from .launch_once import LaunchesOnce
 from .surrogate import PREDICTED_MEAN, PREDICTED_SIGMA, SurrogateWorkChain
 
-__all__ = ('DirectiveWorkChain', 'directive_report', 'merge_batches', 'rank_structures')
+__all__ = ('DirectiveWorkChain', 'dft_cannot_run', 'directive_report', 'merge_batches', 'rank_structures')
 
 RANK_ORDERS = ('lowest', 'highest')
 
@@ -60,12 +62,14 @@ def rank_structures(
     rank_by: orm.Str,
     predictions: orm.ArrayData | None = None,
     max_atoms: orm.Int | None = None,
+    exclude: orm.List | None = None,
 ) -> StructureSet:
     """The ``top_k`` structures of ``structures`` with the lowest (or highest) predicted mean, best first.
 
     ``predictions``: ``hpcai.surrogate``'s ``classified_predictions`` (aligned with ``structures``); structures
-    it could not predict come last. Without predictions, the first ``top_k`` in order. ``max_atoms``: larger
-    cells are passed over. The selection carries the predicted mean and sigma as labels.
+    it could not predict come last. Without predictions, the first ``top_k`` in order. Passed over: cells of
+    more than ``max_atoms`` atoms and the ids in ``exclude``. The selection carries the predicted mean and sigma
+    as labels.
     """
     count = len(structures)
     if predictions is None:
@@ -80,11 +84,35 @@ def rank_structures(
     if max_atoms is not None:
         natoms = structures.arrays.natoms
         order = [index for index in order if natoms[index] <= max_atoms.value]
+    if exclude is not None:
+        excluded, ids = set(exclude.get_list()), structures.ids
+        order = [index for index in order if ids[index] not in excluded]
     chosen = order[: top_k.value]
     arrays = structures.arrays.subset(chosen)
     arrays.labels[PREDICTED_MEAN] = np.asarray(mean, float)[chosen]
     arrays.labels[PREDICTED_SIGMA] = np.asarray(sigma, float)[chosen]
     return StructureSet(arrays)
+
+
+def dft_cannot_run(structures: StructureSet, dft) -> dict[str, str]:
+    """Ids of ``structures`` that ``hpcai.dft`` with inputs ``dft`` would stop before any calculation, with why.
+
+    The same checks as its exit codes 301 (no pseudopotential) and 302 (no elemental reference, when the
+    formation energy is on). Sending such a structure would spend a slot of the top K on a certain failure.
+    """
+    engine = get_engine(dft['engine'].value)
+    overrides = dft['overrides'].get_dict() if 'overrides' in dft else None
+    protocol = engine.load_protocol(dft['protocol'].value if 'protocol' in dft else None, overrides)
+    formation_energy = 'compute_formation_energy' not in dft or dft['compute_formation_energy'].value
+    blocked = {}
+    for index, identifier in enumerate(structures.ids):
+        structure = structures.get_structuredata(index)
+        missing = engine.check_structure(structure, dft['code'], protocol)
+        if missing:
+            blocked[identifier] = f'no pseudopotential for {", ".join(missing)}'
+        elif formation_energy and (absent := refs.missing_references(structure.get_symbols_set())):
+            blocked[identifier] = f'no elemental reference for {", ".join(absent)}'
+    return blocked
 
 
 def _png(draw, *args, **kwargs) -> orm.SinglefileData:
@@ -465,11 +493,17 @@ class DirectiveWorkChain(LaunchesOnce, WorkChain):
         ranking = {'predictions': self.ctx.surrogate.outputs.classified_predictions} if self.should_rank() else {}
         if 'dft_max_atoms' in self.inputs:
             ranking['max_atoms'] = self.inputs.dft_max_atoms
+        blocked = dft_cannot_run(self.ctx.valid_set, self.inputs.dft_batch.dft)
+        if blocked:
+            ranking['exclude'] = orm.List(sorted(blocked))
+            examples = '; '.join(f'{key}: {reason}' for key, reason in list(blocked.items())[:3])
+            self.report(f'passed over {len(blocked)} valid structure(s) the DFT engine cannot run ({examples}, ...)')
         selected = rank_structures(self.ctx.valid_set, self.inputs.top_k, self.inputs.rank_by, **ranking)
         self.out('selected_structures', selected)
         self.ctx.report_nodes['selected'] = selected
         if not len(selected):
-            self.report(f'no valid structure has at most {self.inputs.dft_max_atoms.value} atoms: no DFT')
+            limit = f'of at most {self.inputs.dft_max_atoms.value} atoms ' if 'dft_max_atoms' in self.inputs else ''
+            self.report(f'no valid structure {limit}that the DFT engine can run: no DFT')
             return None
         inputs = self.exposed_inputs(DftBatchWorkChain, namespace='dft_batch')
         inputs['structures'] = selected

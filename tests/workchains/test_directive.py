@@ -109,6 +109,26 @@ def test_rank_structures_passes_over_cells_too_large_for_dft(aiida_profile):
     assert len(none) == 0
 
 
+def test_structures_dft_cannot_run_are_passed_over(aiida_profile, sssp_family, pw_code):
+    from aiida_hpcai.workchains.directive import dft_cannot_run, rank_structures
+
+    # Au has no pseudopotential in the SSSP subset; S has no elemental reference structure.
+    structures = _set([('Mg', 'O'), ('Au', 'Si'), ('Zn', 'S')]).store()
+    dft = {'engine': orm.Str('quantumespresso'), 'code': pw_code, 'protocol': orm.Str('fast')}
+    blocked = dft_cannot_run(structures, dft)
+    assert blocked == {'b0-AuSi#0': 'no pseudopotential for Au', 'b0-ZnS#0': 'no elemental reference for S'}
+    assert dft_cannot_run(structures, {**dft, 'compute_formation_energy': orm.Bool(False)}) == {
+        'b0-AuSi#0': 'no pseudopotential for Au'
+    }
+    predictions = orm.ArrayData()
+    predictions.set_array('mean', np.array([-1.0, -3.0, -2.0]))  # the two blocked ones rank first
+    predictions.set_array('sigma', np.array([0.1, 0.1, 0.1]))
+    selected = rank_structures(
+        structures, orm.Int(2), orm.Str('lowest'), predictions=predictions, exclude=orm.List(sorted(blocked))
+    )
+    assert selected.ids == ['b0-MgO#0']
+
+
 def test_report_compares_surrogate_and_dft(aiida_profile):
     from aiida_hpcai.workchains.directive import directive_report
 
@@ -268,7 +288,10 @@ def test_no_dft_when_every_valid_cell_is_larger_than_dft_max_atoms(code, generat
     assert min(results['valid_structures'].arrays.natoms) > 1  # this seed's valid cells: none of one atom
     assert len(results['selected_structures']) == 0 and 'dft' not in results
     assert not [child for child in node.called if child.process_label == 'DftBatchWorkChain']
-    assert any('at most 1 atoms: no DFT' in entry.message for entry in orm.Log.collection.get_logs_for(node))
+    assert any(
+        'at most 1 atoms that the DFT engine can run: no DFT' in entry.message
+        for entry in orm.Log.collection.get_logs_for(node)
+    )
 
 
 def test_none_valid_is_an_exit_code_with_statistics(code, generator):
