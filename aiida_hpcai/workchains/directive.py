@@ -497,7 +497,8 @@ class DirectiveWorkChain(LaunchesOnce, WorkChain):
         if blocked:
             ranking['exclude'] = orm.List(sorted(blocked))
             examples = '; '.join(f'{key}: {reason}' for key, reason in list(blocked.items())[:3])
-            self.report(f'passed over {len(blocked)} valid structure(s) the DFT engine cannot run ({examples}, ...)')
+            more = '; ...' if len(blocked) > 3 else ''
+            self.report(f'passed over {len(blocked)} valid structure(s) the DFT engine cannot run ({examples}{more})')
         selected = rank_structures(self.ctx.valid_set, self.inputs.top_k, self.inputs.rank_by, **ranking)
         self.out('selected_structures', selected)
         self.ctx.report_nodes['selected'] = selected
