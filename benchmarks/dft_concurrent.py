@@ -15,6 +15,8 @@ starts ``verdi daemon start WORKERS`` and, for each target in turn (``direct``, 
    formation energy on), then polled until every one is terminated.
 
 Recorded: exit statuses, wall time (first submit to the last one terminated), each WorkChain's ctime -> mtime,
+the CPU time of the daemon workers (they update every job they hold at each scheduler poll, every
+``--poll-interval`` seconds),
 the largest number of ``pw.x`` running at the same time (sampled every 2 s: ``core.direct`` starts every job
 at once and the machine's cores time-share them; Slurm runs as many as the node has CPUs and queues the rest),
 and the checks that nothing ran twice: one ``hpcai.dft`` per structure, no structure computing a reference
@@ -29,8 +31,9 @@ need at most 50 Ry and whose references are cheap (``CHEAP_ELEMENTS``), smallest
     nohup python benchmarks/dft_concurrent.py > /work/notes/load_dft.log 2>&1 &   # 50 on each target
 
 Writes benchmarks/results/dft_concurrent.json (or ``--output``), rewritten every minute while it runs;
-``--resume`` keeps the targets that finished there (each with its own date and commit) and runs the others in a
-new profile, which then computes the references again (recorded with that target).
+``--resume`` keeps the targets that finished there with the same structures and poll interval (each with its
+own date and commit) and runs the others in a new profile, which then computes the references again
+(recorded with that target).
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def select_structures(data_dir: pathlib.Path, count: int, max_atoms: int):
 
 
 # -- profile, computers, daemon -------------------------------------------------------------------
-def make_profile(name: str, workers: int) -> dict:
+def make_profile(name: str, workers: int, poll_interval: float) -> dict:
     """``aiida-hpcai setup --storage postgresql`` in this process's fresh AIIDA_PATH, the Slurm computer, the daemon."""
     from aiida import orm
     from aiida.manage.configuration import load_profile, reset_config
@@ -93,6 +96,9 @@ def make_profile(name: str, workers: int) -> dict:
     profile = load_profile(name, allow_switch=True)
     localhost = orm.load_computer('localhost')
     localhost.set_prepend_text('export OMP_NUM_THREADS=1')
+    # `aiida-hpcai setup` polls localhost every second, which suits one quick predict job; a daemon worker
+    # updates every job it holds at each poll, and with 50 jobs at 1 s the two workers took 0.81 of 2 cores.
+    localhost.set_minimum_job_poll_interval(poll_interval)
     pw = orm.load_code('pw@localhost')
     slurm = orm.Computer(
         label='slurm',
@@ -103,7 +109,7 @@ def make_profile(name: str, workers: int) -> dict:
         workdir=str(pathlib.Path(os.environ['AIIDA_PATH']) / 'slurm_scratch'),
     ).store()
     slurm.configure(**LOCALHOST_TRANSPORT)
-    slurm.set_minimum_job_poll_interval(localhost.get_minimum_job_poll_interval())
+    slurm.set_minimum_job_poll_interval(poll_interval)
     slurm.set_mpirun_command(localhost.get_mpirun_command())
     slurm.set_prepend_text('export OMP_NUM_THREADS=1')
     orm.InstalledCode(
@@ -118,6 +124,7 @@ def make_profile(name: str, workers: int) -> dict:
         'storage_backend': profile.storage_backend,
         'broker': profile.process_control_backend,
         'daemon_workers': workers,
+        'job_poll_interval_seconds': poll_interval,
         'setup_seconds': time.perf_counter() - started,
         'setup_report': setup.stdout.splitlines(),
         'storage_config': dict(profile.storage_config),
@@ -192,6 +199,18 @@ def dft_inputs(code, structure, label: str, options: dict) -> dict:
     }
 
 
+def daemon_cpu_seconds(profile_name: str) -> float:
+    """CPU seconds (user + system) the daemon workers of ``profile_name`` have used so far."""
+    import psutil
+
+    total = 0.0
+    for process in psutil.process_iter(['cmdline', 'cpu_times']):
+        line = ' '.join(process.info['cmdline'] or [])
+        if profile_name in line and 'daemon worker' in line:
+            total += process.info['cpu_times'].user + process.info['cpu_times'].system
+    return total
+
+
 def run_target(target: str, structures, args, record: dict, save) -> None:
     from aiida import orm
     from aiida.engine import submit
@@ -216,6 +235,7 @@ def run_target(target: str, structures, args, record: dict, save) -> None:
     structure_set = StructureSet.from_pymatgen([s for _, _, s in structures], ids=[m for m, _, _ in structures])
     plan, _ = plan_references(structure_set, 'quantumespresso', code, 'fast', None, False)
     started = time.perf_counter()
+    daemon_before = daemon_cpu_seconds(args.profile_name)
     counter = PwCounter(workdir)
     counter.start()
     reference_nodes = {}
@@ -235,6 +255,7 @@ def run_target(target: str, structures, args, record: dict, save) -> None:
         'elements': sorted(entry['element'] for entry in plan.values()),
         'exit_statuses': dict(collections.Counter(str(node.exit_status) for node in reference_nodes.values())),
         'pw_x_running_at_once_max': counter.stop(),
+        'daemon_workers_cpu_seconds': daemon_cpu_seconds(args.profile_name) - daemon_before,
     }
     save()
 
@@ -242,6 +263,7 @@ def run_target(target: str, structures, args, record: dict, save) -> None:
     counter = PwCounter(workdir)
     counter.start()
     started = time.perf_counter()
+    daemon_before = daemon_cpu_seconds(args.profile_name)
     nodes = [submit(DftWorkChain, **dft_inputs(code, s, f'{target} {m}', options)) for m, _, s in structures]
     record['submit_seconds'] = time.perf_counter() - started
 
@@ -258,6 +280,7 @@ def run_target(target: str, structures, args, record: dict, save) -> None:
         wait_all(nodes, args.timeout, on_poll=snapshot)
     finally:
         record['wall_seconds'] = time.perf_counter() - started
+        record['daemon_workers_cpu_seconds'] = daemon_cpu_seconds(args.profile_name) - daemon_before
         record['pw_x_running_at_once_max'] = counter.stop()
         record['load_average_after'] = os.getloadavg()
         record.pop('progress', None)
@@ -352,6 +375,13 @@ def main(argv=None) -> None:
     parser.add_argument('--keep', action='store_true', help='keep the profile and its AIIDA_PATH (printed)')
     parser.add_argument('--output', type=pathlib.Path, default=RESULTS_FILE)
     parser.add_argument(
+        '--poll-interval',
+        type=float,
+        default=10.0,
+        help="seconds between a daemon worker's scheduler polls, both computers (10: AiiDA's default for a remote "
+        'computer)',
+    )
+    parser.add_argument(
         '--resume', action='store_true', help='keep the targets finished in --output (same structures); run the others'
     )
     args = parser.parse_args(argv)
@@ -370,7 +400,8 @@ def main(argv=None) -> None:
         'targets': {},
     }
     previous = json.loads(args.output.read_text()) if args.resume and args.output.exists() else {}
-    if previous.get('structures') == result['structures']:
+    same_poll = previous.get('aiida', {}).get('job_poll_interval_seconds') == args.poll_interval
+    if previous.get('structures') == result['structures'] and same_poll:
         for target, record in previous['targets'].items():
             if 'checks' in record:  # finished; its own run record (date, commit) stays with it
                 result['targets'][target] = {**record, 'run': record.get('run', previous.get('run'))}
@@ -387,7 +418,8 @@ def main(argv=None) -> None:
 
     info = None
     try:
-        info = make_profile(f'hpcai-dft-load-{secrets.token_hex(3)}', args.workers)
+        args.profile_name = f'hpcai-dft-load-{secrets.token_hex(3)}'
+        info = make_profile(args.profile_name, args.workers, args.poll_interval)
         result['aiida'] = {key: value for key, value in info.items() if key != 'storage_config'}
         save()
         for target in [target for target in args.targets if target not in result['targets']]:
