@@ -29,16 +29,6 @@ def _mp2020():
     return MaterialsProject2020Compatibility(check_potcar=False)
 
 
-def gga_u_elements(composition) -> list[str]:
-    """Elements of ``composition`` (pymatgen) that MP would compute with GGA+U (with O or F as the anion)."""
-    compatibility = _mp2020()
-    elements = sorted((element for element in composition.elements if composition[element] > 0), key=lambda e: e.X)
-    if len(elements) < 2:
-        return []
-    settings = compatibility.u_settings.get(elements[-1].symbol, {})
-    return sorted(element.symbol for element in elements if settings.get(element.symbol, 0))
-
-
 def anion_corrections(structure, scheme: str = 'mp2020') -> dict:
     """The anion corrections of ``structure`` (pymatgen ``Structure``) under ``scheme``.
 
@@ -54,15 +44,19 @@ def anion_corrections(structure, scheme: str = 'mp2020') -> dict:
 
     compatibility = _mp2020()
     composition = structure.composition
-    u_elements = gga_u_elements(composition)
+    # MP runs a compound with GGA+U when its most electronegative element is O or F and it holds one of the
+    # metals MP sets a U for (none in an element).
     most_electronegative = max(composition.elements, key=lambda element: element.X).symbol
+    settings = compatibility.u_settings.get(most_electronegative, {}) if len(composition.elements) > 1 else {}
     # Declaring MP's own U values gets past its check for a GGA+U run; the +U constants it then adds are
     # dropped below, since our runs are plain GGA.
-    hubbards = {element: compatibility.u_settings[most_electronegative][element] for element in u_elements}
+    hubbards = {
+        element.symbol: settings[element.symbol] for element in composition.elements if settings.get(element.symbol)
+    }
     entry = ComputedStructureEntry(
         structure,
         0.0,
-        parameters={'run_type': 'GGA+U' if u_elements else 'GGA', 'software': 'hpcai', 'hubbards': hubbards},
+        parameters={'run_type': 'GGA+U' if hubbards else 'GGA', 'software': 'hpcai', 'hubbards': hubbards},
     )
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # "failed to guess oxidation states": pymatgen then uses electronegativity
@@ -74,5 +68,5 @@ def anion_corrections(structure, scheme: str = 'mp2020') -> dict:
         if 'anion correction' in adjustment.name
     ]
     record['per_atom'] = float(sum(item['per_atom'] for item in record['adjustments']))
-    record['gga_u_elements'] = u_elements
+    record['gga_u_elements'] = sorted(hubbards)
     return record

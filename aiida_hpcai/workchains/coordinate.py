@@ -399,6 +399,7 @@ def _acceptance_record(value, _):
 def validate_inputs(inputs, ctx):
     """A model of a property the Goal can name; DFT inputs when the budget allows DFT; one model to fine-tune."""
     ports = set(ctx)
+    dft = (inputs.get('dft_batch') or {}).get('dft') or {}
     if 'surrogate' in ports and 'models' in (inputs.get('surrogate') or {}):
         models = inputs['surrogate']['models']
         targets = {node.target for node in models.values()}
@@ -413,13 +414,13 @@ def validate_inputs(inputs, ctx):
             return f'there is no default sigma_threshold for {target!r}: give one'
         if inputs.get('buffer_size') is not None and inputs['buffer_size'].value > 0 and len(models) != 1:
             return 'fine-tuning needs one ModelData in `surrogate.models` (it may hold an ensemble); or buffer_size 0'
-        correction = ((inputs.get('dft_batch') or {}).get('dft') or {}).get('energy_correction')
+        correction = dft.get('energy_correction')
         if target == 'formation_energy_per_atom' and correction is not None and correction.value == 'none':
             # The surrogate learned MP's corrected values: raw GGA would judge and fine-tune it on another scale.
             return "dft_batch.dft.energy_correction 'none' puts DFT on another scale than the surrogate's: use 'mp2020'"
     if 'goal' in inputs and _valid_goal(inputs['goal'], None) is None:
         budget = goal_from_dict(inputs['goal'].get_dict()).dft_budget
-        if 'dft_batch' in ports and budget > 0 and 'code' not in ((inputs.get('dft_batch') or {}).get('dft') or {}):
+        if 'dft_batch' in ports and budget > 0 and 'code' not in dft:
             return f'the goal allows {budget} DFT run(s): give `dft_batch.dft` (code, engine, protocol)'
     if 'candidates' in ports and 'candidates' not in inputs and not (inputs.get('generate') or {}).get('model'):
         return 'give a generator (`generate.code` and `generate.model`), `candidates`, or both'
