@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from aiida import orm
 
+from ..engines.corrections import on_mp_scale
 from .goal import Goal, PlanError, goal_from_dict
 
 __all__ = (
@@ -228,11 +229,12 @@ def _dft_hits(goal: Goal, counts: dict) -> list[dict]:
 
 
 def _on_mp_scale(outputs) -> bool:
-    """Whether an ``hpcai.dft``'s formation energy carries MP's anion corrections, as the surrogate's and MP's do.
+    """Whether an ``hpcai.dft``'s formation energy carries MP's corrections, as the surrogate's and MP's do.
 
-    Runs with ``energy_correction='none'``, and runs made before the corrections existed, report raw GGA.
+    Runs with ``energy_correction='none'``, runs made before the corrections existed (raw GGA), and +U compounds
+    run without MP's U values are not on that scale.
     """
-    return 'energy_corrections' in outputs and outputs['energy_corrections']['scheme'] == 'mp2020'
+    return 'energy_corrections' in outputs and on_mp_scale(dict(outputs['energy_corrections']))
 
 
 def _structure_set_hits(goal: Goal, counts: dict) -> list[dict]:

@@ -68,7 +68,8 @@ MAX_CONCURRENT = OverridableOption(
     type=click.Choice(['mp2020', 'none']),
     default='mp2020',
     show_default=True,
-    help="Anion corrections added to the formation energy: Materials Project's (the surrogate's scale) or none.",
+    help="Corrections added to the formation energy: the Materials Project's (anion and, for runs with MP's U "
+    "values, GGA/GGA+U; the surrogate's scale) or none.",
 )
 @click.option('--no-standardize', is_flag=True, help='Keep the cell as given instead of its standard primitive cell.')
 @click.option('--submit', is_flag=True, help='Submit to the daemon and return at once, instead of running here.')
@@ -185,7 +186,7 @@ def _print_results(node, structure):
         ('total energy (eV)', 'total_energy', '{:.5f}'),
         ('energy per atom (eV/atom)', 'energy_per_atom', '{:.5f}'),
         ('formation energy (eV/atom)', 'formation_energy_per_atom', '{:.4f}'),
-        ('formation energy, raw GGA (eV/atom)', 'formation_energy_per_atom_uncorrected', '{:.4f}'),
+        ('formation energy, uncorrected (eV/atom)', 'formation_energy_per_atom_uncorrected', '{:.4f}'),
         ('band gap (eV)', 'band_gap', '{:.3f}'),
         ('total magnetization (μB/cell)', 'total_magnetization', '{:.3f}'),
     ]
@@ -193,10 +194,15 @@ def _print_results(node, structure):
         if name in outputs:
             table.add_row(title, form.format(outputs[name].value))
     if 'energy_corrections' in outputs:
+        from ..engines.corrections import on_mp_scale
+
         corrections = outputs.energy_corrections.get_dict()
         for item in corrections['adjustments']:
             table.add_row(f'  {item["name"]} (eV/atom)', f'{item["per_atom"]:.4f}')
-        if corrections['gga_u_elements']:
+        hubbard_u = corrections.get('hubbard_u', {})
+        if hubbard_u:
+            table.add_row('  GGA+U, U (eV)', ', '.join(f'{element} {value:g}' for element, value in hubbard_u.items()))
+        if not on_mp_scale(corrections) and corrections['scheme'] == 'mp2020':
             table.add_row('  not on MP scale: MP uses +U for', ', '.join(corrections['gga_u_elements']))
     computed = table.row_count
     if 'relaxed_structure' in outputs:

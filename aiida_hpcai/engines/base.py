@@ -20,6 +20,7 @@ The ``DftWorkChain`` (``aiida_hpcai/workchains/dft.py``) knows nothing about any
    ``options`` is the ``metadata.options`` dict of every CalcJob they launch (resources, wall time,
    ``withmpi``, queue, ...); adapters fill sensible defaults for what it lacks. ``magnetic_moments``
    (element -> initial μB per atom) decides spin polarization; ``None`` means the engine's default.
+   :meth:`EngineAdapter.hubbard_u` says which U values (GGA+U) those runs apply, for the energy corrections.
 4. **results**: :meth:`EngineAdapter.get_relaxed_structure` returns the relaxed ``StructureData``;
    :meth:`EngineAdapter.get_scf_result_nodes` picks the SCF child's output nodes and
    :meth:`EngineAdapter.scf_result_from_nodes` turns them into common values (:class:`ScfResult`, energies
@@ -306,6 +307,20 @@ class EngineAdapter(abc.ABC):
     def _options(self, options: dict | None) -> dict:
         """``metadata.options`` of every CalcJob: :attr:`DEFAULT_OPTIONS` with ``options`` merged in."""
         return merge_overrides(self.DEFAULT_OPTIONS, options, strict=False)
+
+    def hubbard_u(self, structure, protocol: dict) -> dict[str, float]:
+        """Return element -> U (eV) that the static run of ``structure`` (``StructureData``) applies; ``{}``: plain GGA.
+
+        ``hpcai.dft`` passes it to the energy corrections: MP's +U constants only apply to a run with MP's U values.
+        The default is plain GGA.
+        """
+        return {}
+
+    def follows_mp_hubbard_u(self, protocol: dict) -> bool:
+        """Whether ``protocol`` runs every compound with the U values the Materials Project uses for it (none for
+        most), so that its formation energies can be put on MP's scale. The default (plain GGA everywhere) does not.
+        """
+        return False
 
     # -- builders ---------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -1,21 +1,24 @@
 """Energy corrections that put ``hpcai.dft`` formation energies on the Materials Project's scale.
 
-The surrogate learns MP formation energies, and MP's are not raw GGA: MP adds fitted constants per anion
-atom (oxide, peroxide, superoxide, sulfide, F, Cl, N, H, ...) to correct GGA's errors for O2 and the like
-(``MaterialsProject2020Compatibility``). Raw PBE for MgO is therefore about 0.35 eV/atom above MP's value.
-Applying the same anion corrections here lets the coordinate loop compare its DFT results with the
-surrogate's predictions, and fine-tune on them, on one scale.
+The surrogate learns MP formation energies, and MP's are not raw GGA (``MaterialsProject2020Compatibility``):
 
-Only the anion corrections apply: MP also runs oxides and fluorides of Co, Cr, Fe, Mn, Mo, Ni, V, W with
-GGA+U and shifts them by fitted per-metal constants, which describe a +U calculation; our engines run plain
-GGA, so for those compounds the corrected value is still not on MP's scale, and the record says so
-(``gga_u_elements``). The classification (oxide or peroxide from O-O distances, anions from guessed
-oxidation states) is pymatgen's own, so it matches MP's.
+* fitted constants per anion atom (oxide, peroxide, superoxide, sulfide, F, Cl, N, H, ...) correct GGA's errors
+  for O2 and the like. Raw PBE for MgO is about 0.35 eV/atom above MP's value;
+* oxides and fluorides of Co, Cr, Fe, Mn, Mo, Ni, V, W are run with GGA+U (MP's U values, :func:`mp_hubbard_u`)
+  against plain-GGA elemental references, and a fitted constant per such metal atom makes the mix consistent.
+
+Applying the same corrections here lets the coordinate loop compare its DFT results with the surrogate's
+predictions, and fine-tune on them, on one scale. The +U constants only describe a calculation run with MP's U
+values: a compound MP runs with +U is on its scale exactly when the engine applied those values (the
+``hubbard_u`` the engine reports); otherwise only the anion corrections are added and the record says it is not
+(``on_mp_scale``). The classification (oxide or peroxide from O-O distances, anions from guessed oxidation
+states) is pymatgen's own, so it matches MP's.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 
 #: Accepted values of ``hpcai.dft``'s ``energy_correction`` input.
@@ -29,44 +32,76 @@ def _mp2020():
     return MaterialsProject2020Compatibility(check_potcar=False)
 
 
-def anion_corrections(structure, scheme: str = 'mp2020') -> dict:
-    """The anion corrections of ``structure`` (pymatgen ``Structure``) under ``scheme``.
+def mp_hubbard_u(structure) -> dict[str, float]:
+    """The U values (eV, Dudarev) MP runs ``structure`` (pymatgen ``Structure``) with: element -> U, maybe empty.
 
-    Returns ``{'scheme', 'adjustments': [{'name', 'per_atom'}], 'per_atom', 'gga_u_elements'}`` with energies in
-    eV per atom of the cell; ``per_atom`` is their sum, to be added to a formation energy per atom.
+    MP uses GGA+U when the most electronegative element is O or F and the compound holds one of the metals it sets
+    a U for (never for an element); the values are those of ``MPRelaxSet``.
+    """
+    composition = structure.composition
+    if len(composition.elements) < 2:
+        return {}
+    most_electronegative = max(composition.elements, key=lambda element: element.X).symbol
+    settings = _mp2020().u_settings.get(most_electronegative, {})
+    return {
+        element.symbol: float(settings[element.symbol])
+        for element in composition.elements
+        if settings.get(element.symbol)
+    }
+
+
+def _same_u(applied: dict[str, float], expected: dict[str, float]) -> bool:
+    return applied.keys() == expected.keys() and all(
+        math.isclose(applied[element], expected[element], abs_tol=1e-6) for element in expected
+    )
+
+
+def energy_corrections(structure, scheme: str = 'mp2020', hubbard_u: dict[str, float] | None = None) -> dict:
+    """The corrections of ``structure`` (pymatgen ``Structure``) under ``scheme``, for a run with ``hubbard_u``.
+
+    ``hubbard_u`` (element -> U in eV) is what the calculation applied; ``None`` or ``{}``: plain GGA.
+    Returns ``{'scheme', 'adjustments': [{'name', 'per_atom'}], 'per_atom', 'gga_u_elements', 'hubbard_u',
+    'on_mp_scale'}`` with energies in eV per atom of the cell; ``per_atom`` is their sum, to be added to a formation
+    energy per atom; ``gga_u_elements`` are the elements MP runs with +U here.
     """
     if scheme not in SCHEMES:
         raise ValueError(f'unknown energy correction {scheme!r}; choose one of {", ".join(SCHEMES)}')
-    record = {'scheme': scheme, 'adjustments': [], 'per_atom': 0.0, 'gga_u_elements': []}
+    applied = {element: float(value) for element, value in (hubbard_u or {}).items() if value}
+    record = {'scheme': scheme, 'adjustments': [], 'per_atom': 0.0, 'gga_u_elements': [], 'hubbard_u': applied}
     if scheme == 'none':
+        record['on_mp_scale'] = False
         return record
     from pymatgen.entries.computed_entries import ComputedStructureEntry
 
-    compatibility = _mp2020()
-    composition = structure.composition
-    # MP runs a compound with GGA+U when its most electronegative element is O or F and it holds one of the
-    # metals MP sets a U for (none in an element).
-    most_electronegative = max(composition.elements, key=lambda element: element.X).symbol
-    settings = compatibility.u_settings.get(most_electronegative, {}) if len(composition.elements) > 1 else {}
-    # Declaring MP's own U values gets past its check for a GGA+U run; the +U constants it then adds are
-    # dropped below, since our runs are plain GGA.
-    hubbards = {
-        element.symbol: settings[element.symbol] for element in composition.elements if settings.get(element.symbol)
-    }
+    expected = mp_hubbard_u(structure)
+    on_mp_scale = _same_u(applied, expected)
+    # MP's check refuses a compound it runs with +U unless the entry declares MP's own U values: declared here
+    # either way, and the +U constants kept only when the run really applied them.
     entry = ComputedStructureEntry(
         structure,
         0.0,
-        parameters={'run_type': 'GGA+U' if hubbards else 'GGA', 'software': 'hpcai', 'hubbards': hubbards},
+        parameters={'run_type': 'GGA+U' if expected else 'GGA', 'software': 'hpcai', 'hubbards': expected},
     )
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # "failed to guess oxidation states": pymatgen then uses electronegativity
-        adjustments = compatibility.get_adjustments(entry)
-    natoms = composition.num_atoms
+        adjustments = _mp2020().get_adjustments(entry)
+    natoms = structure.composition.num_atoms
     record['adjustments'] = [
         {'name': adjustment.name, 'per_atom': adjustment.value / natoms}
         for adjustment in adjustments
-        if 'anion correction' in adjustment.name
+        if 'anion correction' in adjustment.name or (on_mp_scale and 'GGA+U mixing correction' in adjustment.name)
     ]
     record['per_atom'] = float(sum(item['per_atom'] for item in record['adjustments']))
-    record['gga_u_elements'] = sorted(hubbards)
+    record['gga_u_elements'] = sorted(expected)
+    record['on_mp_scale'] = on_mp_scale
     return record
+
+
+def on_mp_scale(record: dict) -> bool:
+    """Whether an ``energy_corrections`` record describes a formation energy on MP's scale.
+
+    Records made before ``on_mp_scale`` existed came from plain-GGA runs: on the scale unless MP uses +U there.
+    """
+    if record.get('scheme') != 'mp2020':
+        return False
+    return bool(record.get('on_mp_scale', not record.get('gga_u_elements')))

@@ -25,6 +25,8 @@ from .base import (
 )
 
 CUTOFF_UNIT = 'Ry'  # unit of the cutoffs asked from the family (pw.x input unit)
+#: Values of the protocol key ``hubbard``: MP's U values where MP uses them, or plain GGA.
+HUBBARD_SCHEMES = ('mp2020', 'none')
 
 
 class QuantumEspressoEngine(EngineAdapter):
@@ -33,6 +35,15 @@ class QuantumEspressoEngine(EngineAdapter):
     name = 'quantumespresso'
     protocol_file = pathlib.Path(__file__).parent / 'protocols' / 'quantumespresso.yaml'
     open_sections = frozenset({'parameters'})
+
+    @classmethod
+    def load_protocol(cls, name=None, overrides=None) -> dict:
+        protocol = super().load_protocol(name, overrides)
+        if protocol['hubbard'] not in HUBBARD_SCHEMES:
+            raise ValueError(
+                f'protocol key hubbard {protocol["hubbard"]!r}: choose one of {", ".join(HUBBARD_SCHEMES)}'
+            )
+        return protocol
 
     # -- helpers ----------------------------------------------------------------------------------------
     @staticmethod
@@ -95,6 +106,13 @@ class QuantumEspressoEngine(EngineAdapter):
         if starting:
             parameters['SYSTEM']['nspin'] = 2
             parameters['SYSTEM']['starting_magnetization'] = starting
+        hubbard_u = self.hubbard_u(structure, protocol)
+        if hubbard_u:
+            # pw.x 6.x input (the HUBBARD card of 7.1+ is not read by Debian's 6.7): Dudarev, U in eV per kind.
+            parameters['SYSTEM']['lda_plus_u'] = True
+            parameters['SYSTEM']['hubbard_u'] = {
+                kind.name: hubbard_u[kind.symbol] for kind in structure.kinds if kind.symbol in hubbard_u
+            }
         return merge_overrides(parameters, protocol['parameters'], strict=False)
 
     def _fill_pw_namespace(self, namespace, structure, code, protocol, parameters, options):
@@ -121,6 +139,14 @@ class QuantumEspressoEngine(EngineAdapter):
         if family is None:
             return sorted(elements)
         return sorted(elements - set(family.elements))
+
+    def hubbard_u(self, structure, protocol: dict) -> dict[str, float]:
+        from .corrections import mp_hubbard_u
+
+        return mp_hubbard_u(structure.get_pymatgen_structure()) if protocol['hubbard'] == 'mp2020' else {}
+
+    def follows_mp_hubbard_u(self, protocol: dict) -> bool:
+        return protocol['hubbard'] == 'mp2020'
 
     def get_relax_builder(self, structure, code, protocol, options=None, magnetic_moments=None, relax_cell=True):
         from aiida_quantumespresso.workflows.pw.relax import PwRelaxWorkChain

@@ -24,7 +24,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 from ..engines import get_engine
 from ..engines import references as refs
 from ..engines.base import failure_cause, merge_overrides
-from ..engines.corrections import SCHEMES, anion_corrections
+from ..engines.corrections import SCHEMES, energy_corrections
 from .launch_once import LaunchesOnce
 
 
@@ -150,18 +150,23 @@ def collect_scf_result(engine: orm.Str, identity: orm.Dict, **nodes) -> dict:
 
 @calcfunction
 def compute_formation_energy(
-    structure: orm.StructureData, energy_per_atom: orm.Float, energy_correction: orm.Str, **reference_energies
+    structure: orm.StructureData,
+    energy_per_atom: orm.Float,
+    energy_correction: orm.Str,
+    hubbard_u: orm.Dict,
+    **reference_energies,
 ):
     """Formation energy per atom (eV): ``(E - sum_i n_i mu_i) / N`` with ``mu_i`` the references per atom.
 
-    Returns it raw (``formation_energy_per_atom_uncorrected``) and with the anion corrections of
-    ``energy_correction`` added (``formation_energy_per_atom``; ``energy_corrections`` says which).
+    Returns it raw (``formation_energy_per_atom_uncorrected``) and with the corrections of ``energy_correction``
+    for a compound run with ``hubbard_u`` (element -> U, eV) added (``formation_energy_per_atom``;
+    ``energy_corrections`` says which, and whether the value is on MP's scale).
     """
     composition = collections.Counter(structure.get_kind(site.kind_name).symbol for site in structure.sites)
     natoms = sum(composition.values())
     reference_sum = sum(count * reference_energies[element].value for element, count in composition.items())
     raw = energy_per_atom.value - reference_sum / natoms
-    record = anion_corrections(structure.get_pymatgen_structure(), energy_correction.value)
+    record = energy_corrections(structure.get_pymatgen_structure(), energy_correction.value, hubbard_u.get_dict())
     return {
         'formation_energy_per_atom': orm.Float(raw + record['per_atom']),
         'formation_energy_per_atom_uncorrected': orm.Float(raw),
@@ -239,8 +244,9 @@ class DftWorkChain(LaunchesOnce, WorkChain):
             valid_type=orm.Str,
             default=lambda: orm.Str('mp2020'),
             validator=_energy_correction,
-            help="Anion corrections added to the formation energy: 'mp2020' (Materials Project's, the scale the "
-            "surrogate learns) or 'none' (raw GGA). The raw value is always an output too.",
+            help="Corrections added to the formation energy: 'mp2020' (Materials Project's anion corrections, and "
+            "its GGA/GGA+U constants where the engine ran MP's U values: the scale the surrogate learns) or 'none' "
+            '(raw DFT). The raw value is always an output too.',
         )
         spec.inputs.validator = validate_inputs
 
@@ -271,20 +277,21 @@ class DftWorkChain(LaunchesOnce, WorkChain):
             valid_type=orm.Float,
             required=False,
             help='Formation energy per atom (eV/atom) from elemental references of the same identity, with the '
-            'anion corrections of `energy_correction`.',
+            'corrections of `energy_correction`.',
         )
         spec.output(
             'formation_energy_per_atom_uncorrected',
             valid_type=orm.Float,
             required=False,
-            help='The same without corrections (raw GGA, eV/atom).',
+            help='The same without corrections (raw DFT, eV/atom).',
         )
         spec.output(
             'energy_corrections',
             valid_type=orm.Dict,
             required=False,
-            help='The corrections added (scheme, adjustments in eV/atom, and the elements MP would run with +U, '
-            "for which the corrected value is still not on MP's scale).",
+            help='The corrections added: scheme, adjustments (eV/atom), the elements MP runs with +U here '
+            "(`gga_u_elements`), the U values the run applied (`hubbard_u`) and whether the value is on MP's scale "
+            '(`on_mp_scale`).',
         )
         spec.output(
             'band_gap',
@@ -542,6 +549,7 @@ class DftWorkChain(LaunchesOnce, WorkChain):
             structure=self.ctx.relaxed_structure,
             energy_per_atom=self.ctx.energy_per_atom,
             energy_correction=self.inputs.energy_correction,
+            hubbard_u=orm.Dict(self.engine.hubbard_u(self.ctx.relaxed_structure, self.ctx.protocol)),
             metadata={'call_link_label': 'compute_formation_energy'},
             **self.ctx.reference_energies,
         )
@@ -551,8 +559,9 @@ class DftWorkChain(LaunchesOnce, WorkChain):
         if corrections['adjustments']:
             names = ', '.join(item['name'] for item in corrections['adjustments'])
             message += f' (raw {results["formation_energy_per_atom_uncorrected"].value:.4f}; {names})'
-        if corrections['gga_u_elements']:
-            message += f'; MP runs {", ".join(corrections["gga_u_elements"])} here with +U, so not on its scale'
+        if corrections['gga_u_elements'] and not corrections['on_mp_scale']:
+            message += f'; MP runs {", ".join(corrections["gga_u_elements"])} here with its U values, this run did not'
+            message += ', so the value is not on its scale'
         self.report(message)
         if 'own_reference' in self.ctx:
             # Found by later WorkChains once this one has finished ok (the look-up asks for exit status 0).

@@ -228,3 +228,8 @@ def test_look_up_reads_formation_energies_on_mp_scale_only():
     assert operations._on_mp_scale({'energy_corrections': {'scheme': 'mp2020'}})
     assert not operations._on_mp_scale({'energy_corrections': {'scheme': 'none'}})
     assert not operations._on_mp_scale({})  # made before hpcai.dft had the corrections
+    # +U compounds: on the scale only when the run applied MP's U values
+    fe2o3 = {'scheme': 'mp2020', 'gga_u_elements': ['Fe']}
+    assert not operations._on_mp_scale({'energy_corrections': fe2o3})  # a record from before GGA+U: plain GGA
+    assert operations._on_mp_scale({'energy_corrections': {**fe2o3, 'on_mp_scale': True}})
+    assert not operations._on_mp_scale({'energy_corrections': {**fe2o3, 'on_mp_scale': False}})

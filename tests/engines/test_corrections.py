@@ -1,12 +1,14 @@
-"""MP2020 anion corrections of ``hpcai.dft`` formation energies (``aiida_hpcai.engines.corrections``)."""
+"""MP2020 corrections of ``hpcai.dft`` formation energies (``aiida_hpcai.engines.corrections``)."""
 
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from aiida_hpcai.engines.corrections import anion_corrections
+from aiida_hpcai.engines.corrections import energy_corrections, mp_hubbard_u, on_mp_scale
 
 # MP2020's fitted constants (eV per anion atom), Wang et al., Sci. Rep. 11, 15496 (2021), Table 1.
 OXIDE, PEROXIDE, NITRIDE, FLUORIDE = -0.687, -0.465, -0.361, -0.462
+# GGA/GGA+U mixing constants (eV per metal atom) for oxides, same table.
+FE_U, NI_U = -2.256, -2.541
 
 
 def _rock_salt(cation, anion, a=4.2):
@@ -14,10 +16,11 @@ def _rock_salt(cation, anion, a=4.2):
 
 
 def test_oxide_correction_per_atom_of_the_cell():
-    record = anion_corrections(_rock_salt('Mg', 'O'))
+    record = energy_corrections(_rock_salt('Mg', 'O'))
     assert [item['name'] for item in record['adjustments']] == ['MP2020 anion correction (oxide)']
     assert record['per_atom'] == pytest.approx(OXIDE / 2)  # one O in two atoms
     assert record['gga_u_elements'] == []
+    assert record['on_mp_scale'] is True
 
 
 def test_peroxide_is_told_from_oxide_by_the_o_o_bond():
@@ -26,34 +29,71 @@ def test_peroxide_is_told_from_oxide_by_the_o_o_bond():
         Lattice.cubic(5.0), ['Li', 'Li', 'O', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5], [0.25, 0.25, 0.35], [0.25, 0.25, 0.65]]
     )
     oxide = Structure(Lattice.cubic(5.0), ['Li', 'Li', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]])
-    assert anion_corrections(peroxide)['per_atom'] == pytest.approx(2 * PEROXIDE / 4)
-    assert anion_corrections(oxide)['per_atom'] == pytest.approx(OXIDE / 3)
+    assert energy_corrections(peroxide)['per_atom'] == pytest.approx(2 * PEROXIDE / 4)
+    assert energy_corrections(oxide)['per_atom'] == pytest.approx(OXIDE / 3)
 
 
 @pytest.mark.parametrize(('cation', 'anion', 'constant'), [('Ga', 'N', NITRIDE), ('Li', 'F', FLUORIDE)])
 def test_other_anions(cation, anion, constant):
-    assert anion_corrections(_rock_salt(cation, anion))['per_atom'] == pytest.approx(constant / 2)
+    assert energy_corrections(_rock_salt(cation, anion))['per_atom'] == pytest.approx(constant / 2)
 
 
 def test_no_correction_without_an_anion_or_with_one_element():
-    assert anion_corrections(_rock_salt('Si', 'C'))['adjustments'] == []  # covalent carbide: MP2020 corrects none
+    assert energy_corrections(_rock_salt('Si', 'C'))['adjustments'] == []  # covalent carbide: MP2020 corrects none
     silicon = Structure(Lattice.cubic(5.43), ['Si'], [[0, 0, 0]])
-    assert anion_corrections(silicon)['per_atom'] == 0.0
+    assert energy_corrections(silicon)['per_atom'] == 0.0
 
 
-def test_gga_u_compounds_get_the_anion_correction_and_a_flag():
-    # MP runs Fe oxides with +U and shifts them by a per-Fe constant that describes a +U run: not applied.
-    record = anion_corrections(_rock_salt('Fe', 'O'))
+def test_mp_hubbard_u_follows_mp_rules():
+    assert mp_hubbard_u(_rock_salt('Ni', 'O')) == {'Ni': 6.2}
+    assert mp_hubbard_u(_rock_salt('Fe', 'F')) == {'Fe': 5.3}
+    assert mp_hubbard_u(_rock_salt('Ni', 'S')) == {}  # MP uses +U for oxides and fluorides only
+    assert mp_hubbard_u(_rock_salt('Mg', 'O')) == {}
+    assert mp_hubbard_u(Structure(Lattice.cubic(2.87), ['Fe'], [[0, 0, 0]])) == {}  # never for an element
+
+
+def test_gga_u_compound_run_with_mp_u_gets_the_mixing_constant():
+    record = energy_corrections(_rock_salt('Ni', 'O'), hubbard_u={'Ni': 6.2})
+    assert [item['name'] for item in record['adjustments']] == [
+        'MP2020 anion correction (oxide)',
+        'MP2020 GGA/GGA+U mixing correction (Ni)',
+    ]
+    assert record['per_atom'] == pytest.approx((OXIDE + NI_U) / 2)
+    assert record['on_mp_scale'] is True and on_mp_scale(record)
+    assert record['hubbard_u'] == {'Ni': 6.2}
+
+
+@pytest.mark.parametrize('hubbard_u', [None, {}, {'Fe': 4.0}])
+def test_gga_u_compound_run_otherwise_gets_the_anion_correction_and_is_off_scale(hubbard_u):
+    # MP runs Fe oxides with U = 5.3 and shifts them by a per-Fe constant that describes such a run only.
+    record = energy_corrections(_rock_salt('Fe', 'O'), hubbard_u=hubbard_u)
     assert [item['name'] for item in record['adjustments']] == ['MP2020 anion correction (oxide)']
+    assert record['per_atom'] == pytest.approx(OXIDE / 2)
     assert record['gga_u_elements'] == ['Fe']
+    assert not record['on_mp_scale'] and not on_mp_scale(record)
+    with_u = energy_corrections(_rock_salt('Fe', 'O'), hubbard_u={'Fe': 5.3})
+    assert with_u['per_atom'] == pytest.approx((OXIDE + FE_U) / 2)
+
+
+def test_u_where_mp_uses_none_is_off_scale():
+    assert not energy_corrections(_rock_salt('Mg', 'O'), hubbard_u={'Mg': 3.0})['on_mp_scale']
 
 
 def test_none_and_unknown_schemes():
-    assert anion_corrections(_rock_salt('Mg', 'O'), 'none') == {
+    assert energy_corrections(_rock_salt('Mg', 'O'), 'none') == {
         'scheme': 'none',
         'adjustments': [],
         'per_atom': 0.0,
         'gga_u_elements': [],
+        'hubbard_u': {},
+        'on_mp_scale': False,
     }
     with pytest.raises(ValueError, match='unknown energy correction'):
-        anion_corrections(_rock_salt('Mg', 'O'), 'mp2011')
+        energy_corrections(_rock_salt('Mg', 'O'), 'mp2011')
+
+
+def test_records_from_before_gga_u():
+    """Records stored before ``on_mp_scale`` existed came from plain-GGA runs."""
+    assert on_mp_scale({'scheme': 'mp2020', 'gga_u_elements': []})
+    assert not on_mp_scale({'scheme': 'mp2020', 'gga_u_elements': ['Fe']})
+    assert not on_mp_scale({'scheme': 'none', 'gga_u_elements': []})

@@ -1,5 +1,7 @@
 """The engine interface (protocols, band gap rule) and the Quantum ESPRESSO adapter's builders."""
 
+import re
+
 import numpy as np
 import pytest
 from aiida import orm
@@ -19,6 +21,8 @@ def _structure(formula: str) -> orm.StructureData:
         structure = Structure.from_spacegroup('Fd-3m', Lattice.cubic(5.47), ['Si'], [[0, 0, 0]])
     elif formula == 'MgO':
         structure = Structure.from_spacegroup('Fm-3m', Lattice.cubic(4.25), ['Mg', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    elif formula == 'NiO':
+        structure = Structure.from_spacegroup('Fm-3m', Lattice.cubic(4.17), ['Ni', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])
     elif formula == 'Fe':
         structure = Structure.from_spacegroup('Im-3m', Lattice.cubic(2.83), ['Fe'], [[0, 0, 0]])
     else:
@@ -177,6 +181,49 @@ def test_magnetic_elements_start_spin_polarized(sssp_family, pw_code):
     # An explicit empty mapping turns spin polarization off.
     parameters = engine.get_scf_builder(_structure('Fe'), pw_code, protocol, magnetic_moments={}).pw.parameters
     assert 'nspin' not in parameters.get_dict()['SYSTEM']
+
+
+def test_gga_u_where_the_materials_project_uses_it(sssp_family, pw_code, tmp_path, monkeypatch):
+    """MP's U values (oxides and fluorides of Co, Cr, Fe, Mn, Mo, Ni, V, W) reach pw.x as Hubbard_U per species."""
+    from aiida.engine import run
+
+    engine = QuantumEspressoEngine()
+    protocol = engine.load_protocol('fast')
+    nickel_oxide = _structure('NiO')
+    assert engine.hubbard_u(nickel_oxide, protocol) == {'Ni': 6.2}
+    scf = engine.get_scf_builder(nickel_oxide, pw_code, protocol)
+    system = scf.pw.parameters.get_dict()['SYSTEM']
+    assert system['lda_plus_u'] is True
+    assert system['hubbard_u'] == {'Ni': 6.2}
+    assert system['nspin'] == 2  # Ni starts spin-polarized
+    relax = engine.get_relax_builder(nickel_oxide, pw_code, protocol)
+    assert relax.base_relax.pw.parameters['SYSTEM']['hubbard_u'] == {'Ni': 6.2}
+
+    # The input file pw.x reads (aiida-quantumespresso numbers the species alphabetically: Ni 1, O 2).
+    monkeypatch.chdir(tmp_path)
+    scf.pw.metadata.dry_run = True
+    scf.pw.metadata.store_provenance = False
+    from aiida_quantumespresso.calculations.pw import PwCalculation
+
+    inputs = {key: scf.pw[key] for key in scf.pw}
+    inputs['kpoints'] = orm.KpointsData()
+    inputs['kpoints'].set_kpoints_mesh([2, 2, 2])
+    run(PwCalculation, **inputs)
+    written = next(tmp_path.glob('submit_test/*/aiida.in')).read_text()
+    assert 'lda_plus_u = .true.' in written.lower()
+    assert re.search(r'hubbard_u\(1\) = +6\.20+d\+00', written, re.IGNORECASE)
+    assert written.split('ATOMIC_SPECIES')[1].split()[0] == 'Ni'
+
+    # Not for a compound MP runs with plain GGA, an element, or with `hubbard: none`.
+    for structure in (_structure('MgO'), _structure('Fe')):
+        assert engine.hubbard_u(structure, protocol) == {}
+        assert 'lda_plus_u' not in engine.get_scf_builder(structure, pw_code, protocol).pw.parameters['SYSTEM']
+    plain = engine.load_protocol('fast', {'hubbard': 'none'})
+    assert engine.hubbard_u(nickel_oxide, plain) == {}
+    assert engine.follows_mp_hubbard_u(protocol) and not engine.follows_mp_hubbard_u(plain)
+    assert 'hubbard_u' not in engine.get_scf_builder(nickel_oxide, pw_code, plain).pw.parameters['SYSTEM']
+    with pytest.raises(ValueError, match='protocol key hubbard'):
+        engine.load_protocol('fast', {'hubbard': 'dudarev'})
 
 
 def test_failed_restart_after_walltime_is_recognised(aiida_localhost):

@@ -16,6 +16,7 @@ from aiida import orm
 from aiida.engine import run_get_node
 
 from aiida_hpcai.engines import band_gap_from_eigenvalues, get_engine
+from aiida_hpcai.engines.base import merge_overrides
 from aiida_hpcai.workchains.dft import DftWorkChain
 from tests.conftest import require
 
@@ -175,6 +176,11 @@ def test_magmom_and_hubbard_u_follow_aiida_vasp_species_order(aiida_profile, eng
     u_by_element = dict(zip(pmg_set.poscar.site_symbols, mp['LDAUU']))
     assert u_by_element['Fe'] > 0
     assert incar['ldauu'] == [u_by_element[s] for s in ('Fe', 'O', 'Fe', 'O')]
+    # What the energy corrections are told: MP's own U on Fe, so its GGA/GGA+U constant applies.
+    assert engine.hubbard_u(structure, protocol) == {'Fe': 5.3}
+    plain = merge_overrides(protocol, {'scf': {'incar': {'LDAU': None}}}, strict=False)
+    assert engine.hubbard_u(structure, plain) == {}
+    assert engine.follows_mp_hubbard_u(protocol) and not engine.follows_mp_hubbard_u(plain)
 
     assert engine.incar(structure, pmg_set, magnetic_moments={})['ispin'] == 1
     assert 'magmom' not in engine.incar(structure, pmg_set, magnetic_moments={})

@@ -35,7 +35,7 @@ def _dataset_rows(shared_data_dir, material_ids):
 
 @pytest.fixture(scope='module')
 def dataset(shared_data_dir):
-    return _dataset_rows(shared_data_dir, {'mp-149', 'mp-1265'})
+    return _dataset_rows(shared_data_dir, {'mp-149', 'mp-1265', 'mp-19009'})
 
 
 def _run(structure, code, **inputs):
@@ -181,6 +181,39 @@ def test_mgo_formation_energy(mgo_run, dataset):
 
 
 @pytest.mark.slow
+def test_nio_runs_with_mp_u_and_takes_its_gga_u_constant(mgo_run, dataset, pw_code):
+    """NiO (mp-19009): MP runs it with U = 6.2 eV on Ni against a plain-GGA Ni metal reference; so does hpcai.dft.
+
+    After MgO, so that the O reference (same cutoffs) is found rather than computed again.
+    """
+    results, node = _run(dataset['mp-19009'][1], pw_code)
+    assert node.is_finished_ok, node.exit_message
+    corrections = results['energy_corrections'].get_dict()
+    assert corrections['hubbard_u'] == {'Ni': 6.2}
+    assert corrections['on_mp_scale'] is True
+    assert [item['name'] for item in corrections['adjustments']] == [
+        'MP2020 anion correction (oxide)',
+        'MP2020 GGA/GGA+U mixing correction (Ni)',
+    ]
+
+    def system(workchain):
+        scf = workchain.base.links.get_outgoing(link_label_filter='scf').one().node
+        return scf.inputs.pw.parameters.get_dict()['SYSTEM']
+
+    assert system(node)['lda_plus_u'] is True
+    assert system(node)['hubbard_u'] == {'Ni': 6.2}
+    (nickel,) = _reference_children(node)  # O was computed for MgO
+    assert nickel.base.extras.get(refs.REFERENCE_EXTRA)['element'] == 'Ni'
+    assert 'lda_plus_u' not in system(nickel)  # elements: plain GGA, as MP's
+    # Ni2+ (d8) carries 2 μB; the FM cell of one formula unit.
+    assert results['total_magnetization'].value == pytest.approx(
+        2.0 * len(results['relaxed_structure'].sites) / 2, abs=0.2
+    )
+    assert results['band_gap'].value > 1.0
+    assert abs(results['formation_energy_per_atom'].value - dataset['mp-19009'][0]) < 0.15
+
+
+@pytest.mark.slow
 def test_second_workchain_reuses_references(mgo_run, mgo_second_run):
     first_results, first = mgo_run
     results, node = mgo_second_run
@@ -193,7 +226,7 @@ def test_second_workchain_reuses_references(mgo_run, mgo_second_run):
         return {
             link.link_label: link.node.pk
             for link in calcfunction.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()
-            if link.link_label not in ('structure', 'energy_per_atom', 'energy_correction')
+            if link.link_label not in ('structure', 'energy_per_atom', 'energy_correction', 'hubbard_u')
         }
 
     # The very same reference energy nodes feed both formation energies.
