@@ -229,6 +229,10 @@ class EngineAdapter(abc.ABC):
     open_sections: ClassVar[frozenset[str]] = frozenset()
     #: The protocol key naming the pseudopotential (or POTCAR) family, reported as ``pseudo_family``.
     pseudo_family_key: ClassVar[str] = 'pseudo_family'
+    #: Whether MP's fitted GGA/GGA+U constants describe this engine's +U energies, so that a +U compound run with
+    #: MP's U values lands on MP's scale: they were fitted to VASP runs with MP's PAW setups, and the U energy
+    #: depends on the code's projectors (Quantum ESPRESSO: no, see docs/source/dft.md).
+    mp_gga_u_constants_apply: ClassVar[bool] = False
     #: ``metadata.options`` every CalcJob starts from; the ``options`` input is merged over them.
     DEFAULT_OPTIONS: ClassVar[dict] = {
         'resources': {'num_machines': 1},
@@ -315,12 +319,6 @@ class EngineAdapter(abc.ABC):
         The default is plain GGA.
         """
         return {}
-
-    def follows_mp_hubbard_u(self, protocol: dict) -> bool:
-        """Whether ``protocol`` runs every compound with the U values the Materials Project uses for it (none for
-        most), so that its formation energies can be put on MP's scale. The default (plain GGA everywhere) does not.
-        """
-        return False
 
     # -- builders ---------------------------------------------------------------------------------------
     @abc.abstractmethod

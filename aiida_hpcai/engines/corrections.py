@@ -9,9 +9,10 @@ The surrogate learns MP formation energies, and MP's are not raw GGA (``Material
 
 Applying the same corrections here lets the coordinate loop compare its DFT results with the surrogate's
 predictions, and fine-tune on them, on one scale. The +U constants only describe a calculation run with MP's U
-values: a compound MP runs with +U is on its scale exactly when the engine applied those values (the
-``hubbard_u`` the engine reports); otherwise only the anion corrections are added and the record says it is not
-(``on_mp_scale``). The classification (oxide or peroxide from O-O distances, anions from guessed oxidation
+values, and were fitted to MP's own VASP runs: they are added when the engine applied MP's U values (the
+``hubbard_u`` it reports), but such a compound is on MP's scale only when the engine's +U energies are VASP's
+(``constants_apply``; Quantum ESPRESSO's projectors give another U energy: NiO lands 0.48 eV/atom below MP).
+Otherwise the record says it is not (``on_mp_scale``). The classification (oxide or peroxide from O-O distances, anions from guessed oxidation
 states) is pymatgen's own, so it matches MP's.
 """
 
@@ -56,10 +57,13 @@ def _same_u(applied: dict[str, float], expected: dict[str, float]) -> bool:
     )
 
 
-def energy_corrections(structure, scheme: str = 'mp2020', hubbard_u: dict[str, float] | None = None) -> dict:
+def energy_corrections(
+    structure, scheme: str = 'mp2020', hubbard_u: dict[str, float] | None = None, constants_apply: bool = True
+) -> dict:
     """The corrections of ``structure`` (pymatgen ``Structure``) under ``scheme``, for a run with ``hubbard_u``.
 
     ``hubbard_u`` (element -> U in eV) is what the calculation applied; ``None`` or ``{}``: plain GGA.
+    ``constants_apply``: whether MP's GGA/GGA+U constants describe the engine's +U energies (see the module).
     Returns ``{'scheme', 'adjustments': [{'name', 'per_atom'}], 'per_atom', 'gga_u_elements', 'hubbard_u',
     'on_mp_scale'}`` with energies in eV per atom of the cell; ``per_atom`` is their sum, to be added to a formation
     energy per atom; ``gga_u_elements`` are the elements MP runs with +U here.
@@ -74,7 +78,7 @@ def energy_corrections(structure, scheme: str = 'mp2020', hubbard_u: dict[str, f
     from pymatgen.entries.computed_entries import ComputedStructureEntry
 
     expected = mp_hubbard_u(structure)
-    on_mp_scale = _same_u(applied, expected)
+    mp_u = _same_u(applied, expected)
     # MP's check refuses a compound it runs with +U unless the entry declares MP's own U values: declared here
     # either way, and the +U constants kept only when the run really applied them.
     entry = ComputedStructureEntry(
@@ -89,11 +93,11 @@ def energy_corrections(structure, scheme: str = 'mp2020', hubbard_u: dict[str, f
     record['adjustments'] = [
         {'name': adjustment.name, 'per_atom': adjustment.value / natoms}
         for adjustment in adjustments
-        if 'anion correction' in adjustment.name or (on_mp_scale and 'GGA+U mixing correction' in adjustment.name)
+        if 'anion correction' in adjustment.name or (mp_u and 'GGA+U mixing correction' in adjustment.name)
     ]
     record['per_atom'] = float(sum(item['per_atom'] for item in record['adjustments']))
     record['gga_u_elements'] = sorted(expected)
-    record['on_mp_scale'] = on_mp_scale
+    record['on_mp_scale'] = mp_u and (constants_apply or not expected)
     return record
 
 

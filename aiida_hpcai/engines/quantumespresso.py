@@ -145,9 +145,6 @@ class QuantumEspressoEngine(EngineAdapter):
 
         return mp_hubbard_u(structure.get_pymatgen_structure()) if protocol['hubbard'] == 'mp2020' else {}
 
-    def follows_mp_hubbard_u(self, protocol: dict) -> bool:
-        return protocol['hubbard'] == 'mp2020'
-
     def get_relax_builder(self, structure, code, protocol, options=None, magnetic_moments=None, relax_cell=True):
         from aiida_quantumespresso.workflows.pw.relax import PwRelaxWorkChain
 

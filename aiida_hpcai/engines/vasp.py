@@ -33,8 +33,6 @@ from .base import EngineAdapter, ScfResult, band_gap_from_eigenvalues, last_calc
 
 #: Tags pymatgen may leave in an INCAR that are not VASP tags.
 PYMATGEN_PSEUDO_TAGS = ('EDIFF_PER_ATOM',)
-#: pymatgen input sets that carry the Materials Project's GGA+U settings.
-MP_INPUT_SETS = ('MPRelaxSet', 'MPStaticSet')
 #: Per-species INCAR lists, in POSCAR species order.
 PER_SPECIES_TAGS = ('LDAUU', 'LDAUL', 'LDAUJ')
 #: VASP's ISIF -> which degrees of freedom move (aiida-vasp ``RelaxModeEnum``, read backwards).
@@ -93,6 +91,7 @@ class VaspEngine(EngineAdapter):
     protocol_file = pathlib.Path(__file__).parent / 'protocols' / 'vasp.yaml'
     open_sections = frozenset({'incar', 'kpoints', 'potential_mapping'})
     pseudo_family_key = 'potential_family'
+    mp_gga_u_constants_apply = True  # MP's own code, input sets and PAW setups
 
     # -- input set --------------------------------------------------------------------------------------
     @staticmethod
@@ -207,11 +206,6 @@ class VaspEngine(EngineAdapter):
         if not incar.get('LDAU'):
             return {}
         return {element: float(u) for element, u in zip(pmg_set.poscar.site_symbols, incar['LDAUU']) if u}
-
-    def follows_mp_hubbard_u(self, protocol: dict) -> bool:
-        """MP's input sets set MP's U values; an ``LDAU*`` override of the static run changes them."""
-        section = protocol['scf']
-        return section['input_set'] in MP_INPUT_SETS and not any(tag.startswith('LDAU') for tag in section['incar'])
 
     def get_relax_builder(self, structure, code, protocol, options=None, magnetic_moments=None, relax_cell=True):
         from aiida.plugins import WorkflowFactory

@@ -44,7 +44,6 @@ from ..calculations.predict import PredictCalculation
 from ..calculations.train import TrainCalculation
 from ..data.model import ModelData
 from ..data.structure_set import StructureSet
-from ..engines import get_engine
 from ..models.plots import _pyplot
 from ..screening import filters
 from ..screening.calcfunctions import screen_structure_set
@@ -419,18 +418,6 @@ def validate_inputs(inputs, ctx):
         if target == 'formation_energy_per_atom' and correction is not None and correction.value == 'none':
             # The surrogate learned MP's corrected values: raw GGA would judge and fine-tune it on another scale.
             return "dft_batch.dft.energy_correction 'none' puts DFT on another scale than the surrogate's: use 'mp2020'"
-        if target == 'formation_energy_per_atom' and 'engine' in dft and 'protocol' in dft:
-            overrides = dft['overrides'].get_dict() if 'overrides' in dft else None
-            try:
-                engine = get_engine(dft['engine'].value)
-                follows = engine.follows_mp_hubbard_u(engine.load_protocol(dft['protocol'].value, overrides))
-            except (ValueError, ImportError):
-                follows = True  # hpcai.dft's own validation reports a bad engine or protocol
-            if not follows:
-                return (
-                    "dft_batch.dft: the protocol does not run MP's U values on the compounds MP computes with GGA+U, "
-                    "which puts them on another scale than the surrogate's"
-                )
     if 'goal' in inputs and _valid_goal(inputs['goal'], None) is None:
         budget = goal_from_dict(inputs['goal'].get_dict()).dft_budget
         if 'dft_batch' in ports and budget > 0 and 'code' not in dft:

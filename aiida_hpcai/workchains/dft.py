@@ -154,19 +154,26 @@ def compute_formation_energy(
     energy_per_atom: orm.Float,
     energy_correction: orm.Str,
     hubbard_u: orm.Dict,
+    mp_gga_u_constants_apply: orm.Bool,
     **reference_energies,
 ):
     """Formation energy per atom (eV): ``(E - sum_i n_i mu_i) / N`` with ``mu_i`` the references per atom.
 
     Returns it raw (``formation_energy_per_atom_uncorrected``) and with the corrections of ``energy_correction``
-    for a compound run with ``hubbard_u`` (element -> U, eV) added (``formation_energy_per_atom``;
+    for a compound run with ``hubbard_u`` (element -> U, eV) by an engine for which MP's GGA/GGA+U constants hold
+    or not (``mp_gga_u_constants_apply``) added (``formation_energy_per_atom``;
     ``energy_corrections`` says which, and whether the value is on MP's scale).
     """
     composition = collections.Counter(structure.get_kind(site.kind_name).symbol for site in structure.sites)
     natoms = sum(composition.values())
     reference_sum = sum(count * reference_energies[element].value for element, count in composition.items())
     raw = energy_per_atom.value - reference_sum / natoms
-    record = energy_corrections(structure.get_pymatgen_structure(), energy_correction.value, hubbard_u.get_dict())
+    record = energy_corrections(
+        structure.get_pymatgen_structure(),
+        energy_correction.value,
+        hubbard_u.get_dict(),
+        constants_apply=mp_gga_u_constants_apply.value,
+    )
     return {
         'formation_energy_per_atom': orm.Float(raw + record['per_atom']),
         'formation_energy_per_atom_uncorrected': orm.Float(raw),
@@ -550,6 +557,7 @@ class DftWorkChain(LaunchesOnce, WorkChain):
             energy_per_atom=self.ctx.energy_per_atom,
             energy_correction=self.inputs.energy_correction,
             hubbard_u=orm.Dict(self.engine.hubbard_u(self.ctx.relaxed_structure, self.ctx.protocol)),
+            mp_gga_u_constants_apply=orm.Bool(self.engine.mp_gga_u_constants_apply),
             metadata={'call_link_label': 'compute_formation_energy'},
             **self.ctx.reference_energies,
         )
@@ -560,8 +568,9 @@ class DftWorkChain(LaunchesOnce, WorkChain):
             names = ', '.join(item['name'] for item in corrections['adjustments'])
             message += f' (raw {results["formation_energy_per_atom_uncorrected"].value:.4f}; {names})'
         if corrections['gga_u_elements'] and not corrections['on_mp_scale']:
-            message += f'; MP runs {", ".join(corrections["gga_u_elements"])} here with its U values, this run did not'
-            message += ', so the value is not on its scale'
+            elements = ', '.join(corrections['gga_u_elements'])
+            cause = 'whose +U constants were fitted to VASP' if corrections['hubbard_u'] else 'which this run did not'
+            message += f"; not on MP's scale: MP runs {elements} here with +U, {cause}"
         self.report(message)
         if 'own_reference' in self.ctx:
             # Found by later WorkChains once this one has finished ok (the look-up asks for exit status 0).

@@ -61,6 +61,13 @@ def test_gga_u_compound_run_with_mp_u_gets_the_mixing_constant():
     assert record['per_atom'] == pytest.approx((OXIDE + NI_U) / 2)
     assert record['on_mp_scale'] is True and on_mp_scale(record)
     assert record['hubbard_u'] == {'Ni': 6.2}
+    # The same run by an engine whose +U energies are not VASP's: the constants are the best estimate there is,
+    # but the value is not on MP's scale.
+    other_code = energy_corrections(_rock_salt('Ni', 'O'), hubbard_u={'Ni': 6.2}, constants_apply=False)
+    assert other_code['per_atom'] == record['per_atom']
+    assert not other_code['on_mp_scale']
+    # An oxide MP runs without +U is on the scale whatever the engine.
+    assert energy_corrections(_rock_salt('Mg', 'O'), constants_apply=False)['on_mp_scale']
 
 
 @pytest.mark.parametrize('hubbard_u', [None, {}, {'Fe': 4.0}])

@@ -220,7 +220,6 @@ def test_gga_u_where_the_materials_project_uses_it(sssp_family, pw_code, tmp_pat
         assert 'lda_plus_u' not in engine.get_scf_builder(structure, pw_code, protocol).pw.parameters['SYSTEM']
     plain = engine.load_protocol('fast', {'hubbard': 'none'})
     assert engine.hubbard_u(nickel_oxide, plain) == {}
-    assert engine.follows_mp_hubbard_u(protocol) and not engine.follows_mp_hubbard_u(plain)
     assert 'hubbard_u' not in engine.get_scf_builder(nickel_oxide, pw_code, plain).pw.parameters['SYSTEM']
     with pytest.raises(ValueError, match='protocol key hubbard'):
         engine.load_protocol('fast', {'hubbard': 'dudarev'})

@@ -180,7 +180,7 @@ def test_magmom_and_hubbard_u_follow_aiida_vasp_species_order(aiida_profile, eng
     assert engine.hubbard_u(structure, protocol) == {'Fe': 5.3}
     plain = merge_overrides(protocol, {'scf': {'incar': {'LDAU': None}}}, strict=False)
     assert engine.hubbard_u(structure, plain) == {}
-    assert engine.follows_mp_hubbard_u(protocol) and not engine.follows_mp_hubbard_u(plain)
+    assert engine.mp_gga_u_constants_apply
 
     assert engine.incar(structure, pmg_set, magnetic_moments={})['ispin'] == 1
     assert 'magmom' not in engine.incar(structure, pmg_set, magnetic_moments={})

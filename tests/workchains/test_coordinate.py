@@ -388,14 +388,6 @@ def test_raw_dft_formation_energies_are_refused(code, generator, property_model)
     }
     with pytest.raises(ValueError, match="energy_correction 'none' puts DFT on another scale"):
         run_get_node(CoordinateWorkChain, **inputs)
-    # So would Fe, Ni, ... oxides run without MP's U values.
-    inputs['dft_batch']['dft'] = {
-        'engine': orm.Str('quantumespresso'),
-        'code': code,
-        'overrides': orm.Dict({'hubbard': 'none'}),
-    }
-    with pytest.raises(ValueError, match="does not run MP's U values"):
-        run_get_node(CoordinateWorkChain, **inputs)
 
 
 # -- ab initio generation restricted to the Goal's elements ------------------------------------------------------

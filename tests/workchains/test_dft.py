@@ -184,13 +184,15 @@ def test_mgo_formation_energy(mgo_run, dataset):
 def test_nio_runs_with_mp_u_and_takes_its_gga_u_constant(mgo_run, dataset, pw_code):
     """NiO (mp-19009): MP runs it with U = 6.2 eV on Ni against a plain-GGA Ni metal reference; so does hpcai.dft.
 
-    After MgO, so that the O reference (same cutoffs) is found rather than computed again.
+    After MgO, so that the O reference (same cutoffs) is found rather than computed again. MP's GGA/GGA+U constant
+    is added, but pw.x's U energy is not VASP's: the value is not on MP's scale (benchmarks/dft_qe.py --gga-u
+    measured -1.513 eV/atom against MP's -1.037).
     """
     results, node = _run(dataset['mp-19009'][1], pw_code)
     assert node.is_finished_ok, node.exit_message
     corrections = results['energy_corrections'].get_dict()
     assert corrections['hubbard_u'] == {'Ni': 6.2}
-    assert corrections['on_mp_scale'] is True
+    assert corrections['on_mp_scale'] is False
     assert [item['name'] for item in corrections['adjustments']] == [
         'MP2020 anion correction (oxide)',
         'MP2020 GGA/GGA+U mixing correction (Ni)',
@@ -202,15 +204,21 @@ def test_nio_runs_with_mp_u_and_takes_its_gga_u_constant(mgo_run, dataset, pw_co
 
     assert system(node)['lda_plus_u'] is True
     assert system(node)['hubbard_u'] == {'Ni': 6.2}
-    (nickel,) = _reference_children(node)  # O was computed for MgO
-    assert nickel.base.extras.get(refs.REFERENCE_EXTRA)['element'] == 'Ni'
+    computed = {child.base.extras.get(refs.REFERENCE_EXTRA)['element'] for child in _reference_children(node)}
+    assert computed <= {'Ni'}  # O was computed for MgO, at the same cutoffs
+    formation = node.base.links.get_outgoing(link_label_filter='compute_formation_energy').one().node
+    nickel = formation.base.links.get_incoming(link_label_filter='Ni').one().node.creator.caller
+    assert nickel.process_type == node.process_type
     assert 'lda_plus_u' not in system(nickel)  # elements: plain GGA, as MP's
     # Ni2+ (d8) carries 2 μB; the FM cell of one formula unit.
     assert results['total_magnetization'].value == pytest.approx(
         2.0 * len(results['relaxed_structure'].sites) / 2, abs=0.2
     )
     assert results['band_gap'].value > 1.0
-    assert abs(results['formation_energy_per_atom'].value - dataset['mp-19009'][0]) < 0.15
+    # Raw GGA+U against GGA metal: far above MP's value until the constants are added (-0.34 - 1.27 eV/atom).
+    raw = results['formation_energy_per_atom_uncorrected'].value
+    assert results['formation_energy_per_atom'].value == pytest.approx(raw - 0.687 / 2 - 2.541 / 2)
+    assert raw > dataset['mp-19009'][0] + 0.8
 
 
 @pytest.mark.slow
