@@ -232,7 +232,7 @@ def _on_mp_scale(outputs) -> bool:
     """Whether an ``hpcai.dft``'s formation energy carries MP's corrections, as the surrogate's and MP's do.
 
     Runs with ``energy_correction='none'``, runs made before the corrections existed (raw GGA), and +U compounds
-    run without MP's U values are not on that scale.
+    run without MP's U values or by an engine MP's +U constants were not fitted to (QE) are not on that scale.
     """
     return 'energy_corrections' in outputs and on_mp_scale(dict(outputs['energy_corrections']))
 

@@ -12,8 +12,8 @@ predictions, and fine-tune on them, on one scale. The +U constants only describe
 values, and were fitted to MP's own VASP runs: they are added when the engine applied MP's U values (the
 ``hubbard_u`` it reports), but such a compound is on MP's scale only when the engine's +U energies are VASP's
 (``constants_apply``; Quantum ESPRESSO's projectors give another U energy: NiO lands 0.48 eV/atom below MP).
-Otherwise the record says it is not (``on_mp_scale``). The classification (oxide or peroxide from O-O distances, anions from guessed oxidation
-states) is pymatgen's own, so it matches MP's.
+Otherwise the record says it is not (``on_mp_scale``). The classification (oxide or peroxide from O-O
+distances, anions from guessed oxidation states) is pymatgen's own, so it matches MP's.
 """
 
 from __future__ import annotations
