@@ -234,7 +234,8 @@ def test_second_workchain_reuses_references(mgo_run, mgo_second_run):
         return {
             link.link_label: link.node.pk
             for link in calcfunction.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()
-            if link.link_label not in ('structure', 'energy_per_atom', 'energy_correction', 'hubbard_u')
+            if link.link_label
+            not in ('structure', 'energy_per_atom', 'energy_correction', 'hubbard_u', 'mp_gga_u_constants_apply')
         }
 
     # The very same reference energy nodes feed both formation energies.
