@@ -13,7 +13,7 @@ from aiida.engine import run_get_node
 from pymatgen.core import Structure
 
 from aiida_hpcai.engines import references as refs
-from aiida_hpcai.workchains.dft import DftWorkChain
+from aiida_hpcai.workchains.dft import DftWorkChain, compute_formation_energy
 
 OPTIONS = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 2}, 'max_wallclock_seconds': 1800}
 
@@ -229,13 +229,15 @@ def test_second_workchain_reuses_references(mgo_run, mgo_second_run):
     assert not _reference_children(node)
     assert not [child for child in node.called_descendants if child.process_type == node.process_type]
 
+    # The reference energies are the calcfunction's dynamic inputs: every input but its named ports.
+    named_inputs = set(compute_formation_energy.process_class.spec().inputs)
+
     def reference_inputs(workchain):
         calcfunction = workchain.base.links.get_outgoing(link_label_filter='compute_formation_energy').one().node
         return {
             link.link_label: link.node.pk
             for link in calcfunction.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()
-            if link.link_label
-            not in ('structure', 'energy_per_atom', 'energy_correction', 'hubbard_u', 'mp_gga_u_constants_apply')
+            if link.link_label not in named_inputs
         }
 
     # The very same reference energy nodes feed both formation energies.
