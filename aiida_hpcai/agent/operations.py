@@ -25,7 +25,6 @@ from collections.abc import Sequence
 
 from aiida import orm
 
-from ..engines.corrections import on_mp_scale
 from .goal import Goal, PlanError, goal_from_dict
 
 __all__ = (
@@ -177,6 +176,7 @@ def _space_group_of(structure) -> int:
 def _dft_hits(goal: Goal, counts: dict) -> list[dict]:
     """Finished ``hpcai.dft`` results whose relaxed structure and values satisfy ``goal``."""
     from aiida_hpcai.screening.calcfunctions import FINGERPRINT_EXTRA
+    from aiida_hpcai.workchains.dft import formation_energy_on_mp_scale
 
     query = orm.QueryBuilder()
     query.append(
@@ -203,7 +203,7 @@ def _dft_hits(goal: Goal, counts: dict) -> list[dict]:
             continue
         outputs = process.outputs
         values = {name: _finite(outputs[name].value) for name in DFT_OUTPUTS if name in outputs}
-        if not _on_mp_scale(outputs):
+        if not formation_energy_on_mp_scale(outputs):
             values.pop('formation_energy_per_atom', None)  # a Goal's formation energy is on MP's scale
         fits = _bounds_fit(goal, values)
         if fits is None:
@@ -226,15 +226,6 @@ def _dft_hits(goal: Goal, counts: dict) -> list[dict]:
             }
         )
     return hits
-
-
-def _on_mp_scale(outputs) -> bool:
-    """Whether an ``hpcai.dft``'s formation energy carries MP's corrections, as the surrogate's and MP's do.
-
-    Runs with ``energy_correction='none'``, runs made before the corrections existed (raw GGA), and +U compounds
-    run without MP's U values or by an engine MP's +U constants were not fitted to (QE) are not on that scale.
-    """
-    return 'energy_corrections' in outputs and on_mp_scale(dict(outputs['energy_corrections']))
 
 
 def _structure_set_hits(goal: Goal, counts: dict) -> list[dict]:

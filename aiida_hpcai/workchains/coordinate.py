@@ -13,7 +13,8 @@ Steps (docs/source/coordinate.md):
 3. each prediction is accepted when its sigma is at most the threshold and its mean lies within the Goal's bounds;
    a confident prediction outside the bounds is dropped; the others go to ``hpcai.dft_batch``, as many as the Goal's
    DFT budget (shared with every other process tagged with the same Goal) and ``dft_per_iteration`` allow;
-4. DFT results within the Goal are results; every DFT result enters the fine-tuning buffer. When ``buffer_size``
+4. DFT results within the Goal are results; every DFT result enters the fine-tuning buffer (a formation energy off
+   MP's scale, from GGA+U by an engine MP's constants do not fit, is neither a result nor taught). When ``buffer_size``
    new results are in it, ``hpcai.train`` fine-tunes the current model (``parent_model``) on all of the loop's DFT
    results, submitted as its own process: the loop does not wait for it, and at the start of each iteration it
    switches to the new model if the job has finished ok (a failed job is logged and the loop keeps its model);
@@ -163,16 +164,18 @@ def goal_candidates(structures: StructureSet, goal: orm.Dict, prefix: orm.Str) -
 
 
 @calcfunction
-def fine_tune_set(target: orm.Str, **relaxed: StructureSet) -> StructureSet:
+def fine_tune_set(target: orm.Str, excluded: orm.Dict, **relaxed: StructureSet) -> StructureSet:
     """The loop's DFT results (``relaxed_<iteration>``: ``hpcai.dft_batch``'s relaxed sets) with a finite ``target``,
-    as one StructureSet to fine-tune on."""
+    as one StructureSet to fine-tune on; ``excluded`` (``{relaxed_<iteration>: [id, ...]}``) names results whose
+    ``target`` must not teach the model (formation energies off MP's scale)."""
     from ..models.structure_io import concatenate
 
+    left_out = excluded.get_dict()
     parts = []
     for key in sorted(relaxed, key=lambda key: int(key.removeprefix('relaxed_'))):
         arrays = relaxed[key].arrays
-        finite = np.flatnonzero(np.isfinite(arrays.labels[target.value]))
-        parts.append(('', arrays.subset(finite)))
+        usable = np.isfinite(arrays.labels[target.value]) & ~np.isin(relaxed[key].ids, left_out.get(key, []))
+        parts.append(('', arrays.subset(np.flatnonzero(usable))))
     return StructureSet(concatenate(parts))
 
 
@@ -647,6 +650,7 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         self.ctx.sets = {}
         self.ctx.known = []  # hits and earlier valid sets: no candidate may duplicate them
         self.ctx.relaxed_keys = []
+        self.ctx.off_scale = {}  # relaxed_<iteration> -> ids whose formation energy is not on MP's scale
         self.ctx.buffered = 0
         self.ctx.fine_tune_pk = None
         self.ctx.fine_tunes = []
@@ -990,12 +994,26 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         key = f'relaxed_{self.ctx.iteration}'
         self.ctx.sets[key] = relaxed
         self.ctx.relaxed_keys.append(key)
-        self.ctx.buffered += len(relaxed)
         children = {row['id']: row['process'] for row in results['structures']}
+        # A formation energy off MP's scale (QE's +U compounds) cannot be compared with the Goal's bounds, the
+        # surrogate's predictions or its training data: it is left out of acceptance, the rule's refresh and
+        # fine-tuning (the other properties of that result still count).
+        off_scale = [row['id'] for row in results['structures'] if row.get('on_mp_scale') is False]
+        self.ctx.off_scale[key] = off_scale
+        if off_scale:
+            log['dft_off_mp_scale'] = off_scale
+            self.report(
+                f"{len(off_scale)} DFT result(s) with a formation energy off MP's scale (GGA+U by an engine MP's "
+                f'constants were not fitted to): not used as formation energies'
+            )
+        usable = self._usable(key, relaxed.ids)
+        self.ctx.buffered += len(usable)
         accepted, outside = [], []
         for index, identifier in enumerate(relaxed.ids):
             values = {name: _finite_or_none(relaxed.get_label(LABELS[name])[index]) for name in DFT_PROPERTIES}
             values = {name: value for name, value in values.items() if value is not None}
+            if identifier in off_scale:
+                values.pop('formation_energy_per_atom', None)
             structure = relaxed.get_pymatgen(index)
             reduced, elements = operations._reduced(structure.composition.formula)
             fits = (
@@ -1025,11 +1043,17 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
                 }
             )
         log.update(dft_accepted=accepted, dft_outside_goal=outside)
-        self._refresh_acceptance(relaxed)
+        self._refresh_acceptance(relaxed, usable)
 
-    def _refresh_acceptance(self, relaxed: StructureSet):
-        """Count this iteration's DFT results against the current model's predictions of them and refresh the
-        acceptance rule on them (:func:`aiida_hpcai.models.acceptance.refresh`): none was in the model's training.
+    def _usable(self, key: str, ids) -> list[str]:
+        """The ids of a relaxed set whose value of the loop's property may judge and teach the surrogate."""
+        if self.ctx.property != 'formation_energy_per_atom':
+            return list(ids)
+        return [identifier for identifier in ids if identifier not in self.ctx.off_scale.get(key, [])]
+
+    def _refresh_acceptance(self, relaxed: StructureSet, usable: list[str]):
+        """Count this iteration's ``usable`` DFT results against the current model's predictions of them and refresh
+        the acceptance rule on them (:func:`aiida_hpcai.models.acceptance.refresh`): none was in the model's training.
 
         The counts of the record are pooled across fine-tunes: a fine-tuned model's sigma is taken to sort its
         errors as its parent's did, and the refresh's own check (the new results alone must not be evidence
@@ -1049,7 +1073,7 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
                 'dft': _finite_or_none(truth[index]),
             }
             for index, identifier in enumerate(relaxed.ids)
-            if identifier in predicted and predicted[identifier]['mean'] is not None
+            if identifier in usable and identifier in predicted and predicted[identifier]['mean'] is not None
         ]
         checks = [check for check in checks if check['dft'] is not None and check['sigma'] is not None]
         self.ctx.loop_checks.extend(checks)
@@ -1102,8 +1126,10 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
             log['buffer'] = self.ctx.buffered
             return
         parent = next(iter(self.ctx.models.values()))
+        excluded = {key: ids for key, ids in self.ctx.off_scale.items() if ids}
         training = fine_tune_set(
             orm.Str(self.ctx.property),
+            orm.Dict(excluded if self.ctx.property == 'formation_energy_per_atom' else {}),
             metadata={'call_link_label': f'fine_tune_set_{self.ctx.iteration}'},
             **{key: self.ctx.sets[key] for key in self.ctx.relaxed_keys},
         )

@@ -24,7 +24,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 from ..engines import get_engine
 from ..engines import references as refs
 from ..engines.base import failure_cause, merge_overrides
-from ..engines.corrections import SCHEMES, energy_corrections
+from ..engines.corrections import SCHEMES, energy_corrections, on_mp_scale
 from .launch_once import LaunchesOnce
 
 
@@ -179,6 +179,16 @@ def compute_formation_energy(
         'formation_energy_per_atom_uncorrected': orm.Float(raw),
         'energy_corrections': orm.Dict(record),
     }
+
+
+def formation_energy_on_mp_scale(outputs) -> bool:
+    """Whether the formation energy among an ``hpcai.dft``'s ``outputs`` carries MP's corrections, as the surrogate's
+    training data and MP's own values do.
+
+    Runs with ``energy_correction='none'``, runs made before the corrections existed (raw GGA), and +U compounds
+    run without MP's U values or by an engine MP's +U constants were not fitted to (QE) are not on that scale.
+    """
+    return 'energy_corrections' in outputs and on_mp_scale(dict(outputs['energy_corrections']))
 
 
 class DftWorkChain(LaunchesOnce, WorkChain):

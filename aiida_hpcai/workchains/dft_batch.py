@@ -30,7 +30,7 @@ from ..data.structure_set import StructureSet
 from ..engines import get_engine
 from ..engines import references as refs
 from ..screening.calcfunctions import set_fingerprint
-from .dft import DftWorkChain, reference_identity, reference_inputs
+from .dft import DftWorkChain, formation_energy_on_mp_scale, reference_identity, reference_inputs
 from .launch_once import LaunchesOnce
 
 #: Output name of ``hpcai.dft`` -> label of the relaxed ``StructureSet``.
@@ -272,7 +272,7 @@ class DftBatchWorkChain(LaunchesOnce, WorkChain):
         for index in self.ctx.running:
             node = self.ctx[f'structure_{index}']
             if node.is_finished_ok:
-                self._record(index, 'finished_ok', node, 0, None)
+                self._record(index, 'finished_ok', node, 0, None, formation_energy_on_mp_scale(node.outputs))
                 relaxed = node.outputs.relaxed_structure
                 set_fingerprint(relaxed)
                 self.ctx.outputs[f'relaxed_{index}'] = relaxed
@@ -286,7 +286,7 @@ class DftBatchWorkChain(LaunchesOnce, WorkChain):
                 self.report(f'{self.ctx.ids[index]}: DftWorkChain<{node.pk}> {status}: {message}')
         self.ctx.running = []
 
-    def _record(self, index, status, node, exit_status, message):
+    def _record(self, index, status, node, exit_status, message, on_mp_scale=None):
         self.ctx.rows.append(
             {
                 'index': index,
@@ -295,6 +295,8 @@ class DftBatchWorkChain(LaunchesOnce, WorkChain):
                 'process': node.uuid if node is not None else None,
                 'exit_status': exit_status,
                 'exit_message': message,
+                # whether its formation energy can stand beside MP's (None: no result)
+                'on_mp_scale': on_mp_scale,
             }
         )
 

@@ -9,6 +9,7 @@ from aiida_hpcai.agent import operations
 from aiida_hpcai.agent.goal import PlanError
 from aiida_hpcai.data.model import ModelData
 from aiida_hpcai.data.structure_set import StructureSet
+from aiida_hpcai.workchains.dft import formation_energy_on_mp_scale
 from aiida_hpcai.workchains.structures import select_structures
 
 # A small table as a user would import it: ids, structures and two labels. The values are test values
@@ -225,11 +226,11 @@ def test_generate_samples_a_composition(aiida_profile, tmp_path_factory):
 
 def test_look_up_reads_formation_energies_on_mp_scale_only():
     """A Goal's formation energy is on MP's scale: hpcai.dft results without MP's anion corrections don't count."""
-    assert operations._on_mp_scale({'energy_corrections': {'scheme': 'mp2020'}})
-    assert not operations._on_mp_scale({'energy_corrections': {'scheme': 'none'}})
-    assert not operations._on_mp_scale({})  # made before hpcai.dft had the corrections
+    assert formation_energy_on_mp_scale({'energy_corrections': {'scheme': 'mp2020'}})
+    assert not formation_energy_on_mp_scale({'energy_corrections': {'scheme': 'none'}})
+    assert not formation_energy_on_mp_scale({})  # made before hpcai.dft had the corrections
     # +U compounds: on the scale only when the run applied MP's U values
     fe2o3 = {'scheme': 'mp2020', 'gga_u_elements': ['Fe']}
-    assert not operations._on_mp_scale({'energy_corrections': fe2o3})  # a record from before GGA+U: plain GGA
-    assert operations._on_mp_scale({'energy_corrections': {**fe2o3, 'on_mp_scale': True}})
-    assert not operations._on_mp_scale({'energy_corrections': {**fe2o3, 'on_mp_scale': False}})
+    assert not formation_energy_on_mp_scale({'energy_corrections': fe2o3})  # a record from before GGA+U: plain GGA
+    assert formation_energy_on_mp_scale({'energy_corrections': {**fe2o3, 'on_mp_scale': True}})
+    assert not formation_energy_on_mp_scale({'energy_corrections': {**fe2o3, 'on_mp_scale': False}})

@@ -288,6 +288,20 @@ def test_fine_tune_is_submitted_and_the_loop_switches(dft_run, property_model):
             assert model.pk == entry['model_pk']
 
 
+def test_fine_tune_set_leaves_out_excluded_and_unlabelled_results(aiida_profile):
+    """The fine-tuning set: every relaxed set's results with a finite target, less those ``excluded`` names for
+    that set (an id of one iteration may name another structure in the next)."""
+    from aiida_hpcai.workchains.coordinate import fine_tune_set
+
+    cells = [Structure(Lattice.cubic(length), ['Si'], [[0, 0, 0]]) for length in (2.5, 2.6, 2.7, 2.8)]
+    first = StructureSet.from_pymatgen(cells[:2], ids=['a', 'b'], labels={TARGET: [0.1, 0.2]})
+    second = StructureSet.from_pymatgen(cells[2:], ids=['a', 'c'], labels={TARGET: [0.3, float('nan')]})
+    training = fine_tune_set(orm.Str(TARGET), orm.Dict({'relaxed_1': ['a']}), relaxed_1=first, relaxed_2=second)
+    assert training.ids == ['b', 'a']
+    assert training.get_label(TARGET).tolist() == [0.2, 0.3]
+    assert training.get_pymatgen(1).lattice.a == pytest.approx(2.7)
+
+
 def test_default_threshold_is_the_calibrated_rule_of_the_shipped_model(property_model):
     from aiida_hpcai.data.model import ModelData
     from aiida_hpcai.models.acceptance import shipped_acceptance

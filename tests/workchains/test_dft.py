@@ -15,6 +15,8 @@ from pymatgen.core import Structure
 from aiida_hpcai.engines import references as refs
 from aiida_hpcai.workchains.dft import DftWorkChain, compute_formation_energy
 
+from .test_coordinate import code, generator  # noqa: F401 -- fixtures of the coordinate loop test
+
 OPTIONS = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 2}, 'max_wallclock_seconds': 1800}
 
 
@@ -38,12 +40,12 @@ def dataset(shared_data_dir):
     return _dataset_rows(shared_data_dir, {'mp-149', 'mp-1265', 'mp-19009'})
 
 
-def _run(structure, code, **inputs):
+def _run(structure, pw, **inputs):
     return run_get_node(
         DftWorkChain,
         structure=orm.StructureData(pymatgen=structure) if isinstance(structure, Structure) else structure,
         engine=orm.Str('quantumespresso'),
-        code=code,
+        code=pw,
         protocol=orm.Str('fast'),
         options=orm.Dict(OPTIONS),
         **inputs,
@@ -180,15 +182,21 @@ def test_mgo_formation_energy(mgo_run, dataset):
     assert oxygen.outputs.total_magnetization.value == pytest.approx(2.0, abs=0.1)
 
 
+@pytest.fixture(scope='module')
+def nio_run(mgo_run, dataset, pw_code):  # noqa: F811
+    """NiO mp-19009, after MgO, so that the O reference (same cutoffs) is found rather than computed again; in MP's
+    cell (rock salt has no free coordinate: one SCF instead of a spin-polarized vc-relax of several minutes)."""
+    return _run(dataset['mp-19009'][1], pw_code, relax_cell=orm.Bool(False))
+
+
 @pytest.mark.slow
-def test_nio_runs_with_mp_u_and_takes_its_gga_u_constant(mgo_run, dataset, pw_code):
+def test_nio_runs_with_mp_u_and_takes_its_gga_u_constant(nio_run, dataset):
     """NiO (mp-19009): MP runs it with U = 6.2 eV on Ni against a plain-GGA Ni metal reference; so does hpcai.dft.
 
-    After MgO, so that the O reference (same cutoffs) is found rather than computed again. MP's GGA/GGA+U constant
-    is added, but pw.x's U energy is not VASP's: the value is not on MP's scale (benchmarks/dft_qe.py --gga-u
-    measured -1.513 eV/atom against MP's -1.037).
+    MP's GGA/GGA+U constant is added, but pw.x's U energy is not VASP's: the value is not on MP's scale
+    (benchmarks/dft_qe.py --gga-u measured -1.513 eV/atom against MP's -1.037).
     """
-    results, node = _run(dataset['mp-19009'][1], pw_code)
+    results, node = nio_run
     assert node.is_finished_ok, node.exit_message
     corrections = results['energy_corrections'].get_dict()
     assert corrections['hubbard_u'] == {'Ni': 6.2}
@@ -219,6 +227,69 @@ def test_nio_runs_with_mp_u_and_takes_its_gga_u_constant(mgo_run, dataset, pw_co
     raw = results['formation_energy_per_atom_uncorrected'].value
     assert results['formation_energy_per_atom'].value == pytest.approx(raw - 0.687 / 2 - 2.541 / 2)
     assert raw > dataset['mp-19009'][0] + 0.8
+
+
+@pytest.mark.slow
+def test_coordinate_keeps_off_scale_formation_energies_out(nio_run, dataset, pw_code, code, generator):  # noqa: F811
+    """``hpcai.coordinate`` sends NiO to DFT for a formation-energy Goal. QE's +U value is off MP's scale: it is no
+    result, no check of the acceptance rule and no fine-tuning data; the band gap of the run still stands.
+
+    The loop's pw.x jobs are the NiO run's above (same inputs), taken from AiiDA's cache; the Ni reference is found.
+    """
+    from aiida.manage.caching import enable_caching
+
+    from aiida_hpcai.agent import operations
+    from aiida_hpcai.data.model import ModelData
+    from aiida_hpcai.data.structure_set import StructureSet
+    from aiida_hpcai.workchains.coordinate import CoordinateWorkChain, _json_clean
+
+    from .test_coordinate import ACCEPTS_NOTHING, _inputs
+
+    goal = operations.plan('NiO with a formation energy below 0 eV/atom, at most 1 DFT run')
+    # the look-up does not count the NiO run above: its formation energy is not comparable with the bound
+    assert nio_run[1].pk not in [hit['node_pk'] for hit in operations.look_up(goal)['hits']]
+    candidates = StructureSet.from_pymatgen([dataset['mp-19009'][1]], ids=['NiO'])
+    model = ModelData.pretrained('formation_energy_per_atom')  # knows Ni; ACCEPTS_NOTHING sends NiO to DFT
+    inputs = _inputs(
+        code,
+        generator,
+        model,
+        goal,
+        candidates=candidates,
+        max_iterations=orm.Int(1),
+        acceptance=orm.Dict(_json_clean(ACCEPTS_NOTHING)),
+        buffer_size=orm.Int(1),
+        dft_batch={
+            'dft': {
+                'engine': orm.Str('quantumespresso'),
+                'code': pw_code,
+                'protocol': orm.Str('fast'),
+                'options': orm.Dict(OPTIONS),
+                'relax_cell': orm.Bool(False),
+            }
+        },
+    )
+    with enable_caching(identifier='aiida.calculations:quantumespresso.pw'):
+        results, node = run_get_node(CoordinateWorkChain, **inputs)
+    # NiO was the only candidate, and it is no result
+    assert node.exit_status == CoordinateWorkChain.exit_codes.ERROR_NOTHING_FOUND.status, node.exit_message
+    (entry,) = results['decision_log']['iterations']
+    assert [sent['id'] for sent in entry['sent_to_dft']] == ['i1-NiO']
+    assert entry['dft_off_mp_scale'] == ['i1-NiO']
+    batch = orm.load_node(entry['dft_pk'])
+    (row,) = batch.outputs.results['structures']
+    assert row['status'] == 'finished_ok' and row['on_mp_scale'] is False
+    # what keeps this test cheap: every pw.x job of the loop is a copy of the NiO run's
+    pw_jobs = [job for job in orm.load_node(row['process']).called_descendants if job.process_label == 'PwCalculation']
+    assert pw_jobs and all(job.base.caching.get_cache_source() for job in pw_jobs)
+    # not a result: the Goal's bound cannot be checked; the band gap is kept
+    assert entry['dft_accepted'] == []
+    (outside,) = entry['dft_outside_goal']
+    assert 'formation_energy_per_atom' not in outside and outside['band_gap'] > 1.0
+    assert results['table']['rows'] == []
+    # neither a check of the acceptance rule nor a fine-tuning example (a buffer of 1 would have submitted one)
+    assert 'acceptance_refresh' not in entry and results['decision_log']['acceptance']['loop_results'] == []
+    assert entry['buffer'] == 0 and 'fine_tune_submitted' not in entry
 
 
 @pytest.mark.slow

@@ -71,6 +71,8 @@ def test_batch_results_and_failures(batch_run):
     assert failed['exit_status'] == DftWorkChain.exit_codes.ERROR_MISSING_PSEUDOPOTENTIAL.status
     assert 'Au' in failed['exit_message']
     assert orm.load_node(failed['process']).exit_status == failed['exit_status']
+    # plain GGA Si carries MP's (empty) corrections: its formation energy stands beside MP's; a failure has none
+    assert rows['Si#0']['on_mp_scale'] is rows['Si#1']['on_mp_scale'] is True and failed['on_mp_scale'] is None
 
     relaxed = results['relaxed_structures']
     assert relaxed.ids == ['Si#0', 'Si#1']
