@@ -931,10 +931,12 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
             return (fits is False, key)
 
         uncertain.sort(key=priority)
+        uncertain, useless = self._dft_can_answer(goal, uncertain)
         room = min(self.ctx.dft_left, self.inputs.dft_per_iteration.value)
         to_dft, not_sent = uncertain[:room], uncertain[room:]
         for entry in not_sent:
             entry['not_sent'] = 'DFT budget spent' if self.ctx.dft_left <= len(to_dft) else 'dft_per_iteration cap'
+        not_sent += useless
         log.update(accepted=accepted, dropped=dropped, sent_to_dft=to_dft, not_sent_to_dft=not_sent)
         if any(entry['not_sent'] == 'DFT budget spent' for entry in not_sent) and not self.inputs.continue_without_dft:
             self.ctx.stop_reason = f'dft_budget: {len(not_sent)} candidate(s) needed DFT beyond the budget'
@@ -958,6 +960,37 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         log['dft_pk'] = dft.pk
         self.ctx.dft = dft.pk
         return ToContext(dft_batch=dft)
+
+    def _dft_can_answer(self, goal, uncertain: list[dict]) -> tuple[list[dict], list[dict]]:
+        """Split the uncertain candidates into those DFT can settle and those it cannot: when the Goal bounds or
+        ranks by the formation energy, a candidate whose DFT formation energy would be off MP's scale (a compound
+        MP runs with GGA+U, by an engine MP's constants were not fitted to: Quantum ESPRESSO) would spend the budget
+        on a value the loop must leave out (:meth:`inspect_dft`)."""
+        from .dft import formation_energy_will_be_on_mp_scale
+
+        name = 'formation_energy_per_atom'
+        dft = self.exposed_inputs(DftBatchWorkChain, namespace='dft_batch').get('dft', {})
+        needed = name in goal.bounds or (goal.objective is not None and goal.objective[1] == name)
+        if not uncertain or not needed or 'engine' not in dft:
+            return uncertain, []
+        valid = self.ctx.valid
+        index = {identifier: position for position, identifier in enumerate(valid.ids)}
+        answerable, useless = [], []
+        for entry in uncertain:
+            if formation_energy_will_be_on_mp_scale(dft, valid.get_structuredata(index[entry['id']])):
+                answerable.append(entry)
+            else:
+                entry['not_sent'] = (
+                    f"its {dft['engine'].value} formation energy would be off MP's scale (GGA+U), and the goal "
+                    'needs the formation energy'
+                )
+                useless.append(entry)
+        if useless:
+            self.report(
+                f"{len(useless)} uncertain candidate(s) not sent to DFT: {dft['engine'].value}'s formation energy of "
+                "their composition would be off MP's scale (GGA+U)"
+            )
+        return answerable, useless
 
     def _match_probabilities(self):
         """The discriminator's match probability per valid structure; False without a discriminator; None (the loop

@@ -191,6 +191,22 @@ def formation_energy_on_mp_scale(outputs) -> bool:
     return 'energy_corrections' in outputs and on_mp_scale(dict(outputs['energy_corrections']))
 
 
+def formation_energy_will_be_on_mp_scale(dft_inputs, structure: orm.StructureData) -> bool:
+    """Whether ``hpcai.dft`` run with ``dft_inputs`` (``engine``, ``protocol``, ``energy_correction``, optional
+    ``overrides``) will report the formation energy of ``structure`` on MP's scale, before it runs: the rule of its
+    ``compute_formation_energy``, which depends on the composition alone (a relaxation keeps it)."""
+    engine = get_engine(dft_inputs['engine'].value)
+    overrides = dft_inputs['overrides'].get_dict() if 'overrides' in dft_inputs else None
+    protocol = engine.load_protocol(dft_inputs['protocol'].value, overrides)
+    record = energy_corrections(
+        structure.get_pymatgen_structure(),
+        dft_inputs['energy_correction'].value,
+        engine.hubbard_u(structure, protocol),
+        constants_apply=engine.mp_gga_u_constants_apply,
+    )
+    return record['on_mp_scale']
+
+
 class DftWorkChain(LaunchesOnce, WorkChain):
     """Relax a structure, run a static SCF and compute its formation energy, with the engine given as input."""
 

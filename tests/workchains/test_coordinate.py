@@ -288,6 +288,32 @@ def test_fine_tune_is_submitted_and_the_loop_switches(dft_run, property_model):
             assert model.pk == entry['model_pk']
 
 
+def test_no_dft_for_a_formation_energy_that_would_be_off_mp_scale(code, generator, pw_code):
+    """MP runs NiO with GGA+U, and QE's +U formation energies are off MP's scale: DFT could not settle a
+    formation-energy Goal, so the uncertain candidate is not sent, with the reason, and the budget stays unspent."""
+    from aiida_hpcai.data.model import ModelData
+
+    goal = operations.plan('NiO with a formation energy below 0 eV/atom, at most 1 DFT run')
+    rocksalt = Structure.from_spacegroup('Fm-3m', Lattice.cubic(4.17), ['Ni', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    inputs = _inputs(
+        code,
+        generator,
+        ModelData.pretrained(TARGET),  # knows Ni
+        goal,
+        candidates=StructureSet.from_pymatgen([rocksalt], ids=['NiO']),
+        max_iterations=orm.Int(1),
+        acceptance=orm.Dict(_json_clean(ACCEPTS_NOTHING)),
+        dft_batch={'dft': {'engine': orm.Str('quantumespresso'), 'code': pw_code, 'protocol': orm.Str('fast')}},
+    )
+    results, node = run_get_node(CoordinateWorkChain, **inputs)
+    assert node.exit_status == CoordinateWorkChain.exit_codes.ERROR_NOTHING_FOUND.status, node.exit_message
+    (entry,) = results['decision_log']['iterations']
+    assert entry['sent_to_dft'] == [] and 'dft_pk' not in entry
+    (left,) = entry['not_sent_to_dft']
+    assert left['id'] == 'i1-NiO' and "off MP's scale" in left['not_sent']
+    assert not _called(node, 'aiida.workflows:hpcai.dft_batch')
+
+
 def test_fine_tune_set_leaves_out_excluded_and_unlabelled_results(aiida_profile):
     """The fine-tuning set: every relaxed set's results with a finite target, less those ``excluded`` names for
     that set (an id of one iteration may name another structure in the next)."""

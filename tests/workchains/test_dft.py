@@ -10,7 +10,7 @@ import pytest
 from aiida import orm
 from aiida.common.links import LinkType
 from aiida.engine import run_get_node
-from pymatgen.core import Structure
+from pymatgen.core import Lattice, Structure
 
 from aiida_hpcai.engines import references as refs
 from aiida_hpcai.workchains.dft import DftWorkChain, compute_formation_energy
@@ -136,6 +136,24 @@ def test_the_reference_itself_reuses_its_own_run(si_run):
     assert refs.find_reference('Si', identity).pk == node.pk
 
 
+@pytest.mark.parametrize(
+    ('engine', 'metal', 'correction', 'expected'),
+    [
+        ('quantumespresso', 'Mg', 'mp2020', True),
+        ('quantumespresso', 'Ni', 'mp2020', False),  # MP runs NiO with +U; its constants were fitted to VASP
+        ('quantumespresso', 'Mg', 'none', False),
+        ('vasp', 'Ni', 'mp2020', True),
+    ],
+)
+def test_the_scale_of_a_formation_energy_is_known_before_the_run(aiida_profile, engine, metal, correction, expected):
+    """What ``hpcai.coordinate`` asks before it spends DFT budget: the rule ``compute_formation_energy`` applies."""
+    from aiida_hpcai.workchains.dft import formation_energy_will_be_on_mp_scale
+
+    rocksalt = Structure.from_spacegroup('Fm-3m', Lattice.cubic(4.2), [metal, 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    inputs = {'engine': orm.Str(engine), 'protocol': orm.Str('fast'), 'energy_correction': orm.Str(correction)}
+    assert formation_energy_will_be_on_mp_scale(inputs, orm.StructureData(pymatgen=rocksalt)) is expected
+
+
 def test_layered_references_keep_the_dataset_cell(aiida_profile):
     """Graphite and black P: fixed cell (PBE does not bind the layers), recorded in the reference's tag."""
     from aiida_hpcai.workchains.dft import reference_inputs
@@ -231,8 +249,10 @@ def test_nio_runs_with_mp_u_and_takes_its_gga_u_constant(nio_run, dataset):
 
 @pytest.mark.slow
 def test_coordinate_keeps_off_scale_formation_energies_out(nio_run, dataset, pw_code, code, generator):  # noqa: F811
-    """``hpcai.coordinate`` sends NiO to DFT for a formation-energy Goal. QE's +U value is off MP's scale: it is no
-    result, no check of the acceptance rule and no fine-tuning data; the band gap of the run still stands.
+    """``hpcai.coordinate`` sends NiO to DFT for a band-gap Goal with a formation-energy surrogate. QE's +U
+    formation energy is off MP's scale: the result counts by its band gap, but its formation energy is no check of
+    the acceptance rule and no fine-tuning data. (For a formation-energy Goal NiO is not sent at all:
+    tests/workchains/test_coordinate.py.)
 
     The loop's pw.x jobs are the NiO run's above (same inputs), taken from AiiDA's cache; the Ni reference is found.
     """
@@ -245,9 +265,7 @@ def test_coordinate_keeps_off_scale_formation_energies_out(nio_run, dataset, pw_
 
     from .test_coordinate import ACCEPTS_NOTHING, _inputs
 
-    goal = operations.plan('NiO with a formation energy below 0 eV/atom, at most 1 DFT run')
-    # the look-up does not count the NiO run above: its formation energy is not comparable with the bound
-    assert nio_run[1].pk not in [hit['node_pk'] for hit in operations.look_up(goal)['hits']]
+    goal = operations.plan('NiO with a band gap above 1 eV, at most 1 DFT run')
     candidates = StructureSet.from_pymatgen([dataset['mp-19009'][1]], ids=['NiO'])
     model = ModelData.pretrained('formation_energy_per_atom')  # knows Ni; ACCEPTS_NOTHING sends NiO to DFT
     inputs = _inputs(
@@ -256,6 +274,9 @@ def test_coordinate_keeps_off_scale_formation_energies_out(nio_run, dataset, pw_
         model,
         goal,
         candidates=candidates,
+        # the look-up finds the NiO run above (a band gap is on any scale): the candidate, the same structure,
+        # must not be screened out as its duplicate
+        screening=orm.Dict({'charge_neutrality': False, 'symprec': 0.5, 'deduplicate': False}),
         max_iterations=orm.Int(1),
         acceptance=orm.Dict(_json_clean(ACCEPTS_NOTHING)),
         buffer_size=orm.Int(1),
@@ -271,9 +292,10 @@ def test_coordinate_keeps_off_scale_formation_energies_out(nio_run, dataset, pw_
     )
     with enable_caching(identifier='aiida.calculations:quantumespresso.pw'):
         results, node = run_get_node(CoordinateWorkChain, **inputs)
-    # NiO was the only candidate, and it is no result
-    assert node.exit_status == CoordinateWorkChain.exit_codes.ERROR_NOTHING_FOUND.status, node.exit_message
-    (entry,) = results['decision_log']['iterations']
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    log = results['decision_log'].get_dict()
+    assert [hit['node_pk'] for hit in log['look_up']['hits']] == [nio_run[1].pk]
+    (entry,) = log['iterations']
     assert [sent['id'] for sent in entry['sent_to_dft']] == ['i1-NiO']
     assert entry['dft_off_mp_scale'] == ['i1-NiO']
     batch = orm.load_node(entry['dft_pk'])
@@ -282,13 +304,13 @@ def test_coordinate_keeps_off_scale_formation_energies_out(nio_run, dataset, pw_
     # what keeps this test cheap: every pw.x job of the loop is a copy of the NiO run's
     pw_jobs = [job for job in orm.load_node(row['process']).called_descendants if job.process_label == 'PwCalculation']
     assert pw_jobs and all(job.base.caching.get_cache_source() for job in pw_jobs)
-    # not a result: the Goal's bound cannot be checked; the band gap is kept
-    assert entry['dft_accepted'] == []
-    (outside,) = entry['dft_outside_goal']
-    assert 'formation_energy_per_atom' not in outside and outside['band_gap'] > 1.0
-    assert results['table']['rows'] == []
+    # a result by its band gap, without its formation energy
+    (accepted,) = entry['dft_accepted']
+    assert accepted['id'] == 'i1-NiO' and 'formation_energy_per_atom' not in accepted and accepted['band_gap'] > 1.0
+    # the final set keeps the look-up's hit of the same structure
+    assert [(row['id'], row['source']) for row in log['dropped']] == [('i1-NiO', 'dft')]
     # neither a check of the acceptance rule nor a fine-tuning example (a buffer of 1 would have submitted one)
-    assert 'acceptance_refresh' not in entry and results['decision_log']['acceptance']['loop_results'] == []
+    assert 'acceptance_refresh' not in entry and log['acceptance']['loop_results'] == []
     assert entry['buffer'] == 0 and 'fine_tune_submitted' not in entry
 
 
