@@ -969,9 +969,11 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         from .dft import formation_energy_will_be_on_mp_scale
 
         name = 'formation_energy_per_atom'
-        dft = self.exposed_inputs(DftBatchWorkChain, namespace='dft_batch').get('dft', {})
         needed = name in goal.bounds or (goal.objective is not None and goal.objective[1] == name)
-        if not uncertain or not needed or 'engine' not in dft:
+        if not uncertain or not needed or 'dft_batch' not in self.inputs:  # no DFT inputs: nothing is sent anyway
+            return uncertain, []
+        dft = self.exposed_inputs(DftBatchWorkChain, namespace='dft_batch').get('dft', {})
+        if 'engine' not in dft:
             return uncertain, []
         valid = self.ctx.valid
         index = {identifier: position for position, identifier in enumerate(valid.ids)}
