@@ -34,6 +34,7 @@ import time
 
 import numpy as np
 
+from aiida_hpcai.models.contract import SAMPLING_PRECISIONS
 from aiida_hpcai.models.evaluation import CSP_DATASETS, REPO, RESULTS_DIR, csp_dataset, run_record
 
 #: Match rate (%) / RMSE as published, per dataset (None: not reported). CDVAE and DiffCSP: Jiao et al.,
@@ -96,6 +97,9 @@ def main(argv=None) -> dict:
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--seed', type=int, default=0, help='sampling seed (batch k uses seed + k)')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument(
+        '--precision', choices=SAMPLING_PRECISIONS, default='float32', help="the denoiser's products while sampling"
+    )
     parser.add_argument('--result', type=pathlib.Path, default=None, help='default: results/equicsp_csp_<dataset>.json')
     args = parser.parse_args(argv)
     if not args.checkpoint.is_file():
@@ -116,7 +120,7 @@ def main(argv=None) -> dict:
     checkpoint = load_checkpoint(args.checkpoint)
     if checkpoint.get('architecture') != 'equicsp' or 'csp' not in checkpoint.get('modes', ()):
         raise SystemExit(f'{args.checkpoint}: not an EquiCSP checkpoint trained for CSP')
-    sampler = EquiCSPSampler(checkpoint, args.device)
+    sampler = EquiCSPSampler(checkpoint, args.device, args.precision)
     steps = args.steps or sampler.config.timesteps
 
     arrays, split, info = csp_dataset(args.dataset, args.data_dir)
@@ -183,6 +187,7 @@ def main(argv=None) -> dict:
             'seed': args.seed,
             'threads': args.threads,
             'device': args.device,
+            'precision': args.precision,
             'n_sampled': n_sampled,
             'seconds': sampling_seconds,
             'samples_per_second': n_sampled / sampling_seconds if sampling_seconds > 0 else None,

@@ -5,8 +5,9 @@ sampler's 1000 steps, presumably). Here ``--samples`` ab initio crystals (atom c
 training set's distribution, as the ``dataset`` strategy draws them; types sampled) are generated in
 batches of ``--batch-size`` with ``--steps`` predictor-corrector steps on ``--threads`` CPU threads (or
 ``--device cuda``), after a one-step warm-up, ``--repeats`` times; the best time is used. Several batch
-sizes (``--batch-size 16 32 64``) are measured one after the other in one run, on the same samples; the
-top-level figures are those of the fastest. The figure is the sampler's alone (no validity check, no
+sizes (``--batch-size 16 32 64``) and precisions of the denoiser's products (``--precision float32 bfloat16``)
+are measured one after the other in one run, on the same samples; the top-level figures are those of the
+fastest. The figure is the sampler's alone (no validity check, no
 screening: ``equicsp_abinitio.py`` measures those).
 
 The cost of a step does not depend on the number of steps (a shorter chain is the same network on a
@@ -24,6 +25,7 @@ import time
 
 import numpy as np
 
+from aiida_hpcai.models.contract import SAMPLING_PRECISIONS
 from aiida_hpcai.models.evaluation import REPO, RESULTS_DIR, run_record
 
 RESULTS_FILE = RESULTS_DIR / 'equicsp_throughput.json'
@@ -41,6 +43,7 @@ def main(argv=None) -> dict:
     parser.add_argument('--repeats', type=int, default=1)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--precision', choices=SAMPLING_PRECISIONS, nargs='+', default=['float32'])
     parser.add_argument('--result', type=pathlib.Path, default=RESULTS_FILE)
     args = parser.parse_args(argv)
     if not args.checkpoint.is_file():
@@ -58,7 +61,8 @@ def main(argv=None) -> dict:
     checkpoint = load_checkpoint(args.checkpoint)
     if checkpoint.get('architecture') != 'equicsp' or 'abinitio' not in checkpoint.get('modes', ()):
         raise SystemExit(f'{args.checkpoint}: not an EquiCSP checkpoint trained for ab initio generation')
-    sampler = EquiCSPSampler(checkpoint, args.device)
+    samplers = {precision: EquiCSPSampler(checkpoint, args.device, precision) for precision in args.precision}
+    sampler = samplers[args.precision[0]]
     steps = args.steps or sampler.config.timesteps
     counts = atom_counts(
         args.samples, 'dataset', sampler.num_atoms_counts, sampler.max_atoms, np.random.default_rng(args.seed)
@@ -69,29 +73,34 @@ def main(argv=None) -> dict:
             torch.cuda.synchronize()
 
     runs = []
-    for batch_size in args.batch_size:
-        sampler.sample(counts[:batch_size], None, 1, 1e-5, args.seed, batch_size)  # warm-up
-        synchronize()
-        seconds = []
-        for repeat in range(args.repeats):
-            started = time.perf_counter()
-            sampler.sample(counts, None, steps, 1e-5, args.seed + repeat, batch_size)
+    for batch_size in args.batch_size:  # the precisions of a batch size measured back to back
+        for precision, sampler in samplers.items():
+            sampler.sample(counts[:batch_size], None, 1, 1e-5, args.seed, batch_size)  # warm-up
             synchronize()
-            seconds.append(time.perf_counter() - started)
-        per_step = min(seconds) / steps
-        runs.append(
-            {
-                'batch_size': batch_size,
-                'seconds': seconds,
-                'structures_per_hour': 3600 * args.samples / min(seconds),
-                'seconds_per_step': per_step,
-                'structures_per_hour_at_1000_steps': {
-                    'value': 3600 * args.samples / (per_step * REFERENCE_STEPS),
-                    'derived': steps != REFERENCE_STEPS,
-                },
-            }
-        )
-        print(f'batch {batch_size}: {runs[-1]["structures_per_hour"]:.0f} structures/hour at {steps} steps', flush=True)
+            seconds = []
+            for repeat in range(args.repeats):
+                started = time.perf_counter()
+                sampler.sample(counts, None, steps, 1e-5, args.seed + repeat, batch_size)
+                synchronize()
+                seconds.append(time.perf_counter() - started)
+            per_step = min(seconds) / steps
+            runs.append(
+                {
+                    'precision': precision,
+                    'batch_size': batch_size,
+                    'seconds': seconds,
+                    'structures_per_hour': 3600 * args.samples / min(seconds),
+                    'seconds_per_step': per_step,
+                    'structures_per_hour_at_1000_steps': {
+                        'value': 3600 * args.samples / (per_step * REFERENCE_STEPS),
+                        'derived': steps != REFERENCE_STEPS,
+                    },
+                }
+            )
+            print(
+                f'{precision}, batch {batch_size}: {runs[-1]["structures_per_hour"]:.0f} structures/hour at {steps} steps',
+                flush=True,
+            )
     fastest = max(runs, key=lambda run: run['structures_per_hour'])
     path = args.checkpoint.resolve()
     result = {
@@ -109,7 +118,7 @@ def main(argv=None) -> dict:
         'threads': args.threads,
         'device': args.device,
         **fastest,
-        'by_batch_size': runs,
+        'runs': runs,
         'published': PUBLISHED,
         'run': run_record(
             load_before=load_before,
@@ -125,6 +134,7 @@ def main(argv=None) -> dict:
         'mean_atoms',
         'steps',
         'threads',
+        'precision',
         'batch_size',
         'structures_per_hour',
         'structures_per_hour_at_1000_steps',

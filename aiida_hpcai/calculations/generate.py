@@ -14,7 +14,7 @@ __all__ = ('GenerateCalculation',)
 
 MODEL_TARGET = model_file_target('model')
 # the keys of `config.json` the generate task reads (aiida_hpcai.models.equicsp.generation), by mode
-COMMON_PARAMETERS = {'mode', 'steps', 'step_lr', 'seed', 'batch_size'}
+COMMON_PARAMETERS = {'mode', 'steps', 'step_lr', 'seed', 'batch_size', 'precision'}
 MODE_PARAMETERS = {
     'csp': {'compositions'},
     'abinitio': {'n_samples', 'n_strategy', 'switch', 'elements', 'required_elements'},
@@ -54,6 +54,8 @@ def validate_generate_parameters(node, port):
     step_lr = parameters.get('step_lr', 1.0)
     if isinstance(step_lr, bool) or not isinstance(step_lr, (int, float)) or not step_lr > 0:
         return f'`step_lr` must be a positive number, not {step_lr!r}'
+    if parameters.get('precision', 'float32') not in contract.SAMPLING_PRECISIONS:
+        return f'`precision` must be one of {list(contract.SAMPLING_PRECISIONS)}, not {parameters["precision"]!r}'
     if mode == 'csp':
         return _validate_compositions(parameters.get('compositions'))
     if parameters.get('n_strategy', 'dataset') not in contract.N_STRATEGIES:
@@ -145,7 +147,9 @@ class GenerateCalculation(ModelProgramCalculation):
             'for the first `switch` samples, default half, then uniform); `elements`, the only elements the samples '
             'may hold, and `required_elements`, those every sample holds (default all of `elements`: a chemical '
             'system; [] for any of them; alone: with any other element of the model). Both: `steps` (sampler steps, default the '
-            "model's diffusion steps), `step_lr` (Langevin corrector step, 1e-5), `seed` (0), `batch_size` (64).",
+            "model's diffusion steps), `step_lr` (Langevin corrector step, 1e-5), `seed` (0), `batch_size` (64), `precision` of the "
+            "network's products (`float32`, the default, or `bfloat16`: faster on CPUs with bfloat16 instructions "
+            'and on GPUs).',
         )
         spec.inputs['metadata']['options']['parser_name'].default = 'hpcai.generate'
 

@@ -8,7 +8,7 @@ import json
 import click
 from aiida.cmdline.utils import decorators, echo
 
-from ..models.contract import GENERATE_MODES, N_STRATEGIES
+from ..models.contract import GENERATE_MODES, N_STRATEGIES, SAMPLING_PRECISIONS
 from . import cli
 from .params import (
     CODE,
@@ -160,6 +160,12 @@ def write_output(output, structures, rows) -> None:
 @click.option('--step-lr', type=POSITIVE_FLOAT, default=None, help='Langevin corrector step size (1e-5).')
 @click.option('--seed', type=NON_NEGATIVE_INT, default=None, help='Random seed (0): the same seed, the same samples.')
 @click.option('--batch-size', type=POSITIVE_INT, default=None, help='Crystals sampled at once (64).')
+@click.option(
+    '--precision',
+    type=click.Choice(SAMPLING_PRECISIONS),
+    default=None,
+    help="Precision of the network's products (float32); bfloat16 is faster where the CPU or GPU has it.",
+)
 @CODE()
 @DEVICE()
 @JSON()
@@ -183,6 +189,7 @@ def generate(
     step_lr,
     seed,
     batch_size,
+    precision,
     code_label,
     device,
     as_json,
@@ -226,6 +233,7 @@ def generate(
         'step_lr': step_lr,
         'seed': seed,
         'batch_size': batch_size,
+        'precision': precision,
     }
     parameters.update({key: value for key, value in optional.items() if value is not None})
     inputs = {

@@ -75,6 +75,9 @@ def default_batch_size(device: str) -> int:
 # generate: the modes and the ab initio strategies for the atom count N (config keys `mode`, `n_strategy`)
 GENERATE_MODES = ('csp', 'abinitio')
 N_STRATEGIES = ('dataset', 'uniform', 'hybrid')
+# generate: the precision of the denoiser's matrix products (config key `precision`); bfloat16 runs them under
+# autocast, the sampler's state staying float32 (benchmarks/equicsp_throughput.py and equicsp_csp.py measure it)
+SAMPLING_PRECISIONS = ('float32', 'bfloat16')
 
 
 def checkpoint_entries(config: dict) -> list[dict]:

@@ -39,6 +39,8 @@ import math
 import numpy as np
 import torch
 
+from .contract import SAMPLING_PRECISIONS
+
 TYPE_LOSS_WEIGHT = 20.0  # DiffCSP / EquiCSP ab initio configs (cost_type)
 X0_CLIP = 5.0  # bound of a predicted clean lattice or type state (standardised; one-hot types lie in [0, 1])
 _IMAGES = 10  # periodic images summed in the wrapped normal (enough for sigma <= 1)
@@ -356,10 +358,16 @@ def sample(
     dtype=torch.float32,
     device='cpu',
     restriction: TypeRestriction | None = None,
+    precision: str = 'float32',
 ) -> dict[str, torch.Tensor]:
     """Predictor-corrector sampling of ``len(num_atoms)`` crystals; ``types`` (indices, one per atom)
     given is CSP, None is ab initio (types sampled too, within ``restriction`` when given). Returns the
-    final ``lattice`` state, ``frac``, ``types`` and the cells' ``lengths``/``angles``."""
+    final ``lattice`` state, ``frac``, ``types`` and the cells' ``lengths``/``angles``.
+
+    ``precision`` (:data:`SAMPLING_PRECISIONS`) is that of the denoiser's matrix products: ``bfloat16`` runs
+    them under autocast, while the sampler's own state and updates stay in ``dtype``."""
+    if precision not in SAMPLING_PRECISIONS:
+        raise ValueError(f'unknown sampling precision {precision!r}; known: {list(SAMPLING_PRECISIONS)}')
     num_atoms = num_atoms.to(device)
     size, n = len(num_atoms), int(num_atoms.sum())
     index = torch.repeat_interleave(torch.arange(size, device=device), num_atoms)
@@ -382,6 +390,12 @@ def sample(
     )
     times = sampling_times(schedules.timesteps, steps or schedules.timesteps)
     abar, sigmas, norms = schedules.tables(device, dtype)
+
+    def denoise(t_batch, frac, gram):
+        with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == 'bfloat16'):
+            outputs = denoiser(t_batch, type_state, known, frac, gram, num_atoms, index)
+        return [output.to(dtype) for output in outputs]
+
     for position, t in enumerate(times):
         t_prev = times[position + 1] if position + 1 < len(times) else 0
         t_batch = torch.full((size,), t, device=device)
@@ -389,11 +403,11 @@ def sample(
 
         # corrector: one Langevin step on the coordinates at this noise level (none at the last)
         step = step_lr * (sigmas[t] / sigmas[1]) ** 2
-        score = centred(denoiser(t_batch, type_state, known, frac, gram, num_atoms, index)[1], index, size) * norms[t]
+        score = centred(denoise(t_batch, frac, gram)[1], index, size) * norms[t]
         frac = (frac + step * score + (t_prev > 0) * torch.sqrt(2 * step) * noise(n, 3)) % 1.0
 
         # predictor: the reverse step t -> t_prev of every process
-        pred_lattice, score, pred_types = denoiser(t_batch, type_state, known, frac, gram, num_atoms, index)
+        pred_lattice, score, pred_types = denoise(t_batch, frac, gram)
         spread = sigmas[t] ** 2 - sigmas[t_prev] ** 2
         frac_std = torch.sqrt(sigmas[t_prev] ** 2 * spread / sigmas[t] ** 2)
         frac = (frac + spread * centred(score, index, size) * norms[t] + frac_std * noise(n, 3)) % 1.0

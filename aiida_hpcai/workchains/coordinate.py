@@ -40,7 +40,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 
 from ..agent import operations
 from ..agent.goal import PROPERTY_UNITS, PlanError, goal_from_dict
-from ..calculations.generate import GenerateCalculation
+from ..calculations.generate import GenerateCalculation, validate_generate_parameters
 from ..calculations.predict import PredictCalculation
 from ..calculations.train import TrainCalculation
 from ..data.model import ModelData
@@ -83,7 +83,7 @@ TABLE_COLUMNS = (
 FINE_TUNE_DEFAULTS = {'epochs': 20, 'batch_size': 16, 'seed': 0}
 PREDICT_ONLY_OPTIONS = ('parser_name', 'input_filename', 'output_filename')
 #: Settings of the generator the loop passes on from ``generation`` (mode and samples are the loop's).
-GENERATION_KEYS = ('steps', 'step_lr', 'batch_size', 'seed', 'n_strategy')
+GENERATION_KEYS = ('steps', 'step_lr', 'batch_size', 'seed', 'n_strategy', 'precision')
 
 
 # ---------------------------------------------------------------------------------------------- calcfunctions
@@ -369,6 +369,8 @@ def _generation(value, _):
     unknown = sorted(set(value.get_dict()) - set(GENERATION_KEYS))
     if unknown:
         return f'unknown generation setting(s) {unknown}; the loop passes on {list(GENERATION_KEYS)}'
+    # the values as hpcai.generate will judge them, before the first iteration rather than in one
+    return validate_generate_parameters(orm.Dict({'mode': 'abinitio', 'n_samples': 1, **value.get_dict()}), None)
 
 
 def _discriminator(value, _):

@@ -152,6 +152,7 @@ def test_what_the_model_cannot_do_is_an_exit_code(code, model, compositions, exi
         ({'mode': 'abinitio', 'n_samples': 2, 'seed': -1}, '`seed` must be an integer >= 0'),
         ({'mode': 'abinitio', 'n_samples': 2, 'batch_size': True}, '`batch_size` must be an integer'),
         ({'mode': 'abinitio', 'n_samples': 2, 'step_lr': 0}, '`step_lr` must be a positive number'),
+        ({'mode': 'abinitio', 'n_samples': 2, 'precision': 'half'}, '`precision` must be one of'),
         ({'mode': 'abinitio', 'n_samples': 2, 'elements': []}, '`elements` is empty'),
         ({'mode': 'abinitio', 'n_samples': 2, 'elements': 'Fe,O'}, '`elements` must be a list of element symbols'),
         ({'mode': 'abinitio', 'n_samples': 2, 'elements': ['Fe', 'Xx']}, "'Xx' is not an element symbol"),

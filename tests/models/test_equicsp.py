@@ -24,6 +24,7 @@ from aiida_hpcai.models.diffusion import (
     wrapped_normal_log_density,
     wrapped_normal_score,
 )
+from aiida_hpcai.models.equicsp import generation
 from aiida_hpcai.models.equicsp.generation import INVALID_REASONS, EquiCSPSampler, atom_counts, check_crystal
 from aiida_hpcai.models.equicsp.network import PRESETS, EquiCSPDenoiser, _mlp, edge_messages, full_edges
 from aiida_hpcai.models.equicsp.training import prepare, train_equicsp, validation_loss
@@ -357,6 +358,34 @@ def test_samples_are_crystals_or_reported(tiny_model):
     assert all(np.array_equal(a['frac'], b['frac'], equal_nan=True) for a, b in zip(abinitio, again))  # seeded
 
 
+def test_bfloat16_sampling_runs_the_network_in_bfloat16_and_keeps_the_state_float32(tiny_model, monkeypatch):
+    _, checkpoint, _ = tiny_model
+    with pytest.raises(ValueError, match='unknown sampling precision'):
+        EquiCSPSampler(checkpoint, precision='half')
+    product_dtypes = set()
+
+    def record(module, inputs, output):
+        product_dtypes.add(output.dtype)
+
+    float32, bfloat16 = EquiCSPSampler(checkpoint), EquiCSPSampler(checkpoint, precision='bfloat16')
+    for sampler in (float32, bfloat16):
+        sampler.model.layers[0].node[0].register_forward_hook(record)
+    states, sample = [], generation.sample
+
+    def keep_state(*args, **kwargs):
+        states.append(sample(*args, **kwargs))
+        return states[-1]
+
+    monkeypatch.setattr(generation, 'sample', keep_state)
+    float32.sample([2, 1], None, steps=5, seed=0)
+    assert product_dtypes == {torch.float32}
+    product_dtypes.clear()
+    crystals = bfloat16.sample([2, 1], None, steps=5, seed=0)
+    assert product_dtypes == {torch.bfloat16}
+    assert {states[-1][key].dtype for key in ('lattice', 'frac', 'lengths', 'angles')} == {torch.float32}
+    assert all(crystal['frac'].dtype == np.float64 and crystal['cell'].shape == (3, 3) for crystal in crystals)
+
+
 # -- the hpcai-model generate task -------------------------------------------------------------------------
 @pytest.fixture
 def generate_dir(tiny_model, tmp_path):
@@ -413,6 +442,7 @@ def test_generate_task_csp_in_a_subprocess(generate_dir):
         ({'mode': 'abinitio', 'n_samples': 0}, contract.NO_SAMPLES),
         ({'mode': 'abinitio', 'n_samples': 2, 'n_strategy': 'poisson'}, contract.INVALID_CONFIG),
         ({'mode': 'sideways', 'n_samples': 2}, contract.INVALID_CONFIG),
+        ({'mode': 'abinitio', 'n_samples': 2, 'precision': 'half'}, contract.INVALID_CONFIG),
     ],
 )
 def test_generate_task_error_codes(generate_dir, config, expected):
@@ -424,10 +454,11 @@ def test_generate_task_error_codes(generate_dir, config, expected):
 def test_generate_task_ab_initio(generate_dir):
     tmp_path, entry = generate_dir
     config = {'models': [entry], 'mode': 'abinitio', 'n_samples': 3, 'n_strategy': 'hybrid', 'switch': 1, 'steps': 8}
-    code, error, out = _generate(tmp_path, config)
+    code, error, out = _generate(tmp_path, {**config, 'precision': 'bfloat16'})
     assert (code, error) == (0, None)
     summary = json.loads((out / contract.SUMMARY_FILE).read_text())
     assert (summary['mode'], summary['n_strategy'], summary['n_requested']) == ('abinitio', 'hybrid', 3)
+    assert summary['precision'] == 'bfloat16'
     ids = list(read_npz(out / contract.STRUCTURES_FILE).ids) + [
         r['id'] for r in json.loads((out / contract.INVALID_FILE).read_text())
     ]

@@ -21,7 +21,7 @@ Task files (input: ``config.json`` and the checkpoint it names in ``models``; ou
 Config keys: ``models`` (one checkpoint entry), ``mode`` (``csp``/``abinitio``), ``compositions``
 (``{formula: n_samples}``, CSP), ``n_samples``, ``n_strategy``, ``switch`` (ab initio), ``steps``
 (default: the model's training steps), ``step_lr`` (Langevin corrector step, default 1e-5), ``seed``,
-``batch_size``, ``device``; ab initio only: ``elements`` (the only elements the samples may hold) and
+``batch_size``, ``device``, ``precision`` (of the denoiser's products: ``float32``, the default, or ``bfloat16``); ab initio only: ``elements`` (the only elements the samples may hold) and
 ``required_elements`` (elements every sample holds; default all of ``elements``, so ``elements: ["Fe", "O"]``
 alone is the Fe-O system: Fe and O both present, nothing else; ``[]`` lets a sample hold any of ``elements``;
 without ``elements`` the required ones come with any of the model's elements). Every sample then has at least
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..contract import GENERATE_MODES as MODES
-from ..contract import INVALID_FILE, N_STRATEGIES
+from ..contract import INVALID_FILE, N_STRATEGIES, SAMPLING_PRECISIONS
 from ..diffusion import LatticeScaler, Schedules, TypeRestriction, parameters_to_cell, sample
 from ..structure_io import MIN_DISTANCE, StructureArrays, _shortest_periodic_distance, write_npz
 from .network import EquiCSPConfig, EquiCSPDenoiser
@@ -54,8 +54,11 @@ INVALID_REASONS = {
 class EquiCSPSampler:
     """A loaded EquiCSP checkpoint, ready to sample crystals."""
 
-    def __init__(self, checkpoint: dict, device: str = 'cpu'):
+    def __init__(self, checkpoint: dict, device: str = 'cpu', precision: str = 'float32'):
+        if precision not in SAMPLING_PRECISIONS:
+            raise ValueError(f'unknown sampling precision {precision!r}; known: {list(SAMPLING_PRECISIONS)}')
         self.checkpoint = checkpoint
+        self.precision = precision
         self.config = EquiCSPConfig.from_dict(checkpoint['hyperparameters']['model'])
         self.elements: list[str] = list(checkpoint['elements'])
         self.max_atoms = int(checkpoint['max_atoms'])
@@ -99,6 +102,7 @@ class EquiCSPSampler:
                 generator=generator,
                 device=self.device,
                 restriction=restriction,
+                precision=self.precision,
             )
             frac = result['frac'].double().cpu().numpy()
             state_finite = torch.isfinite(result['lattice']).all(-1).cpu().numpy()
@@ -255,7 +259,10 @@ def run_generate(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path
     if mode not in checkpoint['modes']:
         raise TaskError(INVALID_CONFIG, f'the model was trained for {checkpoint["modes"]}, not {mode!r}')
     device = _resolve_device(config.get('device', 'cpu'))
-    sampler = EquiCSPSampler(checkpoint, device)
+    precision = config.get('precision', 'float32')
+    if precision not in SAMPLING_PRECISIONS:
+        raise TaskError(INVALID_CONFIG, f'unknown precision {precision!r}; known: {list(SAMPLING_PRECISIONS)}')
+    sampler = EquiCSPSampler(checkpoint, device, precision)
     seed = int(config.get('seed', 0))
     restriction = None
     if mode == 'csp':
@@ -323,6 +330,7 @@ def run_generate(config: dict, input_dir: pathlib.Path, output_dir: pathlib.Path
         'seconds': seconds,
         'structures_per_hour': 3600 * len(crystals) / seconds if seconds > 0 else None,
         'device': device,
+        'precision': precision,
         'model_sha256': entries[0].get('sha256'),
     }
     (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
