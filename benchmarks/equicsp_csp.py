@@ -98,7 +98,12 @@ def main(argv=None) -> dict:
     parser.add_argument('--seed', type=int, default=0, help='sampling seed (batch k uses seed + k)')
     parser.add_argument('--device', default='cpu')
     parser.add_argument(
-        '--precision', choices=SAMPLING_PRECISIONS, default='float32', help="the denoiser's products while sampling"
+        '--precision',
+        choices=SAMPLING_PRECISIONS,
+        nargs='+',
+        default=['float32'],
+        help="of the denoiser's products while sampling; several are measured one after the other on the same "
+        'structures and seeds (under by_precision), the top-level figures being those of the first',
     )
     parser.add_argument('--result', type=pathlib.Path, default=None, help='default: results/equicsp_csp_<dataset>.json')
     args = parser.parse_args(argv)
@@ -120,33 +125,18 @@ def main(argv=None) -> dict:
     checkpoint = load_checkpoint(args.checkpoint)
     if checkpoint.get('architecture') != 'equicsp' or 'csp' not in checkpoint.get('modes', ()):
         raise SystemExit(f'{args.checkpoint}: not an EquiCSP checkpoint trained for CSP')
-    sampler = EquiCSPSampler(checkpoint, args.device, args.precision)
+    sampler = EquiCSPSampler(checkpoint, args.device)
     steps = args.steps or sampler.config.timesteps
 
     arrays, split, info = csp_dataset(args.dataset, args.data_dir)
     positions = chosen_test_positions(split['test'], args.limit, args.subset_seed)
     references = [arrays.to_pymatgen(int(i)) for i in positions]
-
-    # one sample per test structure, its composition given; timed with the validity check (a small part)
-    sampling_started = time.perf_counter()
-    generated, reasons = sample_like(
-        sampler, references, steps, args.step_lr, args.seed, args.batch_size, progress=True
-    )
-    misses = collections.Counter(reason for reason in reasons if reason is not None)
-    sampling_seconds = time.perf_counter() - sampling_started
-
-    matching_started = time.perf_counter()
-    ours = match_rate_and_rmse(generated, references, progress=True)
-    matching_seconds = time.perf_counter() - matching_started
-
     # DiffCSP's RecEval: the pair also needs a SMACT-valid composition and a reference that is a crystal
     smact = ScreeningParameters(oxidation_states_set=DIFFCSP_OXIDATION_STATES)
     composition_valid = [charge_neutral(structure, smact) for structure in references]
     reference_crystal = [
         check_crystal(np.array(s.atomic_numbers), s.frac_coords, s.lattice.matrix) is None for s in references
     ]
-    diffcsp = summarize(ours['rms_dist'], [a and b for a, b in zip(composition_valid, reference_crystal)])
-    wall_seconds = time.perf_counter() - started
 
     def figures(result):
         interval = wilson_interval(result['n_matched'], result['n'])
@@ -158,8 +148,52 @@ def main(argv=None) -> dict:
             'rmse': result['rmse'],
         }
 
-    n_sampled = len(references) - misses['unknown_element'] - misses['too_many_atoms']
+    def evaluate(precision: str) -> dict:
+        """One sample per test structure at ``precision``, its composition given, matched with the reference."""
+        sampler = EquiCSPSampler(checkpoint, args.device, precision)
+        # timed with the validity check (a small part)
+        sampling_started = time.perf_counter()
+        generated, reasons = sample_like(
+            sampler, references, steps, args.step_lr, args.seed, args.batch_size, progress=True
+        )
+        misses = collections.Counter(reason for reason in reasons if reason is not None)
+        sampling_seconds = time.perf_counter() - sampling_started
+        matching_started = time.perf_counter()
+        ours = match_rate_and_rmse(generated, references, progress=True)
+        matching_seconds = time.perf_counter() - matching_started
+        diffcsp = summarize(ours['rms_dist'], [a and b for a, b in zip(composition_valid, reference_crystal)])
+        n_sampled = len(references) - misses['unknown_element'] - misses['too_many_atoms']
+        return {
+            'sampling': {
+                'steps': steps,
+                'step_lr': args.step_lr,
+                'batch_size': args.batch_size,
+                'seed': args.seed,
+                'threads': args.threads,
+                'device': args.device,
+                'precision': precision,
+                'n_sampled': n_sampled,
+                'seconds': sampling_seconds,
+                'samples_per_second': n_sampled / sampling_seconds if sampling_seconds > 0 else None,
+                'structures_per_hour': 3600 * n_sampled / sampling_seconds if sampling_seconds > 0 else None,
+            },
+            'misses_before_matching': dict(misses),
+            'ours': {**figures(ours), 'n_compared': ours['n_compared'], 'n_matcher_errors': ours['n_errors']},
+            'diffcsp_protocol': {
+                **figures(diffcsp),
+                'oxidation_states_set': DIFFCSP_OXIDATION_STATES,
+                'n_composition_not_smact_valid': int(len(references) - sum(composition_valid)),
+                'n_reference_not_a_crystal': int(len(references) - sum(reference_crystal)),
+                'not_tested': 'CrystalNN fingerprint of the sample (matminer)',
+            },
+            'matching_seconds': matching_seconds,
+        }
+
+    evaluations = [evaluate(precision) for precision in args.precision]
+    wall_seconds = time.perf_counter() - started
+
     path = args.checkpoint.resolve()
+    first = evaluations[0]
     result = {
         'benchmark': 'EquiCSP crystal structure prediction: match rate and RMSE',
         'dataset': {
@@ -180,31 +214,14 @@ def main(argv=None) -> dict:
             'max_atoms': sampler.max_atoms,
             'modes': list(sampler.modes),
         },
-        'sampling': {
-            'steps': steps,
-            'step_lr': args.step_lr,
-            'batch_size': args.batch_size,
-            'seed': args.seed,
-            'threads': args.threads,
-            'device': args.device,
-            'precision': args.precision,
-            'n_sampled': n_sampled,
-            'seconds': sampling_seconds,
-            'samples_per_second': n_sampled / sampling_seconds if sampling_seconds > 0 else None,
-            'structures_per_hour': 3600 * n_sampled / sampling_seconds if sampling_seconds > 0 else None,
-        },
+        'sampling': first['sampling'],
         'matcher': MATCHER_SETTINGS,
-        'misses_before_matching': dict(misses),
-        'ours': {**figures(ours), 'n_compared': ours['n_compared'], 'n_matcher_errors': ours['n_errors']},
-        'diffcsp_protocol': {
-            **figures(diffcsp),
-            'oxidation_states_set': DIFFCSP_OXIDATION_STATES,
-            'n_composition_not_smact_valid': int(len(references) - sum(composition_valid)),
-            'n_reference_not_a_crystal': int(len(references) - sum(reference_crystal)),
-            'not_tested': 'CrystalNN fingerprint of the sample (matminer)',
-        },
+        'misses_before_matching': first['misses_before_matching'],
+        'ours': first['ours'],
+        'diffcsp_protocol': first['diffcsp_protocol'],
+        'by_precision': evaluations if len(evaluations) > 1 else None,
         'published': {'figures': PUBLISHED[args.dataset], 'note': PUBLISHED_NOTE},
-        'matching_seconds': matching_seconds,
+        'matching_seconds': first['matching_seconds'],
         'wall_seconds': wall_seconds,
         'run': run_record(load_before=load_before, torch=torch.__version__, threads=args.threads),
     }
