@@ -146,14 +146,17 @@ def thread_environment(threads: int) -> dict[str, str]:
 
 
 def git_commit(path: str | os.PathLike = REPO) -> str:
-    """The checkout's HEAD commit, with ``+changes`` when tracked files differ from it; 'unknown'
-    outside a git checkout."""
+    """The checkout's HEAD commit, with ``+changes`` when tracked files other than the benchmark results
+    (which a running benchmark rewrites itself) differ from it; 'unknown' outside a git checkout."""
     try:
         head = subprocess.run(
             ['git', 'rev-parse', 'HEAD'], cwd=path, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ['git', 'status', '--porcelain', '--untracked-files=no'], cwd=path, capture_output=True, text=True
+            ['git', 'status', '--porcelain', '--untracked-files=no', '--', ':/', ':(top,exclude)benchmarks/results'],
+            cwd=path,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return 'unknown'
