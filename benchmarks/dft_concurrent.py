@@ -132,9 +132,12 @@ def make_profile(name: str, workers: int, poll_interval: float) -> dict:
 
 
 def delete_profile(info: dict) -> None:
+    from aiida.manage import get_manager
     from aiida.manage.external.postgres import Postgres
 
     name = info['profile']
+    # this process's own connection first: dropped under it, its rollback at exit printed a traceback
+    get_manager().reset_profile()
     subprocess.run(['verdi', '-p', name, 'daemon', 'stop'], capture_output=True, timeout=300)
     subprocess.run(['verdi', 'profile', 'delete', '--delete-data', '--force', name], capture_output=True)
     config = info['storage_config']
