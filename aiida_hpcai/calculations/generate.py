@@ -148,8 +148,8 @@ class GenerateCalculation(ModelProgramCalculation):
             'may hold, and `required_elements`, those every sample holds (default all of `elements`: a chemical '
             'system; [] for any of them; alone: with any other element of the model). Both: `steps` (sampler steps, default the '
             "model's diffusion steps), `step_lr` (Langevin corrector step, 1e-5), `seed` (0), `batch_size` (64), `precision` of the "
-            "network's products (`float32`, the default, or `bfloat16`: faster on CPUs with bfloat16 instructions "
-            'and on GPUs).',
+            "network's products (`float32`, the default, or `bfloat16`: 1.75x on a CPU with AVX-512 BF16, see the "
+            'benchmarks page).',
         )
         spec.inputs['metadata']['options']['parser_name'].default = 'hpcai.generate'
 

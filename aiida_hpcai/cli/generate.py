@@ -164,7 +164,7 @@ def write_output(output, structures, rows) -> None:
     '--precision',
     type=click.Choice(SAMPLING_PRECISIONS),
     default=None,
-    help="Precision of the network's products (float32); bfloat16 is faster where the CPU or GPU has it.",
+    help="Precision of the network's products (float32); bfloat16 is faster on CPUs with bfloat16 instructions.",
 )
 @CODE()
 @DEVICE()
