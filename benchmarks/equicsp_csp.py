@@ -125,7 +125,8 @@ def main(argv=None) -> dict:
     checkpoint = load_checkpoint(args.checkpoint)
     if checkpoint.get('architecture') != 'equicsp' or 'csp' not in checkpoint.get('modes', ()):
         raise SystemExit(f'{args.checkpoint}: not an EquiCSP checkpoint trained for CSP')
-    sampler = EquiCSPSampler(checkpoint, args.device)
+    samplers = {precision: EquiCSPSampler(checkpoint, args.device, precision) for precision in args.precision}
+    sampler = samplers[args.precision[0]]
     steps = args.steps or sampler.config.timesteps
 
     arrays, split, info = csp_dataset(args.dataset, args.data_dir)
@@ -148,9 +149,9 @@ def main(argv=None) -> dict:
             'rmse': result['rmse'],
         }
 
-    def evaluate(precision: str) -> dict:
-        """One sample per test structure at ``precision``, its composition given, matched with the reference."""
-        sampler = EquiCSPSampler(checkpoint, args.device, precision)
+    def evaluate(sampler) -> dict:
+        """One sample per test structure at the sampler's precision, its composition given, matched with the
+        reference."""
         # timed with the validity check (a small part)
         sampling_started = time.perf_counter()
         generated, reasons = sample_like(
@@ -171,7 +172,7 @@ def main(argv=None) -> dict:
                 'seed': args.seed,
                 'threads': args.threads,
                 'device': args.device,
-                'precision': precision,
+                'precision': sampler.precision,
                 'n_sampled': n_sampled,
                 'seconds': sampling_seconds,
                 'samples_per_second': n_sampled / sampling_seconds if sampling_seconds > 0 else None,
@@ -189,7 +190,7 @@ def main(argv=None) -> dict:
             'matching_seconds': matching_seconds,
         }
 
-    evaluations = [evaluate(precision) for precision in args.precision]
+    evaluations = [evaluate(sampler) for sampler in samplers.values()]
     wall_seconds = time.perf_counter() - started
 
     path = args.checkpoint.resolve()
