@@ -91,7 +91,13 @@ def main(argv=None) -> dict:
     parser.add_argument('--data-dir', default=None, help='the shared data folder (default: $HPCAI_DATA_DIR)')
     parser.add_argument('--limit', type=int, default=None, help='a seeded random subset of N test structures')
     parser.add_argument('--subset-seed', type=int, default=0, help='seed of the --limit subset')
-    parser.add_argument('--steps', type=int, default=None, help="sampling steps (default: the model's, 1000)")
+    parser.add_argument(
+        '--steps',
+        type=int,
+        nargs='+',
+        default=None,
+        help="sampling steps (default: the model's, 1000); several are measured one after the other (by_sampling)",
+    )
     parser.add_argument('--step-lr', type=float, default=1e-5, help='Langevin corrector step (DiffCSP: 1e-5 MP-20)')
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--threads', type=int, default=1)
@@ -103,7 +109,8 @@ def main(argv=None) -> dict:
         nargs='+',
         default=['float32'],
         help="of the denoiser's products while sampling; several are measured one after the other on the same "
-        'structures and seeds (under by_precision), the top-level figures being those of the first',
+        'structures and seeds (under by_sampling, one entry per steps and precision), the top-level figures being '
+        'those of the first',
     )
     parser.add_argument('--result', type=pathlib.Path, default=None, help='default: results/equicsp_csp_<dataset>.json')
     args = parser.parse_args(argv)
@@ -111,6 +118,8 @@ def main(argv=None) -> dict:
         parser.error(f'no checkpoint file {args.checkpoint}')
     if args.limit is not None and args.limit < 1:
         parser.error('--limit must be at least 1')
+    if args.steps is not None and min(args.steps) < 1:
+        parser.error('--steps must be at least 1')
 
     import torch
 
@@ -127,7 +136,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f'{args.checkpoint}: not an EquiCSP checkpoint trained for CSP')
     samplers = {precision: EquiCSPSampler(checkpoint, args.device, precision) for precision in args.precision}
     sampler = samplers[args.precision[0]]
-    steps = args.steps or sampler.config.timesteps
+    settings = [(steps, precision) for steps in args.steps or [sampler.config.timesteps] for precision in samplers]
 
     arrays, split, info = csp_dataset(args.dataset, args.data_dir)
     positions = chosen_test_positions(split['test'], args.limit, args.subset_seed)
@@ -149,9 +158,9 @@ def main(argv=None) -> dict:
             'rmse': result['rmse'],
         }
 
-    def evaluate(sampler) -> dict:
-        """One sample per test structure at the sampler's precision, its composition given, matched with the
-        reference."""
+    def evaluate(sampler, steps: int) -> dict:
+        """One sample per test structure at ``steps`` and the sampler's precision, its composition given, matched
+        with the reference."""
         # timed with the validity check (a small part)
         sampling_started = time.perf_counter()
         generated, reasons = sample_like(
@@ -190,7 +199,7 @@ def main(argv=None) -> dict:
             'matching_seconds': matching_seconds,
         }
 
-    evaluations = [evaluate(sampler) for sampler in samplers.values()]
+    evaluations = [evaluate(samplers[precision], steps) for steps, precision in settings]
     wall_seconds = time.perf_counter() - started
 
     path = args.checkpoint.resolve()
@@ -220,7 +229,7 @@ def main(argv=None) -> dict:
         'misses_before_matching': first['misses_before_matching'],
         'ours': first['ours'],
         'diffcsp_protocol': first['diffcsp_protocol'],
-        'by_precision': evaluations if len(evaluations) > 1 else None,
+        'by_sampling': evaluations if len(evaluations) > 1 else None,
         'published': {'figures': PUBLISHED[args.dataset], 'note': PUBLISHED_NOTE},
         'matching_seconds': first['matching_seconds'],
         'wall_seconds': wall_seconds,
