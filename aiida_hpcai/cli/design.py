@@ -52,6 +52,18 @@ def _plan(request: str, planner: str, dft_budget: int | None, as_json: bool):
     return goal
 
 
+def _parse_formula_units(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        units = [int(part) for part in value.split(',')]
+    except ValueError:
+        units = []
+    if not units or min(units) < 1 or len(set(units)) != len(units):
+        raise click.BadParameter(f'{value!r}: give distinct whole numbers >= 1, separated by commas (1,2,4)')
+    return units
+
+
 @cli.command('design')
 @click.argument('request')
 @click.option(
@@ -92,6 +104,13 @@ def _plan(request: str, planner: str, dft_budget: int | None, as_json: bool):
 @click.option('--iterations', type=POSITIVE_INT, default=10, show_default=True, help='Most iterations of the loop.')
 @STEPS()
 @click.option(
+    '--formula-units',
+    callback=_parse_formula_units,
+    default=None,
+    metavar='Z[,Z...]',
+    help='CSP goals: formula units per generated cell, the samples spread over them (e.g. 1,2,4; default 1).',
+)
+@click.option(
     '--screening', callback=_parse_overrides, default=None, help='Screening parameters as YAML/JSON text or file.'
 )
 @click.option(
@@ -124,6 +143,7 @@ def design(
     n_samples,
     iterations,
     steps,
+    formula_units,
     screening,
     buffer_size,
     fine_tune_epochs,
@@ -177,8 +197,10 @@ def design(
         inputs['generate'] = {'code': code, 'model': generator, 'device': orm.Str(device)}
     if candidate_set is not None:
         inputs['candidates'] = candidate_set
-    if steps is not None:
-        inputs['generation'] = orm.Dict({'steps': steps})
+    generation = {'steps': steps, 'formula_units': formula_units}
+    generation = {key: value for key, value in generation.items() if value is not None}
+    if generation:
+        inputs['generation'] = orm.Dict(generation)
     if screening is not None:
         inputs['screening'] = orm.Dict(screening)
     if sigma_threshold is not None:

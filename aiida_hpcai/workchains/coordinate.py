@@ -84,6 +84,9 @@ FINE_TUNE_DEFAULTS = {'epochs': 20, 'batch_size': 16, 'seed': 0}
 PREDICT_ONLY_OPTIONS = ('parser_name', 'input_filename', 'output_filename')
 #: Settings of the generator the loop passes on from ``generation`` (mode and samples are the loop's).
 GENERATION_KEYS = ('steps', 'step_lr', 'batch_size', 'seed', 'n_strategy', 'precision')
+#: The loop's own generation setting: the cells' formula units in CSP mode (Z; the iteration's samples spread over
+#: them in turn). One formula unit alone gives few distinct cells of a small formula (MgO: 2 atoms).
+FORMULA_UNITS = 'formula_units'
 
 
 # ---------------------------------------------------------------------------------------------- calcfunctions
@@ -366,11 +369,33 @@ def _screening(value, _):
 
 
 def _generation(value, _):
-    unknown = sorted(set(value.get_dict()) - set(GENERATION_KEYS))
+    settings = value.get_dict()
+    unknown = sorted(set(settings) - set(GENERATION_KEYS) - {FORMULA_UNITS})
     if unknown:
-        return f'unknown generation setting(s) {unknown}; the loop passes on {list(GENERATION_KEYS)}'
+        return f'unknown generation setting(s) {unknown}; known: {[*GENERATION_KEYS, FORMULA_UNITS]}'
+    units = settings.pop(FORMULA_UNITS, [1])
+    if (
+        not isinstance(units, list)
+        or not units
+        or any(isinstance(z, bool) or not isinstance(z, int) or z < 1 for z in units)
+        or len(set(units)) != len(units)
+    ):
+        return f'`{FORMULA_UNITS}` must be a list of distinct whole numbers >= 1, not {units!r}'
     # the values as hpcai.generate will judge them, before the first iteration rather than in one
-    return validate_generate_parameters(orm.Dict({'mode': 'abinitio', 'n_samples': 1, **value.get_dict()}), None)
+    return validate_generate_parameters(orm.Dict({'mode': 'abinitio', 'n_samples': 1, **settings}), None)
+
+
+def csp_compositions(composition: str, count: int, formula_units: list[int]) -> dict[str, int]:
+    """``count`` CSP samples of ``composition`` spread in turn over cells of ``formula_units`` formula units each
+    (``{'MgO': 2, 'Mg2O2': 1}`` for 3 samples over [1, 2]); a multiple no sample falls on is left out."""
+    from pymatgen.core import Composition
+
+    counts: dict[str, int] = {}
+    for k in range(count):
+        z = formula_units[k % len(formula_units)]
+        formula = composition if z == 1 else (Composition(composition) * z).formula.replace(' ', '')
+        counts[formula] = counts.get(formula, 0) + 1
+    return counts
 
 
 def _discriminator(value, _):
@@ -427,6 +452,10 @@ def validate_inputs(inputs, ctx):
         budget = goal_from_dict(inputs['goal'].get_dict()).dft_budget
         if 'dft_batch' in ports and budget > 0 and 'code' not in dft:
             return f'the goal allows {budget} DFT run(s): give `dft_batch.dft` (code, engine, protocol)'
+    generation = inputs['generation'].get_dict() if inputs.get('generation') is not None else {}
+    if FORMULA_UNITS in generation and 'goal' in inputs and _valid_goal(inputs['goal'], None) is None:
+        if goal_from_dict(inputs['goal'].get_dict()).composition is None:
+            return f'`generation.{FORMULA_UNITS}` applies to a goal with a composition (CSP); this goal has none'
     if 'candidates' in ports and 'candidates' not in inputs and not (inputs.get('generate') or {}).get('model'):
         return 'give a generator (`generate.code` and `generate.model`), `candidates`, or both'
     return None
@@ -469,7 +498,8 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
             valid_type=orm.Dict,
             required=False,
             validator=_generation,
-            help=f'Generator settings passed on ({", ".join(GENERATION_KEYS)}); iteration i samples with seed + i.',
+            help=f'Generator settings passed on ({", ".join(GENERATION_KEYS)}); iteration i samples with seed + i. '
+            f'`{FORMULA_UNITS}` (CSP goals; default [1]): the formula units per cell, the samples spread over them.',
         )
         spec.input(
             'samples_per_iteration',
@@ -780,7 +810,8 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         parameters = {key: settings[key] for key in GENERATION_KEYS if key in settings and key != 'n_strategy'}
         parameters['seed'] = settings.get('seed', 0) + self.ctx.iteration
         if goal.composition is not None:
-            parameters.update(mode='csp', compositions={goal.composition: count})
+            compositions = csp_compositions(goal.composition, count, settings.get(FORMULA_UNITS, [1]))
+            parameters.update(mode='csp', compositions=compositions)
         else:
             parameters.update(mode='abinitio', n_samples=count, **goal_elements(goal))
             if 'n_strategy' in settings:

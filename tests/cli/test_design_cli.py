@@ -59,6 +59,13 @@ def _loops() -> int:
             ['--discriminator', 'not a match discriminator'],
         ),
         ((REQUEST, '--submit', '--output', '.'), 2, ['--output writes the results']),
+        ((REQUEST, '--formula-units', '1,0'), 2, ['--formula-units', 'distinct whole numbers >= 1']),
+        ((REQUEST, '--formula-units', 'two'), 2, ['--formula-units', 'distinct whole numbers >= 1']),
+        (
+            ('Li-O structures, no DFT', '--model', 'GENERATOR', '--surrogate-model', 'MODEL', '--formula-units', '1,2'),
+            1,
+            ['refused its inputs', 'applies to a goal with a composition'],
+        ),
         (
             ('oxides within 0.1 eV/atom of the hull', '--model', 'GENERATOR', '--surrogate-model', 'MODEL'),
             1,

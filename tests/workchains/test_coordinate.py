@@ -407,6 +407,9 @@ def test_discriminator_gates_ai_acceptance(code, property_model, discriminator, 
         ({'generation': {'mode': 'csp'}}, 'unknown generation setting'),
         ({'generation': {'precision': 'half'}}, '`precision` must be one of'),
         ({'generation': {'steps': 0}}, '`steps` must be an integer >= 1'),
+        ({'generation': {'formula_units': [0, 1]}}, '`formula_units` must be a list of distinct whole numbers'),
+        ({'generation': {'formula_units': 2}}, '`formula_units` must be a list'),
+        ({'goal': {'chemsys': 'Li-O', 'dft_budget': 0}, 'generation': {'formula_units': [1, 2]}}, 'has none'),
         ({'discriminator_threshold': 1.5}, 'must be a probability'),
         ({'acceptance': {'threshold': 0.1}}, 'not an acceptance record'),
         ({'acceptance': _json_clean(ACCEPTS_NOTHING), 'sigma_threshold': 0.1}, 'not both'),
@@ -430,6 +433,30 @@ def test_raw_dft_formation_energies_are_refused(code, generator, property_model)
     }
     with pytest.raises(ValueError, match="energy_correction 'none' puts DFT on another scale"):
         run_get_node(CoordinateWorkChain, **inputs)
+
+
+# -- CSP cells of several formula units ---------------------------------------------------------------------------
+def test_csp_compositions_spread_the_samples_over_the_formula_units():
+    from aiida_hpcai.workchains.coordinate import csp_compositions
+
+    assert csp_compositions('MgO', 5, [1, 2]) == {'MgO': 3, 'Mg2O2': 2}
+    assert csp_compositions('Fe2O3', 2, [2, 1, 4]) == {'Fe4O6': 1, 'Fe2O3': 1}
+    assert csp_compositions('SiC', 3, [1]) == {'SiC': 3}
+
+
+def test_formula_units_reach_the_generator_and_a_cell_too_large_for_it_ends_the_loop(code, generator, property_model):
+    # the tiny generator learned 2-atom cells: Mg2O2 is more than it can sample, which the generate job says
+    inputs = _inputs(code, generator, property_model, {'composition': 'MgO', 'dft_budget': 0})
+    inputs.update(
+        generation=orm.Dict({'steps': 10, 'formula_units': [1, 2]}),
+        samples_per_iteration=orm.Int(3),
+        max_iterations=orm.Int(1),
+    )
+    _, node = run_get_node(CoordinateWorkChain, **inputs)
+    (job,) = _called(node, 'aiida.calculations:hpcai.generate')
+    assert job.inputs.parameters['compositions'] == {'MgO': 2, 'Mg2O2': 1}
+    assert node.exit_status == CoordinateWorkChain.exit_codes.ERROR_GENERATE_FAILED.status
+    assert 'Mg2O2 has 4 atoms; the model was trained on at most 2' in node.exit_message
 
 
 # -- ab initio generation restricted to the Goal's elements ------------------------------------------------------
