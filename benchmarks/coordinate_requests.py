@@ -36,6 +36,8 @@ import time
 
 from predict_fixed_cost import child_environment, make_embedded_profile
 
+from aiida_hpcai.models.contract import SAMPLING_PRECISIONS
+
 PAPER_REQUEST = 'Please generate up to 50 structures of Fe2O3 materials with a formation energy of less than 1 eV/atom'
 PAPER = {
     'request': PAPER_REQUEST,
@@ -97,8 +99,10 @@ def loop_inputs(goal, args, budget: int, iterations: int) -> dict:
         'fine_tune': orm.Dict({'epochs': args.fine_tune_epochs}),
         'continue_without_dft': orm.Bool(True),
     }
-    if args.steps is not None:
-        inputs['generation'] = orm.Dict({'steps': args.steps})
+    generation = {'steps': args.steps, 'precision': args.precision, 'formula_units': args.formula_units}
+    generation = {key: value for key, value in generation.items() if value is not None}
+    if generation:
+        inputs['generation'] = orm.Dict(generation)
     if budget > 0:
         inputs['dft_batch'] = {'dft': dft_inputs(args), 'max_concurrent': orm.Int(1)}
     return inputs
@@ -374,6 +378,10 @@ def main(argv=None) -> None:
     parser.add_argument('--iterations', type=int, default=None, help="the loop's cap (default: the request's)")
     parser.add_argument('--samples', type=int, default=10, help='samples generated per iteration (10)')
     parser.add_argument('--steps', type=int, default=None, help="sampler steps (default: the model's)")
+    parser.add_argument('--precision', choices=SAMPLING_PRECISIONS, default=None, help='sampler precision (float32)')
+    parser.add_argument(
+        '--formula-units', type=int, nargs='+', default=None, help='formula units per generated cell (1)'
+    )
     parser.add_argument('--buffer-size', type=int, default=2, help='fine-tune after this many DFT results (2)')
     parser.add_argument('--fine-tune-epochs', type=int, default=20)
     parser.add_argument('--protocol', default='fast', help='QE protocol (fast)')
@@ -409,7 +417,16 @@ def main(argv=None) -> None:
         'targets': TARGETS,
         'settings': {
             key: getattr(args, key)
-            for key in ('samples', 'steps', 'buffer_size', 'fine_tune_epochs', 'protocol', 'validate')
+            for key in (
+                'samples',
+                'steps',
+                'precision',
+                'formula_units',
+                'buffer_size',
+                'fine_tune_epochs',
+                'protocol',
+                'validate',
+            )  # fmt: skip
         }
         | {'continue_without_dft': True, 'dft_per_iteration': 2, 'max_concurrent_dft': 1, 'device': 'cpu'},
         'profile': {
