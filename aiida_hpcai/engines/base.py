@@ -63,6 +63,10 @@ ENGINES: dict[str, str] = {
 
 #: Elements started spin-polarized (ferromagnetic guess) by every engine.
 MAGNETIC_ELEMENTS: frozenset[str] = frozenset({'V', 'Cr', 'Mn', 'Fe', 'Co', 'Ni'})
+#: The engines' own GGA/GGA+U constants, fitted by ``python -m aiida_hpcai.engines.fit_gga_u`` (absent: none fitted).
+GGA_U_CONSTANTS_FILE = pathlib.Path(__file__).parent / 'gga_u_constants.json'
+#: The identity keys a fit of those constants holds for: the same pseudopotentials and merged protocol.
+GGA_U_FIT_KEYS = ('engine', 'pseudo_family', 'protocol_digest')
 
 
 def get_engine(name: str) -> EngineAdapter:
@@ -318,6 +322,21 @@ class EngineAdapter(abc.ABC):
         ``hpcai.dft`` passes it to the energy corrections: MP's +U constants only apply to a run with MP's U values.
         The default is plain GGA.
         """
+        return {}
+
+    def gga_u_constants(self, identity: Mapping[str, str]) -> dict[str, float]:
+        """This engine's own GGA/GGA+U constants (element -> eV per atom of it) for runs of ``identity``
+        (:meth:`identity`), where MP's do not describe its +U energies; ``{}`` without a fit for that identity.
+
+        They are fitted to MP's formation energies of compounds this engine ran with MP's U values under the same
+        pseudopotentials and protocol (``GGA_U_CONSTANTS_FILE``, with the compounds and errors of the fit).
+        """
+        if self.mp_gga_u_constants_apply or not GGA_U_CONSTANTS_FILE.is_file():
+            return {}
+        fits = json.loads(GGA_U_CONSTANTS_FILE.read_text(encoding='utf-8'))['fits']
+        for fit in fits:
+            if all(fit['identity'].get(key) == identity.get(key) for key in GGA_U_FIT_KEYS):
+                return {element: float(value['constant']) for element, value in fit['constants'].items()}
         return {}
 
     # -- builders ---------------------------------------------------------------------------------------

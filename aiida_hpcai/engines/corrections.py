@@ -12,7 +12,9 @@ predictions, and fine-tune on them, on one scale. The +U constants only describe
 values, and were fitted to MP's own VASP runs: they are added when the engine applied MP's U values (the
 ``hubbard_u`` it reports), but such a compound is on MP's scale only when the engine's +U energies are VASP's
 (``constants_apply``; Quantum ESPRESSO's projectors give another U energy: NiO lands 0.48 eV/atom below MP).
-Otherwise the record says it is not (``on_mp_scale``). The classification (oxide or peroxide from O-O
+An engine may carry constants of its own, fitted to MP's formation energies of compounds it ran with MP's U values
+(:func:`fit_gga_u_constants`, ``engine_constants``): a compound whose every +U metal has one is then on the scale
+too. Otherwise the record says it is not (``on_mp_scale``). The classification (oxide or peroxide from O-O
 distances, anions from guessed oxidation states) is pymatgen's own, so it matches MP's.
 """
 
@@ -58,12 +60,18 @@ def _same_u(applied: dict[str, float], expected: dict[str, float]) -> bool:
 
 
 def energy_corrections(
-    structure, scheme: str = 'mp2020', hubbard_u: dict[str, float] | None = None, constants_apply: bool = True
+    structure,
+    scheme: str = 'mp2020',
+    hubbard_u: dict[str, float] | None = None,
+    constants_apply: bool = True,
+    engine_constants: dict[str, float] | None = None,
 ) -> dict:
     """The corrections of ``structure`` (pymatgen ``Structure``) under ``scheme``, for a run with ``hubbard_u``.
 
     ``hubbard_u`` (element -> U in eV) is what the calculation applied; ``None`` or ``{}``: plain GGA.
     ``constants_apply``: whether MP's GGA/GGA+U constants describe the engine's +U energies (see the module).
+    ``engine_constants``: where they do not, the engine's own (element -> eV per atom of it), used instead of MP's
+    when they cover every +U metal of the compound.
     Returns ``{'scheme', 'adjustments': [{'name', 'per_atom'}], 'per_atom', 'gga_u_elements', 'hubbard_u',
     'on_mp_scale'}`` with energies in eV per atom of the cell; ``per_atom`` is their sum, to be added to a formation
     energy per atom; ``gga_u_elements`` are the elements MP runs with +U here.
@@ -90,15 +98,75 @@ def energy_corrections(
         warnings.simplefilter('ignore')  # "failed to guess oxidation states": pymatgen then uses electronegativity
         adjustments = _mp2020().get_adjustments(entry)
     natoms = structure.composition.num_atoms
+    own = bool(expected) and mp_u and not constants_apply and set(expected) <= set(engine_constants or {})
     record['adjustments'] = [
         {'name': adjustment.name, 'per_atom': adjustment.value / natoms}
         for adjustment in adjustments
-        if 'anion correction' in adjustment.name or (mp_u and 'GGA+U mixing correction' in adjustment.name)
+        if 'anion correction' in adjustment.name or (mp_u and not own and 'GGA+U mixing correction' in adjustment.name)
     ]
+    if own:
+        amounts = structure.composition.get_el_amt_dict()
+        record['adjustments'] += [
+            {
+                'name': f'{ENGINE_CONSTANT_NAME} ({element})',
+                'per_atom': engine_constants[element] * amounts[element] / natoms,
+            }
+            for element in sorted(expected)
+        ]
     record['per_atom'] = float(sum(item['per_atom'] for item in record['adjustments']))
     record['gga_u_elements'] = sorted(expected)
-    record['on_mp_scale'] = mp_u and (constants_apply or not expected)
+    record['on_mp_scale'] = mp_u and (constants_apply or own or not expected)
     return record
+
+
+#: The name of an engine's own GGA/GGA+U constant among a record's adjustments.
+ENGINE_CONSTANT_NAME = 'GGA/GGA+U mixing constant fitted for this engine'
+
+
+def gga_u_constant_estimates(rows: list[dict]) -> list[dict]:
+    """Each compound's estimate of its +U metal's constant: the eV per metal atom that puts its formation energy on
+    the reference's scale, ``natoms * (reference - uncorrected - anion) / n_metal``.
+
+    ``rows``: ``{'formula', 'element' (the one +U metal), 'natoms', 'n_element', 'formation_energy_uncorrected',
+    'anion_per_atom' (the anion corrections of its record, eV/atom), 'reference' (MP's formation energy, eV/atom)}``.
+    """
+    return [
+        {
+            **row,
+            'estimate': row['natoms']
+            * (row['reference'] - row['formation_energy_uncorrected'] - row['anion_per_atom'])
+            / row['n_element'],
+        }
+        for row in rows
+    ]
+
+
+def fit_gga_u_constants(rows: list[dict]) -> dict[str, dict]:
+    """Per +U metal: the constant (the mean of its compounds' estimates, :func:`gga_u_constant_estimates`), and for
+    each compound the error its formation energy keeps with the constant (value - reference, eV/atom) and, with two
+    or more compounds, the leave-one-out error (the constant fitted without it): how well one constant per metal
+    transfers."""
+    fits: dict[str, dict] = {}
+    estimates = gga_u_constant_estimates(rows)
+    for element in sorted({row['element'] for row in estimates}):
+        own = [row for row in estimates if row['element'] == element]
+        constant = sum(row['estimate'] for row in own) / len(own)
+        compounds = []
+        for row in own:
+            share = row['n_element'] / row['natoms']
+            others = [other['estimate'] for other in own if other is not row]
+            compounds.append(
+                {
+                    'formula': row['formula'],
+                    'estimate': row['estimate'],
+                    'error_per_atom': (constant - row['estimate']) * share,
+                    'leave_one_out_error_per_atom': (sum(others) / len(others) - row['estimate']) * share
+                    if others
+                    else None,
+                }
+            )
+        fits[element] = {'constant': constant, 'compounds': compounds}
+    return fits
 
 
 def on_mp_scale(record: dict) -> bool:

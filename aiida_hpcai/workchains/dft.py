@@ -155,6 +155,7 @@ def compute_formation_energy(
     energy_correction: orm.Str,
     hubbard_u: orm.Dict,
     mp_gga_u_constants_apply: orm.Bool,
+    gga_u_constants: orm.Dict | None = None,
     **reference_energies,
 ):
     """Formation energy per atom (eV): ``(E - sum_i n_i mu_i) / N`` with ``mu_i`` the references per atom.
@@ -162,7 +163,8 @@ def compute_formation_energy(
     Returns it raw (``formation_energy_per_atom_uncorrected``) and with the corrections of ``energy_correction``
     for a compound run with ``hubbard_u`` (element -> U, eV) by an engine for which MP's GGA/GGA+U constants hold
     or not (``mp_gga_u_constants_apply``) added (``formation_energy_per_atom``;
-    ``energy_corrections`` says which, and whether the value is on MP's scale).
+    ``energy_corrections`` says which, and whether the value is on MP's scale). ``gga_u_constants``: the engine's
+    own constants where MP's do not hold (``EngineAdapter.gga_u_constants``), given only when it has some.
     """
     composition = collections.Counter(structure.get_kind(site.kind_name).symbol for site in structure.sites)
     natoms = sum(composition.values())
@@ -173,6 +175,7 @@ def compute_formation_energy(
         energy_correction.value,
         hubbard_u.get_dict(),
         constants_apply=mp_gga_u_constants_apply.value,
+        engine_constants=gga_u_constants.get_dict() if gga_u_constants is not None else None,
     )
     return {
         'formation_energy_per_atom': orm.Float(raw + record['per_atom']),
@@ -203,6 +206,7 @@ def formation_energy_will_be_on_mp_scale(dft_inputs, structure: orm.StructureDat
         dft_inputs['energy_correction'].value,
         engine.hubbard_u(structure, protocol),
         constants_apply=engine.mp_gga_u_constants_apply,
+        engine_constants=engine.gga_u_constants(engine.identity(None, dft_inputs['protocol'].value, protocol)),
     )
     return record['on_mp_scale']
 
@@ -578,12 +582,14 @@ class DftWorkChain(LaunchesOnce, WorkChain):
         return None
 
     def compute_formation_energy(self):
+        constants = self.engine.gga_u_constants(self.ctx.identity)
         results = compute_formation_energy(
             structure=self.ctx.relaxed_structure,
             energy_per_atom=self.ctx.energy_per_atom,
             energy_correction=self.inputs.energy_correction,
             hubbard_u=orm.Dict(self.engine.hubbard_u(self.ctx.relaxed_structure, self.ctx.protocol)),
             mp_gga_u_constants_apply=orm.Bool(self.engine.mp_gga_u_constants_apply),
+            **({'gga_u_constants': orm.Dict(constants)} if constants else {}),
             metadata={'call_link_label': 'compute_formation_energy'},
             **self.ctx.reference_energies,
         )

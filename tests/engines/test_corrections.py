@@ -3,7 +3,13 @@
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from aiida_hpcai.engines.corrections import energy_corrections, mp_hubbard_u, on_mp_scale
+from aiida_hpcai.engines.corrections import (
+    ENGINE_CONSTANT_NAME,
+    energy_corrections,
+    fit_gga_u_constants,
+    mp_hubbard_u,
+    on_mp_scale,
+)
 
 # MP2020's fitted constants (eV per anion atom), Wang et al., Sci. Rep. 11, 15496 (2021), Table 1.
 OXIDE, PEROXIDE, NITRIDE, FLUORIDE = -0.687, -0.465, -0.361, -0.462
@@ -104,3 +110,49 @@ def test_records_from_before_gga_u():
     assert on_mp_scale({'scheme': 'mp2020', 'gga_u_elements': []})
     assert not on_mp_scale({'scheme': 'mp2020', 'gga_u_elements': ['Fe']})
     assert not on_mp_scale({'scheme': 'none', 'gga_u_elements': []})
+
+
+# -- an engine's own GGA/GGA+U constants ----------------------------------------------------------------------------
+def test_engine_constants_put_a_gga_u_compound_on_mp_scale():
+    nio = _rock_salt('Ni', 'O')
+    record = energy_corrections(nio, hubbard_u={'Ni': 6.2}, constants_apply=False, engine_constants={'Ni': -1.6})
+    assert [item['name'] for item in record['adjustments']] == [
+        'MP2020 anion correction (oxide)',
+        f'{ENGINE_CONSTANT_NAME} (Ni)',
+    ]
+    assert record['per_atom'] == pytest.approx((OXIDE - 1.6) / 2)
+    assert record['on_mp_scale'] is True
+    # MP's constants hold for the engine (VASP): its own are not used
+    vasp = energy_corrections(nio, hubbard_u={'Ni': 6.2}, constants_apply=True, engine_constants={'Ni': -1.6})
+    assert vasp['per_atom'] == pytest.approx((OXIDE + NI_U) / 2)
+    # a constant for another metal, or a run without MP's U: off the scale, as without constants
+    for hubbard_u, constants in (({'Ni': 6.2}, {'Fe': -2.0}), ({'Ni': 4.0}, {'Ni': -1.6})):
+        other = energy_corrections(nio, hubbard_u=hubbard_u, constants_apply=False, engine_constants=constants)
+        assert not other['on_mp_scale']
+        assert ENGINE_CONSTANT_NAME not in str(other['adjustments'])
+    # a compound MP runs without +U is untouched
+    assert energy_corrections(_rock_salt('Mg', 'O'), constants_apply=False, engine_constants={'Ni': -1.6})[
+        'per_atom'
+    ] == pytest.approx(OXIDE / 2)
+
+
+def test_fit_gga_u_constants_per_metal_with_leave_one_out():
+    # NiO (2 atoms) needs -1.6 eV per Ni, Ni2O3 (5 atoms) -2.0 per Ni: the constant is their mean, -1.8
+    rows = [
+        {'formula': 'NiO', 'element': 'Ni', 'natoms': 2, 'n_element': 1, 'formation_energy_uncorrected': 0.1,
+         'anion_per_atom': OXIDE / 2, 'reference': 0.1 + OXIDE / 2 - 1.6 / 2},
+        {'formula': 'Ni2O3', 'element': 'Ni', 'natoms': 5, 'n_element': 2, 'formation_energy_uncorrected': 0.2,
+         'anion_per_atom': 3 * OXIDE / 5, 'reference': 0.2 + 3 * OXIDE / 5 - 2 * 2.0 / 5},
+        {'formula': 'CoO', 'element': 'Co', 'natoms': 2, 'n_element': 1, 'formation_energy_uncorrected': 0.0,
+         'anion_per_atom': OXIDE / 2, 'reference': OXIDE / 2 - 1.5 / 2},
+    ]  # fmt: skip
+    fits = fit_gga_u_constants(rows)
+    assert fits['Ni']['constant'] == pytest.approx(-1.8)
+    assert fits['Co']['constant'] == pytest.approx(-1.5)
+    nio, ni2o3 = fits['Ni']['compounds']
+    assert nio['estimate'] == pytest.approx(-1.6) and ni2o3['estimate'] == pytest.approx(-2.0)
+    # with -1.8 NiO lands 0.1 eV/atom low, Ni2O3 0.08 high; fitted on the other alone, 0.2 and 0.16
+    assert nio['error_per_atom'] == pytest.approx(-0.1) and ni2o3['error_per_atom'] == pytest.approx(0.08)
+    assert nio['leave_one_out_error_per_atom'] == pytest.approx(-0.2)
+    assert ni2o3['leave_one_out_error_per_atom'] == pytest.approx(0.16)
+    assert fits['Co']['compounds'][0]['leave_one_out_error_per_atom'] is None

@@ -248,6 +248,39 @@ def test_nio_runs_with_mp_u_and_takes_its_gga_u_constant(nio_run, dataset):
 
 
 @pytest.mark.slow
+def test_nio_run_fits_an_engine_constant_that_hpcai_dft_then_applies(nio_run, dataset, tmp_path, monkeypatch):
+    """The fit tool's row of this NiO run, and a constants file holding its fit for the run's identity: hpcai.dft's
+    pre-check then puts NiO on MP's scale, and the constant lands it on the dataset value (the fit's own compound)."""
+    from aiida_hpcai.engines import base, fit_gga_u
+    from aiida_hpcai.engines.corrections import ENGINE_CONSTANT_NAME, energy_corrections, fit_gga_u_constants
+    from aiida_hpcai.workchains.dft import formation_energy_will_be_on_mp_scale
+
+    results, node = nio_run
+    reference = dataset['mp-19009'][0]
+    row = fit_gga_u.compound_row('mp-19009', reference, node)
+    assert (row['element'], row['formula'], row['dft_pk']) == ('Ni', 'NiO', node.pk)
+    assert row['anion_per_atom'] == pytest.approx(-0.687 / 2)
+    fits = fit_gga_u_constants([row])
+    constant = fits['Ni']['constant']
+    assert -2.541 < constant < 0  # pw.x's U energy needs less than VASP's constant (MP's -2.541 overshoots)
+
+    inputs = {'engine': orm.Str('quantumespresso'), 'protocol': orm.Str('fast'), 'energy_correction': orm.Str('mp2020')}
+    structure = results['relaxed_structure']
+    assert not formation_energy_will_be_on_mp_scale(inputs, structure)
+    monkeypatch.setattr(base, 'GGA_U_CONSTANTS_FILE', tmp_path / 'gga_u_constants.json')
+    fit_gga_u.write_fit(node.outputs.identity.get_dict(), fits, [row], 'test', path=base.GGA_U_CONSTANTS_FILE)
+    assert formation_energy_will_be_on_mp_scale(inputs, structure)
+    record = energy_corrections(
+        structure.get_pymatgen_structure(),
+        hubbard_u={'Ni': 6.2},
+        constants_apply=False,
+        engine_constants=base.get_engine('quantumespresso').gga_u_constants(node.outputs.identity.get_dict()),
+    )
+    assert record['on_mp_scale'] and record['adjustments'][-1]['name'] == f'{ENGINE_CONSTANT_NAME} (Ni)'
+    assert results['formation_energy_per_atom_uncorrected'].value + record['per_atom'] == pytest.approx(reference)
+
+
+@pytest.mark.slow
 def test_coordinate_keeps_off_scale_formation_energies_out(nio_run, dataset, pw_code, code, generator):  # noqa: F811
     """``hpcai.coordinate`` sends NiO to DFT for a band-gap Goal with a formation-energy surrogate. QE's +U
     formation energy is off MP's scale: the result counts by its band gap, but its formation energy is no check of
