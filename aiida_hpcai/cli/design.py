@@ -55,12 +55,15 @@ def _plan(request: str, planner: str, dft_budget: int | None, as_json: bool):
 def _parse_formula_units(ctx, param, value):
     if value is None:
         return None
+    from aiida_hpcai.workchains.coordinate import formula_units_problem
+
     try:
         units = [int(part) for part in value.split(',')]
     except ValueError:
-        units = []
-    if not units or min(units) < 1 or len(set(units)) != len(units):
-        raise click.BadParameter(f'{value!r}: give distinct whole numbers >= 1, separated by commas (1,2,4)')
+        raise click.BadParameter(f'{value!r}: give distinct whole numbers >= 1, separated by commas (1,2,4)') from None
+    problem = formula_units_problem(units)
+    if problem:
+        raise click.BadParameter(problem)
     return units
 
 

@@ -373,7 +373,15 @@ def _generation(value, _):
     unknown = sorted(set(settings) - set(GENERATION_KEYS) - {FORMULA_UNITS})
     if unknown:
         return f'unknown generation setting(s) {unknown}; known: {[*GENERATION_KEYS, FORMULA_UNITS]}'
-    units = settings.pop(FORMULA_UNITS, [1])
+    problem = formula_units_problem(settings.pop(FORMULA_UNITS, [1]))
+    if problem:
+        return problem
+    # the values as hpcai.generate will judge them, before the first iteration rather than in one
+    return validate_generate_parameters(orm.Dict({'mode': 'abinitio', 'n_samples': 1, **settings}), None)
+
+
+def formula_units_problem(units) -> str | None:
+    """Why ``units`` is no list of formula units per cell (distinct whole numbers >= 1); None when it is one."""
     if (
         not isinstance(units, list)
         or not units
@@ -381,8 +389,7 @@ def _generation(value, _):
         or len(set(units)) != len(units)
     ):
         return f'`{FORMULA_UNITS}` must be a list of distinct whole numbers >= 1, not {units!r}'
-    # the values as hpcai.generate will judge them, before the first iteration rather than in one
-    return validate_generate_parameters(orm.Dict({'mode': 'abinitio', 'n_samples': 1, **settings}), None)
+    return None
 
 
 def csp_compositions(composition: str, count: int, formula_units: list[int]) -> dict[str, int]:
