@@ -48,23 +48,25 @@ PAPER = {
     'fraction_of_dft_calls_avoided': 0.64,
 }
 TARGETS = {'fraction_of_dft_calls_avoided_at_least': 0.8, 'accepted_within_eV_per_atom_of_dft': 0.12}
-#: The requests, in the order they run. Non-magnetic, small cells first (CSP mode: one formula unit per cell,
-#: so MgO and SiC are 2-atom cells that the QE fast protocol relaxes in about a minute on 2 cores); the paper's
-#: Fe2O3 (magnetic, 5-atom cells here, the Fe pseudopotential the most expensive of the set) last.
+#: The requests, in the order they run. Non-magnetic, small cells first (MgO and SiC: 2 atoms per formula unit,
+#: cells that the QE fast protocol relaxes in minutes on 2 cores); the paper's Fe2O3 (magnetic, the Fe
+#: pseudopotential the most expensive of the set) last. A count of 20 against a DFT budget of 3: with a count of
+#: 10 the loop stops at 10 results, at most 7 of them by the AI, so it could not avoid more than 0.7 of its DFT
+#: calls whatever the surrogate did (the target is 0.8).
 REQUESTS = {
     'mgo': {
-        'request': 'Please generate up to 10 structures of MgO with a formation energy of less than 0 eV/atom',
+        'request': 'Please generate up to 20 structures of MgO with a formation energy of less than 0 eV/atom',
         'dft_budget': 3,
-        'iterations': 8,
+        'iterations': 12,
         'validate': 3,
-        'note': 'non-magnetic, 2-atom cells',
+        'note': 'non-magnetic, 2 atoms per formula unit',
     },
     'sic': {
-        'request': 'Please generate up to 10 structures of SiC with a formation energy of less than 1 eV/atom',
+        'request': 'Please generate up to 20 structures of SiC with a formation energy of less than 1 eV/atom',
         'dft_budget': 3,
-        'iterations': 8,
+        'iterations': 12,
         'validate': 3,
-        'note': 'non-magnetic, 2-atom cells',
+        'note': 'non-magnetic, 2 atoms per formula unit',
     },
     'fe2o3': {
         'request': PAPER_REQUEST,
