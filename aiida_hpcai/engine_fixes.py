@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 
-_APPLIED = '_hpcai_polling_fix'
 #: aiida-core's own ``JobsList._ensure_updating``, kept by :func:`apply` (a test shows the failure with it)
 _ORIGINAL = None
 
@@ -51,8 +50,7 @@ def apply() -> None:
     from aiida.engine.processes.calcjobs.manager import JobsList
 
     global _ORIGINAL
-    if getattr(JobsList, _APPLIED, False):
+    if JobsList._ensure_updating is _ensure_updating:
         return
     _ORIGINAL = JobsList._ensure_updating
     JobsList._ensure_updating = _ensure_updating
-    setattr(JobsList, _APPLIED, True)
