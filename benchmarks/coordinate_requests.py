@@ -22,8 +22,13 @@ Writes benchmarks/results/coordinate_requests.json (or ``--output``) after every
 
     python benchmarks/coordinate_requests.py --workdir /tmp/coord-smoke --requests mgo --dft-budget 1 \\
         --iterations 2 --samples 4 --steps 20 --validate 1 --output /tmp/coord-smoke.json   # the machinery
-    setsid nohup nice -n 10 python3 benchmarks/coordinate_requests.py --workdir /work/coord \\
+    setsid nohup python3 benchmarks/coordinate_requests.py --workdir /work/coord \\
         > /work/notes/coordinate_requests.log 2>&1 &                                          # the figures
+
+Run it with the machine to itself: its ``pw.x`` shares the cores with whatever else runs. ``nice`` does not
+help under ``setsid`` on Linux with autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``): a new
+session is its own group, groups share the CPU equally whatever the nice values of their processes, and only
+the group's own value (``echo 19 > /proc/<pid>/autogroup``) lowers a background job's share.
 """
 
 from __future__ import annotations
