@@ -214,6 +214,26 @@ def warm_start(spec: str) -> tuple[dict, dict]:
     return parent, record
 
 
+def generator_warm_start(path: str) -> tuple[dict, dict]:
+    """An EquiCSP checkpoint to train on (``train-equicsp --init``) and the record of where the new run starts:
+    the file (``portable_member``), its digest and, from the record shipped beside it (``<file>.json``), the
+    epochs, seconds and command that made it."""
+    from .checkpoint import CheckpointError, load_checkpoint, sha256_file
+
+    try:
+        parent = load_checkpoint(path)
+    except (CheckpointError, OSError) as exc:
+        raise SystemExit(f'--init: {exc}') from exc
+    if parent.get('architecture') != GENERATOR_ARCHITECTURE:
+        raise SystemExit(f'--init: {path} is a {parent.get("architecture")!r} checkpoint, not an EquiCSP generator')
+    record = {'member': portable_member(f'{path}#0'), 'sha256': sha256_file(path)}
+    shipped = pathlib.Path(f'{pathlib.Path(path).with_suffix("")}.json')
+    if shipped.exists():
+        training = json.loads(shipped.read_text()).get('training', {})
+        record.update({key: training.get(key) for key in ('epochs', 'seconds', 'command', 'device')})
+    return parent, record
+
+
 def _sum_or_none(values) -> float | None:
     values = list(values)
     return None if any(value is None for value in values) else float(sum(values))
@@ -301,15 +321,22 @@ def train_equicsp(args) -> dict:
         'modes': args.modes,
         'progress': not args.no_progress,
     }
+    parent = None
+    if args.init:
+        parent, info['initialized_from'] = generator_warm_start(args.init)
     started = time.time()
-    _, metrics = train_generator(
-        arrays,
-        {'train': split['train'], 'val': split['val']},
-        args.out,
-        model_config=model_config,
-        training=training,
-        dataset=info,
-    )
+    try:
+        _, metrics = train_generator(
+            arrays,
+            {'train': split['train'], 'val': split['val']},
+            args.out,
+            model_config=model_config,
+            training=training,
+            dataset=info,
+            parent=parent,
+        )
+    except ValueError as exc:  # a parent that cannot go on with this set
+        raise SystemExit(f'train-equicsp: {exc}') from exc
     summary = {
         'dataset': args.dataset,
         'val_loss': metrics['val']['loss'],
@@ -672,11 +699,25 @@ def _ship_generator(args, folder: pathlib.Path, checkpoint: dict, metrics: dict)
             'epochs': len(history),
             'best_epoch': metrics.get('best_epoch'),
             'command': args.trained_with,
+            **_with_parent(
+                checkpoint['dataset'].get('initialized_from'), metrics.get('training_seconds'), len(history)
+            ),
         },
         'shipped': {'commit': git_commit(), 'command': args.invocation},
         'history': history,
     }
     return _write_record(record, folder, destination)
+
+
+def _with_parent(start: dict | None, seconds: float | None, epochs: int) -> dict:
+    """A warm-started generator's training time and epochs counted from scratch (its parent's added), where the
+    parent's record gave them (``dataset.initialized_from``)."""
+    if not start or start.get('seconds') is None or seconds is None:
+        return {}
+    return {
+        'seconds_with_parent': seconds + start['seconds'],
+        'epochs_with_parent': epochs + (start.get('epochs') or 0),
+    }
 
 
 def _ship_discriminator(args, folder: pathlib.Path, checkpoint: dict, metrics: dict) -> dict:
@@ -798,6 +839,13 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument('--device', default='cpu')
     command.add_argument('--threads', type=int, default=0)
     command.add_argument('--no-progress', action='store_true')
+    command.add_argument(
+        '--init',
+        default=None,
+        metavar='PATH',
+        help='train on from a finished generator (a model.pt or shipped .pt): its network, elements and lattice '
+        'standardisation are kept, the schedule starts afresh',
+    )
 
     command = sub.add_parser('discriminator-data')
     command.add_argument('--generator', required=True, help='an EquiCSP checkpoint (model.pt of train-equicsp)')

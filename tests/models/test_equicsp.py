@@ -310,6 +310,37 @@ def test_training_resumes_where_it_stopped(tmp_path, monkeypatch):
         assert torch.equal(value, resumed['members'][0][key]), key
 
 
+def test_training_on_from_a_parent_starts_from_its_weights(tiny_model, tmp_path):
+    """A warm start keeps the parent's network, elements and lattice standardisation and starts from its weights:
+    with a learning rate of 0 nothing moves, and the fixed-noise validation loss is the parent's best."""
+    _, parent, parent_metrics = tiny_model
+    arrays = synthetic_set(28)
+    options = dict(TINY_TRAINING, epochs=1, learning_rate=0.0)
+    warm, metrics = train_equicsp(
+        arrays, _split(28), tmp_path, 'cpu', options, dataset={'initialized_from': {'sha256': 'x'}}, parent=parent
+    )
+    assert warm['hyperparameters']['model'] == parent['hyperparameters']['model']  # not the 'cpu' preset asked
+    assert warm['elements'] == parent['elements'] and warm['lattice_scaler'] == parent['lattice_scaler']
+    for key, value in parent['members'][0].items():
+        assert torch.equal(value, warm['members'][0][key]), key
+    assert metrics['val']['loss'] == pytest.approx(parent_metrics['val']['loss'], rel=1e-6)
+    assert warm['dataset']['initialized_from'] == {'sha256': 'x'}
+
+
+def test_training_on_from_a_parent_refuses_elements_it_never_saw(tiny_model, tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    from aiida_hpcai.models.structure_io import from_pymatgen
+
+    _, parent, _ = tiny_model
+    cells = [Structure(Lattice.cubic(4.0 + 0.1 * n), ['Na', 'Cl'], [[0, 0, 0], [0.5, 0.5, 0.5]]) for n in range(6)]
+    arrays = from_pymatgen(cells, ids=[f'c{n}' for n in range(6)])
+    with pytest.raises(ValueError, match='elements the parent was not trained on: Na, Cl'):
+        train_equicsp(arrays, _split(6), tmp_path, 'tiny', TINY_TRAINING, parent=parent)
+    with pytest.raises(ValueError, match="the parent is a 'crysformer' checkpoint"):
+        train_equicsp(synthetic_set(8), _split(8), tmp_path, 'tiny', TINY_TRAINING, parent={'architecture': 'crysformer'})
+
+
 def test_max_minutes_stops_training(tmp_path):
     _, metrics = train_equicsp(
         synthetic_set(16), _split(16), tmp_path, 'tiny', dict(TINY_TRAINING, epochs=1000, max_minutes=1e-4)

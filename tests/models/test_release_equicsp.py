@@ -78,6 +78,33 @@ def test_train_equicsp_on_a_tiny_perov_5(perov_dir, tmp_path, capsys):
     assert record['target'] is None and record['modes'] == ['csp', 'abinitio'] and record['training']['epochs'] == 2
 
 
+def test_train_equicsp_goes_on_from_a_shipped_generator(perov_dir, tmp_path, capsys):
+    """``--init``: a second run starts from the first's shipped file; the record names the parent by digest and
+    counts its epochs and seconds; a file that is no generator is refused with a message."""
+    common = ['--dataset', 'perov_5', '--data-dir', str(perov_dir), '--config', 'tiny', '--batch-size', '4',
+              '--threads', '1', '--no-progress']  # fmt: skip
+    release.main(['train-equicsp', *common, '--out', str(tmp_path / 'first'), '--epochs', '2'])
+    first = release.main(['ship', '--run', str(tmp_path / 'first'), '--training-device', 'tiny test',
+                          '--trained-with', 'first', '--destination', str(tmp_path / 'one')])  # fmt: skip
+    parent_file = tmp_path / 'one' / PRETRAINED_FILES['equicsp_perov_5']
+    release.main(['train-equicsp', *common, '--out', str(tmp_path / 'second'), '--epochs', '1', '--init',
+                  str(parent_file)])  # fmt: skip
+    second = release.main(['ship', '--run', str(tmp_path / 'second'), '--training-device', 'tiny test',
+                           '--trained-with', 'second', '--destination', str(tmp_path / 'two')])  # fmt: skip
+    start = second['dataset']['initialized_from']
+    assert start['sha256'] == first['sha256'] and start['epochs'] == 2 and start['command'] == 'first'
+    assert second['training']['epochs'] == 1 and second['training']['epochs_with_parent'] == 3
+    assert second['training']['seconds_with_parent'] == pytest.approx(
+        second['training']['seconds'] + first['training']['seconds']
+    )
+    capsys.readouterr()
+
+    not_a_generator = tmp_path / 'notes.pt'
+    not_a_generator.write_text('not a checkpoint')
+    with pytest.raises(SystemExit, match='--init: .*notes.pt: not a readable checkpoint'):
+        release.main(['train-equicsp', *common, '--out', str(tmp_path / 'third'), '--init', str(not_a_generator)])
+
+
 def test_train_equicsp_refuses_an_unknown_dataset(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         release.main(['train-equicsp', '--dataset', 'perov_6', '--out', str(tmp_path / 'run')])

@@ -7,6 +7,10 @@ validation loss kept. ``modes`` picks what the model learns: ``csp`` (every crys
 composition given), ``abinitio`` (types diffused too) or ``both`` (half of the crystals each way,
 so one checkpoint serves both).
 
+Training on from a finished generator (``parent``, a warm start): its network options, elements and lattice
+standardisation are kept (the learned state means the same), its weights are the start, and the optimiser and
+schedule begin afresh (warm-up included); the training crystals may only hold the parent's elements.
+
 Resuming: after every epoch the state (model, optimiser, noise generator, step, history, best
 epoch) is written to ``training_state.pt`` in the output folder; running again with the same
 folder and options continues from there, and the epochs already run count against ``max_minutes``.
@@ -138,9 +142,11 @@ def train_equicsp(
     training: EquiCSPTrainingConfig | dict | None = None,
     dataset: dict | None = None,
     resume: bool = True,
+    parent: dict | None = None,
 ) -> tuple[dict, dict]:
-    """Train on ``split['train']`` (best epoch on ``split['val']``); write model.pt, metadata.json,
-    metrics.json and learning_curve.png into ``output_dir``; return (checkpoint, metrics)."""
+    """Train on ``split['train']`` (best epoch on ``split['val']``), or on from the EquiCSP checkpoint ``parent``;
+    write model.pt, metadata.json, metrics.json and learning_curve.png into ``output_dir``; return (checkpoint,
+    metrics). ``dataset['initialized_from']``, where given, names the parent in the record and the resume state."""
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = (
@@ -148,13 +154,17 @@ def train_equicsp(
         if isinstance(training, EquiCSPTrainingConfig)
         else EquiCSPTrainingConfig.from_dict(dict(training or {}))
     )
-    model_config = resolve_config(model_config)
     train_index = np.asarray(split['train'], dtype=np.int64)
     if len(train_index) == 0 or len(split['val']) == 0:
         raise EmptySplit('the train and val splits must each hold at least one structure')
-    elements = sorted({int(z) for i in train_index for z in arrays.atoms_of(int(i))[0]})
+    present = sorted({int(z) for i in train_index for z in arrays.atoms_of(int(i))[0]})
     natoms = arrays.natoms[train_index]
-    scaler = LatticeScaler.fit(arrays.cells[train_index], natoms)
+    if parent is None:
+        model_config = resolve_config(model_config)
+        elements = present
+        scaler = LatticeScaler.fit(arrays.cells[train_index], natoms)
+    else:
+        model_config, elements, scaler = _from_parent(parent, present)
     known = set(elements)
     val_index = [int(i) for i in split['val'] if set(arrays.atoms_of(int(i))[0].tolist()) <= known]
     train, val = prepare(arrays, train_index, elements, scaler), prepare(arrays, val_index, elements, scaler)
@@ -163,11 +173,18 @@ def train_equicsp(
     schedules = Schedules(model_config.timesteps, model_config.sigma_begin, model_config.sigma_end)
 
     seed_everything(config.seed)
-    model = EquiCSPDenoiser(model_config, len(elements)).to(config.device)
+    model = EquiCSPDenoiser(model_config, len(elements))
+    if parent is not None:
+        model.load_state_dict(parent['members'][0])
+    model = model.to(config.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     signature = run_signature(
-        config.to_dict(), model_config.to_dict(), id_digest(train.ids)['sha256'], id_digest(val.ids)['sha256']
+        config.to_dict(),
+        model_config.to_dict(),
+        id_digest(train.ids)['sha256'],
+        id_digest(val.ids)['sha256'],
+        (dataset or {}).get('initialized_from'),
     )
     state_path = output_dir / STATE_FILE
     saved = load_state(state_path, signature, resume)
@@ -254,6 +271,22 @@ def train_equicsp(
     )
     state_path.unlink()  # finished: nothing left to resume
     return checkpoint, metrics
+
+
+def _from_parent(parent: dict, present: list[int]) -> tuple[EquiCSPConfig, list[int], LatticeScaler]:
+    """The network options, elements (atomic numbers, the parent's order) and lattice standardisation of a
+    parent generator; a training crystal with an element the parent never saw has no type to learn."""
+    from pymatgen.core.periodic_table import Element
+
+    if parent.get('architecture') != ARCHITECTURE:
+        raise ValueError(f'the parent is a {parent.get("architecture")!r} checkpoint, not {ARCHITECTURE!r}')
+    elements = [Element(symbol).Z for symbol in parent['elements']]
+    unknown = sorted(set(present) - set(elements))
+    if unknown:
+        names = ', '.join(_symbol(z) for z in unknown)
+        raise ValueError(f'the training crystals hold elements the parent was not trained on: {names}')
+    config = EquiCSPConfig.from_dict(parent['hyperparameters']['model'])
+    return config, elements, LatticeScaler(**parent['lattice_scaler'])
 
 
 def _symbol(z: int) -> str:
