@@ -308,7 +308,10 @@ def train_equicsp(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    parent, start = generator_warm_start(args.init) if args.init else (None, None)  # a bad file fails at once
     arrays, split, info = csp_dataset(args.dataset, args.data_dir)
+    if start:
+        info['initialized_from'] = start
     model_config = json.loads(args.config) if args.config.startswith('{') else args.config
     training = {
         'epochs': args.epochs,
@@ -321,9 +324,6 @@ def train_equicsp(args) -> dict:
         'modes': args.modes,
         'progress': not args.no_progress,
     }
-    parent = None
-    if args.init:
-        parent, info['initialized_from'] = generator_warm_start(args.init)
     started = time.time()
     try:
         _, metrics = train_generator(
