@@ -54,6 +54,7 @@ from .contract import METRICS_FILE, MODEL_FILE
 from .discriminator import ARCHITECTURE as DISCRIMINATOR_ARCHITECTURE
 from .discriminator import RELIABILITY_FIGURE
 from .equicsp.training import ARCHITECTURE as GENERATOR_ARCHITECTURE
+from .equicsp.training import require_generator
 from .evaluation import (
     CSP_DATASETS,
     MIN_FORMATION_ENERGY,
@@ -224,10 +225,12 @@ def generator_warm_start(path: str) -> tuple[dict, dict]:
         parent = load_checkpoint(path)
     except (CheckpointError, OSError) as exc:
         raise SystemExit(f'--init: {exc}') from exc
-    if parent.get('architecture') != GENERATOR_ARCHITECTURE:
-        raise SystemExit(f'--init: {path} is a {parent.get("architecture")!r} checkpoint, not an EquiCSP generator')
+    try:
+        require_generator(parent)
+    except ValueError as exc:
+        raise SystemExit(f'--init: {path}: {exc}') from exc
     record = {'member': portable_member(f'{path}#0'), 'sha256': sha256_file(path)}
-    shipped = pathlib.Path(f'{pathlib.Path(path).with_suffix("")}.json')
+    shipped = pathlib.Path(path).with_suffix('.json')
     if shipped.exists():
         training = json.loads(shipped.read_text()).get('training', {})
         record.update({key: training.get(key) for key in ('epochs', 'seconds', 'command', 'device')})

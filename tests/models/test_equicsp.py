@@ -338,7 +338,9 @@ def test_training_on_from_a_parent_refuses_elements_it_never_saw(tiny_model, tmp
     with pytest.raises(ValueError, match='elements the parent was not trained on: Na, Cl'):
         train_equicsp(arrays, _split(6), tmp_path, 'tiny', TINY_TRAINING, parent=parent)
     with pytest.raises(ValueError, match="the parent is a 'crysformer' checkpoint"):
-        train_equicsp(synthetic_set(8), _split(8), tmp_path, 'tiny', TINY_TRAINING, parent={'architecture': 'crysformer'})
+        train_equicsp(
+            synthetic_set(8), _split(8), tmp_path, 'tiny', TINY_TRAINING, parent={'architecture': 'crysformer'}
+        )
 
 
 def test_max_minutes_stops_training(tmp_path):

@@ -273,13 +273,18 @@ def train_equicsp(
     return checkpoint, metrics
 
 
+def require_generator(parent: dict) -> None:
+    """A parent to train on must be an EquiCSP checkpoint (ValueError otherwise)."""
+    if parent.get('architecture') != ARCHITECTURE:
+        raise ValueError(f'the parent is a {parent.get("architecture")!r} checkpoint, not {ARCHITECTURE!r}')
+
+
 def _from_parent(parent: dict, present: list[int]) -> tuple[EquiCSPConfig, list[int], LatticeScaler]:
     """The network options, elements (atomic numbers, the parent's order) and lattice standardisation of a
     parent generator; a training crystal with an element the parent never saw has no type to learn."""
     from pymatgen.core.periodic_table import Element
 
-    if parent.get('architecture') != ARCHITECTURE:
-        raise ValueError(f'the parent is a {parent.get("architecture")!r} checkpoint, not {ARCHITECTURE!r}')
+    require_generator(parent)
     elements = [Element(symbol).Z for symbol in parent['elements']]
     unknown = sorted(set(present) - set(elements))
     if unknown:
