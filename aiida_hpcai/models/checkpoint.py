@@ -81,6 +81,18 @@ def id_digest(ids) -> dict:
     return {'count': len(ids), 'sha256': hashlib.sha256('\n'.join(ids).encode()).hexdigest()}
 
 
+def weights_digest(state: dict) -> str:
+    """sha256 of a member's tensors (names, dtypes, shapes and values), whatever file or dict they came from."""
+    import torch
+
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f'{key}|{tensor.dtype}|{tuple(tensor.shape)}|'.encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def new_checkpoint(architecture: str, hyperparameters: dict, members: list[dict], **fields) -> dict:
     """A checkpoint of any architecture: the generic keys, the members' tensors copied to the CPU, then ``fields``."""
     return {

@@ -327,6 +327,33 @@ def test_training_on_from_a_parent_starts_from_its_weights(tiny_model, tmp_path)
     assert warm['dataset']['initialized_from'] == {'sha256': 'x'}
 
 
+def test_a_warm_run_resumes_only_from_its_own_parent(tiny_model, tmp_path, monkeypatch):
+    """The resume state of a run started from one parent is not taken up by a run from another parent in the same
+    folder, even when the caller describes both parents alike: the parent's weights are in the run's signature."""
+    from aiida_hpcai.models.equicsp import training
+
+    _, parent, _ = tiny_model
+    other = {**parent, 'members': [{key: value + 0.01 for key, value in parent['members'][0].items()}]}
+    arrays, options, same_words = synthetic_set(28), dict(TINY_TRAINING, epochs=2, learning_rate=0.0), {'x': 1}
+    real = training.validation_loss
+    calls = {'n': 0}
+
+    def stop_in_the_second_epoch(*args):
+        calls['n'] += 1
+        if calls['n'] == 2:
+            raise KeyboardInterrupt  # killed in the second epoch
+        return real(*args)
+
+    monkeypatch.setattr(training, 'validation_loss', stop_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_equicsp(arrays, _split(28), tmp_path, 'tiny', options, dataset=same_words, parent=parent)
+    assert (tmp_path / 'training_state.pt').is_file()
+    monkeypatch.setattr(training, 'validation_loss', real)
+    warm, _ = train_equicsp(arrays, _split(28), tmp_path, 'tiny', options, dataset=same_words, parent=other)
+    for key, value in other['members'][0].items():  # at learning rate 0: the other parent's weights, not the first's
+        assert torch.equal(value, warm['members'][0][key]), key
+
+
 def test_training_on_from_a_parent_refuses_elements_it_never_saw(tiny_model, tmp_path):
     from pymatgen.core import Lattice, Structure
 

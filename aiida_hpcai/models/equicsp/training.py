@@ -30,7 +30,7 @@ import time
 import numpy as np
 import torch
 
-from ..checkpoint import id_digest, new_checkpoint, save_checkpoint
+from ..checkpoint import id_digest, new_checkpoint, save_checkpoint, weights_digest
 from ..contract import MODEL_FILE
 from ..diffusion import CrystalBatch, LatticeScaler, Schedules, diffusion_loss
 from ..loop import (
@@ -146,7 +146,7 @@ def train_equicsp(
 ) -> tuple[dict, dict]:
     """Train on ``split['train']`` (best epoch on ``split['val']``), or on from the EquiCSP checkpoint ``parent``;
     write model.pt, metadata.json, metrics.json and learning_curve.png into ``output_dir``; return (checkpoint,
-    metrics). ``dataset['initialized_from']``, where given, names the parent in the record and the resume state."""
+    metrics). ``dataset['initialized_from']``, where given, names the parent in the record."""
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = (
@@ -184,7 +184,8 @@ def train_equicsp(
         model_config.to_dict(),
         id_digest(train.ids)['sha256'],
         id_digest(val.ids)['sha256'],
-        (dataset or {}).get('initialized_from'),
+        # the parent's own weights, not the caller's description of it: another parent is another run
+        weights_digest(parent['members'][0]) if parent is not None else None,
     )
     state_path = output_dir / STATE_FILE
     saved = load_state(state_path, signature, resume)
