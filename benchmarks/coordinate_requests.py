@@ -105,6 +105,7 @@ def loop_inputs(goal, args, budget: int, iterations: int) -> dict:
         'buffer_size': orm.Int(args.buffer_size),
         'fine_tune': orm.Dict({'epochs': args.fine_tune_epochs}),
         'continue_without_dft': orm.Bool(True),
+        'audit': orm.Int(min(args.audit, budget)),
     }
     generation = {'steps': args.steps, 'precision': args.precision, 'formula_units': args.formula_units}
     generation = {key: value for key, value in generation.items() if value is not None}
@@ -169,6 +170,8 @@ def loop_figures(node) -> dict:
                 'loop_within_tolerance',
                 'loop_accepted_by_final_threshold',
                 'loop_accepted_within_tolerance',
+                'audits',
+                'audits_within_tolerance',
             )
         },
         'threshold_refreshes': [
@@ -389,6 +392,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         '--formula-units', type=int, nargs='+', default=None, help='formula units per generated cell (1)'
     )
+    parser.add_argument(
+        '--audit', type=int, default=0, help='DFT runs of the budget kept to audit AI acceptances in the loop (0)'
+    )
     parser.add_argument('--buffer-size', type=int, default=2, help='fine-tune after this many DFT results (2)')
     parser.add_argument('--fine-tune-epochs', type=int, default=20)
     parser.add_argument('--protocol', default='fast', help='QE protocol (fast)')
@@ -433,6 +439,7 @@ def main(argv=None) -> None:
                 'fine_tune_epochs',
                 'protocol',
                 'validate',
+                'audit',
             )  # fmt: skip
         }
         | {'continue_without_dft': True, 'dft_per_iteration': 2, 'max_concurrent_dft': 1, 'device': 'cpu'},

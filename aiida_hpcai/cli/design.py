@@ -98,6 +98,13 @@ def _parse_formula_units(ctx, param, value):
     help='Smallest match probability of an accepted prediction (0.5).',
 )
 @click.option(
+    '--audit',
+    type=NON_NEGATIVE_INT,
+    default=0,
+    show_default=True,
+    help='DFT runs of the budget kept to check AI acceptances: one drawn at random per iteration goes to DFT instead.',
+)
+@click.option(
     '--candidates',
     metavar='FILE_OR_PK',
     default=None,
@@ -142,6 +149,7 @@ def design(
     sigma_threshold,
     discriminator,
     discriminator_threshold,
+    audit,
     candidates,
     n_samples,
     iterations,
@@ -183,6 +191,10 @@ def design(
     problem = goal_problem(goal)
     if problem:
         echo.echo_critical(f'the goal of this request: {problem}')
+    if audit > goal.dft_budget:
+        raise click.BadParameter(
+            f'{audit} audit(s) need as many DFT runs: the budget is {goal.dft_budget}', param_hint='--audit'
+        )
     target = loop_property(goal)
     code = _load_code(code_label)
     candidate_set = _load_candidates(candidates) if candidates is not None else None
@@ -194,6 +206,7 @@ def design(
         'samples_per_iteration': orm.Int(n_samples),
         'max_iterations': orm.Int(iterations),
         'buffer_size': orm.Int(buffer_size),
+        'audit': orm.Int(audit),
     }
     generator = _generator(model, candidate_set is not None)
     if generator is not None:

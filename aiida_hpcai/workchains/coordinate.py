@@ -578,6 +578,16 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
             help="Most structures sent to DFT in one iteration (the Goal's dft_budget caps the whole loop).",
         )
         spec.input(
+            'audit',
+            valid_type=orm.Int,
+            default=lambda: orm.Int(0),
+            validator=_not_negative,
+            help="DFT runs of the Goal's budget kept to check the acceptance rule on the loop's own candidates: in "
+            'each of the first iterations with AI acceptances, one of them drawn at random goes to DFT instead, '
+            'until this many were sent. Its DFT value is the result, and it refreshes the rule where the calibration '
+            'set did not look like the generated structures. 0: no audit.',
+        )
+        spec.input(
             'continue_without_dft',
             valid_type=orm.Bool,
             default=lambda: orm.Bool(False),
@@ -683,6 +693,8 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         stored = operations.goal_node(goal, create=False) or self.inputs.goal
         self.ctx.goal_uuid = stored.uuid
         self.ctx.dft_left = max(goal.dft_budget - operations.dft_runs_started(stored.uuid), 0)
+        self.ctx.audits_left = min(self.inputs.audit.value, self.ctx.dft_left)
+        self.ctx.audited_rows = {}  # id -> the AI's table row of an audited candidate of this iteration
         self.ctx.iteration = 0
         self.ctx.iterations = []
         self.ctx.rows = []
@@ -972,17 +984,28 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
 
         uncertain.sort(key=priority)
         uncertain, useless = self._dft_can_answer(goal, uncertain)
-        room = min(self.ctx.dft_left, self.inputs.dft_per_iteration.value)
+        audited = self._audit(goal, accepted)
+        # the runs kept for audits are not the uncertain candidates' to spend
+        left = self.ctx.dft_left - len(audited) - self.ctx.audits_left
+        room = max(min(left, self.inputs.dft_per_iteration.value - len(audited)), 0)
+        left = max(left, 0)
         to_dft, not_sent = uncertain[:room], uncertain[room:]
         for entry in not_sent:
-            entry['not_sent'] = 'DFT budget spent' if self.ctx.dft_left <= len(to_dft) else 'dft_per_iteration cap'
+            if left > len(to_dft):
+                entry['not_sent'] = 'dft_per_iteration cap'
+            elif left + self.ctx.audits_left > len(to_dft):
+                entry['not_sent'] = f'the {self.ctx.audits_left} DFT run(s) left are kept for audits'
+            else:
+                entry['not_sent'] = 'DFT budget spent'
         not_sent += useless
+        to_dft = audited + to_dft
         log.update(accepted=accepted, dropped=dropped, sent_to_dft=to_dft, not_sent_to_dft=not_sent)
         if any(entry['not_sent'] == 'DFT budget spent' for entry in not_sent) and not self.inputs.continue_without_dft:
             self.ctx.stop_reason = f'dft_budget: {len(not_sent)} candidate(s) needed DFT beyond the budget'
         self.report(
             f'iteration {self.ctx.iteration}: {len(accepted)} accepted by the AI, {len(dropped)} dropped, '
-            f'{len(to_dft)} to DFT, {len(not_sent)} uncertain left without DFT'
+            f'{len(to_dft)} to DFT{f" ({len(audited)} an audit)" if audited else ""}, {len(not_sent)} uncertain left '
+            'without DFT'
         )
         if not to_dft:
             return None
@@ -1001,38 +1024,63 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         self.ctx.dft = dft.pk
         return ToContext(dft_batch=dft)
 
+    def _audit(self, goal, accepted: list[dict]) -> list[dict]:
+        """One of this iteration's AI acceptances, drawn at random, taken back from ``accepted`` (and its table row)
+        to go to DFT, while audits are left (``audit``) and DFT can settle it; [] otherwise. Drawn at random so that
+        the loop's audited errors are a fair sample of what its rule accepts."""
+        if self.ctx.audits_left <= 0 or not accepted:
+            return []
+        answerable = [entry for entry in accepted if self._dft_settles(goal, entry['id']) is not False]
+        if not answerable:
+            return []
+        rng = np.random.default_rng([self.node.pk, self.ctx.iteration])
+        chosen = answerable[int(rng.integers(len(answerable)))]
+        accepted[:] = [entry for entry in accepted if entry['id'] != chosen['id']]
+        (row,) = [
+            row
+            for row in self.ctx.rows
+            if row['source'] == 'ai' and row['set'] == f'valid_{self.ctx.iteration}' and row['id'] == chosen['id']
+        ]
+        self.ctx.rows = [other for other in self.ctx.rows if other is not row]
+        self.ctx.audits_left -= 1
+        # the AI's row comes back should the DFT run fail (inspect_dft): a failed check takes nothing away
+        self.ctx.audited_rows = {**self.ctx.audited_rows, chosen['id']: row}
+        return [{**chosen, 'audit': True, 'reason': 'audit: accepted by the AI (drawn at random), checked by DFT'}]
+
     def _dft_can_answer(self, goal, uncertain: list[dict]) -> tuple[list[dict], list[dict]]:
-        """Split the uncertain candidates into those DFT can settle and those it cannot: when the Goal bounds or
-        ranks by the formation energy, a candidate whose DFT formation energy would be off MP's scale (a compound
-        MP runs with GGA+U, by an engine MP's constants were not fitted to: Quantum ESPRESSO) would spend the budget
-        on a value the loop must leave out (:meth:`inspect_dft`)."""
+        """Split the uncertain candidates into those DFT can settle and those it cannot (:meth:`_dft_settles`)."""
+        answerable = [entry for entry in uncertain if self._dft_settles(goal, entry['id']) is not False]
+        useless = [entry for entry in uncertain if entry not in answerable]
+        if useless:
+            engine = self.inputs.dft_batch.dft.engine.value
+            for entry in useless:
+                entry['not_sent'] = (
+                    f"its {engine} formation energy would be off MP's scale (GGA+U), and the goal needs the "
+                    'formation energy'
+                )
+            self.report(
+                f"{len(useless)} uncertain candidate(s) not sent to DFT: {engine}'s formation energy of their "
+                "composition would be off MP's scale (GGA+U)"
+            )
+        return answerable, useless
+
+    def _dft_settles(self, goal, identifier: str) -> bool | None:
+        """Whether DFT can settle the valid structure ``identifier`` for the Goal; None where the question does not
+        arise (no DFT inputs, or the Goal neither bounds nor ranks by the formation energy). False when the Goal
+        needs the formation energy and the structure's would be off MP's scale (a compound MP runs with GGA+U, by
+        an engine MP's constants were not fitted to: Quantum ESPRESSO): its DFT run would spend the budget on a
+        value the loop must leave out (:meth:`inspect_dft`)."""
         from .dft import formation_energy_will_be_on_mp_scale
 
         name = 'formation_energy_per_atom'
         needed = name in goal.bounds or (goal.objective is not None and goal.objective[1] == name)
-        if not uncertain or not needed or 'dft_batch' not in self.inputs:  # no DFT inputs: nothing is sent anyway
-            return uncertain, []
+        if not needed or 'dft_batch' not in self.inputs:  # no DFT inputs: nothing is sent anyway
+            return None
         dft = self.exposed_inputs(DftBatchWorkChain, namespace='dft_batch').get('dft', {})
         if 'engine' not in dft:
-            return uncertain, []
+            return None
         valid = self.ctx.valid
-        index = {identifier: position for position, identifier in enumerate(valid.ids)}
-        answerable, useless = [], []
-        for entry in uncertain:
-            if formation_energy_will_be_on_mp_scale(dft, valid.get_structuredata(index[entry['id']])):
-                answerable.append(entry)
-            else:
-                entry['not_sent'] = (
-                    f"its {dft['engine'].value} formation energy would be off MP's scale (GGA+U), and the goal "
-                    'needs the formation energy'
-                )
-                useless.append(entry)
-        if useless:
-            self.report(
-                f"{len(useless)} uncertain candidate(s) not sent to DFT: {dft['engine'].value}'s formation energy of "
-                "their composition would be off MP's scale (GGA+U)"
-            )
-        return answerable, useless
+        return formation_energy_will_be_on_mp_scale(dft, valid.get_structuredata(valid.ids.index(identifier)))
 
     def _match_probabilities(self):
         """The discriminator's match probability per valid structure; False without a discriminator; None (the loop
@@ -1061,6 +1109,15 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
             for row in results['structures']
             if row['status'] != 'finished_ok'
         ]
+        finished = {row['id'] for row in results['structures'] if row['status'] == 'finished_ok'}
+        if 'relaxed_structures' in node.outputs:
+            finished &= set(node.outputs.relaxed_structures.ids)
+        # an audit whose DFT run failed checked nothing: the AI's acceptance stands
+        restored = [row for identifier, row in self.ctx.audited_rows.items() if identifier not in finished]
+        self.ctx.rows.extend(restored)
+        self.ctx.audited_rows = {}
+        if restored:
+            log['audits_failed_ai_kept'] = [row['id'] for row in restored]
         if 'relaxed_structures' not in node.outputs:
             log['dft_accepted'], log['dft_outside_goal'] = [], []
             self.report(f'DftBatchWorkChain<{node.pk}>: no structure finished ok')
@@ -1146,6 +1203,7 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
                 'mean': predicted[identifier]['mean'],
                 'sigma': predicted[identifier]['sigma'],
                 'dft': _finite_or_none(truth[index]),
+                'audit': bool(predicted[identifier].get('audit')),
             }
             for index, identifier in enumerate(relaxed.ids)
             if identifier in usable and identifier in predicted and predicted[identifier]['mean'] is not None
@@ -1183,6 +1241,7 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         checks = self.ctx.loop_checks
         within = [abs(check['mean'] - check['dft']) <= tolerance for check in checks] if record else []
         accepted = [ok for ok, check in zip(within, checks) if check['sigma'] <= self.ctx.threshold]
+        audits = [check for check in checks if check.get('audit')]
         return {
             'record': record,
             'tolerance': tolerance,
@@ -1190,6 +1249,9 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
             'loop_within_tolerance': sum(within) if record else None,
             'loop_accepted_by_final_threshold': len(accepted),
             'loop_accepted_within_tolerance': sum(accepted),
+            # accepted by the rule in use when they were drawn: the rate the rule promises, on the loop's candidates
+            'audits': len(audits),
+            'audits_within_tolerance': sum(abs(c['mean'] - c['dft']) <= tolerance for c in audits) if record else None,
         }
 
     def close_iteration(self):

@@ -52,6 +52,12 @@ def _loops() -> int:
             ['--dft-code', 'nowhere@nothing'],
         ),  # fmt: skip
         ((REQUEST, '--dft-budget', -1), 2, ['--dft-budget']),
+        (
+            ('MgO structures, at most 1 DFT run', '--audit', 2),
+            2,
+            ['--audit', '2 audit(s) need as many DFT runs: the budget is 1'],
+        ),
+        ((REQUEST, '--audit', -1), 2, ['--audit']),
         ((REQUEST, '--discriminator-threshold', 0.7), 2, ['--discriminator-threshold needs --discriminator']),
         (
             (REQUEST, '--model', 'GENERATOR', '--surrogate-model', 'MODEL', '--discriminator', 'MODEL'),

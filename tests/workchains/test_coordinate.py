@@ -288,6 +288,60 @@ def test_fine_tune_is_submitted_and_the_loop_switches(dft_run, property_model):
             assert model.pk == entry['model_pk']
 
 
+# A calibration on which every error is 0: the rule accepts any sigma up to about 900
+ACCEPTS_ALL = calibrate_acceptance(np.zeros(300), np.linspace(0.01, 1e3, 300), np.zeros(300))
+
+
+@pytest.fixture(scope='module')
+def audit_run(code, generator, property_model, pw_code, sssp_family):
+    """bcc Si (a symmetry no other test computes, so the look-up finds nothing) as the only candidate; a rule that
+    accepts it, and one audit: the acceptance is taken back and checked by the one DFT run the goal allows."""
+    goal = operations.plan('Si with space group Im-3m and a formation energy below 100 eV/atom, at most 1 DFT run')
+    bcc = Structure.from_spacegroup('Im-3m', Lattice.cubic(3.08), ['Si'], [[0, 0, 0]]).get_primitive_structure()
+    inputs = _inputs(
+        code,
+        generator,
+        property_model,
+        goal,
+        candidates=StructureSet.from_pymatgen([bcc], ids=['Si-bcc']),
+        max_iterations=orm.Int(1),
+        acceptance=orm.Dict(_json_clean(ACCEPTS_ALL)),
+        audit=orm.Int(1),
+        buffer_size=orm.Int(0),
+        dft_batch={
+            'dft': {
+                'engine': orm.Str('quantumespresso'),
+                'code': pw_code,
+                'protocol': orm.Str('fast'),
+                'options': orm.Dict(DFT_OPTIONS),
+            }
+        },
+    )
+    return run_get_node(CoordinateWorkChain, **inputs)
+
+
+def test_an_audit_checks_an_ai_acceptance_with_dft(audit_run):
+    results, node = audit_run
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    log = results['decision_log'].get_dict()
+    (first,) = log['iterations']
+    assert first['accepted'] == [] and first['not_sent_to_dft'] == []
+    (sent,) = first['sent_to_dft']
+    assert sent['id'] == 'i1-Si-bcc' and sent['audit'] is True and sent['reason'].startswith('audit: accepted')
+    assert sent['sigma'] <= ACCEPTS_ALL['threshold']  # it was accepted, not uncertain
+    # its DFT value is the result: the AI's row was taken back
+    rows = [row for row in results['table']['rows'] if row['iteration'] == 1]
+    assert [(row['id'], row['source']) for row in rows] == [('i1-Si-bcc', 'dft')]
+    assert results['table']['counts']['ai'] == 0
+    # the audit refreshed the rule and is counted apart, judged against its DFT value
+    assert first['acceptance_refresh']['results'] == 1
+    acceptance = log['acceptance']
+    (check,) = acceptance['loop_results']
+    assert check['audit'] is True and check['mean'] == sent['mean'] and check['dft'] == pytest.approx(rows[0]['value'])
+    assert acceptance['audits'] == 1
+    assert acceptance['audits_within_tolerance'] == int(abs(check['mean'] - check['dft']) <= 0.12)
+
+
 def test_no_dft_for_a_formation_energy_that_would_be_off_mp_scale(code, generator, pw_code):
     """MP runs NiO with GGA+U, and QE's +U formation energies are off MP's scale: DFT could not settle a
     formation-energy Goal, so the uncertain candidate is not sent, with the reason, and the budget stays unspent."""
