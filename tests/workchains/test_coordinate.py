@@ -104,6 +104,18 @@ def _inputs(code, generator, model, goal, **extra):
     return inputs
 
 
+def _qe_batch(pw_code):
+    """`dft_batch` inputs: Quantum ESPRESSO, `fast`, 2 MPI ranks."""
+    return {
+        'dft': {
+            'engine': orm.Str('quantumespresso'),
+            'code': pw_code,
+            'protocol': orm.Str('fast'),
+            'options': orm.Dict(DFT_OPTIONS),
+        }
+    }
+
+
 def _png_ok(node):
     content = node.get_content(mode='rb')
     assert content.startswith(PNG_MAGIC)
@@ -203,14 +215,7 @@ def dft_run(code, generator, property_model, pw_code, sssp_family):
         continue_without_dft=orm.Bool(True),
         buffer_size=orm.Int(1),
         fine_tune=orm.Dict({'epochs': 1, 'batch_size': 4}),
-        dft_batch={
-            'dft': {
-                'engine': orm.Str('quantumespresso'),
-                'code': pw_code,
-                'protocol': orm.Str('fast'),
-                'options': orm.Dict(DFT_OPTIONS),
-            }
-        },
+        dft_batch=_qe_batch(pw_code),
         generation=orm.Dict({'steps': 10, 'n_strategy': 'dataset'}),
     )
     return run_get_node(CoordinateWorkChain, **inputs)
@@ -308,14 +313,7 @@ def audit_run(code, generator, property_model, pw_code, sssp_family):
         acceptance=orm.Dict(_json_clean(ACCEPTS_ALL)),
         audit=orm.Int(1),
         buffer_size=orm.Int(0),
-        dft_batch={
-            'dft': {
-                'engine': orm.Str('quantumespresso'),
-                'code': pw_code,
-                'protocol': orm.Str('fast'),
-                'options': orm.Dict(DFT_OPTIONS),
-            }
-        },
+        dft_batch=_qe_batch(pw_code),
     )
     return run_get_node(CoordinateWorkChain, **inputs)
 
