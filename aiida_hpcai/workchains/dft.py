@@ -114,13 +114,20 @@ def lost_to_a_daemon_fault(node) -> bool:
 
 @calcfunction
 def standardize_structure(structure: orm.StructureData) -> orm.StructureData:
-    """Return spglib's standardized primitive cell of ``structure`` (symprec 1e-3 Å).
+    """Return spglib's standardized primitive cell of ``structure`` (symprec 1e-3 Å), its basis Niggli-reduced.
 
     spglib keeps the orientation of the standard conventional cell (cubic axes along x, y, z; the hexagonal
     and rhombohedral 3-fold axis along z), so every rotation is one of the Cartesian operations pw.x tries.
     pymatgen's ``get_primitive_standard_structure`` reorients rhombohedral cells (Setyawan-Curtarolo), after
     which pw.x finds 4 of the 12 operations of R-3m (alpha-B, As, graphite, Li here).
+
+    The rhombohedral primitive vectors of a long-period cell are needles (the carbon reference: three 11.9 Å
+    vectors 11.9 degrees apart around a 62.6 Å^3 cell), and a plane-wave code's FFT grid follows the vector
+    lengths: 125^3 points there. The Niggli-reduced basis of the same lattice (2.47, 2.47, 11.94 Å) needs about
+    23 times fewer. It is an integer change of basis in the same Cartesian frame, so the rotations stay those
+    pw.x tries; a left-handed result is turned right-handed by reversing every vector.
     """
+    import numpy as np
     import spglib
     from pymatgen.core import Lattice, Structure
 
@@ -130,7 +137,16 @@ def standardize_structure(structure: orm.StructureData) -> orm.StructureData:
     if standardized is None:
         raise ValueError(f'spglib found no symmetry dataset for {pymatgen.composition.reduced_formula}')
     lattice, positions, numbers = standardized
-    return orm.StructureData(pymatgen=Structure(Lattice(lattice), numbers, positions))
+    reduced = Structure(Lattice(lattice), numbers, positions).get_reduced_structure('niggli')
+    if np.linalg.det(reduced.lattice.matrix) < 0:
+        reduced = Structure(
+            Lattice(-reduced.lattice.matrix),
+            reduced.species,
+            reduced.cart_coords,
+            coords_are_cartesian=True,
+            to_unit_cell=True,
+        )
+    return orm.StructureData(pymatgen=reduced)
 
 
 @calcfunction

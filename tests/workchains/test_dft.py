@@ -460,9 +460,10 @@ def test_cli_runs_and_reports(tmp_path, dataset, pw_code, sssp_family):  # noqa:
     assert 'kpoint_distance' in result.output
 
 
-@pytest.mark.parametrize('element', ['B', 'As', 'Mg', 'Si', 'O'])
+@pytest.mark.parametrize('element', ['B', 'As', 'C', 'Li', 'P', 'Mg', 'Si', 'O'])
 def test_standardized_cells_expose_all_symmetry_to_pw(aiida_profile, element):
-    """After ``standardize_structure`` every space-group rotation is Cartesian-aligned as pw.x needs.
+    """After ``standardize_structure`` every space-group rotation is Cartesian-aligned as pw.x needs, in a
+    right-handed Niggli-reduced basis (graphite's rhombohedral vectors were 11.9 Å needles: 125^3 FFT points).
 
     pw.x only tries rotations whose Cartesian matrices have entries 0, ±1/2, ±1, ±√3/2; for the
     rhombohedral references (alpha-B, As) pymatgen's standard primitive cell left it 4 of 12.
@@ -479,8 +480,14 @@ def test_standardized_cells_expose_all_symmetry_to_pw(aiida_profile, element):
     for rotation in dataset.rotations:
         cartesian = lattice.T @ rotation @ np.linalg.inv(lattice.T)
         assert np.all(np.min(np.abs(np.abs(cartesian)[..., None] - allowed), axis=-1) < 1e-4)
-    expected = {'B': 12, 'As': 12, 'Mg': 24, 'Si': 48, 'O': 4}[element]
+    expected = {'B': 12, 'As': 12, 'C': 12, 'Li': 12, 'P': 8, 'Mg': 24, 'Si': 48, 'O': 4}[element]
     assert len(dataset.rotations) == expected
+    assert np.linalg.det(lattice) > 0
+    assert np.allclose(sorted(structure.lattice.abc), sorted(structure.get_reduced_structure('niggli').lattice.abc))
+    if element == 'C':
+        assert max(structure.lattice.abc) < 12 and sorted(structure.lattice.abc)[:2] == pytest.approx(
+            [2.47, 2.47], abs=0.01
+        )
 
 
 @pytest.mark.parametrize(
