@@ -124,10 +124,9 @@ def standardize_structure(structure: orm.StructureData) -> orm.StructureData:
     The rhombohedral primitive vectors of a long-period cell are needles (the carbon reference: three 11.9 Å
     vectors 11.9 degrees apart around a 62.6 Å^3 cell), and a plane-wave code's FFT grid follows the vector
     lengths: 125^3 points there. The Niggli-reduced basis of the same lattice (2.47, 2.47, 11.94 Å) needs about
-    23 times fewer. It is an integer change of basis in the same Cartesian frame, so the rotations stay those
-    pw.x tries; a left-handed result is turned right-handed by reversing every vector.
+    23 times fewer. pymatgen's reduction is an integer change of basis in the same Cartesian frame (and
+    right-handed), so the rotations stay those pw.x tries.
     """
-    import numpy as np
     import spglib
     from pymatgen.core import Lattice, Structure
 
@@ -138,14 +137,6 @@ def standardize_structure(structure: orm.StructureData) -> orm.StructureData:
         raise ValueError(f'spglib found no symmetry dataset for {pymatgen.composition.reduced_formula}')
     lattice, positions, numbers = standardized
     reduced = Structure(Lattice(lattice), numbers, positions).get_reduced_structure('niggli')
-    if np.linalg.det(reduced.lattice.matrix) < 0:
-        reduced = Structure(
-            Lattice(-reduced.lattice.matrix),
-            reduced.species,
-            reduced.cart_coords,
-            coords_are_cartesian=True,
-            to_unit_cell=True,
-        )
     return orm.StructureData(pymatgen=reduced)
 
 
