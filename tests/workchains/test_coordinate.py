@@ -299,16 +299,18 @@ ACCEPTS_ALL = calibrate_acceptance(np.zeros(300), np.linspace(0.01, 1e3, 300), n
 
 @pytest.fixture(scope='module')
 def audit_run(code, generator, property_model, pw_code, sssp_family):
-    """bcc Si (a symmetry no other test computes, so the look-up finds nothing) as the only candidate; a rule that
-    accepts it, and one audit: the acceptance is taken back and checked by the one DFT run the goal allows."""
-    goal = operations.plan('Si with space group Im-3m and a formation energy below 100 eV/atom, at most 1 DFT run')
-    bcc = Structure.from_spacegroup('Im-3m', Lattice.cubic(3.08), ['Si'], [[0, 0, 0]]).get_primitive_structure()
+    """fcc Si (a cell no other test computes: the coordinate tutorial computes bcc Si, whose DFT result the look-up
+    would find) as the only candidate; a rule that accepts it, and one audit: the acceptance is taken back and
+    checked by the one DFT run the goal allows. The goal names the composition, so fluorite SiO2 is no hit."""
+    goal = operations.plan('Si with space group Fm-3m and a formation energy below 100 eV/atom, at most 1 DFT run')
+    goal.update(composition='Si', must_include=[])
+    fcc = Structure.from_spacegroup('Fm-3m', Lattice.cubic(3.85), ['Si'], [[0, 0, 0]]).get_primitive_structure()
     inputs = _inputs(
         code,
         generator,
         property_model,
         goal,
-        candidates=StructureSet.from_pymatgen([bcc], ids=['Si-bcc']),
+        candidates=StructureSet.from_pymatgen([fcc], ids=['Si-fcc']),
         max_iterations=orm.Int(1),
         acceptance=orm.Dict(_json_clean(ACCEPTS_ALL)),
         audit=orm.Int(1),
@@ -325,11 +327,11 @@ def test_an_audit_checks_an_ai_acceptance_with_dft(audit_run):
     (first,) = log['iterations']
     assert first['accepted'] == [] and first['not_sent_to_dft'] == []
     (sent,) = first['sent_to_dft']
-    assert sent['id'] == 'i1-Si-bcc' and sent['audit'] is True and sent['reason'].startswith('audit: accepted')
+    assert sent['id'] == 'i1-Si-fcc' and sent['audit'] is True and sent['reason'].startswith('audit: accepted')
     assert sent['sigma'] <= ACCEPTS_ALL['threshold']  # it was accepted, not uncertain
     # its DFT value is the result: the AI's row was taken back
     rows = [row for row in results['table']['rows'] if row['iteration'] == 1]
-    assert [(row['id'], row['source']) for row in rows] == [('i1-Si-bcc', 'dft')]
+    assert [(row['id'], row['source']) for row in rows] == [('i1-Si-fcc', 'dft')]
     assert results['table']['counts']['ai'] == 0
     # the audit refreshed the rule and is counted apart, judged against its DFT value
     assert first['acceptance_refresh']['results'] == 1
