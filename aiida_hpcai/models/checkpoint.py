@@ -53,6 +53,7 @@ PRETRAINED_FILES = {
     # EquiCSP generators, by training set (see pretrained/README.md)
     'equicsp_mp20': 'equicsp_mp20.pt',
     'equicsp_perov_5': 'equicsp_perov_5.pt',
+    'equicsp_carbon_24': 'equicsp_carbon_24.pt',
     # match discriminators, by the generator and training set of their samples
     'discriminator_mp20': 'discriminator_mp20.pt',
 }
