@@ -22,7 +22,7 @@
 #   # device call, with .hpcai_device and .whl carried:
 #   bash benchmarks/equicsp_gpu_check.sh
 #
-# DEVICE=cpu MINUTES=0.2 STEPS=5 LIMIT=16 SAMPLES=16 CONFIG_BIG=tiny runs the same steps on a CPU (to try it
+# DEVICE=cpu MINUTES=0.3 STEPS=5 LIMIT=16 SAMPLES=16 CONFIG_BIG=tiny runs the same steps on a CPU (to try it
 # before a lease).
 set -u
 export PYTHONUNBUFFERED=1
@@ -33,6 +33,7 @@ OUT=${OUT:?a folder for the results}
 DEVICE=${DEVICE:-cuda}
 MINUTES=${MINUTES:-4}
 DEADLINE=${DEADLINE:-570}  # seconds after the start by which the runs are packed
+SIDE=$(awk "BEGIN { print int($MINUTES * 60) + 60 }")  # limit of each step-2 process: its minutes and a minute more
 STEPS=${STEPS:-1000}
 SAMPLES=${SAMPLES:-1024}
 CONFIG_BIG=${CONFIG_BIG:-paper}
@@ -73,7 +74,7 @@ csp() {  # name dataset checkpoint step_lr timeout: one sample per test structur
 train() {  # name dataset modes config batch_size [--init PATH]
   local name=$1 dataset=$2 modes=$3 config=$4 batch=$5
   shift 5
-  timeout "$(awk "BEGIN { print int($MINUTES * 60) + 60 }")" python3 -m aiida_hpcai.models.release train-equicsp \
+  timeout "$SIDE" python3 -m aiida_hpcai.models.release train-equicsp \
     --dataset "$dataset" --modes "$modes" --config "$config" --batch-size "$batch" --max-minutes "$MINUTES" \
     --device "$DEVICE" --threads 2 --no-progress --out "$RUNS/$name" "$@" > "$RUNS/$name.log" 2>&1
   echo "$name: exit $? after $(elapsed)" | tee -a "$RUNS/$name.log"
@@ -87,7 +88,6 @@ fi
 train equicsp_carbon_24 carbon_24 csp cpu 256 &
 train "equicsp_perov_5_$CONFIG_BIG" perov_5 csp "$CONFIG_BIG" 256 &
 train equicsp_mp20_on mp20 both cpu 256 --init "$PRETRAINED/equicsp_mp20.pt" &
-SIDE=$(awk "BEGIN { print int($MINUTES * 60) + 60 }")
 csp perov_5_shipped perov_5 "$PRETRAINED/equicsp_perov_5.pt" 5e-7 "$SIDE" &
 csp mp20_shipped mp20 "$PRETRAINED/equicsp_mp20.pt" 1e-5 "$SIDE" &
 wait $(jobs -p | grep -v "^${SAMPLER:-none}$")
