@@ -1277,8 +1277,8 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
             **(self.inputs.fine_tune.get_dict() if 'fine_tune' in self.inputs else {}),
             'target': self.ctx.property,
             'units': self.ctx.units,
-            # A few DFT results hold no separate validation split: every one is in both (the sigma scale is then
-            # fitted on seen data; the calibrated acceptance rule re-checks it).
+            # A few DFT results hold no separate validation split: every one is in both (the training then keeps
+            # the parent's sigma scale, which seen data cannot fit; the acceptance rule re-checks it).
             'split': {'train': ids, 'val': ids, 'test': []},
         }
         predict = self.exposed_inputs(SurrogateWorkChain, namespace='surrogate')['predict']

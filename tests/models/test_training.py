@@ -180,6 +180,23 @@ def test_fine_tuning_keeps_frozen_blocks_and_output_space(trained, tmp_path):
         train_ensemble(new_data, 'other', _split(24), tmp_path / 'x', training=TINY, parent=parent)
 
 
+def test_a_fine_tune_validated_on_its_training_structures_keeps_the_parents_sigma_scale(trained, tmp_path):
+    """A loop's fine-tune on a few DFT results validates on them (val = train): a scale fitted there would
+    measure memorisation and shrink every sigma; a disjoint val split is fitted as usual."""
+    _, folder, _, _ = trained
+    parent = load_checkpoint(folder / 'model.pt')
+    new_data = synthetic_set(12, seed=7)
+    settings = {**TINY, 'epochs': 2, 'learning_rate': None}
+    seen = {'train': np.arange(4), 'val': np.arange(4), 'test': np.arange(4, 12)}
+    child, metrics = train_ensemble(new_data, 'energy', seen, tmp_path / 'seen', training=settings, parent=parent)
+    assert child['sigma_scale'] == parent['sigma_scale']
+    assert metrics['sigma_scale_from'] == 'parent (val overlaps train)'
+    apart = {'train': np.arange(4), 'val': np.arange(4, 8), 'test': np.arange(8, 12)}
+    child, metrics = train_ensemble(new_data, 'energy', apart, tmp_path / 'apart', training=settings, parent=parent)
+    assert child['sigma_scale']['ensemble'] != parent['sigma_scale']['ensemble']
+    assert metrics['sigma_scale_from'] == 'val'
+
+
 def _crashing_on_call(function, number: int):
     """``function``, except that its ``number``-th call raises KeyboardInterrupt (a killed job)."""
     calls = []
