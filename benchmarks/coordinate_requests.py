@@ -338,6 +338,9 @@ def run_request(name: str, args, payload: dict, output: pathlib.Path, previous: 
         'dft_budget': budget,
         'max_iterations': iterations,
         'finished': False,
+        # each request's own settings and run record: --resume runs requests at other times and settings
+        'settings': payload['settings'],
+        'run': payload['run'],
     }
     payload['requests'][name] = entry
     started = time.perf_counter()
@@ -453,6 +456,9 @@ def main(argv=None) -> None:
         'requests': {name: entry for name, entry in previous.get('requests', {}).items() if entry.get('finished')},
         'complete': False,
     }
+    for entry in payload['requests'].values():  # a request finished before entries had their own records
+        entry.setdefault('settings', previous.get('settings'))
+        entry.setdefault('run', previous.get('run'))
     for name in args.requests:
         if name in payload['requests']:
             print(f'[{name}] finished in {output}: skipped', flush=True)
