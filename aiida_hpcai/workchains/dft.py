@@ -6,7 +6,8 @@ The engine (``quantumespresso`` or ``vasp``) is an input; everything engine-spec
 1. checks, before any calculation: engine, protocol and override keys (input validation); elements
    without pseudopotential / POTCAR; elements without a reference structure (when formation energy is on);
 2. optional standardization of the cell (spglib standard primitive, so the codes find the full symmetry);
-3. variable-cell relaxation (the engine's own WorkChain, with its restart handlers);
+3. variable-cell relaxation (the engine's own WorkChain, with its restart handlers); skipped when the cell is kept
+   (``relax_cell`` False) and symmetry fixes every atom, as in rock salt or graphite (nothing could move);
 4. static SCF on the relaxed structure: total energy, band gap, magnetization;
 5. formation energy per atom from elemental references computed with the same engine, protocol and
    pseudopotentials: each found by query if some earlier WorkChain computed it, else computed here once
@@ -138,6 +139,37 @@ def standardize_structure(structure: orm.StructureData) -> orm.StructureData:
     lattice, positions, numbers = standardized
     reduced = Structure(Lattice(lattice), numbers, positions).get_reduced_structure('niggli')
     return orm.StructureData(pymatgen=reduced)
+
+
+def positions_fixed_by_symmetry(structure: orm.StructureData, symprec: float = 1e-5) -> bool:
+    """Whether symmetry alone fixes every atom: each sits on a site whose site-symmetry group leaves no vector
+    invariant (a Wyckoff position without a free parameter: rock salt, diamond, graphite). The forces then
+    vanish by symmetry, and a relaxation at fixed cell would be one SCF that moves nothing.
+
+    Kinds count as species (antiferromagnetic sublattices lower the symmetry). A structure spglib finds no
+    symmetry for, or one within ``symprec`` (Å) of a symmetric cell but not on it, is not fixed: it relaxes.
+    """
+    import numpy as np
+    import spglib
+
+    kinds = {name: index for index, name in enumerate(sorted({site.kind_name for site in structure.sites}))}
+    lattice = np.array(structure.cell)
+    positions = np.array([site.position for site in structure.sites]) @ np.linalg.inv(lattice)
+    types = [kinds[site.kind_name] for site in structure.sites]
+    symmetry = spglib.get_symmetry((lattice, positions, types), symprec=symprec)
+    if symmetry is None:
+        return False
+    for position in positions:
+        invariant = []
+        for rotation, translation in zip(symmetry['rotations'], symmetry['translations']):
+            shift = rotation @ position + translation - position
+            shift -= np.round(shift)
+            if np.linalg.norm(shift @ lattice) <= 2 * symprec:  # this operation leaves the atom where it is
+                invariant.append(rotation - np.eye(3))
+        # displacements the site symmetry allows: the common null space of (R - 1) over its operations
+        if np.linalg.matrix_rank(np.vstack(invariant)) < 3:
+            return False
+    return True
 
 
 @calcfunction
@@ -298,9 +330,13 @@ class DftWorkChain(LaunchesOnce, WorkChain):
             cls.setup,
             cls.check_structure,
             if_(cls.should_standardize)(cls.standardize),
-            cls.run_relax,
-            while_(cls.relax_to_run_again)(cls.run_relax),
-            cls.inspect_relax,
+            if_(cls.should_relax)(
+                cls.run_relax,
+                while_(cls.relax_to_run_again)(cls.run_relax),
+                cls.inspect_relax,
+            ).else_(
+                cls.keep_structure,
+            ),
             cls.run_scf,
             while_(cls.scf_to_run_again)(cls.run_scf),
             cls.inspect_scf,
@@ -313,7 +349,12 @@ class DftWorkChain(LaunchesOnce, WorkChain):
             ),
         )
 
-        spec.output('relaxed_structure', valid_type=orm.StructureData, help='The relaxed structure.')
+        spec.output(
+            'relaxed_structure',
+            valid_type=orm.StructureData,
+            help='The relaxed structure (the standardized input cell itself when the cell is fixed and symmetry fixes '
+            'every atom: no relaxation runs then).',
+        )
         spec.output('total_energy', valid_type=orm.Float, help='Total energy of the relaxed cell (eV), static run.')
         spec.output('energy_per_atom', valid_type=orm.Float, help='Total energy per atom (eV/atom).')
         spec.output(
@@ -467,6 +508,17 @@ class DftWorkChain(LaunchesOnce, WorkChain):
             self.ctx.structure = standardize_structure(self.inputs.structure)
         except Exception as exception:  # noqa: BLE001 -- spglib/pymatgen failures: the given cell still works
             self.report(f'standardization failed ({exception}); continuing with the given cell')
+
+    def should_relax(self):
+        """Relax unless the cell is kept and symmetry fixes every atom (:func:`positions_fixed_by_symmetry`)."""
+        if self.ctx.relax_cell or not positions_fixed_by_symmetry(self.ctx.structure):
+            return True
+        self.report('fixed cell and every atom fixed by symmetry: nothing to relax, the static SCF runs on this cell')
+        return False
+
+    def keep_structure(self):
+        self.ctx.relaxed_structure = self.ctx.structure
+        self.out('relaxed_structure', self.ctx.relaxed_structure)
 
     def run_relax(self):
         builder = self.engine.get_relax_builder(

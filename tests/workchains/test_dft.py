@@ -203,7 +203,7 @@ def test_mgo_formation_energy(mgo_run, dataset):
 @pytest.fixture(scope='module')
 def nio_run(mgo_run, dataset, pw_code):  # noqa: F811
     """NiO mp-19009, after MgO, so that the O reference (same cutoffs) is found rather than computed again; in MP's
-    cell (rock salt has no free coordinate: one SCF instead of a spin-polarized vc-relax of several minutes)."""
+    cell (rock salt has no free coordinate: hpcai.dft runs no relaxation, only the static SCF)."""
     return _run(dataset['mp-19009'][1], pw_code, relax_cell=orm.Bool(False))
 
 
@@ -216,6 +216,7 @@ def test_nio_runs_with_mp_u_and_takes_its_gga_u_constant(nio_run, dataset):
     """
     results, node = nio_run
     assert node.is_finished_ok, node.exit_message
+    assert not node.base.links.get_outgoing(link_label_filter='relax').all()  # rock salt at fixed cell
     corrections = results['energy_corrections'].get_dict()
     assert corrections['hubbard_u'] == {'Ni': 6.2}
     assert corrections['on_mp_scale'] is False
@@ -507,3 +508,45 @@ def test_a_structure_that_is_no_crystal_is_refused_before_dft(aiida_profile, pos
     good.append_atom(position=[0, 0, 0], symbols='Si')
     good.append_atom(position=[1.35, 1.35, 1.35], symbols='Si')
     assert DftWorkChain.spec().inputs['structure'].validate(good) is None
+
+
+def _rock_salt(a=4.21):
+    return Structure.from_spacegroup('Fm-3m', Lattice.cubic(a), ['Mg', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def _antiferromagnetic_nio() -> orm.StructureData:
+    """NiO's AFM-II cell: two Ni kinds on alternating (111) planes lower Fm-3m to R-3m, where O sits on (x, x, x)."""
+    conventional = Structure.from_spacegroup('Fm-3m', Lattice.cubic(4.17), ['Ni', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    structure = orm.StructureData(cell=conventional.lattice.matrix.tolist())
+    for site in conventional.make_supercell([[1, 1, 0], [0, 1, 1], [1, 0, 1]]):  # 8 atoms, two Ni planes along 111
+        name = 'O' if site.specie.symbol == 'O' else ('Ni1' if round(sum(site.frac_coords) * 2) % 2 == 0 else 'Ni2')
+        structure.append_atom(position=site.coords.tolist(), symbols=site.specie.symbol, name=name)
+    return structure
+
+
+@pytest.mark.parametrize(
+    ('make', 'fixed'),
+    [
+        (lambda: orm.StructureData(pymatgen=_rock_salt()), True),  # 4a and 4b of Fm-3m
+        (lambda: orm.StructureData(pymatgen=_rock_salt().get_primitive_structure()), True),
+        (lambda: refs.get_reference_structure('Si'), True),  # diamond, 8a
+        (lambda: refs.get_reference_structure('Mg'), True),  # hcp, 2c
+        (lambda: refs.get_reference_structure('C'), False),  # rhombohedral graphite, 6c (0, 0, z)
+        (lambda: refs.get_reference_structure('O'), False),  # O2 in a box: the bond length
+        (
+            lambda: orm.StructureData(
+                pymatgen=Structure.from_spacegroup(
+                    'P6_3mc', Lattice.hexagonal(3.25, 5.2), ['Zn', 'O'], [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.38]]
+                )
+            ),
+            False,  # wurtzite, 2b (1/3, 2/3, z)
+        ),
+        (lambda: orm.StructureData(pymatgen=_rock_salt().perturb(0.01)), False),  # near rock salt, not on it
+        (_antiferromagnetic_nio, False),  # kinds are species: O on R-3m's (x, x, x)
+    ],
+)
+def test_positions_fixed_by_symmetry(aiida_profile, make, fixed):
+    """What decides whether ``hpcai.dft`` at fixed cell runs a relaxation at all."""
+    from aiida_hpcai.workchains.dft import positions_fixed_by_symmetry
+
+    assert positions_fixed_by_symmetry(make()) is fixed
