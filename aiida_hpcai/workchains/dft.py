@@ -7,7 +7,7 @@ The engine (``quantumespresso`` or ``vasp``) is an input; everything engine-spec
    without pseudopotential / POTCAR; elements without a reference structure (when formation energy is on);
 2. optional standardization of the cell (spglib standard primitive, so the codes find the full symmetry);
 3. variable-cell relaxation (the engine's own WorkChain, with its restart handlers); skipped when the cell is kept
-   (``relax_cell`` False) and symmetry fixes every atom, as in rock salt or graphite (nothing could move);
+   (``relax_cell`` False) and symmetry fixes every atom, as in rock salt or diamond (nothing could move);
 4. static SCF on the relaxed structure: total energy, band gap, magnetization;
 5. formation energy per atom from elemental references computed with the same engine, protocol and
    pseudopotentials: each found by query if some earlier WorkChain computed it, else computed here once
@@ -143,7 +143,7 @@ def standardize_structure(structure: orm.StructureData) -> orm.StructureData:
 
 def positions_fixed_by_symmetry(structure: orm.StructureData, symprec: float = 1e-5) -> bool:
     """Whether symmetry alone fixes every atom: each sits on a site whose site-symmetry group leaves no vector
-    invariant (a Wyckoff position without a free parameter: rock salt, diamond, graphite). The forces then
+    invariant (a Wyckoff position without a free parameter: rock salt, diamond, hcp). The forces then
     vanish by symmetry, and a relaxation at fixed cell would be one SCF that moves nothing.
 
     Kinds count as species (antiferromagnetic sublattices lower the symmetry). A structure spglib finds no
