@@ -149,7 +149,7 @@ def test_the_scale_of_a_formation_energy_is_known_before_the_run(aiida_profile, 
     """What ``hpcai.coordinate`` asks before it spends DFT budget: the rule ``compute_formation_energy`` applies."""
     from aiida_hpcai.workchains.dft import formation_energy_will_be_on_mp_scale
 
-    rocksalt = Structure.from_spacegroup('Fm-3m', Lattice.cubic(4.2), [metal, 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    rocksalt = _rock_salt(metal, 4.2)
     inputs = {'engine': orm.Str(engine), 'protocol': orm.Str('fast'), 'energy_correction': orm.Str(correction)}
     assert formation_energy_will_be_on_mp_scale(inputs, orm.StructureData(pymatgen=rocksalt)) is expected
 
@@ -510,13 +510,13 @@ def test_a_structure_that_is_no_crystal_is_refused_before_dft(aiida_profile, pos
     assert DftWorkChain.spec().inputs['structure'].validate(good) is None
 
 
-def _rock_salt(a=4.21):
-    return Structure.from_spacegroup('Fm-3m', Lattice.cubic(a), ['Mg', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+def _rock_salt(metal='Mg', a=4.21):
+    return Structure.from_spacegroup('Fm-3m', Lattice.cubic(a), [metal, 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])
 
 
 def _antiferromagnetic_nio() -> orm.StructureData:
     """NiO's AFM-II cell: two Ni kinds on alternating (111) planes lower Fm-3m to R-3m, where O sits on (x, x, x)."""
-    conventional = Structure.from_spacegroup('Fm-3m', Lattice.cubic(4.17), ['Ni', 'O'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    conventional = _rock_salt('Ni', 4.17)
     structure = orm.StructureData(cell=conventional.lattice.matrix.tolist())
     for site in conventional.make_supercell([[1, 1, 0], [0, 1, 1], [1, 0, 1]]):  # 8 atoms, two Ni planes along 111
         name = 'O' if site.specie.symbol == 'O' else ('Ni1' if round(sum(site.frac_coords) * 2) % 2 == 0 else 'Ni2')
