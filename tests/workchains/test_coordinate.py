@@ -489,6 +489,46 @@ def test_raw_dft_formation_energies_are_refused(code, generator, property_model)
         run_get_node(CoordinateWorkChain, **inputs)
 
 
+# -- which uncertain candidates the DFT budget goes to ------------------------------------------------------------
+def test_dft_priority_bounds_then_objective_then_match_probability_then_cell_size():
+    from aiida_hpcai.agent.goal import Goal
+    from aiida_hpcai.workchains.coordinate import dft_priority
+
+    prop = 'formation_energy_per_atom'
+    goal = Goal(composition='SiC', bounds={prop: [None, 1.0]}, dft_budget=3)
+    candidates = {  # id: (mean, match probability or None without a discriminator, atoms)
+        'outside-small': (1.5, 0.9, 2),
+        'large-likely': (0.2, 0.8, 8),
+        'small-likely': (0.3, 0.8, 2),
+        'small-unlikely': (0.1, 0.1, 2),
+        'unscored': (0.1, None, 2),
+        'not-predicted': (None, 0.95, 4),
+    }
+
+    def order(goal, drop_probability=False):
+        entries = [
+            {'id': key, 'mean': mean, **({} if drop_probability else {'match_probability': probability})}
+            for key, (mean, probability, _) in candidates.items()
+        ]
+        return [
+            entry['id']
+            for entry in sorted(entries, key=lambda e: dft_priority(goal, prop, e, candidates[e['id']][2]))
+        ]
+
+    # predicted within the bounds first; among those the likelier match, a missing probability after every scored
+    # one; the same order among those without a prediction or predicted outside the bounds
+    assert order(goal) == [
+        'small-likely', 'large-likely', 'small-unlikely', 'unscored', 'not-predicted', 'outside-small'
+    ]
+    # without a discriminator the smaller cell first, otherwise the order found
+    assert order(goal, drop_probability=True) == [
+        'small-likely', 'small-unlikely', 'unscored', 'large-likely', 'outside-small', 'not-predicted'
+    ]
+    # the objective comes before the probability
+    minimise = goal.model_copy(update={'objective': ['minimize', prop]})
+    assert order(minimise)[:3] == ['small-unlikely', 'unscored', 'large-likely']
+
+
 # -- CSP cells of several formula units ---------------------------------------------------------------------------
 def test_csp_compositions_spread_the_samples_over_the_formula_units():
     from aiida_hpcai.workchains.coordinate import csp_compositions
