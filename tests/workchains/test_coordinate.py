@@ -511,18 +511,27 @@ def test_dft_priority_bounds_then_objective_then_match_probability_then_cell_siz
             for key, (mean, probability, _) in candidates.items()
         ]
         return [
-            entry['id']
-            for entry in sorted(entries, key=lambda e: dft_priority(goal, prop, e, candidates[e['id']][2]))
+            entry['id'] for entry in sorted(entries, key=lambda e: dft_priority(goal, prop, e, candidates[e['id']][2]))
         ]
 
     # predicted within the bounds first; among those the likelier match, a missing probability after every scored
     # one; the same order among those without a prediction or predicted outside the bounds
     assert order(goal) == [
-        'small-likely', 'large-likely', 'small-unlikely', 'unscored', 'not-predicted', 'outside-small'
+        'small-likely',
+        'large-likely',
+        'small-unlikely',
+        'unscored',
+        'not-predicted',
+        'outside-small',
     ]
     # without a discriminator the smaller cell first, otherwise the order found
     assert order(goal, drop_probability=True) == [
-        'small-likely', 'small-unlikely', 'unscored', 'large-likely', 'outside-small', 'not-predicted'
+        'small-likely',
+        'small-unlikely',
+        'unscored',
+        'large-likely',
+        'outside-small',
+        'not-predicted',
     ]
     # the objective comes before the probability
     minimise = goal.model_copy(update={'objective': ['minimize', prop]})
