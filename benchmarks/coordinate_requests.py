@@ -91,6 +91,7 @@ def loop_inputs(goal, args, budget: int, iterations: int) -> dict:
     from aiida import orm
 
     from aiida_hpcai.agent import operations
+    from aiida_hpcai.cli.design import _discriminator
     from aiida_hpcai.cli.generate import shipped_generator
     from aiida_hpcai.cli.params import DEFAULT_CODE
     from aiida_hpcai.cli.surrogate import _load_code, load_models
@@ -107,6 +108,8 @@ def loop_inputs(goal, args, budget: int, iterations: int) -> dict:
         'continue_without_dft': orm.Bool(True),
         'audit': orm.Int(min(args.audit, budget)),
     }
+    if args.discriminator:  # aiida-hpcai design --discriminator shipped
+        inputs['discriminator'] = _discriminator('shipped')
     generation = {'steps': args.steps, 'precision': args.precision, 'formula_units': args.formula_units}
     generation = {key: value for key, value in generation.items() if value is not None}
     if generation:
@@ -404,6 +407,11 @@ def main(argv=None) -> None:
     parser.add_argument(
         '--validate', type=int, default=None, help="accepted AI predictions checked by DFT (default: the request's)"
     )
+    parser.add_argument(
+        '--discriminator',
+        action='store_true',
+        help='gate acceptances with the shipped match discriminator, and rank DFT by its probability (off)',
+    )
     parser.add_argument('--resume', action='store_true', help='keep the requests finished in --output')
     parser.add_argument('--output', type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
@@ -443,6 +451,7 @@ def main(argv=None) -> None:
                 'protocol',
                 'validate',
                 'audit',
+                'discriminator',
             )  # fmt: skip
         }
         | {'continue_without_dft': True, 'dft_per_iteration': 2, 'max_concurrent_dft': 1, 'device': 'cpu'},
