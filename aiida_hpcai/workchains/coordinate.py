@@ -992,7 +992,7 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
             else:
                 uncertain.append({**entry, 'reason': f'sigma {spread:.4g} > threshold {self.ctx.threshold:.4g}'})
 
-        atoms = dict(zip(valid.ids, valid.arrays.natoms().tolist()))
+        atoms = dict(zip(valid.ids, valid.arrays.natoms.tolist()))
         uncertain.sort(key=lambda entry: dft_priority(goal, self.ctx.property, entry, atoms[entry['id']]))
         uncertain, useless = self._dft_can_answer(goal, uncertain)
         audited = self._audit(goal, accepted)
