@@ -39,6 +39,7 @@ import os
 import pathlib
 import time
 
+import yaml
 from predict_fixed_cost import child_environment, make_embedded_profile
 
 from aiida_hpcai.models.contract import SAMPLING_PRECISIONS
@@ -125,12 +126,15 @@ def dft_inputs(args) -> dict:
     from aiida_hpcai.cli.dft import load_dft_code, resolve_protocol
 
     engine = 'quantumespresso'
-    return {
+    inputs = {
         'engine': orm.Str(engine),
         'code': load_dft_code(engine, None, '--dft-code'),
-        'protocol': orm.Str(resolve_protocol(engine, args.protocol)),
+        'protocol': orm.Str(resolve_protocol(engine, args.protocol, args.dft_overrides, '--dft-overrides')),
         'energy_correction': orm.Str('mp2020'),  # MP's scale, the surrogate's
     }
+    if args.dft_overrides:  # aiida-hpcai design --dft-overrides
+        inputs['overrides'] = orm.Dict(args.dft_overrides)
+    return inputs
 
 
 def loop_figures(node) -> dict:
@@ -405,6 +409,13 @@ def main(argv=None) -> None:
     parser.add_argument('--fine-tune-epochs', type=int, default=20)
     parser.add_argument('--protocol', default='fast', help='QE protocol (fast)')
     parser.add_argument(
+        '--dft-overrides',
+        type=yaml.safe_load,
+        default=None,
+        help='overrides of the QE protocol as YAML/JSON text, e.g. "{kpoints_distance: 0.5, scf: {kpoints_distance: '
+        '0.3}}" (none)',
+    )
+    parser.add_argument(
         '--validate', type=int, default=None, help="accepted AI predictions checked by DFT (default: the request's)"
     )
     parser.add_argument(
@@ -449,6 +460,7 @@ def main(argv=None) -> None:
                 'buffer_size',
                 'fine_tune_epochs',
                 'protocol',
+                'dft_overrides',
                 'validate',
                 'audit',
                 'discriminator',

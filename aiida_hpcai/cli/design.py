@@ -8,7 +8,16 @@ import click
 from aiida.cmdline.utils import decorators, echo
 
 from . import cli
-from .dft import DFT_CODE, DFT_PROTOCOL, ENGINE, MAX_CONCURRENT, _parse_overrides, load_dft_code, resolve_protocol
+from .dft import (
+    DFT_CODE,
+    DFT_OVERRIDES,
+    DFT_PROTOCOL,
+    ENGINE,
+    MAX_CONCURRENT,
+    _parse_overrides,
+    load_dft_code,
+    resolve_protocol,
+)
 from .generate import MODEL, SAMPLES, STEPS, shipped_generator
 from .params import (
     CODE,
@@ -129,6 +138,7 @@ def _parse_formula_units(ctx, param, value):
 @click.option('--fine-tune-epochs', type=POSITIVE_INT, default=None, help='Epochs of each fine-tune (20).')
 @ENGINE()
 @DFT_PROTOCOL()
+@DFT_OVERRIDES()
 @DFT_CODE()
 @MAX_CONCURRENT()
 @CODE()
@@ -160,6 +170,7 @@ def design(
     fine_tune_epochs,
     engine,
     protocol,
+    dft_overrides,
     dft_code_label,
     max_concurrent,
     code_label,
@@ -230,9 +241,11 @@ def design(
     if fine_tune_epochs is not None:
         inputs['fine_tune'] = orm.Dict({'epochs': fine_tune_epochs})
     if goal.dft_budget > 0 or dft_code_label is not None:
-        protocol = resolve_protocol(engine, protocol)
+        protocol = resolve_protocol(engine, protocol, dft_overrides, '--dft-overrides')
         dft = {'engine': orm.Str(engine), 'code': load_dft_code(engine, dft_code_label, '--dft-code')}
         inputs['dft_batch'] = {'dft': {**dft, 'protocol': orm.Str(protocol)}}
+        if dft_overrides:
+            inputs['dft_batch']['dft']['overrides'] = orm.Dict(dft_overrides)
         if max_concurrent:
             inputs['dft_batch']['max_concurrent'] = orm.Int(max_concurrent)
     # the stored Goal node: the loop's DFT runs count against the budget every client of this Goal shares

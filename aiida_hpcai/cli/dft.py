@@ -40,6 +40,13 @@ DFT_PROTOCOL = OverridableOption(
 DFT_CODE = OverridableOption(
     '--dft-code', 'dft_code_label', default=None, help='DFT code; default pw@localhost or vasp@localhost.'
 )
+DFT_OVERRIDES = OverridableOption(
+    '--dft-overrides',
+    callback=_parse_overrides,
+    default=None,
+    help='Overrides of the DFT protocol as YAML/JSON text or file, as `aiida-hpcai dft --overrides`, e.g. '
+    '"{kpoints_distance: 0.5, scf: {kpoints_distance: 0.3}}" (relax on a coarser mesh than the static SCF).',
+)
 MAX_CONCURRENT = OverridableOption(
     '--max-concurrent', type=POSITIVE_INT, default=None, help='DFT calculations at once (4).'
 )
@@ -128,8 +135,11 @@ def dft(
     _print_results(node, structure)
 
 
-def resolve_protocol(engine: str, protocol: str | None, overrides: dict | None = None) -> str:
-    """The engine's protocol (its default when None), checked with the overrides; a usage error otherwise."""
+def resolve_protocol(
+    engine: str, protocol: str | None, overrides: dict | None = None, overrides_hint: str = '--overrides'
+) -> str:
+    """The engine's protocol (its default when None), checked with the overrides (the option ``overrides_hint``); a
+    usage error otherwise."""
     from aiida_hpcai.engines import get_engine
 
     adapter = get_engine(engine)
@@ -142,7 +152,7 @@ def resolve_protocol(engine: str, protocol: str | None, overrides: dict | None =
     try:
         adapter.load_protocol(protocol, overrides)
     except (ValueError, ImportError) as exception:
-        raise click.BadParameter(str(exception), param_hint='--overrides') from exception
+        raise click.BadParameter(str(exception), param_hint=overrides_hint) from exception
     return protocol
 
 

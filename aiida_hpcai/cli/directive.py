@@ -9,7 +9,16 @@ from aiida.cmdline.utils import decorators, echo
 
 from ..models.contract import N_STRATEGIES
 from . import cli
-from .dft import DFT_CODE, DFT_PROTOCOL, ENGINE, MAX_CONCURRENT, _parse_overrides, load_dft_code, resolve_protocol
+from .dft import (
+    DFT_CODE,
+    DFT_OVERRIDES,
+    DFT_PROTOCOL,
+    ENGINE,
+    MAX_CONCURRENT,
+    _parse_overrides,
+    load_dft_code,
+    resolve_protocol,
+)
 from .generate import (
     COMPOSITIONS,
     ELEMENTS,
@@ -82,6 +91,7 @@ from .surrogate import DEFAULT_TARGET, _load_code, _process_reports_to_stderr, _
 )
 @ENGINE()
 @DFT_PROTOCOL()
+@DFT_OVERRIDES()
 @DFT_CODE()
 @MAX_CONCURRENT()
 @CODE()
@@ -113,6 +123,7 @@ def directive(
     dft_max_atoms,
     engine,
     protocol,
+    dft_overrides,
     dft_code_label,
     max_concurrent,
     code_label,
@@ -177,9 +188,11 @@ def directive(
             'predict': {'code': code, 'device': orm.Str(device)},
         }
     if top_k:
-        protocol = resolve_protocol(engine, protocol)
+        protocol = resolve_protocol(engine, protocol, dft_overrides, '--dft-overrides')
         dft_code = load_dft_code(engine, dft_code_label, '--dft-code')
         dft = {'engine': orm.Str(engine), 'code': dft_code, 'protocol': orm.Str(protocol)}
+        if dft_overrides:
+            dft['overrides'] = orm.Dict(dft_overrides)
         inputs['dft_batch'] = {'dft': dft}
         if max_concurrent:
             inputs['dft_batch']['max_concurrent'] = orm.Int(max_concurrent)

@@ -53,6 +53,20 @@ def _loops() -> int:
         ),  # fmt: skip
         ((REQUEST, '--dft-budget', -1), 2, ['--dft-budget']),
         (
+            (
+                'MgO structures, at most 1 DFT run',
+                '--model',
+                'GENERATOR',
+                '--surrogate-model',
+                'MODEL',
+                '--dft-overrides',
+                '{no_such_setting: 1}',
+            ),
+            2,
+            ['--dft-overrides', 'no_such_setting'],
+        ),  # fmt: skip
+        ((REQUEST, '--dft-overrides', '[0.5]'), 2, ['--dft-overrides', 'must be a mapping']),
+        (
             ('MgO structures, at most 1 DFT run', '--audit', 2),
             2,
             ['--audit', '2 audit(s) need as many DFT runs: the budget is 1'],

@@ -394,6 +394,11 @@ def _generate_jobs() -> int:
         (('--mode', 'abinitio', '-n', 2), 2, ['no equicsp checkpoint is shipped', '--model']),
         (('--mode', 'abinitio', '-n', 2, '--top-k', 1, '--dft-code', 'nowhere@nothing', 'MODEL'), 2, ['--dft-code']),
         (
+            ('--mode', 'abinitio', '-n', 2, '--top-k', 1, '--dft-overrides', '{no_such_setting: 1}', 'MODEL'),
+            2,
+            ['--dft-overrides', 'no_such_setting'],
+        ),
+        (
             ('--mode', 'abinitio', '-n', 2, '--screening', '{temperature: 1}', 'MODEL'),
             1,
             ['unknown screening parameter'],
