@@ -228,8 +228,8 @@ def _objective_key(goal, row):
 def dft_priority(goal, prop: str, entry: dict, atoms: int) -> tuple:
     """Sort key of an uncertain candidate for the DFT budget: predicted within the Goal's bounds first, then by the
     objective, then the likelier match (the discriminator's probability, when there is one), then the smaller cell
-    (``atoms``): a plane-wave relaxation's cost grows steeply with the atom count (an 8-atom SiC cell took 70 minutes
-    of pw.x where a 2-atom one took 4), and the budget counts runs, not hours."""
+    (``atoms``): a plane-wave relaxation's cost grows steeply with the atom count (an 8-atom SiC cell was still
+    relaxing after 70 minutes of pw.x where a 2-atom one took 4), and the budget counts runs, not hours."""
     fits = entry['mean'] is not None and operations._bounds_fit(goal, {prop: entry['mean']})
     probability = entry.get('match_probability')
     return (
