@@ -40,7 +40,7 @@ import pathlib
 import time
 
 import yaml
-from predict_fixed_cost import child_environment, make_embedded_profile
+from predict_fixed_cost import workdir_profile
 
 from aiida_hpcai.models.contract import SAMPLING_PRECISIONS
 
@@ -431,13 +431,8 @@ def main(argv=None) -> None:
 
     output = args.output or RESULTS_DIR / 'coordinate_requests.json'
     previous = json.loads(output.read_text()) if args.resume and output.exists() else {}
-    aiida_path = args.workdir.resolve() / 'aiida'
     load_before = os.getloadavg()
-    setup_seconds = None
-    if not (aiida_path / '.aiida' / 'config.json').exists():
-        aiida_path.mkdir(parents=True, exist_ok=True)
-        print(f'making an embedded profile in {aiida_path}', flush=True)
-        setup_seconds = make_embedded_profile(child_environment(aiida_path, None), args.workdir.resolve())
+    aiida_path, setup_seconds = workdir_profile(args.workdir)
     os.environ['AIIDA_PATH'] = str(aiida_path)
     from aiida import load_profile
 

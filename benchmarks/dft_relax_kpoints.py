@@ -24,7 +24,7 @@ import os
 import pathlib
 import time
 
-from predict_fixed_cost import child_environment, make_embedded_profile
+from predict_fixed_cost import workdir_profile
 
 CANDIDATES = pathlib.Path(__file__).resolve().parent / 'data' / 'loop_candidates.extxyz'
 
@@ -107,10 +107,7 @@ def main(argv=None) -> int:
 
     output = args.output or RESULTS_DIR / 'dft_relax_kpoints.json'
     load_before = os.getloadavg()
-    aiida_path = args.workdir.resolve() / 'aiida'
-    if not (aiida_path / '.aiida' / 'config.json').exists():
-        aiida_path.mkdir(parents=True, exist_ok=True)
-        make_embedded_profile(child_environment(aiida_path, None), args.workdir.resolve())
+    aiida_path, _ = workdir_profile(args.workdir)
     os.environ['AIIDA_PATH'] = str(aiida_path)
     from aiida import load_profile
 

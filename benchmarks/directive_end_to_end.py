@@ -36,7 +36,7 @@ import shutil
 import subprocess
 import time
 
-from predict_fixed_cost import child_environment, make_embedded_profile
+from predict_fixed_cost import child_environment, workdir_profile
 
 #: The paper's ab initio rate on an A800 (EquiCSP, sec. 4.2): 1,859 valid of 5,663 generated per hour.
 PAPER = {'generated_per_hour': 5663, 'valid_per_hour': 1859, 'valid_fraction': 0.33}
@@ -131,14 +131,9 @@ def main(argv=None) -> None:
 
     output = args.output or RESULTS_DIR / 'directive_end_to_end.json'
     workdir = args.workdir.resolve()
-    aiida_path = workdir / 'aiida'
     folder = workdir / 'directive'
     load_before = os.getloadavg()
-    setup_seconds = None
-    if not (aiida_path / '.aiida' / 'config.json').exists():
-        aiida_path.mkdir(parents=True, exist_ok=True)
-        print(f'making an embedded profile in {aiida_path}', flush=True)
-        setup_seconds = make_embedded_profile(child_environment(aiida_path, None), workdir)
+    aiida_path, setup_seconds = workdir_profile(workdir)
     env = child_environment(aiida_path, None)
     previous = json.loads(output.read_text()) if args.resume and output.exists() else {}
     line = command(args, folder)

@@ -146,6 +146,18 @@ def make_embedded_profile(env: dict, cwd: pathlib.Path) -> float:
     return time.perf_counter() - started
 
 
+def workdir_profile(workdir: pathlib.Path) -> tuple[pathlib.Path, float | None]:
+    """The ``AIIDA_PATH`` of the embedded profile in ``workdir/aiida``, made by :func:`make_embedded_profile` unless it
+    exists (a resumed run keeps it), and the seconds that took (None when it existed)."""
+    workdir = workdir.resolve()
+    aiida_path = workdir / 'aiida'
+    if (aiida_path / '.aiida' / 'config.json').exists():
+        return aiida_path, None
+    aiida_path.mkdir(parents=True, exist_ok=True)
+    print(f'making an embedded profile in {aiida_path}', flush=True)
+    return aiida_path, make_embedded_profile(child_environment(aiida_path, None), workdir)
+
+
 def package_location(env: dict) -> str:
     """Where the children import aiida_hpcai from (the source tree of the phase)."""
     code = 'import aiida_hpcai, pathlib; print(pathlib.Path(aiida_hpcai.__file__).parent.parent)'
