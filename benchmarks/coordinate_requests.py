@@ -40,7 +40,7 @@ import pathlib
 import time
 
 import yaml
-from predict_fixed_cost import workdir_profile
+from predict_fixed_cost import load_workdir_profile
 
 from aiida_hpcai.models.contract import SAMPLING_PRECISIONS
 
@@ -432,11 +432,7 @@ def main(argv=None) -> None:
     output = args.output or RESULTS_DIR / 'coordinate_requests.json'
     previous = json.loads(output.read_text()) if args.resume and output.exists() else {}
     load_before = os.getloadavg()
-    aiida_path, setup_seconds = workdir_profile(args.workdir)
-    os.environ['AIIDA_PATH'] = str(aiida_path)
-    from aiida import load_profile
-
-    profile = load_profile()
+    profile, aiida_path, setup_seconds = load_workdir_profile(args.workdir)
     payload = {
         'benchmark': 'coordinate_requests',
         'what': 'hpcai.coordinate on design requests run to the end on a fresh embedded profile (verdi presto '

@@ -19,7 +19,7 @@ import pathlib
 import re
 import time
 
-from predict_fixed_cost import workdir_profile
+from predict_fixed_cost import load_workdir_profile
 
 
 def spglib_primitive(structure):
@@ -83,11 +83,7 @@ def main(argv=None) -> int:
 
     output = args.output or RESULTS_DIR / 'dft_cell_basis.json'
     load_before = os.getloadavg()
-    aiida_path, _ = workdir_profile(args.workdir)
-    os.environ['AIIDA_PATH'] = str(aiida_path)
-    from aiida import load_profile
-
-    load_profile()
+    load_workdir_profile(args.workdir)
     from aiida_hpcai.engines import references
     from aiida_hpcai.workchains.dft import standardize_structure
 

@@ -24,7 +24,7 @@ import os
 import pathlib
 import time
 
-from predict_fixed_cost import workdir_profile
+from predict_fixed_cost import load_workdir_profile
 
 CANDIDATES = pathlib.Path(__file__).resolve().parent / 'data' / 'loop_candidates.extxyz'
 
@@ -107,11 +107,7 @@ def main(argv=None) -> int:
 
     output = args.output or RESULTS_DIR / 'dft_relax_kpoints.json'
     load_before = os.getloadavg()
-    aiida_path, _ = workdir_profile(args.workdir)
-    os.environ['AIIDA_PATH'] = str(aiida_path)
-    from aiida import load_profile
-
-    load_profile()
+    load_workdir_profile(args.workdir)
     from aiida_hpcai.data.structure_set import StructureSet
     from aiida_hpcai.engines import get_engine
 

@@ -158,6 +158,16 @@ def workdir_profile(workdir: pathlib.Path) -> tuple[pathlib.Path, float | None]:
     return aiida_path, make_embedded_profile(child_environment(aiida_path, None), workdir)
 
 
+def load_workdir_profile(workdir: pathlib.Path):
+    """:func:`workdir_profile`, loaded in this process (``AIIDA_PATH`` set for it and its children): the profile, its
+    ``AIIDA_PATH`` and the seconds its making took (None when it existed)."""
+    aiida_path, setup_seconds = workdir_profile(workdir)
+    os.environ['AIIDA_PATH'] = str(aiida_path)
+    from aiida import load_profile
+
+    return load_profile(), aiida_path, setup_seconds
+
+
 def package_location(env: dict) -> str:
     """Where the children import aiida_hpcai from (the source tree of the phase)."""
     code = 'import aiida_hpcai, pathlib; print(pathlib.Path(aiida_hpcai.__file__).parent.parent)'
