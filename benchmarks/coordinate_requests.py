@@ -137,6 +137,17 @@ def dft_inputs(args) -> dict:
     return inputs
 
 
+def _overrides(text: str) -> dict:
+    """``--dft-overrides``: YAML/JSON text of a mapping."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exception:
+        raise argparse.ArgumentTypeError(f'not YAML/JSON: {exception}') from exception
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('must be a mapping, e.g. "{kpoints_distance: 0.5}"')
+    return value
+
+
 def loop_figures(node) -> dict:
     """Counts from the decision log and the table of one finished loop."""
     log = node.outputs.decision_log.get_dict()
@@ -410,7 +421,7 @@ def main(argv=None) -> None:
     parser.add_argument('--protocol', default='fast', help='QE protocol (fast)')
     parser.add_argument(
         '--dft-overrides',
-        type=yaml.safe_load,
+        type=_overrides,
         default=None,
         help='overrides of the QE protocol as YAML/JSON text, e.g. "{kpoints_distance: 0.5, scf: {kpoints_distance: '
         '0.3}}" (none)',
