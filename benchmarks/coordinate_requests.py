@@ -39,7 +39,6 @@ import os
 import pathlib
 import time
 
-import yaml
 from predict_fixed_cost import load_workdir_profile
 
 from aiida_hpcai.models.contract import SAMPLING_PRECISIONS
@@ -138,14 +137,15 @@ def dft_inputs(args) -> dict:
 
 
 def _overrides(text: str) -> dict:
-    """``--dft-overrides``: YAML/JSON text of a mapping."""
+    """``--dft-overrides``: read as ``aiida-hpcai design --dft-overrides`` reads it (YAML/JSON text or file)."""
+    import click
+
+    from aiida_hpcai.cli.dft import _parse_overrides
+
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exception:
-        raise argparse.ArgumentTypeError(f'not YAML/JSON: {exception}') from exception
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError('must be a mapping, e.g. "{kpoints_distance: 0.5}"')
-    return value
+        return _parse_overrides(None, None, text)
+    except click.BadParameter as exception:
+        raise argparse.ArgumentTypeError(exception.message) from exception
 
 
 def loop_figures(node) -> dict:
