@@ -68,12 +68,17 @@ def test_help(args):
     assert result.exit_code == 0 and 'Usage' in result.output
 
 
+#: The description of a localhost that `aiida-hpcai setup` did not make.
+SOMEONE_ELSES = 'a localhost of the user'
+
+
 def test_localhost_login_shell(aiida_localhost):
     """A localhost setup did not make keeps its login shell (with a hint); on a new profile, or made by
     `verdi presto`, setup turns it off."""
     from aiida_hpcai.provisioning import LOCALHOST_TRANSPORT, SetupReport, ensure_localhost
 
     description = aiida_localhost.description
+    aiida_localhost.description = SOMEONE_ELSES  # an earlier `aiida-hpcai setup` may have made it
     aiida_localhost.configure(safe_interval=0, use_login_shell=True)
     try:
         report = SetupReport()
@@ -103,7 +108,8 @@ def test_localhost_runs_on_every_core(aiida_localhost):
     """A localhost setup adopts (new profile) runs as many MPI processes as the machine has cores; another is kept."""
     from aiida_hpcai.provisioning import SetupReport, ensure_localhost, machine_cores
 
-    before = aiida_localhost.get_default_mpiprocs_per_machine()
+    before, description = aiida_localhost.get_default_mpiprocs_per_machine(), aiida_localhost.description
+    aiida_localhost.description = SOMEONE_ELSES  # an earlier `aiida-hpcai setup` may have made it
     try:
         aiida_localhost.set_default_mpiprocs_per_machine(machine_cores() + 1)
         report = SetupReport()
@@ -118,3 +124,4 @@ def test_localhost_runs_on_every_core(aiida_localhost):
         assert any(f'--num-mpiprocs {machine_cores()}' in detail for _, _, detail in report.rows)
     finally:
         aiida_localhost.set_default_mpiprocs_per_machine(before)
+        aiida_localhost.description = description
