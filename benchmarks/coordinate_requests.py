@@ -120,20 +120,13 @@ def loop_inputs(goal, args, budget: int, iterations: int) -> dict:
 
 
 def dft_inputs(args) -> dict:
+    """The loop's ``dft_batch.dft`` inputs, as ``aiida-hpcai design`` builds them, on MP's scale (the surrogate's)."""
     from aiida import orm
 
-    from aiida_hpcai.cli.dft import load_dft_code, resolve_protocol
+    from aiida_hpcai.cli.dft import dft_batch_inputs
 
-    engine = 'quantumespresso'
-    inputs = {
-        'engine': orm.Str(engine),
-        'code': load_dft_code(engine, None, '--dft-code'),
-        'protocol': orm.Str(resolve_protocol(engine, args.protocol, args.dft_overrides, '--dft-overrides')),
-        'energy_correction': orm.Str('mp2020'),  # MP's scale, the surrogate's
-    }
-    if args.dft_overrides:  # aiida-hpcai design --dft-overrides
-        inputs['overrides'] = orm.Dict(args.dft_overrides)
-    return inputs
+    dft = dft_batch_inputs('quantumespresso', args.protocol, args.dft_overrides, None, None)['dft']
+    return {**dft, 'energy_correction': orm.Str('mp2020')}
 
 
 def _overrides(text: str) -> dict:

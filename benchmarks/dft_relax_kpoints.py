@@ -26,7 +26,8 @@ import time
 
 from predict_fixed_cost import load_workdir_profile
 
-CANDIDATES = pathlib.Path(__file__).resolve().parent / 'data' / 'loop_candidates.extxyz'
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+CANDIDATES = REPO_ROOT / 'benchmarks' / 'data' / 'loop_candidates.extxyz'
 
 
 def run_dft(structure, protocol_name: str, overrides: dict | None, processes: int) -> dict:
@@ -52,9 +53,9 @@ def run_dft(structure, protocol_name: str, overrides: dict | None, processes: in
     seconds = time.perf_counter() - started
     if not node.is_finished_ok:
         return {'exit_status': node.exit_status, 'exit_message': node.exit_message, 'seconds': seconds}
-    relax = [n for n in node.called_descendants if n.process_type == 'aiida.calculations:quantumespresso.pw']
-    relax_calcs = [n for n in relax if n.inputs.parameters['CONTROL']['calculation'] in ('relax', 'vc-relax')]
-    scf_calcs = [n for n in relax if n not in relax_calcs]
+    calculations = [n for n in node.called_descendants if n.process_type == 'aiida.calculations:quantumespresso.pw']
+    relax_calcs = [n for n in calculations if n.inputs.parameters['CONTROL']['calculation'] in ('relax', 'vc-relax')]
+    scf_calcs = [n for n in calculations if n not in relax_calcs]
     relax_parameters = [n.outputs.output_parameters.get_dict() for n in relax_calcs if 'output_parameters' in n.outputs]
     scf_parameters = scf_calcs[-1].outputs.output_parameters.get_dict()
     relaxed = node.outputs.relaxed_structure.get_pymatgen_structure()
@@ -76,12 +77,9 @@ def run_dft(structure, protocol_name: str, overrides: dict | None, processes: in
 
 
 def compare(protocol_run: dict, coarse_run: dict) -> dict:
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
     from aiida_hpcai.screening.filters import ScreeningParameters
 
-    settings = ScreeningParameters()
-    matcher = StructureMatcher(ltol=settings.ltol, stol=settings.stol, angle_tol=settings.angle_tol)
+    matcher = ScreeningParameters().matcher()
     return {
         'time_ratio_protocol_over_coarse': protocol_run['seconds'] / coarse_run['seconds'],
         'relax_time_ratio_protocol_over_coarse': protocol_run['relax_seconds'] / coarse_run['relax_seconds'],
@@ -125,9 +123,11 @@ def main(argv=None) -> int:
             'scf_kpoints_distance': fine,
             'overrides_of_the_coarse_run': overrides,
             'num_mpiprocs': args.num_mpiprocs,
-            'structures': str(args.structures.relative_to(pathlib.Path(__file__).resolve().parent.parent))
-            if args.structures.resolve().is_relative_to(pathlib.Path(__file__).resolve().parent.parent)
-            else str(args.structures),
+            'structures': str(
+                args.structures.resolve().relative_to(REPO_ROOT)
+                if args.structures.resolve().is_relative_to(REPO_ROOT)
+                else args.structures
+            ),
         },
         'structures': {},
     }
@@ -147,18 +147,16 @@ def main(argv=None) -> int:
         payload['structures'][identifier] = entry
         payload['run'] = run_record(load_before=load_before)
         output.write_text(json.dumps(payload, indent=2) + '\n')
-    done = [entry['comparison'] for entry in payload['structures'].values() if 'comparison' in entry]
-    if done:
+    compared = [entry for entry in payload['structures'].values() if 'comparison' in entry]
+    if compared:
         payload['summary'] = {
-            'structures_compared': len(done),
-            'total_time_ratio_protocol_over_coarse': sum(
-                entry['protocol']['seconds'] for entry in payload['structures'].values() if 'comparison' in entry
-            )
-            / sum(
-                entry['coarse_relax']['seconds'] for entry in payload['structures'].values() if 'comparison' in entry
+            'structures_compared': len(compared),
+            'total_time_ratio_protocol_over_coarse': sum(entry['protocol']['seconds'] for entry in compared)
+            / sum(entry['coarse_relax']['seconds'] for entry in compared),
+            'largest_energy_difference_meV_per_atom': max(
+                abs(entry['comparison']['energy_difference_meV_per_atom']) for entry in compared
             ),
-            'largest_energy_difference_meV_per_atom': max(abs(c['energy_difference_meV_per_atom']) for c in done),
-            'relaxed_structures_matching': sum(c['relaxed_structures_match'] for c in done),
+            'relaxed_structures_matching': sum(entry['comparison']['relaxed_structures_match'] for entry in compared),
         }
         payload['run'] = run_record(load_before=load_before)
         output.write_text(json.dumps(payload, indent=2) + '\n')

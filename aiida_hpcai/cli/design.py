@@ -8,16 +8,7 @@ import click
 from aiida.cmdline.utils import decorators, echo
 
 from . import cli
-from .dft import (
-    DFT_CODE,
-    DFT_OVERRIDES,
-    DFT_PROTOCOL,
-    ENGINE,
-    MAX_CONCURRENT,
-    _parse_overrides,
-    load_dft_code,
-    resolve_protocol,
-)
+from .dft import DFT_CODE, DFT_OVERRIDES, DFT_PROTOCOL, ENGINE, MAX_CONCURRENT, _parse_overrides, dft_batch_inputs
 from .generate import MODEL, SAMPLES, STEPS, shipped_generator
 from .params import (
     CODE,
@@ -241,13 +232,7 @@ def design(
     if fine_tune_epochs is not None:
         inputs['fine_tune'] = orm.Dict({'epochs': fine_tune_epochs})
     if goal.dft_budget > 0 or dft_code_label is not None:
-        protocol = resolve_protocol(engine, protocol, dft_overrides, '--dft-overrides')
-        dft = {'engine': orm.Str(engine), 'code': load_dft_code(engine, dft_code_label, '--dft-code')}
-        inputs['dft_batch'] = {'dft': {**dft, 'protocol': orm.Str(protocol)}}
-        if dft_overrides:
-            inputs['dft_batch']['dft']['overrides'] = orm.Dict(dft_overrides)
-        if max_concurrent:
-            inputs['dft_batch']['max_concurrent'] = orm.Int(max_concurrent)
+        inputs['dft_batch'] = dft_batch_inputs(engine, protocol, dft_overrides, dft_code_label, max_concurrent)
     # the stored Goal node: the loop's DFT runs count against the budget every client of this Goal shares
     inputs['goal'] = operations.goal_node(goal)
 

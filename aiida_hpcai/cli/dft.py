@@ -156,6 +156,27 @@ def resolve_protocol(
     return protocol
 
 
+def dft_batch_inputs(
+    engine: str, protocol: str | None, overrides: dict | None, code_label: str | None, max_concurrent: int | None
+) -> dict:
+    """The ``hpcai.dft_batch`` inputs of a command's DFT options (``--engine``, ``--protocol``, ``--dft-overrides``,
+    ``--dft-code``, ``--max-concurrent``); a usage error on a bad protocol, override or code, before anything runs."""
+    from aiida import orm
+
+    protocol = resolve_protocol(engine, protocol, overrides, '--dft-overrides')
+    dft = {
+        'engine': orm.Str(engine),
+        'code': load_dft_code(engine, code_label, '--dft-code'),
+        'protocol': orm.Str(protocol),
+    }
+    if overrides:
+        dft['overrides'] = orm.Dict(overrides)
+    inputs = {'dft': dft}
+    if max_concurrent:
+        inputs['max_concurrent'] = orm.Int(max_concurrent)
+    return inputs
+
+
 def load_dft_code(engine: str, code_label: str | None, param_hint: str):
     """The code ``code_label`` (default: the engine's code from ``aiida-hpcai setup``); a usage error otherwise."""
     from aiida import orm

@@ -9,16 +9,7 @@ from aiida.cmdline.utils import decorators, echo
 
 from ..models.contract import N_STRATEGIES
 from . import cli
-from .dft import (
-    DFT_CODE,
-    DFT_OVERRIDES,
-    DFT_PROTOCOL,
-    ENGINE,
-    MAX_CONCURRENT,
-    _parse_overrides,
-    load_dft_code,
-    resolve_protocol,
-)
+from .dft import DFT_CODE, DFT_OVERRIDES, DFT_PROTOCOL, ENGINE, MAX_CONCURRENT, _parse_overrides, dft_batch_inputs
 from .generate import (
     COMPOSITIONS,
     ELEMENTS,
@@ -188,14 +179,7 @@ def directive(
             'predict': {'code': code, 'device': orm.Str(device)},
         }
     if top_k:
-        protocol = resolve_protocol(engine, protocol, dft_overrides, '--dft-overrides')
-        dft_code = load_dft_code(engine, dft_code_label, '--dft-code')
-        dft = {'engine': orm.Str(engine), 'code': dft_code, 'protocol': orm.Str(protocol)}
-        if dft_overrides:
-            dft['overrides'] = orm.Dict(dft_overrides)
-        inputs['dft_batch'] = {'dft': dft}
-        if max_concurrent:
-            inputs['dft_batch']['max_concurrent'] = orm.Int(max_concurrent)
+        inputs['dft_batch'] = dft_batch_inputs(engine, protocol, dft_overrides, dft_code_label, max_concurrent)
         if dft_max_atoms:
             inputs['dft_max_atoms'] = orm.Int(dft_max_atoms)
 
