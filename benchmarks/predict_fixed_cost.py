@@ -164,7 +164,11 @@ def load_workdir_profile(workdir: pathlib.Path):
     aiida_path, setup_seconds = workdir_profile(workdir)
     os.environ['AIIDA_PATH'] = str(aiida_path)
     from aiida import load_profile
+    from aiida.manage.configuration import reset_config, settings
 
+    # aiida fixes its config folder when imported: a module imported before (the CLI's) would keep ~/.aiida
+    settings.AiiDAConfigDir.set(aiida_path / '.aiida')
+    reset_config()
     return load_profile(), aiida_path, setup_seconds
 
 
