@@ -129,18 +129,6 @@ def dft_inputs(args) -> dict:
     return {**dft, 'energy_correction': orm.Str('mp2020')}
 
 
-def _overrides(text: str) -> dict:
-    """``--dft-overrides``: read as ``aiida-hpcai design --dft-overrides`` reads it (YAML/JSON text or file)."""
-    import click
-
-    from aiida_hpcai.cli.dft import _parse_overrides
-
-    try:
-        return _parse_overrides(None, None, text)
-    except click.BadParameter as exception:
-        raise argparse.ArgumentTypeError(exception.message) from exception
-
-
 def loop_figures(node) -> dict:
     """Counts from the decision log and the table of one finished loop."""
     log = node.outputs.decision_log.get_dict()
@@ -395,6 +383,8 @@ def run_request(name: str, args, payload: dict, output: pathlib.Path, previous: 
 
 
 def main(argv=None) -> None:
+    from aiida_hpcai.cli.dft import overrides_argument
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--workdir', type=pathlib.Path, default=pathlib.Path('/tmp/hpcai-coordinate-requests'))
     parser.add_argument('--requests', nargs='+', choices=list(REQUESTS), default=list(REQUESTS))
@@ -414,7 +404,7 @@ def main(argv=None) -> None:
     parser.add_argument('--protocol', default='fast', help='QE protocol (fast)')
     parser.add_argument(
         '--dft-overrides',
-        type=_overrides,
+        type=overrides_argument,
         default=None,
         help='overrides of the QE protocol as YAML/JSON text, e.g. "{kpoints_distance: 0.5, scf: {kpoints_distance: '
         '0.3}}" (none)',

@@ -32,6 +32,17 @@ def _parse_overrides(ctx, param, value):
     return overrides
 
 
+def overrides_argument(text: str) -> dict:
+    """:func:`_parse_overrides` as an argparse ``type``, for the tools that take overrides outside click
+    (``python -m aiida_hpcai.engines.fit_gga_u --overrides``, ``benchmarks/coordinate_requests.py``)."""
+    import argparse
+
+    try:
+        return _parse_overrides(None, None, text)
+    except click.BadParameter as exception:
+        raise argparse.ArgumentTypeError(exception.message) from exception
+
+
 # -- the DFT options of the commands that run hpcai.dft_batch (directive, design) -----------------------------------
 ENGINE = OverridableOption('--engine', type=click.Choice(sorted(ENGINES)), default='quantumespresso', show_default=True)
 DFT_PROTOCOL = OverridableOption(

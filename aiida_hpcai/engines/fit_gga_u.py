@@ -76,8 +76,17 @@ def _finished_run(material_id: str, identity: dict):
     return None
 
 
-def run_compound(material_id: str, structure, engine: str, protocol: str, code, options: dict | None = None):
-    """The finished ``hpcai.dft`` of ``material_id`` for this identity: found again, or run now (and marked)."""
+def run_compound(
+    material_id: str,
+    structure,
+    engine: str,
+    protocol: str,
+    code,
+    options: dict | None = None,
+    overrides: dict | None = None,
+):
+    """The finished ``hpcai.dft`` of ``material_id`` for this identity (``overrides`` included): found again, or run
+    now (and marked)."""
     from aiida import orm
     from aiida.engine import run_get_node
 
@@ -85,7 +94,7 @@ def run_compound(material_id: str, structure, engine: str, protocol: str, code, 
     from .base import get_engine
 
     adapter = get_engine(engine)
-    identity = adapter.identity(code, protocol, adapter.load_protocol(protocol))
+    identity = adapter.identity(code, protocol, adapter.load_protocol(protocol, overrides))
     node = _finished_run(material_id, identity)
     if node is not None:
         print(f'{material_id}: hpcai.dft<{node.pk}> found', flush=True)
@@ -99,6 +108,8 @@ def run_compound(material_id: str, structure, engine: str, protocol: str, code, 
     }
     if options:
         inputs['options'] = orm.Dict(options)
+    if overrides:
+        inputs['overrides'] = orm.Dict(overrides)
     print(f'{material_id}: running hpcai.dft ({engine}, {protocol})', flush=True)
     _, node = run_get_node(DftWorkChain, **inputs)
     if node.is_finished_ok:
@@ -129,10 +140,19 @@ def write_fit(identity: dict, fits: dict, rows: list[dict], command: str, path=G
 
 
 def main(argv=None) -> int:
+    from ..cli.dft import overrides_argument
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('material_ids', nargs='+', help='mp_cgcnn compounds with one +U metal (MP rules)')
     parser.add_argument('--engine', default='quantumespresso')
     parser.add_argument('--protocol', default='fast')
+    parser.add_argument(
+        '--overrides',
+        type=overrides_argument,
+        default=None,
+        help='overrides of the protocol as YAML/JSON text or file, as `aiida-hpcai dft --overrides`; a fit holds '
+        'for runs of the same merged protocol only',
+    )
     parser.add_argument('--code', default=None, help="the DFT code (default: the engine's of `aiida-hpcai setup`)")
     parser.add_argument('--data-dir', default=None, help='the shared data folder (default: $HPCAI_DATA_DIR)')
     parser.add_argument(
@@ -160,7 +180,7 @@ def main(argv=None) -> int:
         parser.error(f'not in mp_cgcnn: {", ".join(unknown)}')
     try:
         adapter = get_engine(args.engine)
-        protocol = adapter.load_protocol(args.protocol)
+        protocol = adapter.load_protocol(args.protocol, args.overrides)
     except ValueError as error:
         parser.error(str(error))
     if adapter.mp_gga_u_constants_apply:
@@ -181,7 +201,7 @@ def main(argv=None) -> int:
     identity = adapter.identity(code, args.protocol, protocol)
     rows, failures = [], []
     for material_id, structure in structures.items():
-        node = run_compound(material_id, structure, args.engine, args.protocol, code)
+        node = run_compound(material_id, structure, args.engine, args.protocol, code, overrides=args.overrides)
         try:
             rows.append(compound_row(material_id, float(frame.loc[material_id, 'formation_energy_per_atom']), node))
         except FitError as error:

@@ -49,6 +49,8 @@ def test_write_fit_replaces_the_fit_of_its_identity_and_keeps_the_others(constan
         (['mp-1265'], 'MgO): MP runs it with +U on no metal'),  # MgO: plain GGA at MP
         (['mp-19009', '--engine', 'vasp'], "MP's constants already hold for vasp"),
         (['mp-19009', '--protocol', 'nonsense'], 'unknown quantumespresso protocol'),
+        (['mp-19009', '--overrides', '{nonsense_key: 1}'], 'unknown protocol override key(s): nonsense_key'),
+        (['mp-19009', '--overrides', '[0.5]'], 'must be a mapping'),
     ],
 )
 def test_tool_refuses_what_it_cannot_fit_before_running_anything(args, message, shared_data_dir, capsys):
