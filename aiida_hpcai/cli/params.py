@@ -82,7 +82,19 @@ class HpcaiGroup(VerdiCommandGroup):
         # the traceback of an error raised while reading an option that stands before it.
         if isinstance(cmd, click.Group) or 'verbosity' in [param.name for param in cmd.params]:
             return cmd
-        return options.VERBOSITY(is_eager=True)(cmd)
+        return options.VERBOSITY(is_eager=True, callback=_set_explicit_log_level)(cmd)
+
+
+def _set_explicit_log_level(ctx: click.Context, param: click.Parameter, value):
+    """aiida's ``--verbosity`` callback, except that a level given on the command wins: `verdi` gives the ``data``
+    group an unset ``--verbosity`` whose callback runs first and would otherwise make ``verdi data hpcai.* ... -v
+    debug`` ignore the level."""
+    from aiida.cmdline.params.options.main import set_log_level
+    from aiida.common import log
+
+    if value is not None:
+        log.CLI_ACTIVE = None
+    return set_log_level(ctx, param, value)
 
 
 class WritablePath(click.Path):

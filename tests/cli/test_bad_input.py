@@ -12,6 +12,7 @@ import ase.io
 import pytest
 from aiida import orm
 from aiida.cmdline.commands.cmd_data import verdi_data
+from aiida.cmdline.commands.cmd_verdi import verdi
 from ase import Atoms
 from ase.build import bulk
 from click.testing import CliRunner
@@ -210,7 +211,8 @@ def test_an_unexpected_error_is_one_line_and_its_traceback_with_debug(aiida_prof
     monkeypatch.setattr(StructureSet, 'write', broken_write)
     args = ['hpcai.structures', 'export', node.pk, tmp_path / 'x.npz']
     assert_fails(invoke(verdi_data, args), 1, "KeyError: 'no such array'", '`-v debug` shows the traceback')
-    result = invoke_at_debug(monkeypatch, verdi_data, [*args, '-v', 'debug'])
+    # through `verdi`, as a shell runs it: verdi gives the data group an unset --verbosity of its own
+    result = invoke_at_debug(monkeypatch, verdi, ['data', *args, '-v', 'debug'])
     assert result.exit_code == 1 and 'Traceback' in result.output and 'in broken_write' in result.output
     assert "Critical: KeyError: 'no such array'" in result.output and 'shows the traceback' not in result.output
 
@@ -222,8 +224,8 @@ def test_an_error_while_the_options_are_read_is_one_line_too(aiida_profile, file
     (tmp_path / 'ids.txt').write_bytes(b'\xff\xfe\x00 mp-1')
     if through.startswith('verdi'):
         command, args = (
-            verdi_data,
-            ['hpcai.structures', 'show', StructureSet.from_files([files / 'good.cif']).store().pk],
+            verdi,
+            ['data', 'hpcai.structures', 'show', StructureSet.from_files([files / 'good.cif']).store().pk],
         )
     else:
         command, args = cli, ['data', 'import', files / 'good.cif']
