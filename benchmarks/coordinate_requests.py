@@ -233,6 +233,7 @@ def validate(node, figures: dict, args, count: int) -> dict:
     """DFT on a sample of the accepted AI predictions; their error and the surrogate's before and after."""
     from aiida import orm
     from aiida.engine import run_get_node
+    from aiida.manage.caching import enable_caching
 
     from aiida_hpcai.data.model import ModelData
     from aiida_hpcai.workchains.dft import formation_energy_will_be_on_mp_scale
@@ -261,7 +262,9 @@ def validate(node, figures: dict, args, count: int) -> dict:
         }
     subset = select_structures(node.outputs.structures, orm.List(ids))['subset']
     started = time.perf_counter()
-    _, batch = run_get_node(DftBatchWorkChain, structures=subset, dft=inputs, max_concurrent=orm.Int(1))
+    # a check resumed after a stop takes the pw.x runs an interrupted one finished from AiiDA's cache
+    with enable_caching(identifier='aiida.calculations:quantumespresso.pw'):
+        _, batch = run_get_node(DftBatchWorkChain, structures=subset, dft=inputs, max_concurrent=orm.Int(1))
     dft_seconds = time.perf_counter() - started
     dft = {
         row['id']: row.get(PROPERTY)
