@@ -14,7 +14,8 @@ Per request, in a throw-away ``AIIDA_PATH`` under ``--workdir`` (``verdi presto 
    a DFT run a DFT-only loop would have made for the same result; look-up hits are counted apart);
 4. a sample of the accepted AI predictions (``--validate`` of them, evenly spread over the table) computed
    afterwards with ``hpcai.dft_batch`` (same engine and protocol): the error of the accepted prediction
-   against DFT (relaxed structure), and the surrogate's error on these held-out DFT results (never in a
+   against DFT, once on the generated cell as the surrogate saw it (a single-point SCF, ``relax`` False) and
+   once on the relaxed structure, and the surrogate's error on these held-out relaxed results (never in a
    fine-tune) with the shipped model before and the loop's last fine-tuned model after.
 
 Writes benchmarks/results/coordinate_requests.json (or ``--output``) after every step of every request;
@@ -229,15 +230,43 @@ def error_summary(errors: list[float], tolerance: float) -> dict:
     }
 
 
-def validate(node, figures: dict, args, count: int) -> dict:
-    """DFT on a sample of the accepted AI predictions; their error and the surrogate's before and after."""
+def run_dft(structures, inputs: dict) -> tuple[dict, object, float]:
+    """id -> formation energy of the structures that finished, the ``hpcai.dft_batch`` node and its wall time."""
     from aiida import orm
     from aiida.engine import run_get_node
     from aiida.manage.caching import enable_caching
 
+    from aiida_hpcai.workchains.dft_batch import DftBatchWorkChain
+
+    started = time.perf_counter()
+    # a check resumed after a stop takes the pw.x runs an interrupted one finished from AiiDA's cache
+    with enable_caching(identifier='aiida.calculations:quantumespresso.pw'):
+        _, batch = run_get_node(DftBatchWorkChain, structures=structures, dft=inputs, max_concurrent=orm.Int(1))
+    values = {
+        row['id']: row.get(PROPERTY)
+        for row in batch.outputs.results.get('structures', [])
+        if row.get('status') == 'finished_ok' and row.get(PROPERTY) is not None
+    }
+    return values, batch, time.perf_counter() - started
+
+
+def failures(batch, values: dict) -> list[dict]:
+    return [
+        {key: row.get(key) for key in ('id', 'status', 'exit_status', 'exit_message')}
+        for row in batch.outputs.results.get('structures', [])
+        if row['id'] not in values
+    ]
+
+
+def validate(node, figures: dict, args, count: int, save=None) -> dict:
+    """DFT on a sample of the accepted AI predictions: first a single-point SCF of each generated cell as the
+    surrogate saw it (no relaxation: is the prediction right for that cell?), then the relaxed structure (what the
+    result is worth once DFT relaxes it); the surrogate's error on the relaxed results before and after the
+    fine-tunes. ``save(partial)`` is called with the single-point figures before the relaxations start."""
+    from aiida import orm
+
     from aiida_hpcai.data.model import ModelData
     from aiida_hpcai.workchains.dft import formation_energy_will_be_on_mp_scale
-    from aiida_hpcai.workchains.dft_batch import DftBatchWorkChain
     from aiida_hpcai.workchains.structures import select_structures
 
     ids = sample_ids(figures['rows'], count)
@@ -261,28 +290,48 @@ def validate(node, figures: dict, args, count: int) -> dict:
             "MP's scale (GGA+U)",
         }
     subset = select_structures(node.outputs.structures, orm.List(ids))['subset']
-    started = time.perf_counter()
-    # a check resumed after a stop takes the pw.x runs an interrupted one finished from AiiDA's cache
-    with enable_caching(identifier='aiida.calculations:quantumespresso.pw'):
-        _, batch = run_get_node(DftBatchWorkChain, structures=subset, dft=inputs, max_concurrent=orm.Int(1))
-    dft_seconds = time.perf_counter() - started
-    dft = {
-        row['id']: row.get(PROPERTY)
-        for row in batch.outputs.results.get('structures', [])
-        if row.get('status') == 'finished_ok' and row.get(PROPERTY) is not None
-    }
     accepted = {row['id']: row for row in figures['rows']}
+    tolerance = TARGETS['accepted_within_eV_per_atom_of_dft']
+    volumes = {
+        identifier: subset.get_pymatgen(index).volume / len(subset.get_pymatgen(index))
+        for index, identifier in enumerate(subset.ids)
+    }
+
+    same_cell, same_cell_batch, same_cell_seconds = run_dft(subset, {**inputs, 'relax': orm.Bool(False)})
+    check = {
+        'n_sampled': len(ids) + len(off_scale),
+        'off_mp_scale': off_scale,
+        'same_cell_dft_batch_pk': same_cell_batch.pk,
+        'same_cell_dft_seconds': same_cell_seconds,
+        'accepted_vs_dft_same_cell': error_summary(
+            [accepted[key]['value'] - value for key, value in same_cell.items()], tolerance
+        ),
+        'same_cell_failed': failures(same_cell_batch, same_cell),
+    }
+    if save is not None:
+        save(check)
+
+    relaxed, batch, dft_seconds = run_dft(subset, inputs)
+    relaxed_volumes = {}
+    if 'relaxed_structures' in batch.outputs:
+        found = batch.outputs.relaxed_structures
+        relaxed_volumes = {
+            identifier: found.get_pymatgen(index).volume / len(found.get_pymatgen(index))
+            for index, identifier in enumerate(found.ids)
+        }
     before = predict_with(subset, ModelData.pretrained(PROPERTY))
     after_model = node.outputs.model if 'model' in node.outputs else None
     after = predict_with(subset, after_model) if after_model is not None else {}
-    tolerance = TARGETS['accepted_within_eV_per_atom_of_dft']
     per_structure = [
         {
             'id': identifier,
             'accepted_value': accepted[identifier]['value'],
             'accepted_sigma': accepted[identifier]['sigma'],
             'accepted_model_version': accepted[identifier]['model_version'],
-            'dft': dft.get(identifier),
+            'dft_same_cell': same_cell.get(identifier),
+            'dft': relaxed.get(identifier),
+            'volume_per_atom': volumes[identifier],
+            'relaxed_volume_per_atom': relaxed_volumes.get(identifier),
             'shipped_model': before.get(identifier, (None,))[0],
             'fine_tuned_model': after.get(identifier, (None,))[0],
         }
@@ -293,10 +342,8 @@ def validate(node, figures: dict, args, count: int) -> dict:
     def errors(key):
         return [row[key] - row['dft'] for row in computed if row[key] is not None]
 
-    return {
-        'n_sampled': len(ids) + len(off_scale),
+    return check | {
         'n_dft_ok': len(computed),
-        'off_mp_scale': off_scale,
         'dft_batch_pk': batch.pk,
         'dft_seconds': dft_seconds,
         'accepted_vs_dft': error_summary(errors('accepted_value'), tolerance),
@@ -306,11 +353,7 @@ def validate(node, figures: dict, args, count: int) -> dict:
         else {'n': 0, 'note': 'no fine-tune finished: the loop kept the shipped model'},
         'fine_tuned_model_pk': after_model.pk if after_model is not None else None,
         'structures': per_structure,
-        'failed': [
-            {key: row.get(key) for key in ('id', 'status', 'exit_status', 'exit_message')}
-            for row in batch.outputs.results.get('structures', [])
-            if row['id'] not in dft
-        ],
+        'failed': failures(batch, relaxed),
     }
 
 
@@ -374,8 +417,14 @@ def run_request(name: str, args, payload: dict, output: pathlib.Path, previous: 
     )
     write(payload, output)
     checked = time.perf_counter()
+
+    def save(partial):
+        entry['check_against_dft'] = partial
+        print(f'[{name}] same cell: {json.dumps(partial.get("accepted_vs_dft_same_cell"))}', flush=True)
+        write(payload, output)
+
     entry['check_against_dft'] = validate(
-        node, loop, args, spec['validate'] if args.validate is None else args.validate
+        node, loop, args, spec['validate'] if args.validate is None else args.validate, save
     )
     entry['check_wall_seconds'] = time.perf_counter() - checked
     entry['wall_seconds'] = entry['loop_wall_seconds'] + entry['check_wall_seconds']

@@ -90,6 +90,7 @@ MAX_CONCURRENT = OverridableOption(
     "values, GGA/GGA+U; the surrogate's scale) or none.",
 )
 @click.option('--no-standardize', is_flag=True, help='Keep the cell as given instead of its standard primitive cell.')
+@click.option('--no-relax', is_flag=True, help='No relaxation: the single-point energy of the structure as given.')
 @click.option('--submit', is_flag=True, help='Submit to the daemon and return at once, instead of running here.')
 @decorators.with_dbenv()
 def dft(
@@ -103,6 +104,7 @@ def dft(
     no_formation_energy,
     energy_correction,
     no_standardize,
+    no_relax,
     submit,
 ):
     """Relax FILE (CIF, POSCAR, anything pymatgen reads), run a static SCF and compute its formation energy.
@@ -133,6 +135,7 @@ def dft(
         'compute_formation_energy': orm.Bool(not no_formation_energy),
         'energy_correction': orm.Str(energy_correction),
         'standardize': orm.Bool(not no_standardize),
+        'relax': orm.Bool(not no_relax),
         'metadata': {'label': f'{structure.composition.reduced_formula} {file.name}'},
     }
     if overrides:
@@ -249,8 +252,9 @@ def _print_results(node, structure):
     computed = table.row_count
     if 'relaxed_structure' in outputs:
         relaxed = outputs.relaxed_structure
-        table.add_row('relaxed volume (Å³/atom)', f'{relaxed.get_cell_volume() / len(relaxed.sites):.3f}')
-        table.add_row('relaxed structure', f'StructureData<{relaxed.pk}>')
+        kind = 'relaxed' if 'relax' not in node.inputs or node.inputs.relax.value else 'unrelaxed'
+        table.add_row(f'{kind} volume (Å³/atom)', f'{relaxed.get_cell_volume() / len(relaxed.sites):.3f}')
+        table.add_row(f'{kind} structure', f'StructureData<{relaxed.pk}>')
     if 'identity' in outputs:
         for key, value in outputs.identity.get_dict().items():
             table.add_row(key, str(value))

@@ -6,8 +6,9 @@ The engine (``quantumespresso`` or ``vasp``) is an input; everything engine-spec
 1. checks, before any calculation: engine, protocol and override keys (input validation); elements
    without pseudopotential / POTCAR; elements without a reference structure (when formation energy is on);
 2. optional standardization of the cell (spglib standard primitive, so the codes find the full symmetry);
-3. variable-cell relaxation (the engine's own WorkChain, with its restart handlers); skipped when the cell is kept
-   (``relax_cell`` False) and symmetry fixes every atom, as in rock salt or diamond (nothing could move);
+3. variable-cell relaxation (the engine's own WorkChain, with its restart handlers); skipped when ``relax`` is False
+   (a single-point energy) or the cell is kept (``relax_cell`` False) and symmetry fixes every atom, as in rock salt
+   or diamond (nothing could move);
 4. static SCF on the relaxed structure: total energy, band gap, magnetization;
 5. formation energy per atom from elemental references computed with the same engine, protocol and
    pseudopotentials: each found by query if some earlier WorkChain computed it, else computed here once
@@ -292,6 +293,13 @@ class DftWorkChain(LaunchesOnce, WorkChain):
             'V, Cr, Mn, Fe, Co, Ni; {} for no spin polarization.',
         )
         spec.input(
+            'relax',
+            valid_type=orm.Bool,
+            default=lambda: orm.Bool(True),
+            help='Relax before the static SCF (False: a single-point energy of the structure as given, e.g. to ask '
+            'what a generated, unrelaxed cell is worth).',
+        )
+        spec.input(
             'relax_cell',
             valid_type=orm.Bool,
             default=lambda: orm.Bool(True),
@@ -352,8 +360,8 @@ class DftWorkChain(LaunchesOnce, WorkChain):
         spec.output(
             'relaxed_structure',
             valid_type=orm.StructureData,
-            help='The relaxed structure (the standardized input cell itself when the cell is fixed and symmetry fixes '
-            'every atom: no relaxation runs then).',
+            help='The relaxed structure (the standardized input cell itself when no relaxation runs: relax False, or '
+            'a fixed cell in which symmetry fixes every atom).',
         )
         spec.output('total_energy', valid_type=orm.Float, help='Total energy of the relaxed cell (eV), static run.')
         spec.output('energy_per_atom', valid_type=orm.Float, help='Total energy per atom (eV/atom).')
@@ -510,7 +518,11 @@ class DftWorkChain(LaunchesOnce, WorkChain):
             self.report(f'standardization failed ({exception}); continuing with the given cell')
 
     def should_relax(self):
-        """Relax unless the cell is kept and symmetry fixes every atom (:func:`positions_fixed_by_symmetry`)."""
+        """Relax unless asked not to, or the cell is kept and symmetry fixes every atom
+        (:func:`positions_fixed_by_symmetry`)."""
+        if not self.inputs.relax.value:
+            self.report('relax is False: the static SCF runs on the structure as given')
+            return False
         if self.ctx.relax_cell or not positions_fixed_by_symmetry(self.ctx.structure):
             return True
         self.report('fixed cell and every atom fixed by symmetry: nothing to relax, the static SCF runs on this cell')

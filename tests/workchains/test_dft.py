@@ -461,6 +461,34 @@ def test_cli_runs_and_reports(tmp_path, dataset, pw_code, sssp_family):  # noqa:
     assert 'kpoint_distance' in result.output
 
 
+@pytest.mark.slow
+def test_no_relax_gives_the_energy_of_the_cell_as_given(tmp_path, si_run, pw_code):  # noqa: F811
+    """``aiida-hpcai dft --no-relax``: one static SCF on the cell as given (no relaxation child), whose energy lies
+    above that of the relaxed cell (a Si cell expanded by 10% in volume, one atom moved off its site)."""
+    from click.testing import CliRunner
+
+    from aiida_hpcai.cli import cli
+
+    relaxed = si_run[1].outputs.relaxed_structure.get_pymatgen()
+    strained = relaxed.copy()
+    strained.scale_lattice(relaxed.volume * 1.1)
+    strained.translate_sites([1], [0.01, 0.02, 0.0])
+    path = tmp_path / 'Si_strained.cif'
+    strained.to(filename=str(path))
+    arguments = ['--engine', 'quantumespresso', '--protocol', 'fast', '--code', pw_code.full_label]
+    arguments += ['--num-mpiprocs', '2', '--overrides', '{default_magnetic_moment: 2.5}', '--no-formation-energy']
+    result = CliRunner().invoke(cli, ['dft', str(path), *arguments, '--no-relax'])
+    assert result.exit_code == 0, result.output
+    assert 'unrelaxed volume' in result.output
+    node = orm.load_node(int(result.output.split('hpcai.dft<')[1].split('>')[0]))
+    assert node.is_finished_ok, node.exit_message
+    called = {link.link_label for link in node.base.links.get_outgoing(link_type=LinkType.CALL_WORK).all()}
+    assert called == {'scf'}
+    volume = node.outputs.relaxed_structure.get_cell_volume() / 2
+    assert volume == pytest.approx(strained.volume / 2, rel=1e-6)
+    assert node.outputs.energy_per_atom.value > si_run[1].outputs.energy_per_atom.value + 0.005
+
+
 @pytest.mark.parametrize('element', ['B', 'As', 'C', 'Li', 'P', 'Mg', 'Si', 'O'])
 def test_standardized_cells_expose_all_symmetry_to_pw(aiida_profile, element):
     """After ``standardize_structure`` every space-group rotation is Cartesian-aligned as pw.x needs, in a
