@@ -307,6 +307,16 @@ def validate(node, figures: dict, args, count: int, save=None) -> dict:
             [accepted[key]['value'] - value for key, value in same_cell.items()], tolerance
         ),
         'same_cell_failed': failures(same_cell_batch, same_cell),
+        'same_cell_structures': [
+            {
+                'id': identifier,
+                'accepted_value': accepted[identifier]['value'],
+                'accepted_sigma': accepted[identifier]['sigma'],
+                'dft_same_cell': same_cell.get(identifier),
+                'volume_per_atom': volumes[identifier],
+            }
+            for identifier in ids
+        ],
     }
     if save is not None:
         save(check)
@@ -342,6 +352,7 @@ def validate(node, figures: dict, args, count: int, save=None) -> dict:
     def errors(key):
         return [row[key] - row['dft'] for row in computed if row[key] is not None]
 
+    check.pop('same_cell_structures')  # in 'structures' below, beside the relaxed values
     return check | {
         'n_dft_ok': len(computed),
         'dft_batch_pk': batch.pk,
