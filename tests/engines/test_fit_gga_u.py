@@ -84,3 +84,17 @@ def test_compute_formation_energy_adds_the_engine_constants_given(aiida_profile)
     with_own = compute_formation_energy(**inputs, gga_u_constants=orm.Dict({'Ni': -1.6}))
     assert with_own['energy_corrections']['on_mp_scale']
     assert with_own['formation_energy_per_atom'].value == pytest.approx(raw + (-0.687 - 1.6) / 2)
+
+
+def test_the_shipped_fe_fit_holds_for_the_protocol_it_was_fitted_on():
+    """The shipped file's Fe fit is found for its own merged protocol (the design benchmark's coarse relaxation
+    mesh) and for no other; its constant is the mean of its compounds' estimates, as the tool fits it."""
+    qe = get_engine('quantumespresso')
+    overrides = {'kpoints_distance': 0.5, 'scf': {'kpoints_distance': 0.3}}
+    fitted = qe.identity(None, 'fast', qe.load_protocol('fast', overrides))
+    assert set(qe.gga_u_constants(fitted)) == {'Fe'}
+    assert qe.gga_u_constants(qe.identity(None, 'fast', qe.load_protocol('fast'))) == {}
+    (fit,) = [fit for fit in json.loads(base.GGA_U_CONSTANTS_FILE.read_text())['fits'] if 'Fe' in fit['constants']]
+    estimates = [compound['estimate'] for compound in fit['constants']['Fe']['compounds']]
+    assert len(estimates) == len(fit['compounds']) >= 2
+    assert fit['constants']['Fe']['constant'] == pytest.approx(sum(estimates) / len(estimates))
