@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 from .base import GGA_U_CONSTANTS_FILE, GGA_U_FIT_KEYS
@@ -210,7 +211,9 @@ def main(argv=None) -> int:
     fits = fit_gga_u_constants(rows)
     print(json.dumps({'identity': identity, 'constants': fits, 'failures': failures}, indent=2))
     if args.write and fits:
-        write_fit(identity, fits, rows, ' '.join(['python -m aiida_hpcai.engines.fit_gga_u', *(argv or sys.argv[1:])]))
+        # quoted, so that the recorded command runs again as it stands (--overrides holds spaces and braces)
+        command = shlex.join(['python', '-m', 'aiida_hpcai.engines.fit_gga_u', *(argv or sys.argv[1:])])
+        write_fit(identity, fits, rows, command)
         print(f'written to {GGA_U_CONSTANTS_FILE}')
     return 1 if failures else 0
 
