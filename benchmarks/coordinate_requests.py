@@ -258,6 +258,14 @@ def failures(batch, values: dict) -> list[dict]:
     ]
 
 
+def volumes_per_atom(structures) -> dict[str, float]:
+    """id -> volume per atom (Å^3) of a StructureSet, from its arrays."""
+    import numpy as np
+
+    arrays = structures.arrays
+    return dict(zip(structures.ids, (np.abs(np.linalg.det(arrays.cells)) / arrays.natoms).tolist()))
+
+
 def validate(node, figures: dict, args, count: int, save=None) -> dict:
     """DFT on a sample of the accepted AI predictions: first a single-point SCF of each generated cell as the
     surrogate saw it (no relaxation: is the prediction right for that cell?), then the relaxed structure (what the
@@ -292,12 +300,20 @@ def validate(node, figures: dict, args, count: int, save=None) -> dict:
     subset = select_structures(node.outputs.structures, orm.List(ids))['subset']
     accepted = {row['id']: row for row in figures['rows']}
     tolerance = TARGETS['accepted_within_eV_per_atom_of_dft']
-    volumes = {
-        identifier: subset.get_pymatgen(index).volume / len(subset.get_pymatgen(index))
-        for index, identifier in enumerate(subset.ids)
-    }
+    volumes = volumes_per_atom(subset)
 
     same_cell, same_cell_batch, same_cell_seconds = run_dft(subset, {**inputs, 'relax': orm.Bool(False)})
+    per_structure = [
+        {
+            'id': identifier,
+            'accepted_value': accepted[identifier]['value'],
+            'accepted_sigma': accepted[identifier]['sigma'],
+            'accepted_model_version': accepted[identifier]['model_version'],
+            'dft_same_cell': same_cell.get(identifier),
+            'volume_per_atom': volumes[identifier],
+        }
+        for identifier in ids
+    ]
     check = {
         'n_sampled': len(ids) + len(off_scale),
         'off_mp_scale': off_scale,
@@ -307,52 +323,30 @@ def validate(node, figures: dict, args, count: int, save=None) -> dict:
             [accepted[key]['value'] - value for key, value in same_cell.items()], tolerance
         ),
         'same_cell_failed': failures(same_cell_batch, same_cell),
-        'same_cell_structures': [
-            {
-                'id': identifier,
-                'accepted_value': accepted[identifier]['value'],
-                'accepted_sigma': accepted[identifier]['sigma'],
-                'dft_same_cell': same_cell.get(identifier),
-                'volume_per_atom': volumes[identifier],
-            }
-            for identifier in ids
-        ],
+        'structures': per_structure,
     }
     if save is not None:
         save(check)
 
     relaxed, batch, dft_seconds = run_dft(subset, inputs)
-    relaxed_volumes = {}
-    if 'relaxed_structures' in batch.outputs:
-        found = batch.outputs.relaxed_structures
-        relaxed_volumes = {
-            identifier: found.get_pymatgen(index).volume / len(found.get_pymatgen(index))
-            for index, identifier in enumerate(found.ids)
-        }
+    relaxed_volumes = (
+        volumes_per_atom(batch.outputs.relaxed_structures) if 'relaxed_structures' in batch.outputs else {}
+    )
     before = predict_with(subset, ModelData.pretrained(PROPERTY))
     after_model = node.outputs.model if 'model' in node.outputs else None
     after = predict_with(subset, after_model) if after_model is not None else {}
-    per_structure = [
-        {
-            'id': identifier,
-            'accepted_value': accepted[identifier]['value'],
-            'accepted_sigma': accepted[identifier]['sigma'],
-            'accepted_model_version': accepted[identifier]['model_version'],
-            'dft_same_cell': same_cell.get(identifier),
-            'dft': relaxed.get(identifier),
-            'volume_per_atom': volumes[identifier],
-            'relaxed_volume_per_atom': relaxed_volumes.get(identifier),
-            'shipped_model': before.get(identifier, (None,))[0],
-            'fine_tuned_model': after.get(identifier, (None,))[0],
-        }
-        for identifier in ids
-    ]
+    for row in per_structure:
+        row.update(
+            dft=relaxed.get(row['id']),
+            relaxed_volume_per_atom=relaxed_volumes.get(row['id']),
+            shipped_model=before.get(row['id'], (None,))[0],
+            fine_tuned_model=after.get(row['id'], (None,))[0],
+        )
     computed = [row for row in per_structure if row['dft'] is not None]
 
     def errors(key):
         return [row[key] - row['dft'] for row in computed if row[key] is not None]
 
-    check.pop('same_cell_structures')  # in 'structures' below, beside the relaxed values
     return check | {
         'n_dft_ok': len(computed),
         'dft_batch_pk': batch.pk,
@@ -363,7 +357,6 @@ def validate(node, figures: dict, args, count: int, save=None) -> dict:
         if after_model is not None
         else {'n': 0, 'note': 'no fine-tune finished: the loop kept the shipped model'},
         'fine_tuned_model_pk': after_model.pk if after_model is not None else None,
-        'structures': per_structure,
         'failed': failures(batch, relaxed),
     }
 
