@@ -108,6 +108,7 @@ def loop_inputs(goal, args, budget: int, iterations: int) -> dict:
         'fine_tune': orm.Dict({'epochs': args.fine_tune_epochs}),
         'continue_without_dft': orm.Bool(True),
         'audit': orm.Int(min(args.audit, budget)),
+        'audit_relax': orm.Bool(not args.audit_single_point),
     }
     if args.discriminator:  # aiida-hpcai design --discriminator shipped
         inputs['discriminator'] = _discriminator('shipped')
@@ -455,6 +456,11 @@ def main(argv=None) -> None:
     parser.add_argument(
         '--audit', type=int, default=0, help='DFT runs of the budget kept to audit AI acceptances in the loop (0)'
     )
+    parser.add_argument(
+        '--audit-single-point',
+        action='store_true',
+        help='audit an AI acceptance with a single-point SCF of its cell as generated, not a relaxation',
+    )
     parser.add_argument('--buffer-size', type=int, default=2, help='fine-tune after this many DFT results (2)')
     parser.add_argument('--fine-tune-epochs', type=int, default=20)
     parser.add_argument('--protocol', default='fast', help='QE protocol (fast)')
@@ -504,6 +510,7 @@ def main(argv=None) -> None:
                 'dft_overrides',
                 'validate',
                 'audit',
+                'audit_single_point',
                 'discriminator',
             )  # fmt: skip
         }

@@ -174,7 +174,8 @@ def _space_group_of(structure) -> int:
 
 
 def _dft_hits(goal: Goal, counts: dict) -> list[dict]:
-    """Finished ``hpcai.dft`` results whose relaxed structure and values satisfy ``goal``."""
+    """Finished ``hpcai.dft`` results whose relaxed structure and values satisfy ``goal`` (single points, ``relax``
+    False, are counted apart and are no hits)."""
     from aiida_hpcai.screening.calcfunctions import FINGERPRINT_EXTRA
     from aiida_hpcai.workchains.dft import formation_energy_on_mp_scale
 
@@ -189,6 +190,10 @@ def _dft_hits(goal: Goal, counts: dict) -> list[dict]:
     query.order_by({'dft': {'id': 'asc'}})
     hits = []
     for process, relaxed in query.iterall():
+        if 'relax' in process.inputs and not process.inputs.relax.value:
+            # a single-point energy of a cell as given (an audit, `aiida-hpcai dft --no-relax`) is no relaxed result
+            counts['single_points'] += 1
+            continue
         counts['dft_results'] += 1
         reduced, elements = _reduced(relaxed.get_formula(mode='hill'))
         if not _composition_fits(goal, reduced, elements):
@@ -303,7 +308,14 @@ def look_up(goal: Goal | dict, limit: int | None = 50) -> dict:
     goal = _as_goal(goal)
     if limit is not None and limit < 0:
         raise OperationError(f'limit must not be negative, not {limit}')
-    counts = {'dft_results': 0, 'structure_sets': 0, 'entries': 0, 'unverified': 0, 'sets_without_labels': []}
+    counts = {
+        'dft_results': 0,
+        'single_points': 0,
+        'structure_sets': 0,
+        'entries': 0,
+        'unverified': 0,
+        'sets_without_labels': [],
+    }
     hits = _dft_hits(goal, counts) + _structure_set_hits(goal, counts)
     if goal.objective is not None:
         direction, name = goal.objective

@@ -105,6 +105,13 @@ def _parse_formula_units(ctx, param, value):
     help='DFT runs of the budget kept to check AI acceptances: one drawn at random per iteration goes to DFT instead.',
 )
 @click.option(
+    '--audit-relax/--audit-single-point',
+    default=True,
+    show_default=True,
+    help='Relax an audited cell (judge the prediction against the relaxed value), or compute the cell as generated '
+    'with a single-point SCF (judge it on the cell it was made for, at a fraction of the cost).',
+)
+@click.option(
     '--candidates',
     metavar='FILE_OR_PK',
     default=None,
@@ -151,6 +158,7 @@ def design(
     discriminator,
     discriminator_threshold,
     audit,
+    audit_relax,
     candidates,
     n_samples,
     iterations,
@@ -209,6 +217,7 @@ def design(
         'max_iterations': orm.Int(iterations),
         'buffer_size': orm.Int(buffer_size),
         'audit': orm.Int(audit),
+        'audit_relax': orm.Bool(audit_relax),
     }
     generator = _generator(model, candidate_set is not None)
     if generator is not None:

@@ -167,19 +167,27 @@ def goal_candidates(structures: StructureSet, goal: orm.Dict, prefix: orm.Str) -
 
 
 @calcfunction
-def fine_tune_set(target: orm.Str, excluded: orm.Dict, **relaxed: StructureSet) -> StructureSet:
-    """The loop's DFT results (``relaxed_<iteration>``: ``hpcai.dft_batch``'s relaxed sets) with a finite ``target``,
-    as one StructureSet to fine-tune on; ``excluded`` (``{relaxed_<iteration>: [id, ...]}``) names results whose
-    ``target`` must not teach the model (formation energies off MP's scale)."""
+def fine_tune_set(target: orm.Str, excluded: orm.Dict, **results: StructureSet) -> StructureSet:
+    """The loop's DFT results (``relaxed_<iteration>`` and ``audit_<iteration>``: the output sets of its
+    ``hpcai.dft_batch`` runs, relaxed or single points) with a finite ``target``, as one StructureSet to fine-tune
+    on; ``excluded`` (``{<key>: [id, ...]}``) names results whose ``target`` must not teach the model (formation
+    energies off MP's scale). A single point teaches the energy of a generated cell as it is, which is what the
+    surrogate is asked about such cells."""
     from ..models.structure_io import concatenate
 
     left_out = excluded.get_dict()
     parts = []
-    for key in sorted(relaxed, key=lambda key: int(key.removeprefix('relaxed_'))):
-        arrays = relaxed[key].arrays
-        usable = np.isfinite(arrays.labels[target.value]) & ~np.isin(relaxed[key].ids, left_out.get(key, []))
+    for key in sorted(results, key=_dft_set_order):
+        arrays = results[key].arrays
+        usable = np.isfinite(arrays.labels[target.value]) & ~np.isin(results[key].ids, left_out.get(key, []))
         parts.append(('', arrays.subset(np.flatnonzero(usable))))
     return StructureSet(concatenate(parts))
+
+
+def _dft_set_order(key: str) -> tuple[int, str]:
+    """Sort key of the loop's DFT sets (``relaxed_<iteration>``, ``audit_<iteration>``): by iteration."""
+    kind, iteration = key.rsplit('_', 1)
+    return int(iteration), kind
 
 
 def progress_plot(rows: list[dict], path, prop: str, units: str) -> None:
@@ -603,6 +611,14 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
             'set did not look like the generated structures. 0: no audit.',
         )
         spec.input(
+            'audit_relax',
+            valid_type=orm.Bool,
+            default=lambda: orm.Bool(True),
+            help='True: an audited acceptance is relaxed, and the prediction judged against the relaxed value. '
+            'False: the cell as generated gets a single-point SCF (`hpcai.dft` relax False, in its own '
+            '`hpcai.dft_batch`): the prediction is judged on the very cell it was made for, at a fraction of the cost.',
+        )
+        spec.input(
             'continue_without_dft',
             valid_type=orm.Bool,
             default=lambda: orm.Bool(False),
@@ -715,8 +731,9 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         self.ctx.rows = []
         self.ctx.sets = {}
         self.ctx.known = []  # hits and earlier valid sets: no candidate may duplicate them
-        self.ctx.relaxed_keys = []
-        self.ctx.off_scale = {}  # relaxed_<iteration> -> ids whose formation energy is not on MP's scale
+        self.ctx.dft_keys = []  # the sets of DFT results: relaxed_<iteration>, audit_<iteration> (single points)
+        self.ctx.dft_batches = []  # the keys of this iteration's hpcai.dft_batch runs (batch_<key> in the context)
+        self.ctx.off_scale = {}  # <key of a DFT set> -> ids whose formation energy is not on MP's scale
         self.ctx.buffered = 0
         self.ctx.fine_tune_pk = None
         self.ctx.fine_tunes = []
@@ -931,7 +948,7 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         goal = self._goal()
         log = self._log()
         node = self.ctx.surrogate
-        self.ctx.dft = None
+        self.ctx.dft_batches = []
         if not node.is_finished_ok:
             self.ctx.stop_reason = f'surrogate failed: hpcai.surrogate<{node.pk}> [{node.exit_status}]'
             self.ctx.surrogate_failure = {'pk': node.pk, 'message': node.exit_message}
@@ -1020,20 +1037,35 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         )
         if not to_dft:
             return None
+        # single-point audits run in a batch of their own (relax False); everything else is relaxed
+        single_points = [] if self.inputs.audit_relax.value else audited
+        relaxed = [entry for entry in to_dft if entry not in single_points]
+        batches = {}
+        for key, entries, label in (('relaxed', relaxed, 'dft'), ('audit', single_points, 'audit_dft')):
+            if entries:
+                batch = self._submit_dft(entries, relax=key == 'relaxed', label=f'{label}_{self.ctx.iteration}')
+                log[f'{label}_pk'] = batch.pk
+                batches[f'batch_{key}_{self.ctx.iteration}'] = batch
+        self.ctx.dft_left -= len(to_dft)
+        self.ctx.dft_batches = [name.removeprefix('batch_') for name in batches]
+        return ToContext(**batches)
+
+    def _submit_dft(self, entries: list[dict], relax: bool, label: str):
+        """Submit ``hpcai.dft_batch`` on the valid structures of ``entries`` (relaxed, or single points of the
+        cells as generated), tagged with the Goal (its DFT budget counts them)."""
         selected = select_structures(
-            valid,
-            orm.List([entry['id'] for entry in to_dft]),
-            metadata={'call_link_label': f'select_{self.ctx.iteration}'},
+            self.ctx.valid,
+            orm.List([entry['id'] for entry in entries]),
+            metadata={'call_link_label': label.replace('dft', 'select')},
         )
         inputs = self.exposed_inputs(DftBatchWorkChain, namespace='dft_batch')
         inputs['structures'] = selected['subset']
-        inputs.setdefault('metadata', {})['call_link_label'] = f'dft_{self.ctx.iteration}'
-        dft = self.submit(DftBatchWorkChain, **inputs)
-        dft.base.extras.set_many({operations.GOAL_EXTRA: self.ctx.goal_uuid, operations.DFT_RUNS_EXTRA: len(to_dft)})
-        self.ctx.dft_left -= len(to_dft)
-        log['dft_pk'] = dft.pk
-        self.ctx.dft = dft.pk
-        return ToContext(dft_batch=dft)
+        if not relax:
+            inputs['dft'] = {**inputs['dft'], 'relax': orm.Bool(False)}
+        inputs.setdefault('metadata', {})['call_link_label'] = label
+        node = self.submit(DftBatchWorkChain, **inputs)
+        node.base.extras.set_many({operations.GOAL_EXTRA: self.ctx.goal_uuid, operations.DFT_RUNS_EXTRA: len(entries)})
+        return node
 
     def _audit(self, goal, accepted: list[dict]) -> list[dict]:
         """One of this iteration's AI acceptances, drawn at random, taken back from ``accepted`` (and its table row)
@@ -1108,35 +1140,44 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         return np.where(predictions.get_array('status') == 'ok', probability, np.nan)
 
     def has_dft(self):
-        return self.ctx.dft is not None
+        return bool(self.ctx.dft_batches)
 
     def inspect_dft(self):
-        goal = self._goal()
+        """Take in this iteration's DFT results (relaxed, and single-point audits when ``audit_relax`` is False),
+        then refresh the acceptance rule with all of them at once."""
         log = self._log()
-        node = self.ctx.dft_batch
-        results = node.outputs.results.get_dict() if 'results' in node.outputs else {'structures': []}
-        log['dft_failed'] = [
-            {'id': row['id'], 'exit_status': row['exit_status'], 'message': row['exit_message']}
-            for row in results['structures']
-            if row['status'] != 'finished_ok'
-        ]
-        finished = {row['id'] for row in results['structures'] if row['status'] == 'finished_ok'}
-        if 'relaxed_structures' in node.outputs:
-            finished &= set(node.outputs.relaxed_structures.ids)
+        log.update(dft_failed=[], dft_accepted=[], dft_outside_goal=[])
+        finished, checks = set(), []
+        for key in self.ctx.dft_batches:
+            finished |= self._inspect_batch(self.ctx[f'batch_{key}'], key, checks)
         # an audit whose DFT run failed checked nothing: the AI's acceptance stands
         restored = [row for identifier, row in self.ctx.audited_rows.items() if identifier not in finished]
         self.ctx.rows.extend(restored)
         self.ctx.audited_rows = {}
         if restored:
             log['audits_failed_ai_kept'] = [row['id'] for row in restored]
+        self._refresh_acceptance(checks)
+
+    def _inspect_batch(self, node, key: str, checks: list) -> set[str]:
+        """Results of one ``hpcai.dft_batch`` into the table, the fine-tuning buffer and ``checks`` (the predictions
+        it tests); its output set is kept as ``key``. Returns the ids that finished ok."""
+        goal = self._goal()
+        log = self._log()
+        results = node.outputs.results.get_dict() if 'results' in node.outputs else {'structures': []}
+        log['dft_failed'].extend(
+            {'id': row['id'], 'exit_status': row['exit_status'], 'message': row['exit_message']}
+            for row in results['structures']
+            if row['status'] != 'finished_ok'
+        )
+        finished = {row['id'] for row in results['structures'] if row['status'] == 'finished_ok'}
         if 'relaxed_structures' not in node.outputs:
-            log['dft_accepted'], log['dft_outside_goal'] = [], []
             self.report(f'DftBatchWorkChain<{node.pk}>: no structure finished ok')
-            return
+            return set()
         relaxed = node.outputs.relaxed_structures
-        key = f'relaxed_{self.ctx.iteration}'
+        finished &= set(relaxed.ids)
+        single_point = key.startswith('audit')
         self.ctx.sets[key] = relaxed
-        self.ctx.relaxed_keys.append(key)
+        self.ctx.dft_keys.append(key)
         children = {row['id']: row['process'] for row in results['structures']}
         # A formation energy off MP's scale (QE's +U compounds) cannot be compared with the Goal's bounds, the
         # surrogate's predictions or its training data: it is left out of acceptance, the rule's refresh and
@@ -1144,14 +1185,13 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         off_scale = [row['id'] for row in results['structures'] if row.get('on_mp_scale') is False]
         self.ctx.off_scale[key] = off_scale
         if off_scale:
-            log['dft_off_mp_scale'] = off_scale
+            log.setdefault('dft_off_mp_scale', []).extend(off_scale)
             self.report(
                 f"{len(off_scale)} DFT result(s) with a formation energy off MP's scale (GGA+U by an engine MP's "
                 f'constants were not fitted to): not used as formation energies'
             )
         usable = self._usable(key, relaxed.ids)
         self.ctx.buffered += len(usable)
-        accepted, outside = [], []
         for index, identifier in enumerate(relaxed.ids):
             values = {name: _finite_or_none(relaxed.get_label(LABELS[name])[index]) for name in DFT_PROPERTIES}
             values = {name: value for name, value in values.items() if value is not None}
@@ -1164,11 +1204,11 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
                 and operations._composition_fits(goal, reduced, elements)
                 and operations._symmetry_fits(goal, lambda structure=structure: operations._space_group_of(structure))
             )
-            entry = {'id': identifier, **values}
+            entry = {'id': identifier, **values, **({'single_point': True} if single_point else {})}
             if not fits:
-                outside.append(entry)
+                log['dft_outside_goal'].append(entry)
                 continue
-            accepted.append(entry)
+            log['dft_accepted'].append(entry)
             self.ctx.rows.append(
                 {
                     'id': identifier,
@@ -1185,26 +1225,19 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
                     'index': index,
                 }
             )
-        log.update(dft_accepted=accepted, dft_outside_goal=outside)
-        self._refresh_acceptance(relaxed, usable)
+        checks.extend(self._checks(relaxed, usable, single_point))
+        return finished
 
     def _usable(self, key: str, ids) -> list[str]:
-        """The ids of a relaxed set whose value of the loop's property may judge and teach the surrogate."""
+        """The ids of a DFT set whose value of the loop's property may judge and teach the surrogate."""
         if self.ctx.property != 'formation_energy_per_atom':
             return list(ids)
         return [identifier for identifier in ids if identifier not in self.ctx.off_scale.get(key, [])]
 
-    def _refresh_acceptance(self, relaxed: StructureSet, usable: list[str]):
-        """Count this iteration's ``usable`` DFT results against the current model's predictions of them and refresh
-        the acceptance rule on them (:func:`aiida_hpcai.models.acceptance.refresh`): none was in the model's training.
-
-        The counts of the record are pooled across fine-tunes: a fine-tuned model's sigma is taken to sort its
-        errors as its parent's did, and the refresh's own check (the new results alone must not be evidence
-        against the promise) is what reacts when it does not."""
-        from ..models import acceptance
-
-        log = self._log()
-        predicted = {entry['id']: entry for entry in log['sent_to_dft']}
+    def _checks(self, relaxed: StructureSet, usable: list[str], single_point: bool) -> list[dict]:
+        """The current model's predictions of the ``usable`` DFT results of ``relaxed`` against their DFT values
+        (``single_point``: on the cells as generated); none was in the model's training."""
+        predicted = {entry['id']: entry for entry in self._log()['sent_to_dft']}
         truth = relaxed.get_label(LABELS[self.ctx.property])
         checks = [
             {
@@ -1215,11 +1248,23 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
                 'sigma': predicted[identifier]['sigma'],
                 'dft': _finite_or_none(truth[index]),
                 'audit': bool(predicted[identifier].get('audit')),
+                'single_point': single_point,
             }
             for index, identifier in enumerate(relaxed.ids)
             if identifier in usable and identifier in predicted and predicted[identifier]['mean'] is not None
         ]
-        checks = [check for check in checks if check['dft'] is not None and check['sigma'] is not None]
+        return [check for check in checks if check['dft'] is not None and check['sigma'] is not None]
+
+    def _refresh_acceptance(self, checks: list[dict]):
+        """Count this iteration's ``checks`` (:meth:`_checks`) and refresh the acceptance rule on them
+        (:func:`aiida_hpcai.models.acceptance.refresh`).
+
+        The counts of the record are pooled across fine-tunes: a fine-tuned model's sigma is taken to sort its
+        errors as its parent's did, and the refresh's own check (the new results alone must not be evidence
+        against the promise) is what reacts when it does not."""
+        from ..models import acceptance
+
+        log = self._log()
         self.ctx.loop_checks.extend(checks)
         if self.ctx.acceptance is None or not checks:
             return
@@ -1279,7 +1324,7 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
             orm.Str(self.ctx.property),
             orm.Dict(excluded if self.ctx.property == 'formation_energy_per_atom' else {}),
             metadata={'call_link_label': f'fine_tune_set_{self.ctx.iteration}'},
-            **{key: self.ctx.sets[key] for key in self.ctx.relaxed_keys},
+            **{key: self.ctx.sets[key] for key in self.ctx.dft_keys},
         )
         ids = training.ids
         parameters = {

@@ -12,7 +12,8 @@ Steps:
    reference failed is recorded as failed without a calculation;
 4. collect, in one calcfunction (so every number is linked to the child output it comes from), the
    relaxed structures with their DFT labels as a ``StructureSet`` and a ``results`` Dict with each id's
-   values or failure. Relaxed structures get the screening fingerprint extra, so later screenings see them.
+   values or failure. Relaxed structures get the screening fingerprint extra, so later screenings see them (not
+   the cells of single points, ``dft.relax`` False).
 
 A batch where some structures fail finishes ok (exit status 0) with the failures in ``results``: failing
 candidates are the normal outcome of screening generated structures, and AiiDA reads any non-zero exit
@@ -274,7 +275,8 @@ class DftBatchWorkChain(LaunchesOnce, WorkChain):
             if node.is_finished_ok:
                 self._record(index, 'finished_ok', node, 0, None, formation_energy_on_mp_scale(node.outputs))
                 relaxed = node.outputs.relaxed_structure
-                set_fingerprint(relaxed)
+                if node.inputs.relax.value:  # a cell as given (single point) is no relaxed result to deduplicate
+                    set_fingerprint(relaxed)
                 self.ctx.outputs[f'relaxed_{index}'] = relaxed
                 for output in LABELS:
                     if output in node.outputs:

@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pytest
 from aiida import orm
+from aiida.common.links import LinkType
 from aiida.engine import calcfunction, run_get_node
 from aiida.manage.caching import enable_caching
 from aiida.plugins import CalculationFactory, WorkflowFactory
@@ -297,11 +298,13 @@ def test_fine_tune_is_submitted_and_the_loop_switches(dft_run, property_model):
 ACCEPTS_ALL = calibrate_acceptance(np.zeros(300), np.linspace(0.01, 1e3, 300), np.zeros(300))
 
 
-@pytest.fixture(scope='module')
-def audit_run(code, generator, property_model, pw_code, sssp_family):
+@pytest.fixture(scope='module', params=[False, True], ids=['single_point', 'relaxed'])
+def audit_run(request, code, generator, property_model, pw_code, sssp_family):
     """fcc Si (a cell no other test computes: the coordinate tutorial computes bcc Si, whose DFT result the look-up
     would find) as the only candidate; a rule that accepts it, and one audit: the acceptance is taken back and
-    checked by the one DFT run the goal allows. The goal names the composition, so fluorite SiO2 is no hit."""
+    checked by the one DFT run the goal allows, a single point of the cell (``audit_relax`` False) or a relaxation.
+    The goal names the composition, so fluorite SiO2 is no hit. The single point runs first: neither a look-up hit
+    nor a known structure, it leaves the relaxed run a candidate (a relaxed result would be both)."""
     goal = operations.plan('Si with space group Fm-3m and a formation energy below 100 eV/atom, at most 1 DFT run')
     goal.update(composition='Si', must_include=[])
     fcc = Structure.from_spacegroup('Fm-3m', Lattice.cubic(3.85), ['Si'], [[0, 0, 0]]).get_primitive_structure()
@@ -314,6 +317,7 @@ def audit_run(code, generator, property_model, pw_code, sssp_family):
         max_iterations=orm.Int(1),
         acceptance=orm.Dict(_json_clean(ACCEPTS_ALL)),
         audit=orm.Int(1),
+        audit_relax=orm.Bool(request.param),
         buffer_size=orm.Int(0),
         dft_batch=_qe_batch(pw_code),
     )
@@ -340,6 +344,23 @@ def test_an_audit_checks_an_ai_acceptance_with_dft(audit_run):
     assert check['audit'] is True and check['mean'] == sent['mean'] and check['dft'] == pytest.approx(rows[0]['value'])
     assert acceptance['audits'] == 1
     assert acceptance['audits_within_tolerance'] == int(abs(check['mean'] - check['dft']) <= 0.12)
+
+    # relaxed, or a single point of the cell as generated in a batch of its own: only an SCF, the cell kept
+    single_point = not node.inputs.audit_relax.value
+    (batch,) = _called(node, 'aiida.workflows:hpcai.dft_batch')
+    assert batch.pk == first['audit_dft_pk' if single_point else 'dft_pk']
+    assert ('dft_pk' in first, 'audit_dft_pk' in first) == (not single_point, single_point)
+    (row,) = batch.outputs.results['structures']  # the batch's other children are elemental references
+    child = orm.load_node(row['process'])
+    assert child.inputs.relax.value is not single_point
+    steps = {link.link_label for link in child.base.links.get_outgoing(link_type=LinkType.CALL_WORK).all()}
+    assert ('relax' not in steps) is single_point and 'scf' in steps
+    generated = node.inputs.candidates.get_pymatgen(0)
+    computed = child.outputs.relaxed_structure.get_pymatgen_structure()
+    same_volume = computed.volume / len(computed) == pytest.approx(generated.volume / len(generated), rel=1e-6)
+    assert same_volume is single_point
+    assert check['single_point'] is single_point
+    assert [entry.get('single_point', False) for entry in first['dft_accepted']] == [single_point]
 
 
 def test_no_dft_for_a_formation_energy_that_would_be_off_mp_scale(code, generator, pw_code):

@@ -467,6 +467,7 @@ def test_no_relax_gives_the_energy_of_the_cell_as_given(tmp_path, si_run, pw_cod
     above that of the relaxed cell (a Si cell expanded by 10% in volume, one atom moved off its site)."""
     from click.testing import CliRunner
 
+    from aiida_hpcai.agent import operations
     from aiida_hpcai.cli import cli
 
     relaxed = si_run[1].outputs.relaxed_structure.get_pymatgen()
@@ -487,6 +488,10 @@ def test_no_relax_gives_the_energy_of_the_cell_as_given(tmp_path, si_run, pw_cod
     volume = node.outputs.relaxed_structure.get_cell_volume() / 2
     assert volume == pytest.approx(strained.volume / 2, rel=1e-6)
     assert node.outputs.energy_per_atom.value > si_run[1].outputs.energy_per_atom.value + 0.005
+    # the energy of a strained cell is no relaxed result: the look-up counts it apart and never returns it
+    answer = operations.look_up({'composition': 'Si', 'count': 5, 'dft_budget': 0}, limit=None)
+    assert node.pk not in [hit['node_pk'] for hit in answer['hits']]
+    assert answer['searched']['single_points'] >= 1
 
 
 @pytest.mark.parametrize('element', ['B', 'As', 'C', 'Li', 'P', 'Mg', 'Si', 'O'])
