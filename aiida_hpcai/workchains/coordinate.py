@@ -658,6 +658,7 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
                 if_(cls.has_valid)(
                     cls.predict,
                     cls.decide,
+                    while_(cls.has_dft_to_run)(cls.run_dft),
                     if_(cls.has_dft)(cls.inspect_dft),
                 ),
                 cls.close_iteration,
@@ -732,6 +733,7 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         self.ctx.sets = {}
         self.ctx.known = []  # hits and earlier valid sets: no candidate may duplicate them
         self.ctx.dft_keys = []  # the sets of DFT results: relaxed_<iteration>, audit_<iteration> (single points)
+        self.ctx.dft_queue = []  # this iteration's hpcai.dft_batch runs still to submit, one after the other
         self.ctx.dft_batches = []  # the keys of this iteration's hpcai.dft_batch runs (batch_<key> in the context)
         self.ctx.off_scale = {}  # <key of a DFT set> -> ids whose formation energy is not on MP's scale
         self.ctx.buffered = 0
@@ -948,7 +950,7 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         goal = self._goal()
         log = self._log()
         node = self.ctx.surrogate
-        self.ctx.dft_batches = []
+        self.ctx.dft_queue, self.ctx.dft_batches = [], []
         if not node.is_finished_ok:
             self.ctx.stop_reason = f'surrogate failed: hpcai.surrogate<{node.pk}> [{node.exit_status}]'
             self.ctx.surrogate_failure = {'pk': node.pk, 'message': node.exit_message}
@@ -1037,35 +1039,45 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         )
         if not to_dft:
             return None
-        # single-point audits run in a batch of their own (relax False); everything else is relaxed
+        # Single-point audits run in a batch of their own (relax False), before the relaxations: one batch at a
+        # time, so that `dft_batch.max_concurrent` bounds the loop's DFT runs as it bounds one batch's.
         single_points = [] if self.inputs.audit_relax.value else audited
         relaxed = [entry for entry in to_dft if entry not in single_points]
-        batches = {}
-        for key, entries, label in (('relaxed', relaxed, 'dft'), ('audit', single_points, 'audit_dft')):
-            if entries:
-                batch = self._submit_dft(entries, relax=key == 'relaxed', label=f'{label}_{self.ctx.iteration}')
-                log[f'{label}_pk'] = batch.pk
-                batches[f'batch_{key}_{self.ctx.iteration}'] = batch
+        self.ctx.dft_queue = [
+            {'key': key, 'ids': [entry['id'] for entry in entries]}
+            for key, entries in (('audit', single_points), ('relaxed', relaxed))
+            if entries
+        ]
         self.ctx.dft_left -= len(to_dft)
-        self.ctx.dft_batches = [name.removeprefix('batch_') for name in batches]
-        return ToContext(**batches)
+        return None
 
-    def _submit_dft(self, entries: list[dict], relax: bool, label: str):
-        """Submit ``hpcai.dft_batch`` on the valid structures of ``entries`` (relaxed, or single points of the
-        cells as generated), tagged with the Goal (its DFT budget counts them)."""
+    def has_dft_to_run(self):
+        return bool(self.ctx.dft_queue)
+
+    def run_dft(self):
+        """Submit the next ``hpcai.dft_batch`` of this iteration (relaxed, or single points of the cells as
+        generated), tagged with the Goal (its DFT budget counts them)."""
+        batch = self.ctx.dft_queue[0]
+        self.ctx.dft_queue = self.ctx.dft_queue[1:]
+        key = f'{batch["key"]}_{self.ctx.iteration}'
+        label = 'dft' if batch['key'] == 'relaxed' else 'audit_dft'
         selected = select_structures(
             self.ctx.valid,
-            orm.List([entry['id'] for entry in entries]),
-            metadata={'call_link_label': label.replace('dft', 'select')},
+            orm.List(batch['ids']),
+            metadata={'call_link_label': f'{label.replace("dft", "select")}_{self.ctx.iteration}'},
         )
         inputs = self.exposed_inputs(DftBatchWorkChain, namespace='dft_batch')
         inputs['structures'] = selected['subset']
-        if not relax:
+        if batch['key'] == 'audit':
             inputs['dft'] = {**inputs['dft'], 'relax': orm.Bool(False)}
-        inputs.setdefault('metadata', {})['call_link_label'] = label
+        inputs.setdefault('metadata', {})['call_link_label'] = f'{label}_{self.ctx.iteration}'
         node = self.submit(DftBatchWorkChain, **inputs)
-        node.base.extras.set_many({operations.GOAL_EXTRA: self.ctx.goal_uuid, operations.DFT_RUNS_EXTRA: len(entries)})
-        return node
+        node.base.extras.set_many(
+            {operations.GOAL_EXTRA: self.ctx.goal_uuid, operations.DFT_RUNS_EXTRA: len(batch['ids'])}
+        )
+        self._log()[f'{label}_pk'] = node.pk
+        self.ctx.dft_batches = [*self.ctx.dft_batches, key]
+        return ToContext(**{f'batch_{key}': node})
 
     def _audit(self, goal, accepted: list[dict]) -> list[dict]:
         """One of this iteration's AI acceptances, drawn at random, taken back from ``accepted`` (and its table row)
