@@ -48,13 +48,18 @@ How it is refreshed (``refresh``)
     The record keeps, for each candidate, the counts ``n_accepted`` and ``n_within`` (not the data).
     New reference results (the loop's DFT results, predicted by the *current* model) are counted on
     the same candidates and added, and the test above is repeated on the pooled counts, with one more
-    condition: the new results alone must not be evidence against the promise at a candidate (their
-    Clopper-Pearson *upper* bound at ``confidence``, on the same band or accepted set, without a
-    Bonferroni factor, since a wrong refusal only costs DFT runs, must not be below ``level``).
-    Pooling certifies the pooled distribution; the check is what reacts to a loop whose chemistry
-    the calibration set does not represent. When the record belongs to another model (``model``
-    given and different from the record's) or has no counts, the stored counts are dropped and the
-    new results are calibrated alone. Pass only results the
+    condition: the results added by refreshes (this one's and every earlier one's, whose counts the
+    record keeps apart as ``added_grid``) must not be evidence against the promise at a candidate:
+    their Clopper-Pearson *upper* bound at ``confidence`` must not be below ``level``, on all of them
+    the candidate accepts and (``conditional``) on the same band, without a Bonferroni factor, since a
+    wrong refusal only costs DFT runs. Pooling certifies the pooled distribution; the check is what
+    reacts to a loop whose chemistry the calibration set does not represent. It counts every refresh's
+    results together because a loop refreshes after each DFT batch: two audited acceptances both off,
+    one per batch, are evidence (an upper bound of 0.78 on 0 of 2) that neither is alone (0.95 on 0 of
+    1); and on all accepted ones because a loop's few results rarely share a band (on the MgO loop's two
+    failed audits, sigmas 0.025 and 0.034, no band of the shipped record held both). When the record
+    belongs to another model (``model`` given and different from the record's) or has no counts, the
+    stored counts are dropped and the new results are calibrated alone. Pass only results the
     current model was not trained on (after a fine-tune, the DFT results it was trained on are no
     test of it). Results that were sent to DFT *because* they were not accepted test only larger
     thresholds; a few accepted candidates sent to DFT at random test the threshold in use.
@@ -213,6 +218,7 @@ def _decide(grid: dict, n: int, options: dict, model, new_grid: dict | None = No
             new_band_n = np.where(has_band, new_n[upper] - new_n, 0)
             new_band_within = np.where(has_band, new_within[upper] - new_within, 0)
             refused = has_band & (clopper_pearson(new_band_within, new_band_n, alpha, upper=True) < level)
+            refused |= clopper_pearson(new_within, new_n, alpha, upper=True) < level  # all it accepts
             ok &= ~refused
         best = int(np.argmin(ok)) - 1 if not ok.all() else k - 1  # the last of the unbroken run from the start
         tested = 'needs bands of at least {needed} predictions above a threshold'
@@ -333,9 +339,10 @@ def _report(sigma: np.ndarray, error: np.ndarray, threshold: float, tolerance: f
 def refresh(calibration_record: dict, new_mean, new_sigma, new_truth, *, model: str | None = None) -> dict:
     """A new record from a stored one and new reference results (the loop's DFT results, predicted by
     the current model, which was not trained on them): the counts are pooled on the stored candidate
-    thresholds, and a threshold where the new results alone show a rate below ``level`` is refused.
-    A record of another ``model``, or one without counts, is not pooled: the new results are
-    calibrated alone (``pooled`` False in the result)."""
+    thresholds, and a threshold where the results added by refreshes so far (these and the earlier ones,
+    ``added_grid``) show a rate below ``level`` is refused. A record of another ``model``, or one without
+    counts, is not pooled: the new results are calibrated alone (``pooled`` False in the result), and they
+    are its added results from then on."""
     options = _options(
         calibration_record['tolerance'],
         calibration_record['level'],
@@ -352,7 +359,8 @@ def refresh(calibration_record: dict, new_mean, new_sigma, new_truth, *, model: 
     if not grid.get('thresholds') or not same_model:
         record = _calibrate_errors(sigma, error, options, max_candidates, stored_model if model is None else model)
         why = 'the stored record has no counts' if same_model else f'the stored record is of model {stored_model!r}'
-        record.update({'pooled': False, 'not_pooled_because': why})
+        added = {key: record['grid'][key] for key in ('n_accepted', 'n_within')}
+        record.update({'pooled': False, 'not_pooled_because': why, 'added_grid': added})
     else:
         thresholds = np.asarray(grid['thresholds'], dtype=np.float64)
         new_accepted, new_within = _counts(thresholds, sigma, error <= options['tolerance'])
@@ -361,15 +369,25 @@ def refresh(calibration_record: dict, new_mean, new_sigma, new_truth, *, model: 
             'n_accepted': np.asarray(grid['n_accepted']) + new_accepted,
             'n_within': np.asarray(grid['n_within']) + new_within,
         }
-        new_grid = {'n_accepted': new_accepted, 'n_within': new_within}
+        earlier = calibration_record.get('added_grid') or {}
+        added = {
+            'n_accepted': np.asarray(earlier.get('n_accepted', 0)) + new_accepted,
+            'n_within': np.asarray(earlier.get('n_within', 0)) + new_within,
+        }
         record = _decide(
             pooled,
             int(calibration_record['n']) + len(sigma),
             options,
             stored_model if model is None else model,
-            new_grid,
+            added,
         )
-        record.update({'max_candidates': max_candidates, 'pooled': True})
+        record.update(
+            {
+                'max_candidates': max_candidates,
+                'pooled': True,
+                'added_grid': {key: [int(v) for v in value] for key, value in added.items()},
+            }
+        )
     new = _report(sigma, error, record['threshold'], options['tolerance'])
     history.append(
         {

@@ -1272,8 +1272,8 @@ class CoordinateWorkChain(LaunchesOnce, WorkChain):
         (:func:`aiida_hpcai.models.acceptance.refresh`).
 
         The counts of the record are pooled across fine-tunes: a fine-tuned model's sigma is taken to sort its
-        errors as its parent's did, and the refresh's own check (the new results alone must not be evidence
-        against the promise) is what reacts when it does not."""
+        errors as its parent's did, and the refresh's own check (the results added by the loop's refreshes so
+        far must not be evidence against the promise) is what reacts when it does not."""
         from ..models import acceptance
 
         log = self._log()

@@ -189,6 +189,25 @@ def test_refresh_lowers_the_threshold_when_the_new_results_are_worse(guarantee):
     assert max(shifted['refused_by_new_results']) > shifted['threshold']
 
 
+@pytest.mark.parametrize('guarantee', ['conditional', 'marginal'])
+def test_failed_audits_add_up_across_refreshes(guarantee):
+    """A loop refreshes after each DFT batch, one audited acceptance at a time: two off by 0.25, at sigmas
+    a band apart, refuse every threshold that accepts both once both are in, as they would together; one alone
+    refuses nothing (an upper bound of 0.95 on 0 of 1)."""
+    record = calibrate_acceptance(*draw(5000), guarantee=guarantee)
+    threshold = record['threshold']
+    low, high = 0.4 * threshold, 0.8 * threshold  # accepted predictions, in different bands
+    once = refresh(record, [0.25], [high], [0.0])
+    assert once['refused_by_new_results'] == [] and once['added_grid']['n_accepted'][-1] == 1
+    twice = refresh(once, [0.25], [low], [0.0])
+    together = refresh(record, [0.25, 0.25], [high, low], [0.0, 0.0])
+    assert twice['threshold'] == together['threshold'] < high
+    assert twice['added_grid'] == together['added_grid'] and twice['added_grid']['n_within'][-1] == 0
+    candidates = np.asarray(record['grid']['thresholds'])
+    assert set(candidates[candidates >= high]) <= set(twice['refused_by_new_results'])
+    json.dumps(twice)
+
+
 def test_refresh_of_another_model_or_an_empty_record_calibrates_the_new_results_alone():
     record = calibrate_acceptance(*draw(5000), model='old')
     other = refresh(record, *draw(50, seed=4), model='new')
