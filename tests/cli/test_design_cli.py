@@ -116,12 +116,13 @@ def test_design_json_and_output(code, generator, property_model, imported_set, t
     result = _invoke(
         REQUEST, '--model', generator.pk, '--surrogate-model', property_model.pk, '-n', 3, '--iterations', 1,
         '--steps', 10, '--screening', json.dumps(LOOSE), '--sigma-threshold', 10, '--code', code.full_label,
-        '--json', '--output', folder,
+        '--json', '--output', folder, '--audit-single-point',
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     node = orm.load_node(payload['process_pk'])
     assert node.is_finished_ok and node.inputs.goal.label == 'hpcai.goal'
+    assert node.inputs.audit_relax.value is False
     assert payload['goal']['composition'] == 'MgO' and payload['goal']['dft_budget'] == 0
     assert payload['rows'] == node.outputs.table['rows'] and payload['dft_runs'] == 0
     assert payload['iterations'] == 1 and payload['property'] == 'formation_energy_per_atom'
