@@ -177,7 +177,7 @@ def _dft_hits(goal: Goal, counts: dict) -> list[dict]:
     """Finished ``hpcai.dft`` results whose relaxed structure and values satisfy ``goal`` (single points, ``relax``
     False, are counted apart and are no hits)."""
     from aiida_hpcai.screening.calcfunctions import FINGERPRINT_EXTRA
-    from aiida_hpcai.workchains.dft import formation_energy_on_mp_scale
+    from aiida_hpcai.workchains.dft import formation_energy_on_mp_scale, is_single_point
 
     query = orm.QueryBuilder()
     query.append(
@@ -190,8 +190,7 @@ def _dft_hits(goal: Goal, counts: dict) -> list[dict]:
     query.order_by({'dft': {'id': 'asc'}})
     hits = []
     for process, relaxed in query.iterall():
-        if 'relax' in process.inputs and not process.inputs.relax.value:
-            # a single-point energy of a cell as given (an audit, `aiida-hpcai dft --no-relax`) is no relaxed result
+        if is_single_point(process):  # an audit, `aiida-hpcai dft --no-relax`
             counts['single_points'] += 1
             continue
         counts['dft_results'] += 1

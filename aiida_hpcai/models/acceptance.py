@@ -172,7 +172,7 @@ def _bands(n_accepted: np.ndarray, size: int) -> np.ndarray:
 
 def _decide(grid: dict, n: int, options: dict, model, new_grid: dict | None = None) -> dict:
     """The record for counts on a grid of candidate thresholds (see the module docstring);
-    ``new_grid``: the new results' own counts, which may refuse a candidate (``refresh``)."""
+    ``new_grid``: the counts of the results added by refreshes so far, which may refuse a candidate (``refresh``)."""
     thresholds = np.asarray(grid['thresholds'], dtype=np.float64)
     n_accepted = np.asarray(grid['n_accepted'], dtype=np.int64)
     n_within = np.asarray(grid['n_within'], dtype=np.int64)

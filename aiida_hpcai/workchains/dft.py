@@ -224,6 +224,13 @@ def compute_formation_energy(
     }
 
 
+def is_single_point(node) -> bool:
+    """Whether an ``hpcai.dft`` node computed its structure as given (``relax`` False): its ``relaxed_structure`` is
+    then the input cell, and its energy that of a cell, not of a relaxed material (no look-up hit, no structure a
+    later screening knows). Nodes made before the input existed were relaxed."""
+    return 'relax' in node.inputs and not node.inputs.relax.value
+
+
 def formation_energy_on_mp_scale(outputs) -> bool:
     """Whether the formation energy among an ``hpcai.dft``'s ``outputs`` carries MP's corrections, as the surrogate's
     training data and MP's own values do.

@@ -31,7 +31,13 @@ from ..data.structure_set import StructureSet
 from ..engines import get_engine
 from ..engines import references as refs
 from ..screening.calcfunctions import set_fingerprint
-from .dft import DftWorkChain, formation_energy_on_mp_scale, reference_identity, reference_inputs
+from .dft import (
+    DftWorkChain,
+    formation_energy_on_mp_scale,
+    is_single_point,
+    reference_identity,
+    reference_inputs,
+)
 from .launch_once import LaunchesOnce
 
 #: Output name of ``hpcai.dft`` -> label of the relaxed ``StructureSet``.
@@ -275,7 +281,7 @@ class DftBatchWorkChain(LaunchesOnce, WorkChain):
             if node.is_finished_ok:
                 self._record(index, 'finished_ok', node, 0, None, formation_energy_on_mp_scale(node.outputs))
                 relaxed = node.outputs.relaxed_structure
-                if node.inputs.relax.value:  # a cell as given (single point) is no relaxed result to deduplicate
+                if not is_single_point(node):
                     set_fingerprint(relaxed)
                 self.ctx.outputs[f'relaxed_{index}'] = relaxed
                 for output in LABELS:
